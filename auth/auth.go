@@ -1,0 +1,148 @@
+// Package auth checks SOCKS5 username/password credentials (RFC 1929).
+//
+// It holds the users' secrets (bcrypt hashes or plaintext passwords), checks
+// them in constant time and makes an unknown user cost the same as a wrong
+// password. Successful checks are cached (see cache.go) because bcrypt costs
+// tens of milliseconds and clients open one connection per request. It knows
+// nothing about interfaces or the SOCKS wire format.
+package auth
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/sync/singleflight"
+)
+
+// ErrBadCredentials is returned by Verify for an unknown user or a wrong
+// password; the two are deliberately indistinguishable.
+var ErrBadCredentials = errors.New("invalid username or password")
+
+// Account is one user's credential as configured. Exactly one of Hash
+// (bcrypt) and Password (plaintext) is set.
+type Account struct {
+	Name     string
+	Hash     string
+	Password string
+}
+
+type secret struct {
+	hash  []byte   // bcrypt, or nil
+	plain [32]byte // sha256 of a plaintext password, compared in constant time
+}
+
+// Store verifies credentials. It is safe for concurrent use and immutable
+// apart from its cache; a reload builds a new Store.
+type Store struct {
+	users map[string]secret
+	// dummy is verified for unknown users and after a wrong plaintext
+	// password so that every failure costs one bcrypt at the usual cost.
+	dummy  []byte
+	cache  *cache
+	flight singleflight.Group
+}
+
+// Options tune the verification cache.
+type Options struct {
+	CacheTTL  time.Duration // how long a successful check is remembered
+	CacheSize int           // at most this many remembered checks
+}
+
+// Default cache settings: long enough that a client opening connections in
+// a burst pays bcrypt once, short enough that a changed password (after a
+// reload, which drops the cache anyway) or a leaked one stops working soon.
+const (
+	DefaultCacheTTL  = 5 * time.Minute
+	DefaultCacheSize = 10000
+)
+
+// NewStore builds a store from accounts. Hashes must already be valid
+// bcrypt (config validates them).
+func NewStore(accounts []Account, opt Options) (*Store, error) {
+	if opt.CacheTTL <= 0 {
+		opt.CacheTTL = DefaultCacheTTL
+	}
+	if opt.CacheSize <= 0 {
+		opt.CacheSize = DefaultCacheSize
+	}
+	s := &Store{users: make(map[string]secret, len(accounts))}
+	cost := 0
+	for _, a := range accounts {
+		if _, dup := s.users[a.Name]; dup {
+			return nil, fmt.Errorf("user %q: defined twice", a.Name)
+		}
+		var sec secret
+		if a.Hash != "" {
+			c, err := bcrypt.Cost([]byte(a.Hash))
+			if err != nil {
+				return nil, fmt.Errorf("user %q: password hash: %w", a.Name, err)
+			}
+			cost = max(cost, c)
+			sec.hash = []byte(a.Hash)
+		} else {
+			sec.plain = sha256.Sum256([]byte(a.Password))
+		}
+		s.users[a.Name] = sec
+	}
+	if cost == 0 {
+		cost = bcrypt.DefaultCost
+	}
+	// The dummy uses the highest configured cost: an unknown name must never
+	// be cheaper to test than a real one.
+	d, err := bcrypt.GenerateFromPassword([]byte("ifsocks-dummy"), cost)
+	if err != nil {
+		return nil, fmt.Errorf("dummy hash: %w", err)
+	}
+	s.dummy = d
+	s.cache = newCache(opt.CacheTTL, opt.CacheSize)
+	return s, nil
+}
+
+// Len is the number of users. A store with no users means the server runs
+// without authentication.
+func (s *Store) Len() int { return len(s.users) }
+
+// Verify checks name and password. It returns nil or ErrBadCredentials.
+func (s *Store) Verify(name, password string) error {
+	key := s.cache.key(name, password)
+	if s.cache.hit(key) {
+		return nil
+	}
+	// Concurrent checks of the same credentials (a client opening many
+	// connections at once) share one bcrypt computation.
+	_, err, _ := s.flight.Do(string(key[:]), func() (any, error) {
+		if err := s.verifySlow(name, password); err != nil {
+			return nil, err
+		}
+		s.cache.put(key)
+		return nil, nil
+	})
+	return err
+}
+
+func (s *Store) verifySlow(name, password string) error {
+	sec, ok := s.users[name]
+	switch {
+	case !ok:
+		_ = bcrypt.CompareHashAndPassword(s.dummy, []byte(password))
+		return ErrBadCredentials
+	case sec.hash != nil:
+		if bcrypt.CompareHashAndPassword(sec.hash, []byte(password)) != nil {
+			return ErrBadCredentials
+		}
+		return nil
+	default:
+		got := sha256.Sum256([]byte(password))
+		if subtle.ConstantTimeCompare(got[:], sec.plain[:]) != 1 {
+			// Pay the bcrypt price on failure too, or a fast refusal
+			// would reveal that the name exists with a plaintext password.
+			_ = bcrypt.CompareHashAndPassword(s.dummy, []byte(password))
+			return ErrBadCredentials
+		}
+		return nil
+	}
+}

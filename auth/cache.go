@@ -1,0 +1,92 @@
+package auth
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"sync"
+	"time"
+)
+
+// cache remembers successful verifications so a client opening a
+// connection per request does not pay bcrypt each time.
+//
+// Entries are keyed by HMAC-SHA256(key, name NUL password) with a random key
+// made at start: the cache never holds a password or an unkeyed hash of one,
+// so a memory dump does not give an offline dictionary target. Only
+// successes are stored, entries expire after ttl, and the map never grows
+// past size entries.
+type cache struct {
+	secret [32]byte
+	ttl    time.Duration
+	size   int
+
+	mu      sync.Mutex
+	entries map[[32]byte]time.Time // expiry
+}
+
+func newCache(ttl time.Duration, size int) *cache {
+	c := &cache{ttl: ttl, size: size, entries: make(map[[32]byte]time.Time)}
+	if _, err := rand.Read(c.secret[:]); err != nil {
+		// crypto/rand does not fail on Linux since 3.17 (getrandom);
+		// a zero key would make the cache keys guessable, so stop.
+		panic("auth: crypto/rand: " + err.Error())
+	}
+	return c
+}
+
+func (c *cache) key(name, password string) [32]byte {
+	m := hmac.New(sha256.New, c.secret[:])
+	m.Write([]byte(name))
+	m.Write([]byte{0})
+	m.Write([]byte(password))
+	var k [32]byte
+	m.Sum(k[:0])
+	return k
+}
+
+func (c *cache) hit(k [32]byte) bool {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	exp, ok := c.entries[k]
+	if ok && now.After(exp) {
+		delete(c.entries, k)
+		return false
+	}
+	return ok
+}
+
+func (c *cache) put(k [32]byte) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.entries) >= c.size {
+		c.evict(now)
+	}
+	c.entries[k] = now.Add(c.ttl)
+}
+
+// evict drops expired entries, then, if the cache is still full, arbitrary
+// ones (map order is random) until there is room. Losing an entry only costs
+// one bcrypt later.
+func (c *cache) evict(now time.Time) {
+	for k, exp := range c.entries {
+		if now.After(exp) {
+			delete(c.entries, k)
+		}
+	}
+	for k := range c.entries {
+		if len(c.entries) < c.size {
+			break
+		}
+		delete(c.entries, k)
+	}
+}
+
+// len is the number of cached entries, for tests.
+func (c *cache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.entries)
+}

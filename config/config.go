@@ -1,0 +1,90 @@
+// Package config loads and validates the ifsocks TOML configuration.
+//
+// It owns the file format: key names, defaults and every rule that can be
+// checked without touching the network. It does not look at the host's
+// interfaces (a configured interface may appear later) and it does not build
+// servers; the daemon package turns a Config into running parts.
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Defaults, applied in one place (applyDefaults) and documented in
+// config.toml.example, which a test loads.
+const (
+	DefaultListen           = "127.0.0.1:1080"
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultIdleTimeout      = 5 * time.Minute
+	DefaultConnectTimeout   = 10 * time.Second
+	DefaultShutdownTimeout  = 30 * time.Second
+	DefaultLogLevel         = "info"
+	DefaultLogFormat        = "json"
+	// DefaultPath is read when no -config flag is given and the file exists.
+	DefaultPath = "/etc/ifsocks/config.toml"
+)
+
+// DefaultDeny is the destination deny list used when [server] deny is not
+// set: loopback, "this network", unspecified, link-local (which holds the
+// cloud metadata address 169.254.169.254) and the AWS IPv6 metadata address.
+var DefaultDeny = []netip.Prefix{
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("::1/128"),
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("::/128"),
+	netip.MustParsePrefix("169.254.0.0/16"),
+	netip.MustParsePrefix("fe80::/10"),
+	netip.MustParsePrefix("fd00:ec2::254/128"),
+}
+
+// Config is a validated configuration.
+type Config struct {
+	// Source says where the configuration came from: a file path or
+	// "built-in default". Only for logs.
+	Source string
+	Server Server
+	Log    Log
+	Users  []User
+}
+
+// Server is the [server] table.
+type Server struct {
+	Listen           []string
+	HandshakeTimeout time.Duration
+	IdleTimeout      time.Duration
+	ConnectTimeout   time.Duration
+	ShutdownTimeout  time.Duration
+	// Deny lists destination prefixes refused for every user.
+	Deny []netip.Prefix
+	// DenyOwnAddresses refuses destinations that are addresses of this
+	// host, so the proxy cannot be used to reach services bound to them.
+	DenyOwnAddresses bool
+	// AllowOpen permits running without users on a non-loopback address.
+	AllowOpen bool
+}
+
+// Log is the [log] table.
+type Log struct {
+	Level  string
+	Format string
+}
+
+// User is one [[users]] entry. Exactly one of PasswordHash and Password is
+// set.
+type User struct {
+	Name         string
+	PasswordHash string
+	Password     string
+	// Interface is the egress network interface; empty means kernel
+	// routing.
+	Interface string
+}
+
+// Default returns the built-in configuration used when no file is given:
+// listen on loopback, no authentication, kernel routing.
+func Default() *Config {
+	c := &Config{Source: "built-in default"}
+	applyDefaults(c, &file{})
+	return c
+}

@@ -1,0 +1,162 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// file mirrors the TOML layout. Presence of optional keys is taken from the
+// decoder's MetaData, so plain fields are enough here.
+type file struct {
+	Server struct {
+		Listen           []string `toml:"listen"`
+		HandshakeTimeout string   `toml:"handshake_timeout"`
+		IdleTimeout      string   `toml:"idle_timeout"`
+		ConnectTimeout   string   `toml:"connect_timeout"`
+		ShutdownTimeout  string   `toml:"shutdown_timeout"`
+		Deny             []string `toml:"deny"`
+		DenyOwnAddresses bool     `toml:"deny_own_addresses"`
+		AllowOpen        bool     `toml:"allow_open"`
+	} `toml:"server"`
+	Log struct {
+		Level  string `toml:"level"`
+		Format string `toml:"format"`
+	} `toml:"log"`
+	Users []fileUser `toml:"users"`
+
+	md toml.MetaData
+}
+
+type fileUser struct {
+	Name         string `toml:"name"`
+	PasswordHash string `toml:"password_hash"`
+	Password     string `toml:"password"`
+	Interface    string `toml:"interface"`
+}
+
+func (f *file) defined(key ...string) bool { return f.md.IsDefined(key...) }
+
+// Load reads and validates the configuration file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(data, path)
+}
+
+// Parse decodes and validates configuration text. name is used in error
+// messages and as Config.Source.
+func Parse(data []byte, name string) (*Config, error) {
+	var f file
+	md, err := toml.Decode(string(data), &f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	f.md = md
+	if err := unknownKeys(data, md); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	c := &Config{Source: name}
+	v := &validator{}
+	applyDefaults(c, &f)
+	v.server(c, &f)
+	v.log(c)
+	v.users(c, &f)
+	v.openRelay(c)
+	if len(v.errs) > 0 {
+		for i, e := range v.errs {
+			v.errs[i] = fmt.Errorf("%s: %w", name, e)
+		}
+		return nil, errors.Join(v.errs...)
+	}
+	return c, nil
+}
+
+// unknownKeys makes decoding strict. Keys inside [[users]] are reported with
+// the index of the entry that holds them, so the operator can find them.
+func unknownKeys(data []byte, md toml.MetaData) error {
+	und := md.Undecoded()
+	if len(und) == 0 {
+		return nil
+	}
+	var raw struct {
+		Users []map[string]any `toml:"users"`
+	}
+	_, _ = toml.Decode(string(data), &raw) // already decoded once without error
+	var msgs []string
+	for _, k := range und {
+		if len(k) == 2 && k[0] == "users" {
+			for i, u := range raw.Users {
+				if _, ok := u[k[1]]; ok {
+					msgs = append(msgs, fmt.Sprintf("users[%d].%s", i, k[1]))
+				}
+			}
+			continue
+		}
+		msgs = append(msgs, k.String())
+	}
+	sort.Strings(msgs)
+	msgs = dedup(msgs)
+	return fmt.Errorf("unknown key %s", strings.Join(msgs, ", "))
+}
+
+func dedup(s []string) []string {
+	out := s[:0]
+	for i, x := range s {
+		if i == 0 || x != s[i-1] {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// applyDefaults fills every setting from f, or from its default when the key
+// is absent. Values that need parsing are left to the validator.
+func applyDefaults(c *Config, f *file) {
+	c.Server.Listen = []string{DefaultListen}
+	if len(f.Server.Listen) > 0 || f.defined("server", "listen") {
+		c.Server.Listen = f.Server.Listen
+	}
+	c.Server.HandshakeTimeout = DefaultHandshakeTimeout
+	c.Server.IdleTimeout = DefaultIdleTimeout
+	c.Server.ConnectTimeout = DefaultConnectTimeout
+	c.Server.ShutdownTimeout = DefaultShutdownTimeout
+	c.Server.Deny = DefaultDeny
+	c.Server.DenyOwnAddresses = true
+	if f.defined("server", "deny_own_addresses") {
+		c.Server.DenyOwnAddresses = f.Server.DenyOwnAddresses
+	}
+	c.Server.AllowOpen = f.Server.AllowOpen
+	c.Log.Level = DefaultLogLevel
+	if f.defined("log", "level") {
+		c.Log.Level = f.Log.Level
+	}
+	c.Log.Format = DefaultLogFormat
+	if f.defined("log", "format") {
+		c.Log.Format = f.Log.Format
+	}
+}
+
+// duration parses an optional duration key into dst. zeroOK allows "0s"
+// for settings where zero means "disabled".
+func (v *validator) duration(f *file, key string, raw string, dst *time.Duration, zeroOK bool) {
+	if !f.defined("server", key) {
+		return
+	}
+	d, err := time.ParseDuration(raw)
+	switch {
+	case err != nil:
+		v.add("server."+key, raw, "not a duration (use e.g. \"10s\", \"5m\")")
+	case d < 0 || (d == 0 && !zeroOK):
+		v.add("server."+key, raw, "must be greater than zero")
+	default:
+		*dst = d
+	}
+}

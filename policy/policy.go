@@ -1,0 +1,105 @@
+// Package policy decides which destination addresses flows may reach.
+//
+// It is checked after name resolution, on every address a flow would
+// connect or send to, so a name that resolves to loopback or to the cloud
+// metadata address is refused like the literal address. It does not resolve
+// names or know about users.
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// ErrDenied is returned (wrapped in *DeniedError) for a refused destination.
+var ErrDenied = errors.New("destination not allowed")
+
+// DeniedError says why addr was refused.
+type DeniedError struct {
+	Addr   netip.Addr
+	Reason string // the matching prefix, or "address of this host"
+}
+
+func (e *DeniedError) Error() string {
+	return fmt.Sprintf("destination %s not allowed: %s", e.Addr, e.Reason)
+}
+
+func (e *DeniedError) Unwrap() error { return ErrDenied }
+
+// ownRefresh bounds how stale the list of the host's own addresses may be.
+// Listing addresses is a netlink dump, too slow to do per flow.
+const ownRefresh = 2 * time.Second
+
+// Policy is an immutable set of rules plus a cache of the host's addresses.
+// It is safe for concurrent use.
+type Policy struct {
+	deny    []netip.Prefix
+	denyOwn bool
+	// ownAddrs lists the host's addresses; replaced by tests.
+	ownAddrs func() ([]netip.Addr, error)
+
+	mu      sync.Mutex
+	own     map[netip.Addr]bool
+	ownTime time.Time
+}
+
+// New returns a policy refusing the deny prefixes and, if denyOwn, every
+// address assigned to this host.
+func New(deny []netip.Prefix, denyOwn bool) *Policy {
+	return &Policy{deny: deny, denyOwn: denyOwn, ownAddrs: hostAddrs}
+}
+
+// Check returns nil if addr may be reached, else a *DeniedError.
+func (p *Policy) Check(addr netip.Addr) error {
+	// An IPv4-mapped IPv6 address reaches the IPv4 host: judge it as one,
+	// or ::ffff:127.0.0.1 would slip past 127.0.0.0/8.
+	a := addr.Unmap().WithZone("")
+	for _, pfx := range p.deny {
+		if pfx.Contains(a) {
+			return &DeniedError{Addr: addr, Reason: "in " + pfx.String()}
+		}
+	}
+	if p.denyOwn && p.isOwn(a) {
+		return &DeniedError{Addr: addr, Reason: "address of this host"}
+	}
+	return nil
+}
+
+func (p *Policy) isOwn(a netip.Addr) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.own == nil || time.Since(p.ownTime) > ownRefresh {
+		addrs, err := p.ownAddrs()
+		if err == nil {
+			p.own = make(map[netip.Addr]bool, len(addrs))
+			for _, x := range addrs {
+				p.own[x.Unmap().WithZone("")] = true
+			}
+			p.ownTime = time.Now()
+		} else if p.own == nil {
+			// Cannot tell: fail closed for this check only.
+			return true
+		}
+	}
+	return p.own[a]
+}
+
+func hostAddrs() ([]netip.Addr, error) {
+	ifaddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]netip.Addr, 0, len(ifaddrs))
+	for _, ia := range ifaddrs {
+		if n, ok := ia.(*net.IPNet); ok {
+			if a, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, a)
+			}
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,154 @@
+package socks
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/ifsocks/ifsocks/auth"
+	"go.uber.org/zap"
+)
+
+// errNoMethod: the client offered no method the server accepts.
+var errNoMethod = errors.New("no acceptable authentication method")
+
+// serverConn is one accepted client connection.
+type serverConn struct {
+	srv  *Server
+	conn *net.TCPConn
+	st   *Settings // snapshot taken at accept; reloads do not change it
+	// active is set, under srv.mu, once the connection carries a flow
+	// that Shutdown should let finish.
+	active bool
+}
+
+func (sc *serverConn) close() { sc.conn.Close() }
+
+// serve runs the connection from greeting to the end of its flow.
+func (sc *serverConn) serve() {
+	defer sc.conn.Close()
+	rec := &record{start: time.Now(), client: addrPortOf(sc.conn.RemoteAddr())}
+	st := sc.st
+	if st.HandshakeTimeout > 0 {
+		sc.conn.SetDeadline(rec.start.Add(st.HandshakeTimeout))
+	}
+	name, err := sc.negotiate(rec)
+	if err != nil {
+		sc.logHandshake(rec, err)
+		return
+	}
+	req, err := readRequest(sc.conn)
+	rec.target = req.Dst
+	if err != nil {
+		var re *requestError
+		if !errors.As(err, &re) {
+			sc.logHandshake(rec, err)
+			return
+		}
+		writeReply(sc.conn, re.reply, netip.AddrPort{})
+		rec.finish(re.reply, outcomeBadRequest, err)
+		rec.log(sc.srv.log, zap.WarnLevel)
+		return
+	}
+	sc.conn.SetDeadline(time.Time{})
+	user, ok := st.Users[name]
+	if name != "" && !ok {
+		// Auth accepted a name the egress map lacks: a bug in how the
+		// settings were built. Refuse rather than use kernel routing.
+		sc.refuse(rec, RepGeneralFailure, outcomeError, fmt.Errorf("user %q has no egress settings", name))
+		return
+	}
+	if name == "" {
+		user = st.NoAuthUser
+	}
+	rec.iface = user.Interface
+	switch req.Cmd {
+	case cmdConnect:
+		sc.connect(rec, req.Dst, user)
+	default:
+		sc.refuse(rec, RepCommandUnsupported, outcomeBadRequest, fmt.Errorf("command %#x not supported", req.Cmd))
+	}
+}
+
+// refuse replies rep with no bound address, and logs the flow.
+func (sc *serverConn) refuse(rec *record, rep byte, outcome string, err error) {
+	writeReply(sc.conn, rep, netip.AddrPort{})
+	rec.finish(rep, outcome, err)
+	lvl := zap.InfoLevel
+	if outcome == outcomeError {
+		lvl = zap.ErrorLevel
+	}
+	rec.log(sc.srv.log, lvl)
+}
+
+// negotiate runs method selection and, when users are configured, RFC 1929
+// authentication. It returns the user name, "" without authentication.
+func (sc *serverConn) negotiate(rec *record) (string, error) {
+	methods, err := readGreeting(sc.conn)
+	if err != nil {
+		return "", err
+	}
+	want := byte(methodNoAuth)
+	if sc.st.Auth != nil && sc.st.Auth.Len() > 0 {
+		want = methodUserPass
+	}
+	if !bytes.Contains(methods, []byte{want}) {
+		sc.conn.Write([]byte{socks5Version, methodNoAccept})
+		return "", errNoMethod
+	}
+	if _, err := sc.conn.Write([]byte{socks5Version, want}); err != nil {
+		return "", fmt.Errorf("write method selection: %w", err)
+	}
+	if want == methodNoAuth {
+		return "", nil
+	}
+	name, pass, err := readUserPass(sc.conn)
+	rec.user = name
+	if err != nil {
+		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
+		return "", err
+	}
+	if err := sc.st.Auth.Verify(name, pass); err != nil {
+		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
+		return "", err
+	}
+	if _, err := sc.conn.Write([]byte{userPassVersion, authStatusOK}); err != nil {
+		return "", fmt.Errorf("write auth status: %w", err)
+	}
+	return name, nil
+}
+
+// logHandshake logs a connection that ended before a request could be
+// served. A bare connect-and-close (port scans, TCP health checks) is only
+// worth a debug line.
+func (sc *serverConn) logHandshake(rec *record, err error) {
+	lvl := zap.WarnLevel
+	msg := "handshake failed"
+	switch {
+	case errors.Is(err, auth.ErrBadCredentials):
+		msg = "authentication failed"
+	case errors.Is(err, io.EOF):
+		lvl = zap.DebugLevel
+	}
+	fields := []zap.Field{
+		zap.Stringer("client", rec.client),
+		zap.Duration("duration", time.Since(rec.start)),
+		zap.Error(err),
+	}
+	if rec.user != "" {
+		fields = append(fields, zap.String("user", rec.user))
+	}
+	sc.srv.log.Log(lvl, msg, fields...)
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}

@@ -1,0 +1,71 @@
+package socks
+
+import (
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Flow outcomes, as logged.
+const (
+	outcomeOK         = "ok"          // relayed; both sides closed normally
+	outcomeIdle       = "idle"        // relayed; ended by the idle timeout
+	outcomeReset      = "relay_error" // relayed; ended by an error on a side
+	outcomeDenied     = "denied"      // refused by the destination policy
+	outcomeUnreach    = "unreachable" // interface, network or host unreachable
+	outcomeRefused    = "refused"     // target refused the connection
+	outcomeTimeout    = "timeout"     // connect or resolution timed out
+	outcomeBadRequest = "bad_request" // malformed or unsupported request
+	outcomeShutdown   = "shutdown"    // refused because the server is stopping
+	outcomeError      = "error"       // our own fault
+)
+
+// record accumulates what the flow log line reports.
+type record struct {
+	start    time.Time
+	client   netip.AddrPort
+	user     string
+	target   Addr
+	remote   netip.AddrPort
+	iface    string
+	local    netip.AddrPort
+	up, down int64
+	reply    byte
+	outcome  string
+	err      error
+}
+
+func (r *record) finish(rep byte, outcome string, err error) {
+	r.reply = rep
+	r.outcome = outcome
+	r.err = err
+}
+
+// log writes the one line a flow gets at its end. Strings that came from
+// the network (user, target name) are passed as zap fields, which escape
+// control characters in both encoders.
+func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
+	fields := []zap.Field{
+		zap.String("user", r.user),
+		zap.Stringer("client", r.client),
+		zap.String("target", r.target.String()),
+		zap.String("interface", r.iface),
+		zap.Int64("bytes_up", r.up),
+		zap.Int64("bytes_down", r.down),
+		zap.Duration("duration", time.Since(r.start)),
+		zap.String("outcome", r.outcome),
+		zap.Uint8("reply", r.reply),
+	}
+	if r.remote.IsValid() {
+		fields = append(fields, zap.Stringer("remote", r.remote))
+	}
+	if r.local.IsValid() {
+		fields = append(fields, zap.Stringer("local", r.local))
+	}
+	if r.err != nil {
+		fields = append(fields, zap.Error(r.err))
+	}
+	l.Log(lvl, "flow", fields...)
+}

@@ -1,0 +1,247 @@
+// Package socks is the SOCKS5 server of ifsocks: RFC 1928 negotiation,
+// RFC 1929 username/password authentication, and the CONNECT command, with
+// every outbound socket of a user bound to that user's interface.
+//
+// The protocol is written from the RFCs. The server is shaped like
+// net/http.Server: Serve(listener), Shutdown(ctx), Close. It does not open
+// listeners, read configuration files or handle signals; the daemon package
+// does that and hands the server its Settings, which can be replaced at any
+// time for new connections (reload) without touching running flows.
+package socks
+
+import (
+	"context"
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ifsocks/ifsocks/auth"
+	"github.com/ifsocks/ifsocks/policy"
+	"go.uber.org/zap"
+)
+
+// ErrServerClosed is returned by Serve after Shutdown or Close.
+var ErrServerClosed = errors.New("socks: server closed")
+
+// User is what the server knows of an authenticated user besides the
+// password: where its flows leave.
+type User struct {
+	// Interface is the egress interface; "" means kernel routing.
+	Interface string
+}
+
+// Settings are the rules for new connections. A Settings value must not be
+// modified once passed to the server; replace it with Server.Update.
+type Settings struct {
+	// Auth verifies credentials. Nil or empty means no authentication
+	// (method 0x00); otherwise only username/password (0x02) is accepted.
+	Auth *auth.Store
+	// Users maps a user name to its egress. Every name Auth accepts must
+	// be present.
+	Users map[string]User
+	// NoAuthUser is the egress of flows without authentication.
+	NoAuthUser User
+	Policy     *policy.Policy
+
+	HandshakeTimeout time.Duration // greeting to request, inclusive
+	ConnectTimeout   time.Duration // resolution plus connect
+	IdleTimeout      time.Duration // 0 disables
+}
+
+// Server serves SOCKS5 on any number of listeners.
+type Server struct {
+	log      *zap.Logger
+	settings atomic.Pointer[Settings]
+
+	// ctx is cancelled by Close or at the end of a Shutdown grace period;
+	// it aborts dials and name lookups in progress.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	conns     map[*serverConn]struct{}
+	wg        sync.WaitGroup // one per connection goroutine
+}
+
+// New returns a server using st for new connections.
+func New(log *zap.Logger, st *Settings) *Server {
+	s := &Server{
+		log:       log,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*serverConn]struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.settings.Store(st)
+	return s
+}
+
+// Update replaces the settings for connections accepted from now on.
+// Connections already past their handshake keep the settings they started
+// with.
+func (s *Server) Update(st *Settings) { s.settings.Store(st) }
+
+// Settings returns the settings new connections get.
+func (s *Server) Settings() *Settings { return s.settings.Load() }
+
+// Serve accepts connections on ln until it fails or the server is shut
+// down, and always returns a non-nil error: ErrServerClosed after Shutdown
+// or Close. ln is closed when Serve returns. ln must yield *net.TCPConn.
+func (s *Server) Serve(ln net.Listener) error {
+	if !s.trackListener(ln, true) {
+		ln.Close()
+		return ErrServerClosed
+	}
+	defer s.trackListener(ln, false)
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return ErrServerClosed
+			}
+			// Out of descriptors and similar: wait and retry as
+			// net/http does, instead of spinning on the error.
+			if ne, ok := err.(net.Error); ok && !errors.Is(err, net.ErrClosed) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", zap.Error(ne), zap.Duration("backoff", backoff))
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			c.Close()
+			continue
+		}
+		s.startConn(tc)
+	}
+}
+
+func (s *Server) trackListener(ln net.Listener, add bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.closed {
+			return false
+		}
+		s.listeners[ln] = struct{}{}
+		return true
+	}
+	delete(s.listeners, ln)
+	ln.Close()
+	return true
+}
+
+func (s *Server) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+func (s *Server) startConn(c *net.TCPConn) {
+	sc := &serverConn{srv: s, conn: c, st: s.settings.Load()}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		c.Close()
+		return
+	}
+	s.conns[sc] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		defer s.untrack(sc)
+		sc.serve()
+	}()
+}
+
+func (s *Server) untrack(sc *serverConn) {
+	s.mu.Lock()
+	delete(s.conns, sc)
+	s.mu.Unlock()
+}
+
+// closeListeners marks the server closed and stops every Serve loop.
+func (s *Server) closeListeners() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+}
+
+// Shutdown stops accepting, closes connections that have not yet started a
+// flow, and waits for running flows to end. When ctx ends first, the rest
+// are closed and ctx's error is returned after their goroutines exit.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeListeners()
+	// Connections still in their handshake are closed now; those that
+	// finish it in the meantime are refused by beginFlow.
+	s.closeWhere(func(sc *serverConn) bool { return !sc.active })
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		s.cancel()
+		return nil
+	case <-ctx.Done():
+		s.forceClose()
+		<-done
+		return ctx.Err()
+	}
+}
+
+// Close closes every listener and connection at once and waits for their
+// goroutines.
+func (s *Server) Close() error {
+	s.closeListeners()
+	s.forceClose()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) forceClose() {
+	s.cancel()
+	s.closeWhere(func(*serverConn) bool { return true })
+}
+
+// beginFlow marks sc as carrying a flow, which Shutdown lets finish. It
+// fails once shutdown has begun.
+func (s *Server) beginFlow(sc *serverConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	sc.active = true
+	return true
+}
+
+func (s *Server) closeWhere(pred func(*serverConn) bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sc := range s.conns {
+		if pred(sc) {
+			sc.close()
+		}
+	}
+}
+
+// ActiveConns is the number of open client connections, for tests and
+// metrics.
+func (s *Server) ActiveConns() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
