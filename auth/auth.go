@@ -60,6 +60,9 @@ const (
 	DefaultCacheSize = 10000
 )
 
+// maxBcryptPassword is the longest password bcrypt hashes in full.
+const maxBcryptPassword = 72
+
 // NewStore builds a store from accounts. Hashes must already be valid
 // bcrypt (config validates them).
 func NewStore(accounts []Account, opt Options) (*Store, error) {
@@ -76,6 +79,9 @@ func NewStore(accounts []Account, opt Options) (*Store, error) {
 			return nil, fmt.Errorf("user %q: defined twice", a.Name)
 		}
 		var sec secret
+		if a.Hash == "" && a.Password == "" {
+			return nil, fmt.Errorf("user %q: no password", a.Name)
+		}
 		if a.Hash != "" {
 			c, err := bcrypt.Cost([]byte(a.Hash))
 			if err != nil {
@@ -131,6 +137,13 @@ func (s *Store) verifySlow(name, password string) error {
 		_ = bcrypt.CompareHashAndPassword(s.dummy, []byte(password))
 		return ErrBadCredentials
 	case sec.hash != nil:
+		// bcrypt reads only the first 72 bytes; a longer password
+		// would match any other with the same prefix. Refuse it, at
+		// the usual cost.
+		if len(password) > maxBcryptPassword {
+			_ = bcrypt.CompareHashAndPassword(s.dummy, []byte(password[:maxBcryptPassword]))
+			return ErrBadCredentials
+		}
 		if bcrypt.CompareHashAndPassword(sec.hash, []byte(password)) != nil {
 			return ErrBadCredentials
 		}

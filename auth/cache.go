@@ -11,7 +11,7 @@ import (
 // cache remembers successful verifications so a client opening a
 // connection per request does not pay bcrypt each time.
 //
-// Entries are keyed by HMAC-SHA256(key, name NUL password) with a random key
+// Entries are keyed by HMAC-SHA256(key, len(name) name password) with a random key
 // made at start: the cache never holds a password or an unkeyed hash of one,
 // so a memory dump does not give an offline dictionary target. Only
 // successes are stored, entries expire after ttl, and the map never grows
@@ -36,9 +36,11 @@ func newCache(ttl time.Duration, size int) *cache {
 }
 
 func (c *cache) key(name, password string) [32]byte {
+	// The name goes in with its length so that no two (name, password)
+	// pairs give the same input: both may contain any byte.
 	m := hmac.New(sha256.New, c.secret[:])
+	m.Write([]byte{byte(len(name) >> 8), byte(len(name))})
 	m.Write([]byte(name))
-	m.Write([]byte{0})
 	m.Write([]byte(password))
 	var k [32]byte
 	m.Sum(k[:0])

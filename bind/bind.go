@@ -130,3 +130,19 @@ func (d Dialer) LookupIP(ctx context.Context, host string) ([]netip.Addr, error)
 	}
 	return addrs, nil
 }
+
+// SourceAddr reports the source address the kernel chooses for packets to
+// dst from a socket bound to the interface. Nothing is sent: connect(2) on
+// a UDP socket only performs the route lookup.
+func (d Dialer) SourceAddr(ctx context.Context, dst netip.Addr) (netip.Addr, error) {
+	network := "udp4"
+	if dst.Is6() {
+		network = "udp6"
+	}
+	c, err := d.netDialer().DialContext(ctx, network, netip.AddrPortFrom(dst, 9).String())
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), nil
+}

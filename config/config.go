@@ -19,6 +19,9 @@ const (
 	DefaultIdleTimeout      = 5 * time.Minute
 	DefaultConnectTimeout   = 10 * time.Second
 	DefaultShutdownTimeout  = 30 * time.Second
+	DefaultMaxAssociations  = 64
+	DefaultUDPMaxDatagram   = 8192
+	DefaultUDPReplyFilter   = "address-port"
 	DefaultLogLevel         = "info"
 	DefaultLogFormat        = "json"
 	// DefaultPath is read when no -config flag is given and the file exists.
@@ -62,6 +65,23 @@ type Server struct {
 	DenyOwnAddresses bool
 	// AllowOpen permits running without users on a non-loopback address.
 	AllowOpen bool
+
+	// UDPPortMin and UDPPortMax bound the ports of client-facing UDP relay
+	// sockets; both zero means a port from the kernel.
+	UDPPortMin, UDPPortMax uint16
+	// UDPAdvertise, when valid, replaces the relay address in UDP
+	// ASSOCIATE replies (hosts behind 1:1 NAT).
+	UDPAdvertise netip.Addr
+	// MaxAssociations caps concurrent UDP associations per user (per
+	// client IP without authentication).
+	MaxAssociations int
+	// UDPMaxDatagram is the largest payload relayed; larger ones are
+	// dropped.
+	UDPMaxDatagram int
+	// UDPReplyFilter says which datagrams from the network go back to the
+	// client: "address-port" (only from destinations the client sent to),
+	// "address" (any port of those addresses) or "none".
+	UDPReplyFilter string
 }
 
 // Log is the [log] table.
@@ -79,6 +99,8 @@ type User struct {
 	// Interface is the egress network interface; empty means kernel
 	// routing.
 	Interface string
+	// MaxAssociations overrides Server.MaxAssociations when non-zero.
+	MaxAssociations int
 }
 
 // Default returns the built-in configuration used when no file is given:

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -23,6 +25,11 @@ type file struct {
 		Deny             []string `toml:"deny"`
 		DenyOwnAddresses bool     `toml:"deny_own_addresses"`
 		AllowOpen        bool     `toml:"allow_open"`
+		UDPPorts         string   `toml:"udp_ports"`
+		UDPAdvertise     string   `toml:"udp_advertise"`
+		MaxAssociations  int      `toml:"max_associations"`
+		UDPMaxDatagram   int      `toml:"udp_max_datagram"`
+		UDPReplyFilter   string   `toml:"udp_reply_filter"`
 	} `toml:"server"`
 	Log struct {
 		Level  string `toml:"level"`
@@ -34,10 +41,11 @@ type file struct {
 }
 
 type fileUser struct {
-	Name         string `toml:"name"`
-	PasswordHash string `toml:"password_hash"`
-	Password     string `toml:"password"`
-	Interface    string `toml:"interface"`
+	Name            string `toml:"name"`
+	PasswordHash    string `toml:"password_hash"`
+	Password        string `toml:"password"`
+	Interface       string `toml:"interface"`
+	MaxAssociations int    `toml:"max_associations"`
 }
 
 func (f *file) defined(key ...string) bool { return f.md.IsDefined(key...) }
@@ -79,20 +87,25 @@ func Parse(data []byte, name string) (*Config, error) {
 	return c, nil
 }
 
-// unknownKeys makes decoding strict. Keys inside [[users]] are reported with
-// the index of the entry that holds them, so the operator can find them.
+// unknownKeys makes decoding strict. The TOML decoder matches struct
+// fields case-insensitively and only reports keys that match nothing, so
+// every key of the file is compared, with its exact spelling, to the keys
+// the file struct declares. Keys inside [[users]] are reported with the
+// index of the entry that holds them, so the operator can find them.
 func unknownKeys(data []byte, md toml.MetaData) error {
-	und := md.Undecoded()
-	if len(und) == 0 {
-		return nil
-	}
+	allowed := tomlKeys(reflect.TypeOf(file{}), "")
 	var raw struct {
 		Users []map[string]any `toml:"users"`
 	}
-	_, _ = toml.Decode(string(data), &raw) // already decoded once without error
 	var msgs []string
-	for _, k := range und {
+	for _, k := range md.Keys() {
+		if allowed[k.String()] {
+			continue
+		}
 		if len(k) == 2 && k[0] == "users" {
+			if raw.Users == nil {
+				_, _ = toml.Decode(string(data), &raw) // decoded once already without error
+			}
 			for i, u := range raw.Users {
 				if _, ok := u[k[1]]; ok {
 					msgs = append(msgs, fmt.Sprintf("users[%d].%s", i, k[1]))
@@ -102,9 +115,37 @@ func unknownKeys(data []byte, md toml.MetaData) error {
 		}
 		msgs = append(msgs, k.String())
 	}
+	if len(msgs) == 0 {
+		return nil
+	}
 	sort.Strings(msgs)
 	msgs = dedup(msgs)
-	return fmt.Errorf("unknown key %s", strings.Join(msgs, ", "))
+	return fmt.Errorf("unknown key %s (keys are case-sensitive)", strings.Join(msgs, ", "))
+}
+
+// tomlKeys lists the dotted key paths declared by the toml tags of t,
+// tables included.
+func tomlKeys(t reflect.Type, prefix string) map[string]bool {
+	keys := map[string]bool{}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name := f.Tag.Get("toml")
+		if name == "" {
+			continue
+		}
+		path := prefix + name
+		keys[path] = true
+		ft := f.Type
+		if ft.Kind() == reflect.Slice {
+			ft = ft.Elem()
+		}
+		if ft.Kind() == reflect.Struct {
+			for k := range tomlKeys(ft, path+".") {
+				keys[k] = true
+			}
+		}
+	}
+	return keys
 }
 
 func dedup(s []string) []string {
@@ -128,12 +169,18 @@ func applyDefaults(c *Config, f *file) {
 	c.Server.IdleTimeout = DefaultIdleTimeout
 	c.Server.ConnectTimeout = DefaultConnectTimeout
 	c.Server.ShutdownTimeout = DefaultShutdownTimeout
-	c.Server.Deny = DefaultDeny
+	c.Server.Deny = slices.Clone(DefaultDeny)
 	c.Server.DenyOwnAddresses = true
 	if f.defined("server", "deny_own_addresses") {
 		c.Server.DenyOwnAddresses = f.Server.DenyOwnAddresses
 	}
 	c.Server.AllowOpen = f.Server.AllowOpen
+	c.Server.MaxAssociations = DefaultMaxAssociations
+	c.Server.UDPMaxDatagram = DefaultUDPMaxDatagram
+	c.Server.UDPReplyFilter = DefaultUDPReplyFilter
+	if f.defined("server", "udp_reply_filter") {
+		c.Server.UDPReplyFilter = f.Server.UDPReplyFilter
+	}
 	c.Log.Level = DefaultLogLevel
 	if f.defined("log", "level") {
 		c.Log.Level = f.Log.Level

@@ -62,6 +62,62 @@ func (v *validator) server(c *Config, f *file) {
 			s.Deny = append(s.Deny, p)
 		}
 	}
+	v.udp(s, f)
+}
+
+// maxUDPPayload is the largest UDP payload IPv4 can carry (65535 minus the
+// IP and UDP headers).
+const maxUDPPayload = 65507
+
+func (v *validator) udp(s *Server, f *file) {
+	if f.defined("server", "udp_ports") {
+		lo, hi, err := parsePortRange(f.Server.UDPPorts)
+		if err != nil {
+			v.add("server.udp_ports", f.Server.UDPPorts, err.Error())
+		}
+		s.UDPPortMin, s.UDPPortMax = lo, hi
+	}
+	if f.defined("server", "udp_advertise") {
+		ip, err := netip.ParseAddr(f.Server.UDPAdvertise)
+		if err != nil || ip.Zone() != "" || ip.IsUnspecified() {
+			v.add("server.udp_advertise", f.Server.UDPAdvertise, "must be an IP address")
+		}
+		s.UDPAdvertise = ip.Unmap()
+	}
+	if f.defined("server", "max_associations") {
+		if n := f.Server.MaxAssociations; n < 1 {
+			v.add("server.max_associations", strconv.Itoa(n), "must be at least 1")
+		}
+		s.MaxAssociations = f.Server.MaxAssociations
+	}
+	if f.defined("server", "udp_max_datagram") {
+		if n := f.Server.UDPMaxDatagram; n < 1 || n > maxUDPPayload {
+			v.add("server.udp_max_datagram", strconv.Itoa(n), fmt.Sprintf("must be 1-%d", maxUDPPayload))
+		}
+		s.UDPMaxDatagram = f.Server.UDPMaxDatagram
+	}
+	switch s.UDPReplyFilter {
+	case "address-port", "address", "none":
+	default:
+		v.add("server.udp_reply_filter", s.UDPReplyFilter, "must be address-port, address or none")
+	}
+}
+
+// parsePortRange accepts "40000-40999" or a single port.
+func parsePortRange(s string) (lo, hi uint16, err error) {
+	a, b, found := strings.Cut(s, "-")
+	if !found {
+		b = a
+	}
+	x, err1 := strconv.ParseUint(strings.TrimSpace(a), 10, 16)
+	y, err2 := strconv.ParseUint(strings.TrimSpace(b), 10, 16)
+	switch {
+	case err1 != nil || err2 != nil:
+		return 0, 0, fmt.Errorf("not a port range (use e.g. \"40000-40999\")")
+	case x < 1 || y < x:
+		return 0, 0, fmt.Errorf("want 1 <= first <= last <= 65535")
+	}
+	return uint16(x), uint16(y), nil
 }
 
 // checkListen accepts "IP:port" and ":port" (all addresses). Host names are
@@ -138,6 +194,9 @@ func (v *validator) users(c *Config, f *file) {
 				v.add(key("interface"), u.Interface, err.Error())
 			}
 		}
+		if u.MaxAssociations < 0 {
+			v.add(key("max_associations"), strconv.Itoa(u.MaxAssociations), "must be at least 1 (or unset for the server default)")
+		}
 		c.Users = append(c.Users, u)
 	}
 }
@@ -147,21 +206,27 @@ func (v *validator) password(key func(string) string, u User) {
 	case u.Password == "" && u.PasswordHash == "":
 		v.add(key("password_hash"), "", "set password_hash (bcrypt) or password")
 	case u.Password != "" && u.PasswordHash != "":
-		v.add(key("password"), redact(u.Password), "set only one of password and password_hash")
+		v.add(key("password"), "***", "set only one of password and password_hash")
 	case len(u.Password) > 255:
-		v.add(key("password"), redact(u.Password), "longer than 255 bytes (RFC 1929 limit)")
+		v.add(key("password"), "***", "longer than 255 bytes (RFC 1929 limit)")
 	case u.PasswordHash != "":
 		if err := checkBcrypt(u.PasswordHash); err != nil {
-			v.add(key("password_hash"), redact(u.PasswordHash), err.Error())
+			v.add(key("password_hash"), redactHash(u.PasswordHash), err.Error())
 		}
 	}
 }
 
 // checkBcrypt accepts the $2a$, $2b$ and $2y$ variants. They differ only
-// in historical bugs of other implementations; the verification is the same.
+// in historical bugs of other implementations; the verification is the
+// same. The whole hash is checked ("$2b$" cost "$" and 53 characters of
+// bcrypt's base64), not just its prefix, so a mangled hash that could never
+// match is reported at load time.
 func checkBcrypt(h string) error {
-	if len(h) < 4 || !(strings.HasPrefix(h, "$2a$") || strings.HasPrefix(h, "$2b$") || strings.HasPrefix(h, "$2y$")) {
+	if !(strings.HasPrefix(h, "$2a$") || strings.HasPrefix(h, "$2b$") || strings.HasPrefix(h, "$2y$")) {
 		return fmt.Errorf("not a bcrypt hash ($2a$, $2b$ or $2y$; make one with: ifsocks hash-password)")
+	}
+	if len(h) != 60 || h[6] != '$' || strings.Trim(h[7:], bcryptAlphabet) != "" {
+		return fmt.Errorf("not a valid bcrypt hash: want 60 characters, \"$2b$NN$\" and 53 of [./A-Za-z0-9]")
 	}
 	if _, err := bcrypt.Cost([]byte(h)); err != nil {
 		return fmt.Errorf("not a valid bcrypt hash: %v", err)
@@ -169,11 +234,13 @@ func checkBcrypt(h string) error {
 	return nil
 }
 
-// redact keeps secrets out of error messages while still showing which
-// value is meant.
-func redact(s string) string {
+const bcryptAlphabet = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+// redactHash keeps the non-secret prefix (variant and cost) of a hash in
+// error messages so the operator can see which value is meant.
+func redactHash(s string) string {
 	if len(s) <= 7 {
-		return "***"
+		return s
 	}
 	return s[:7] + "***"
 }

@@ -75,7 +75,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	users := make(map[string]socks.User, len(cfg.Users))
 	for _, u := range cfg.Users {
 		accounts = append(accounts, auth.Account{Name: u.Name, Hash: u.PasswordHash, Password: u.Password})
-		users[u.Name] = socks.User{Interface: u.Interface}
+		users[u.Name] = socks.User{Interface: u.Interface, MaxAssociations: u.MaxAssociations}
 	}
 	store, err := auth.NewStore(accounts, auth.Options{})
 	if err != nil {
@@ -88,7 +88,22 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 		HandshakeTimeout: cfg.Server.HandshakeTimeout,
 		ConnectTimeout:   cfg.Server.ConnectTimeout,
 		IdleTimeout:      cfg.Server.IdleTimeout,
+		UDP: socks.UDPSettings{
+			PortMin:         cfg.Server.UDPPortMin,
+			PortMax:         cfg.Server.UDPPortMax,
+			Advertise:       cfg.Server.UDPAdvertise,
+			MaxAssociations: cfg.Server.MaxAssociations,
+			MaxDatagram:     cfg.Server.UDPMaxDatagram,
+			ReplyFilter:     replyFilters[cfg.Server.UDPReplyFilter],
+		},
 	}, nil
+}
+
+// replyFilters maps the udp_reply_filter values config accepts.
+var replyFilters = map[string]socks.ReplyFilter{
+	"address-port": socks.FilterAddressPort,
+	"address":      socks.FilterAddress,
+	"none":         socks.FilterNone,
 }
 
 // reportHost warns about what will make flows fail or is unsafe, without

@@ -33,8 +33,9 @@ type Result struct {
 // timeout). Both connections are closed when it returns.
 func TCP(client, upstream *net.TCPConn, idle time.Duration) Result {
 	f := &flow{conns: [2]*net.TCPConn{client, upstream}}
+	var it *IdleTimer
 	if idle > 0 {
-		f.startIdleTimer(idle)
+		it = StartIdleTimer(idle, f.quiet, f.expire)
 	}
 	downc := make(chan int64, 1)
 	go func() {
@@ -42,18 +43,22 @@ func TCP(client, upstream *net.TCPConn, idle time.Duration) Result {
 	}()
 	up := f.half(upstream, client)
 	down := <-downc
+	if it != nil {
+		it.Stop()
+	}
 	f.finish()
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	return Result{Up: up, Down: down, Err: f.err, Idle: f.idle}
 }
 
 type flow struct {
 	conns [2]*net.TCPConn
 
-	mu    sync.Mutex
-	err   error
-	idle  bool
-	done  bool
-	timer *time.Timer
+	mu   sync.Mutex
+	err  error
+	idle bool
+	done bool
 }
 
 // half copies src to dst. On EOF it passes the half-close on with
@@ -90,35 +95,19 @@ func (f *flow) closeBoth() {
 func (f *flow) finish() {
 	f.mu.Lock()
 	f.done = true
-	if f.timer != nil {
-		f.timer.Stop()
-	}
 	f.mu.Unlock()
 	f.closeBoth()
 }
 
-// startIdleTimer arms a timer that, when it fires, asks the kernel how long
-// ago each socket last received data and either ends the flow or re-arms
-// for the remaining time. No goroutine waits while the flow is busy.
-func (f *flow) startIdleTimer(idle time.Duration) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.timer = time.AfterFunc(idle, func() { f.checkIdle(idle) })
+// quiet is how long neither socket has received payload, from the kernel's
+// own bookkeeping (TCP_INFO), so the copy loops need not track it.
+func (f *flow) quiet() time.Duration {
+	return min(sinceLastReceive(f.conns[0]), sinceLastReceive(f.conns[1]))
 }
 
-func (f *flow) checkIdle(idle time.Duration) {
-	quiet := min(sinceLastReceive(f.conns[0]), sinceLastReceive(f.conns[1]))
+func (f *flow) expire() {
 	f.mu.Lock()
-	if f.done {
-		f.mu.Unlock()
-		return
-	}
-	if quiet < idle {
-		f.timer.Reset(idle - quiet)
-		f.mu.Unlock()
-		return
-	}
-	f.idle = true
+	f.idle = !f.done
 	f.mu.Unlock()
 	f.closeBoth()
 }

@@ -69,6 +69,8 @@ func (sc *serverConn) serve() {
 	switch req.Cmd {
 	case cmdConnect:
 		sc.connect(rec, req.Dst, user)
+	case cmdUDPAssociate:
+		sc.associate(rec, req.Dst, user, name)
 	default:
 		sc.refuse(rec, RepCommandUnsupported, outcomeBadRequest, fmt.Errorf("command %#x not supported", req.Cmd))
 	}

@@ -19,6 +19,7 @@ const (
 	outcomeTimeout    = "timeout"     // connect or resolution timed out
 	outcomeBadRequest = "bad_request" // malformed or unsupported request
 	outcomeShutdown   = "shutdown"    // refused because the server is stopping
+	outcomeLimit      = "limit"       // refused by a configured limit
 	outcomeError      = "error"       // our own fault
 )
 

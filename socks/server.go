@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,39 @@ var ErrServerClosed = errors.New("socks: server closed")
 type User struct {
 	// Interface is the egress interface; "" means kernel routing.
 	Interface string
+	// MaxAssociations overrides UDPSettings.MaxAssociations when > 0.
+	MaxAssociations int
+}
+
+// ReplyFilter says which datagrams from the network a UDP association
+// passes back to its client.
+type ReplyFilter int
+
+const (
+	// FilterAddressPort passes datagrams only from an address and port
+	// the client has sent to (the default; like a port-restricted NAT).
+	FilterAddressPort ReplyFilter = iota
+	// FilterAddress passes datagrams from any port of an address the
+	// client has sent to.
+	FilterAddress
+	// FilterNone passes every datagram (like a full-cone NAT).
+	FilterNone
+)
+
+// UDPSettings govern UDP ASSOCIATE (RFC 1928 section 7).
+type UDPSettings struct {
+	// PortMin..PortMax is the range for client-facing relay sockets;
+	// zero means a port from the kernel.
+	PortMin, PortMax uint16
+	// Advertise, when valid, is sent as BND.ADDR instead of the relay
+	// socket's address (for hosts behind 1:1 NAT).
+	Advertise netip.Addr
+	// MaxAssociations caps concurrent associations per user, or per
+	// client IP without authentication.
+	MaxAssociations int
+	// MaxDatagram is the largest payload relayed either way.
+	MaxDatagram int
+	ReplyFilter ReplyFilter
 }
 
 // Settings are the rules for new connections. A Settings value must not be
@@ -48,6 +82,8 @@ type Settings struct {
 	HandshakeTimeout time.Duration // greeting to request, inclusive
 	ConnectTimeout   time.Duration // resolution plus connect
 	IdleTimeout      time.Duration // 0 disables
+
+	UDP UDPSettings
 }
 
 // Server serves SOCKS5 on any number of listeners.
@@ -64,6 +100,7 @@ type Server struct {
 	closed    bool
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
+	assocs    map[string]int // live UDP associations by limit key
 	wg        sync.WaitGroup // one per connection goroutine
 }
 
@@ -73,6 +110,7 @@ func New(log *zap.Logger, st *Settings) *Server {
 		log:       log,
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*serverConn]struct{}),
+		assocs:    make(map[string]int),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.settings.Store(st)

@@ -1,0 +1,277 @@
+package socks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/relay"
+	"go.uber.org/zap"
+)
+
+// errNoUDPPort: every port of [server] udp_ports is in use.
+var errNoUDPPort = errors.New("no free port in udp_ports")
+
+// errAssocLimit: the user (or, without authentication, the client IP)
+// already has max_associations open.
+var errAssocLimit = errors.New("too many UDP associations (max_associations)")
+
+// association is one UDP ASSOCIATE: a client-facing relay socket, one
+// unconnected outbound socket per address family bound to the user's
+// interface, and the TCP control connection whose end ends it all.
+type association struct {
+	st      *Settings
+	user    User
+	dialer  bind.Dialer
+	control *net.TCPConn
+	relay   *net.UDPConn
+	out     [2]*net.UDPConn // IPv4, IPv6; nil when the host lacks the family
+
+	// ctx ends when the association does; it bounds name lookups.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	clientIP netip.Addr // from the control connection; datagrams from elsewhere are dropped
+	// clientPort is the client's UDP port: from the request when not zero,
+	// else from the first datagram. 0 until known.
+	clientPort atomic.Uint32
+	fixedPort  bool
+
+	sent  sentSet
+	names nameCache // used by the upstream goroutine only
+	// source is the source address per family, learnt at the first
+	// datagram of that family; written by the upstream goroutine, read
+	// after it has ended.
+	source [2]netip.Addr
+
+	last      atomic.Int64 // unix nanoseconds of the last datagram relayed
+	idle      atomic.Bool
+	stats     udpStats
+	closeOnce sync.Once
+}
+
+// associate serves UDP ASSOCIATE (RFC 1928 section 7). It returns when the
+// control connection closes, the association is idle for the idle timeout,
+// or the server stops.
+func (sc *serverConn) associate(rec *record, req Addr, user User, name string) {
+	st := sc.st
+	if !sc.srv.beginFlow(sc) {
+		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
+		return
+	}
+	key, limit := "user:"+name, st.UDP.MaxAssociations
+	if name == "" {
+		key = "ip:" + rec.client.Addr().String()
+	}
+	if user.MaxAssociations > 0 {
+		limit = user.MaxAssociations
+	}
+	if !sc.srv.acquireAssoc(key, limit) {
+		writeReply(sc.conn, RepNotAllowed, netip.AddrPort{})
+		rec.finish(RepNotAllowed, outcomeLimit, fmt.Errorf("%w: %d open", errAssocLimit, limit))
+		rec.log(sc.srv.log, zap.WarnLevel)
+		return
+	}
+	defer sc.srv.releaseAssoc(key)
+
+	a, err := sc.newAssociation(user, req, rec.client.Addr())
+	if err != nil {
+		rep := replyFor(err)
+		outcome := outcomeFor(rep)
+		if errors.Is(err, errNoUDPPort) || ourFault(err) {
+			outcome = outcomeError
+		}
+		sc.refuse(rec, rep, outcome, err)
+		return
+	}
+	defer a.closeAll()
+	bnd := addrPortOfUDP(a.relay.LocalAddr())
+	if st.UDP.Advertise.IsValid() {
+		bnd = netip.AddrPortFrom(st.UDP.Advertise, bnd.Port())
+	}
+	if err := writeReply(sc.conn, RepSucceeded, bnd); err != nil {
+		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write reply: %w", err))
+		rec.log(sc.srv.log, zap.InfoLevel)
+		return
+	}
+	a.run()
+	a.log(sc.srv.log, rec, bnd)
+}
+
+func (sc *serverConn) newAssociation(user User, req Addr, clientIP netip.Addr) (*association, error) {
+	st := sc.st
+	a := &association{
+		st:       st,
+		user:     user,
+		dialer:   bind.Dialer{Interface: user.Interface},
+		control:  sc.conn,
+		clientIP: clientIP,
+		sent:     newSentSet(st.UDP.ReplyFilter),
+		names:    newNameCache(),
+	}
+	a.ctx, a.cancel = context.WithCancel(sc.srv.ctx)
+	if req.Port != 0 {
+		a.clientPort.Store(uint32(req.Port))
+		a.fixedPort = true
+	}
+	if user.Interface != "" {
+		if err := bind.CheckInterface(user.Interface); err != nil {
+			a.cancel()
+			return nil, err
+		}
+	}
+	if err := a.openOutbound(); err != nil {
+		a.closeAll()
+		return nil, err
+	}
+	local := addrPortOf(sc.conn.LocalAddr())
+	r, err := openRelay(local.Addr(), st.UDP.PortMin, st.UDP.PortMax)
+	if err != nil {
+		a.closeAll()
+		return nil, fmt.Errorf("open UDP relay on %s: %w", local.Addr(), err)
+	}
+	a.relay = r
+	a.last.Store(time.Now().UnixNano())
+	return a, nil
+}
+
+// openOutbound opens the per-family outbound sockets. A bind failure fails
+// the association (fail closed); a family the host does not have is only
+// left out.
+func (a *association) openOutbound() error {
+	for i, network := range [2]string{"udp4", "udp6"} {
+		c, err := a.dialer.ListenUDP(a.ctx, network)
+		var bindErr *bind.Error
+		switch {
+		case err == nil:
+			a.out[i] = c
+		case errors.As(err, &bindErr):
+			return err
+		case errors.Is(err, syscall.EAFNOSUPPORT), errors.Is(err, syscall.EADDRNOTAVAIL):
+			continue
+		default:
+			return fmt.Errorf("open outbound %s socket: %w", network, err)
+		}
+	}
+	if a.out[0] == nil && a.out[1] == nil {
+		return errors.New("no outbound UDP socket could be opened")
+	}
+	return nil
+}
+
+// openRelay opens the client-facing socket on local (the address the
+// client's TCP connection arrived on), on a kernel-chosen port or the
+// first free one of [min, max] from a random start.
+func openRelay(local netip.Addr, min, max uint16) (*net.UDPConn, error) {
+	network := "udp4"
+	if local.Is6() {
+		network = "udp6"
+	}
+	if min == 0 {
+		return net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0)))
+	}
+	n := int(max-min) + 1
+	start := rand.IntN(n)
+	for i := range n {
+		port := min + uint16((start+i)%n)
+		c, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, port)))
+		if err == nil {
+			return c, nil
+		}
+		if !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, err
+		}
+	}
+	return nil, errNoUDPPort
+}
+
+// run relays until the control connection ends or the association is
+// idle, then closes everything and waits for its goroutines.
+func (a *association) run() {
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		a.upstream()
+		a.closeAll()
+	})
+	for _, c := range a.out {
+		if c != nil {
+			wg.Go(func() {
+				a.downstream(c)
+				a.closeAll()
+			})
+		}
+	}
+	var it *relay.IdleTimer
+	if a.st.IdleTimeout > 0 {
+		it = relay.StartIdleTimer(a.st.IdleTimeout, a.quiet, func() {
+			a.idle.Store(true)
+			a.closeAll()
+		})
+	}
+	// RFC 1928: the association lives as long as its TCP connection.
+	// Anything the client sends on it is ignored.
+	io.Copy(io.Discard, a.control)
+	a.closeAll()
+	wg.Wait()
+	if it != nil {
+		it.Stop()
+	}
+}
+
+func (a *association) quiet() time.Duration {
+	return time.Since(time.Unix(0, a.last.Load()))
+}
+
+func (a *association) touch() { a.last.Store(time.Now().UnixNano()) }
+
+// closeAll ends the association; safe to call from any goroutine, any
+// number of times.
+func (a *association) closeAll() {
+	a.closeOnce.Do(func() {
+		a.cancel()
+		a.control.Close()
+		if a.relay != nil {
+			a.relay.Close()
+		}
+		for _, c := range a.out {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+}
+
+func (s *Server) acquireAssoc(key string, limit int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.assocs[key] >= limit {
+		return false
+	}
+	s.assocs[key]++
+	return true
+}
+
+func (s *Server) releaseAssoc(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.assocs[key]--; s.assocs[key] <= 0 {
+		delete(s.assocs, key)
+	}
+}
+
+func addrPortOfUDP(a net.Addr) netip.AddrPort {
+	if ua, ok := a.(*net.UDPAddr); ok {
+		ap := ua.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}

@@ -1,0 +1,197 @@
+package socks
+
+import (
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// dropReason says why a datagram was not relayed.
+type dropReason int
+
+const (
+	dropNone        dropReason = iota
+	dropForeign                // not from the client's address and port
+	dropFragment               // FRAG != 0
+	dropMalformed              // bad header
+	dropTooLarge               // over udp_max_datagram
+	dropResolve                // destination name did not resolve
+	dropDenied                 // destination refused by policy
+	dropNoRoute                // no outbound socket for the destination's family
+	dropSendFailed             // sendto failed
+	dropUnsolicited            // reply from an address the client never sent to
+	numDropReasons
+)
+
+var dropNames = [numDropReasons]string{
+	"", "foreign_source", "fragmented", "malformed", "too_large",
+	"resolve_failed", "denied", "no_route", "send_failed", "unsolicited",
+}
+
+// String is the reason's name in logs (and, later, metrics labels).
+func (r dropReason) String() string { return dropNames[r] }
+
+// udpStats counts an association's traffic; updated from its goroutines.
+type udpStats struct {
+	dgramsUp, bytesUp     atomic.Int64
+	dgramsDown, bytesDown atomic.Int64
+	dropped               [numDropReasons]atomic.Int64
+}
+
+func (s *udpStats) up(n int)                 { s.dgramsUp.Add(1); s.bytesUp.Add(int64(n)) }
+func (s *udpStats) down(n int)               { s.dgramsDown.Add(1); s.bytesDown.Add(int64(n)) }
+func (s *udpStats) drop(r dropReason)        { s.dropped[r].Add(1) }
+func (s *udpStats) drops(r dropReason) int64 { return s.dropped[r].Load() }
+
+// MarshalLogObject lists the non-zero drop counts.
+func (s *udpStats) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	for r := dropReason(1); r < numDropReasons; r++ {
+		if n := s.dropped[r].Load(); n > 0 {
+			enc.AddInt64(r.String(), n)
+		}
+	}
+	return nil
+}
+
+// log writes the association's one line at its end.
+func (a *association) log(l *zap.Logger, rec *record, bnd netip.AddrPort) {
+	var locals []string
+	for i, c := range a.out {
+		if c != nil && a.source[i].IsValid() {
+			locals = append(locals, netip.AddrPortFrom(a.source[i], addrPortOfUDP(c.LocalAddr()).Port()).String())
+		}
+	}
+	outcome := outcomeOK
+	if a.idle.Load() {
+		outcome = outcomeIdle
+	}
+	l.Info("udp association",
+		zap.String("user", rec.user),
+		zap.Stringer("client", rec.client),
+		zap.String("interface", a.user.Interface),
+		zap.Stringer("relay", bnd),
+		zap.String("local", strings.Join(locals, ",")),
+		zap.Int64("dgrams_up", a.stats.dgramsUp.Load()),
+		zap.Int64("bytes_up", a.stats.bytesUp.Load()),
+		zap.Int64("dgrams_down", a.stats.dgramsDown.Load()),
+		zap.Int64("bytes_down", a.stats.bytesDown.Load()),
+		zap.Object("dropped", &a.stats),
+		zap.Duration("duration", time.Since(rec.start)),
+		zap.String("outcome", outcome),
+	)
+}
+
+// Bounds on per-association state, so a client cannot grow it without
+// limit by sending to many destinations or names.
+const (
+	maxSent     = 4096
+	maxNames    = 256
+	nameTTL     = time.Minute
+	nameFailTTL = 5 * time.Second
+)
+
+// sentSet remembers where the client has sent, for the reply filter.
+// Written by the upstream goroutine, read by the downstream ones.
+type sentSet struct {
+	filter ReplyFilter
+	mu     sync.RWMutex
+	ports  map[netip.AddrPort]struct{}
+	addrs  map[netip.Addr]struct{}
+}
+
+func newSentSet(f ReplyFilter) sentSet {
+	return sentSet{filter: f, ports: make(map[netip.AddrPort]struct{}), addrs: make(map[netip.Addr]struct{})}
+}
+
+func (s *sentSet) add(ap netip.AddrPort) {
+	if s.filter == FilterNone {
+		return
+	}
+	s.mu.RLock()
+	_, known := s.ports[ap]
+	s.mu.RUnlock()
+	if known {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// When full, forget an arbitrary entry: its replies are dropped
+	// until the client sends there again.
+	evictOne(s.ports, maxSent)
+	evictOne(s.addrs, maxSent)
+	s.ports[ap] = struct{}{}
+	s.addrs[ap.Addr()] = struct{}{}
+}
+
+func evictOne[K comparable](m map[K]struct{}, limit int) {
+	if len(m) < limit {
+		return
+	}
+	for k := range m {
+		delete(m, k)
+		return
+	}
+}
+
+func (s *sentSet) allows(src netip.AddrPort) bool {
+	if s.filter == FilterNone {
+		return true
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.filter == FilterAddress {
+		_, ok := s.addrs[src.Addr()]
+		return ok
+	}
+	_, ok := s.ports[src]
+	return ok
+}
+
+// nameCache holds an association's resolutions, failures included (for
+// less time) so a client cannot make every datagram cost a lookup.
+type nameCache struct {
+	m map[string]nameEntry
+}
+
+type nameEntry struct {
+	addrs   []netip.Addr
+	err     error
+	expires time.Time
+}
+
+func newNameCache() nameCache { return nameCache{m: make(map[string]nameEntry)} }
+
+func (c *nameCache) get(name string) ([]netip.Addr, error, bool) {
+	e, ok := c.m[name]
+	if !ok || time.Now().After(e.expires) {
+		return nil, nil, false
+	}
+	return e.addrs, e.err, true
+}
+
+func (c *nameCache) put(name string, addrs []netip.Addr, err error) {
+	ttl := nameTTL
+	if err != nil {
+		ttl = nameFailTTL
+	}
+	if len(c.m) >= maxNames {
+		now := time.Now()
+		for k, e := range c.m {
+			if now.After(e.expires) {
+				delete(c.m, k)
+			}
+		}
+		for k := range c.m {
+			if len(c.m) < maxNames {
+				break
+			}
+			delete(c.m, k)
+		}
+	}
+	c.m[name] = nameEntry{addrs: addrs, err: err, expires: time.Now().Add(ttl)}
+}

@@ -1,0 +1,44 @@
+package socks
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+)
+
+// maxUDPHeader is the longest SOCKS UDP request header: RSV(2) FRAG(1)
+// ATYP(1) a 255-byte name with its length byte, and the port.
+const maxUDPHeader = 2 + 1 + 1 + 1 + 255 + 2
+
+// errFragment: a datagram with FRAG != 0. RFC 1928 section 7 lets a server
+// that does not reassemble drop them, which is what ifsocks does.
+var errFragment = errors.New("fragmented datagram (FRAG != 0)")
+
+// parseUDPHeader splits a client datagram (RFC 1928 section 7) into its
+// destination and payload. payload aliases b.
+func parseUDPHeader(b []byte) (dst Addr, payload []byte, err error) {
+	if len(b) < 4 {
+		return dst, nil, fmt.Errorf("datagram of %d bytes: too short for a header", len(b))
+	}
+	if b[0] != 0 || b[1] != 0 {
+		return dst, nil, fmt.Errorf("RSV %#x%02x: want zero", b[0], b[1])
+	}
+	if b[2] != 0 {
+		return dst, nil, errFragment
+	}
+	r := bytes.NewReader(b[4:])
+	dst, err = readAddr(r, b[3])
+	if err != nil {
+		return dst, nil, fmt.Errorf("datagram header: %w", err)
+	}
+	return dst, b[len(b)-r.Len():], nil
+}
+
+// appendUDPReply appends the header for a datagram from src and then the
+// payload: the form in which replies go back to the client.
+func appendUDPReply(dst []byte, src netip.AddrPort, payload []byte) []byte {
+	dst = append(dst, 0, 0, 0)
+	dst = appendAddr(dst, src)
+	return append(dst, payload...)
+}
