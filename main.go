@@ -113,6 +113,14 @@ func hashPassword(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("hash-password reads the password on stdin; unexpected argument %q", fs.Arg(0))
+	}
+	// bcrypt quietly replaces a cost below its minimum with its default;
+	// an operator asking for 3 should hear about it instead.
+	if *cost < bcrypt.MinCost || *cost > bcrypt.MaxCost {
+		return fmt.Errorf("-cost %d: must be %d-%d", *cost, bcrypt.MinCost, bcrypt.MaxCost)
+	}
 	var pw string
 	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		fmt.Fprint(stderr, "Password: ")

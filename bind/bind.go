@@ -135,6 +135,7 @@ func (d Dialer) LookupIP(ctx context.Context, host string) ([]netip.Addr, error)
 // dst from a socket bound to the interface. Nothing is sent: connect(2) on
 // a UDP socket only performs the route lookup.
 func (d Dialer) SourceAddr(ctx context.Context, dst netip.Addr) (netip.Addr, error) {
+	dst = dst.Unmap()
 	network := "udp4"
 	if dst.Is6() {
 		network = "udp6"

@@ -3,11 +3,22 @@ package bind
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
+// validName refuses names the kernel would silently cut short: it reads
+// an interface name only up to a NUL byte or IFNAMSIZ-1 bytes, so
+// "eth1\x00x" or a 16-byte name would bind to some other interface.
+func validName(iface string) bool {
+	return iface != "" && len(iface) < unix.IFNAMSIZ && !strings.ContainsRune(iface, 0)
+}
+
 func bindToDevice(fd int, iface string) error {
+	if !validName(iface) {
+		return ErrNoInterface
+	}
 	err := unix.BindToDevice(fd, iface)
 	switch {
 	case err == nil:
@@ -28,6 +39,9 @@ func bindToDevice(fd int, iface string) error {
 // for a route lookup or a DNS timeout. The result is nil, or an *Error
 // wrapping ErrNoInterface or ErrInterfaceDown.
 func CheckInterface(name string) error {
+	if !validName(name) {
+		return &Error{Interface: name, Err: ErrNoInterface}
+	}
 	ifr, err := unix.NewIfreq(name)
 	if err != nil {
 		return &Error{Interface: name, Err: ErrNoInterface}

@@ -58,6 +58,9 @@ func (p *Policy) Check(addr netip.Addr) error {
 	// An IPv4-mapped IPv6 address reaches the IPv4 host: judge it as one,
 	// or ::ffff:127.0.0.1 would slip past 127.0.0.0/8.
 	a := addr.Unmap().WithZone("")
+	if !a.IsValid() {
+		return &DeniedError{Addr: addr, Reason: "no address"}
+	}
 	for _, pfx := range p.deny {
 		if pfx.Contains(a) {
 			return &DeniedError{Addr: addr, Reason: "in " + pfx.String()}

@@ -43,11 +43,13 @@ func (a *association) upstream() {
 			continue
 		}
 		fam := family(to.Addr())
+		// Recorded before sending: the reply can arrive, on another
+		// goroutine, before WriteTo returns.
+		a.sent.add(to)
 		if _, err := a.out[fam].WriteToUDPAddrPort(payload, to); err != nil {
 			a.stats.drop(dropSendFailed)
 			continue
 		}
-		a.sent.add(to)
 		if !a.source[fam].IsValid() {
 			a.source[fam], _ = a.dialer.SourceAddr(a.ctx, to.Addr())
 		}

@@ -24,6 +24,7 @@ type env struct {
 	topo *topology
 	web  *whoami
 	dns  *dnsServer
+	udp  *udpServers
 }
 
 var (
@@ -107,6 +108,9 @@ func setupEnv() (*env, error) {
 	if e.web, err = startWhoami(topo.U); err == nil {
 		e.dns, err = startDNS(topo.U)
 	}
+	if err == nil {
+		e.udp, err = startUDPServers(topo.U)
+	}
 	if err != nil {
 		e.close()
 		return nil, err
@@ -120,6 +124,9 @@ func (e *env) close() {
 	}
 	if e.dns != nil {
 		e.dns.close()
+	}
+	if e.udp != nil {
+		e.udp.close()
 	}
 	if err := e.topo.destroy(); err != nil {
 		fmt.Fprintf(os.Stderr, "warning: topology teardown: %v\n", err)

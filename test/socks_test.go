@@ -30,6 +30,7 @@ type socksRequest struct {
 	pass    string
 	target  string // host:port; IP literals use ATYP 1/4, names ATYP 3
 	atyp    byte   // override of the address type byte (0 = derive)
+	cmd     byte   // request command; 0 means CONNECT (0x01)
 }
 
 type socksResult struct {
@@ -162,7 +163,11 @@ func connectRequest(req socksRequest) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	msg := []byte{5, 1, 0}
+	cmd := req.cmd
+	if cmd == 0 {
+		cmd = 1
+	}
+	msg := []byte{5, cmd, 0}
 	if ip, err := netip.ParseAddr(host); err == nil && ip.Is4() {
 		msg = append(append(msg, 1), ip.AsSlice()...)
 	} else if err == nil {
