@@ -130,13 +130,13 @@ func (sc *serverConn) newAssociation(user User, req Addr, clientIP netip.Addr) (
 		}
 	}
 	if err := a.openOutbound(); err != nil {
-		a.closeAll()
+		a.closeSockets()
 		return nil, err
 	}
 	local := addrPortOf(sc.conn.LocalAddr())
 	r, err := openRelay(local.Addr(), st.UDP.PortMin, st.UDP.PortMax)
 	if err != nil {
-		a.closeAll()
+		a.closeSockets()
 		return nil, fmt.Errorf("open UDP relay on %s: %w", local.Addr(), err)
 	}
 	a.relay = r
@@ -237,17 +237,23 @@ func (a *association) touch() { a.last.Store(time.Now().UnixNano()) }
 // number of times.
 func (a *association) closeAll() {
 	a.closeOnce.Do(func() {
-		a.cancel()
 		a.control.Close()
-		if a.relay != nil {
-			a.relay.Close()
-		}
-		for _, c := range a.out {
-			if c != nil {
-				c.Close()
-			}
-		}
+		a.closeSockets()
 	})
+}
+
+// closeSockets closes what the association opened, leaving the control
+// connection to the caller (a failed setup still owes the client a reply).
+func (a *association) closeSockets() {
+	a.cancel()
+	if a.relay != nil {
+		a.relay.Close()
+	}
+	for _, c := range a.out {
+		if c != nil {
+			c.Close()
+		}
+	}
 }
 
 func (s *Server) acquireAssoc(key string, limit int) bool {

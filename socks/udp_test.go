@@ -400,3 +400,73 @@ func FuzzParseUDPHeader(f *testing.F) {
 		}
 	})
 }
+
+func TestUDPIdleTimeout(t *testing.T) {
+	st := udpSettings(t)
+	st.IdleTimeout = 300 * time.Millisecond
+	env := startServer(t, st)
+	echo := startUDPEcho(t, "udp4", "127.0.0.1:0", false)
+	u := associate(t, env, "alice", alicePass)
+	// Traffic every 100 ms keeps the association for 3 idle periods.
+	var start time.Time
+	for i := 0; i < 9; i++ {
+		if i > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		u.send(echo.addr(), []byte("keep"))
+		if _, _, err := u.recv(time.Second); err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		start = time.Now()
+	}
+	u.ctl.expectClosed()
+	if el := time.Since(start); el < 250*time.Millisecond || el > 3*time.Second {
+		t.Fatalf("association closed %v after the last datagram, want about 300ms", el)
+	}
+	if line := waitAssocLog(t, env); line["outcome"] != outcomeIdle || line["dgrams_up"] != int64(9) {
+		t.Fatalf("log %v", line)
+	}
+}
+
+// TestUDPPortRangeAndAdvertise: relay ports come from udp_ports, the reply
+// carries udp_advertise, and an exhausted range is refused (0x01).
+func TestUDPPortRangeAndAdvertise(t *testing.T) {
+	// Find two adjacent free UDP ports on loopback.
+	var lo uint16
+	for try := 0; try < 50 && lo == 0; try++ {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := uint16(c.LocalAddr().(*net.UDPAddr).Port)
+		c2, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(p) + 1})
+		c.Close()
+		if err == nil {
+			c2.Close()
+			lo = p
+		}
+	}
+	if lo == 0 {
+		t.Skip("no two adjacent free UDP ports")
+	}
+	st := udpSettings(t)
+	st.UDP.PortMin, st.UDP.PortMax = lo, lo+1
+	st.UDP.Advertise = netip.MustParseAddr("192.0.2.7")
+	env := startServer(t, st)
+	seen := map[uint16]bool{}
+	for i := 0; i < 2; i++ {
+		u := associate(t, env, "alice", alicePass)
+		if u.relay.Addr() != st.UDP.Advertise || u.relay.Port() < lo || u.relay.Port() > lo+1 {
+			t.Fatalf("reply BND %v, want 192.0.2.7:%d-%d", u.relay, lo, lo+1)
+		}
+		seen[u.relay.Port()] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("ports %v: want both of the range", seen)
+	}
+	r := dialRaw(t, env.addr)
+	r.login("alice", alicePass)
+	if rep, _ := r.associate(netip.MustParseAddrPort("0.0.0.0:0")); rep != RepGeneralFailure {
+		t.Fatalf("range exhausted: reply %#x, want %#x", rep, RepGeneralFailure)
+	}
+}
