@@ -62,7 +62,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(cfg.Log, stderr)
+	log, level, err := newLogger(cfg.Log, stderr)
 	if err != nil {
 		return err
 	}
@@ -70,7 +70,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	log.Info("configuration loaded", zap.String("source", cfg.Source), zap.String("version", version))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return daemon.Run(ctx, cfg, log)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	path := *cfgPath
+	if path == "" && cfg.Source == config.DefaultPath {
+		path = config.DefaultPath
+	}
+	return daemon.Run(ctx, daemon.Options{Path: path, Config: cfg, Log: log, Level: level, Reload: hup})
 }
 
 // loadConfig reads path, or the default file if it exists, or falls back
@@ -85,10 +92,12 @@ func loadConfig(path string) (*config.Config, error) {
 	return config.Default(), nil
 }
 
-func newLogger(lc config.Log, w io.Writer) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(lc.Level)
+// newLogger builds the one logger of the process. Its level can be
+// changed later (on reload) through the returned AtomicLevel.
+func newLogger(lc config.Log, w io.Writer) (*zap.Logger, zap.AtomicLevel, error) {
+	lvl, err := zap.ParseAtomicLevel(lc.Level)
 	if err != nil {
-		return nil, fmt.Errorf("log.level: %w", err)
+		return nil, lvl, fmt.Errorf("log.level: %w", err)
 	}
 	ec := zap.NewProductionEncoderConfig()
 	ec.TimeKey = "ts"
@@ -101,7 +110,7 @@ func newLogger(lc config.Log, w io.Writer) (*zap.Logger, error) {
 		enc = zapcore.NewJSONEncoder(ec)
 	}
 	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), lvl)
-	return zap.New(core, zap.ErrorOutput(zapcore.Lock(zapcore.AddSync(w)))), nil
+	return zap.New(core, zap.ErrorOutput(zapcore.Lock(zapcore.AddSync(w)))), lvl, nil
 }
 
 // hashPassword prints a bcrypt hash of the password read from stdin (one

@@ -45,10 +45,18 @@ var DefaultDeny = []netip.Prefix{
 type Config struct {
 	// Source says where the configuration came from: a file path or
 	// "built-in default". Only for logs.
-	Source string
-	Server Server
-	Log    Log
-	Users  []User
+	Source  string
+	Server  Server
+	Log     Log
+	Metrics Metrics
+	Users   []User
+}
+
+// Metrics is the [metrics] table.
+type Metrics struct {
+	// Listen is the "IP:port" of the Prometheus /metrics and /healthz
+	// endpoint; empty disables it.
+	Listen string
 }
 
 // Server is the [server] table.
@@ -65,6 +73,9 @@ type Server struct {
 	DenyOwnAddresses bool
 	// AllowOpen permits running without users on a non-loopback address.
 	AllowOpen bool
+	// ReloadClosesRemoved makes a reload close the running flows of users
+	// it removes; by default they run on until they end.
+	ReloadClosesRemoved bool
 
 	// UDPPortMin and UDPPortMax bound the ports of client-facing UDP relay
 	// sockets; both zero means a port from the kernel.

@@ -30,11 +30,16 @@ type file struct {
 		MaxAssociations  int      `toml:"max_associations"`
 		UDPMaxDatagram   int      `toml:"udp_max_datagram"`
 		UDPReplyFilter   string   `toml:"udp_reply_filter"`
+
+		ReloadClosesRemoved bool `toml:"reload_closes_removed"`
 	} `toml:"server"`
 	Log struct {
 		Level  string `toml:"level"`
 		Format string `toml:"format"`
 	} `toml:"log"`
+	Metrics struct {
+		Listen string `toml:"listen"`
+	} `toml:"metrics"`
 	Users []fileUser `toml:"users"`
 
 	md toml.MetaData
@@ -76,6 +81,7 @@ func Parse(data []byte, name string) (*Config, error) {
 	applyDefaults(c, &f)
 	v.server(c, &f)
 	v.log(c)
+	v.metrics(c)
 	v.users(c, &f)
 	v.openRelay(c)
 	if len(v.errs) > 0 {
@@ -175,6 +181,8 @@ func applyDefaults(c *Config, f *file) {
 		c.Server.DenyOwnAddresses = f.Server.DenyOwnAddresses
 	}
 	c.Server.AllowOpen = f.Server.AllowOpen
+	c.Server.ReloadClosesRemoved = f.Server.ReloadClosesRemoved
+	c.Metrics.Listen = f.Metrics.Listen
 	c.Server.MaxAssociations = DefaultMaxAssociations
 	c.Server.UDPMaxDatagram = DefaultUDPMaxDatagram
 	c.Server.UDPReplyFilter = DefaultUDPReplyFilter

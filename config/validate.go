@@ -159,6 +159,19 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return p, nil
 }
 
+func (v *validator) metrics(c *Config) {
+	if a := c.Metrics.Listen; a != "" {
+		if err := checkListen(a); err != nil {
+			v.add("metrics.listen", a, err.Error())
+		}
+		for i, l := range c.Server.Listen {
+			if l == a {
+				v.add("metrics.listen", a, fmt.Sprintf("same address as server.listen[%d]", i))
+			}
+		}
+	}
+}
+
 func (v *validator) log(c *Config) {
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

@@ -1,10 +1,3 @@
-// Package daemon runs ifsocks as a service: it turns a validated
-// config.Config into a socks.Server with its listeners, reports on the
-// host's state at start (missing interfaces, plaintext passwords), and stops
-// gracefully when its context ends.
-//
-// It does not parse flags or build the logger (main does) and does not speak
-// SOCKS (package socks does).
 package daemon
 
 import (
@@ -12,155 +5,204 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
+	"net/http"
+	"os"
 	"sync"
+	"time"
 
-	"github.com/ifsocks/ifsocks/auth"
-	"github.com/ifsocks/ifsocks/bind"
 	"github.com/ifsocks/ifsocks/config"
-	"github.com/ifsocks/ifsocks/policy"
+	"github.com/ifsocks/ifsocks/link"
+	"github.com/ifsocks/ifsocks/metrics"
 	"github.com/ifsocks/ifsocks/socks"
 	"go.uber.org/zap"
 )
 
-// Run serves cfg until ctx is done, then shuts down: listeners close at
-// once, flows get cfg.Server.ShutdownTimeout to finish, the rest are cut.
-// It returns an error if the service cannot start or a listener fails.
-func Run(ctx context.Context, cfg *config.Config, log *zap.Logger) error {
-	st, err := Settings(cfg)
+// Options are what main hands the daemon.
+type Options struct {
+	// Path is the configuration file, re-read on reload; "" when running
+	// on the built-in default.
+	Path   string
+	Config *config.Config
+	Log    *zap.Logger
+	// Level is the logger's level, changed by a reload that changes
+	// log.level.
+	Level zap.AtomicLevel
+	// Reload delivers SIGHUP.
+	Reload <-chan os.Signal
+}
+
+type daemon struct {
+	opts    Options
+	log     *zap.Logger
+	cfg     *config.Config // the configuration in force
+	srv     *socks.Server
+	metrics *metrics.Metrics
+	watcher *link.Watcher
+	lns     map[string]*listener // by address as written in the config
+
+	wg       sync.WaitGroup // Serve loops, the watcher, the metrics server
+	serveErr chan error     // a listener failed on its own
+}
+
+// Run serves opts.Config until ctx is done, then shuts down: listeners
+// close at once, flows get server.shutdown_timeout to finish, the rest are
+// cut. It returns an error if the service cannot start or a listener fails.
+func Run(ctx context.Context, opts Options) error {
+	cfg := opts.Config
+	d := &daemon{
+		opts:     opts,
+		log:      opts.Log,
+		cfg:      cfg,
+		metrics:  metrics.New(),
+		serveErr: make(chan error, 1),
+	}
+	st, err := d.settings(cfg)
 	if err != nil {
 		return err
 	}
-	reportHost(cfg, log)
+	reportHost(cfg, d.log)
 	lns, err := listen(ctx, cfg.Server.Listen)
 	if err != nil {
 		return err
 	}
-	srv := socks.New(log, st)
-	serveErr := make(chan error, len(lns))
-	var wg sync.WaitGroup
-	for _, ln := range lns {
-		log.Info("listening", zap.Stringer("addr", ln.Addr()))
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := srv.Serve(ln); !errors.Is(err, socks.ErrServerClosed) {
-				serveErr <- fmt.Errorf("serve %s: %w", ln.Addr(), err)
-			}
-		}()
+	d.lns = lns
+	d.srv = socks.New(d.log, st)
+	stopMetrics, err := d.serveMetrics(cfg.Metrics.Listen)
+	if err != nil {
+		closeListeners(lns)
+		return err
 	}
-	log.Info("ifsocks started", zap.String("config", cfg.Source), zap.Int("users", len(cfg.Users)))
+	watchCtx, stopWatch := context.WithCancel(context.Background())
+	d.startWatcher(watchCtx, cfg)
+	for _, l := range d.lns {
+		d.serve(l)
+	}
+	d.metrics.Loaded()
+	notify(d.log, notifyReady)
+	d.log.Info("ifsocks started", zap.String("config", cfg.Source), zap.Int("users", len(cfg.Users)))
 
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-serveErr:
-		log.Error("listener failed", zap.Error(runErr))
-	}
-	log.Info("shutting down", zap.Duration("grace", cfg.Server.ShutdownTimeout),
-		zap.Int("connections", srv.ActiveConns()))
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
+	runErr := d.loop(ctx)
+
+	notify(d.log, notifyStopping)
+	grace := d.cfg.Server.ShutdownTimeout
+	d.log.Info("shutting down", zap.Duration("grace", grace), zap.Int("connections", d.srv.ActiveConns()))
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		log.Warn("grace period over; remaining flows closed", zap.Error(err))
+	if err := d.srv.Shutdown(sctx); err != nil {
+		d.log.Warn("grace period over; remaining flows closed", zap.Error(err))
 	}
-	wg.Wait()
-	log.Info("ifsocks stopped")
+	stopWatch()
+	stopMetrics()
+	d.wg.Wait()
+	d.log.Info("ifsocks stopped")
 	return runErr
 }
 
-// Settings builds the server settings for cfg.
-func Settings(cfg *config.Config) (*socks.Settings, error) {
-	accounts := make([]auth.Account, 0, len(cfg.Users))
-	users := make(map[string]socks.User, len(cfg.Users))
-	for _, u := range cfg.Users {
-		accounts = append(accounts, auth.Account{Name: u.Name, Hash: u.PasswordHash, Password: u.Password})
-		users[u.Name] = socks.User{Interface: u.Interface, MaxAssociations: u.MaxAssociations}
+// loop waits for the end, reloading on each SIGHUP.
+func (d *daemon) loop(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.opts.Reload:
+			d.reload()
+		case err := <-d.serveErr:
+			d.log.Error("listener failed", zap.Error(err))
+			return err
+		}
 	}
-	store, err := auth.NewStore(accounts, auth.Options{})
+}
+
+// settings builds the server settings for cfg, with this daemon's
+// metrics.
+func (d *daemon) settings(cfg *config.Config) (*socks.Settings, error) {
+	st, err := Settings(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("users: %w", err)
+		return nil, err
 	}
-	return &socks.Settings{
-		Auth:             store,
-		Users:            users,
-		Policy:           policy.New(cfg.Server.Deny, cfg.Server.DenyOwnAddresses),
-		HandshakeTimeout: cfg.Server.HandshakeTimeout,
-		ConnectTimeout:   cfg.Server.ConnectTimeout,
-		IdleTimeout:      cfg.Server.IdleTimeout,
-		UDP: socks.UDPSettings{
-			PortMin:         cfg.Server.UDPPortMin,
-			PortMax:         cfg.Server.UDPPortMax,
-			Advertise:       cfg.Server.UDPAdvertise,
-			MaxAssociations: cfg.Server.MaxAssociations,
-			MaxDatagram:     cfg.Server.UDPMaxDatagram,
-			ReplyFilter:     replyFilters[cfg.Server.UDPReplyFilter],
-		},
-	}, nil
+	st.Metrics = d.metrics
+	return st, nil
 }
 
-// replyFilters maps the udp_reply_filter values config accepts.
-var replyFilters = map[string]socks.ReplyFilter{
-	"address-port": socks.FilterAddressPort,
-	"address":      socks.FilterAddress,
-	"none":         socks.FilterNone,
+// serve runs the accept loop of l in a goroutine the daemon waits for.
+func (d *daemon) serve(l *listener) {
+	d.log.Info("listening", zap.Stringer("addr", l.ln.Addr()))
+	d.wg.Go(func() {
+		err := d.srv.Serve(l.ln)
+		if errors.Is(err, socks.ErrServerClosed) || l.removed.Load() {
+			return
+		}
+		select {
+		case d.serveErr <- fmt.Errorf("serve %s: %w", l.addr, err):
+		default: // one failure is enough to stop
+		}
+	})
 }
 
-// reportHost warns about what will make flows fail or is unsafe, without
-// refusing to start: an interface may appear later (a hot-plugged ENI).
-func reportHost(cfg *config.Config, log *zap.Logger) {
-	if len(cfg.Users) == 0 {
-		log.Warn("no users configured: accepting clients without authentication",
-			zap.Strings("listen", cfg.Server.Listen))
-	}
-	for i, u := range cfg.Users {
-		if u.Password != "" {
-			log.Warn("user has a plaintext password; use password_hash (ifsocks hash-password)",
-				zap.String("user", u.Name), zap.Int("index", i))
-		}
-		if u.Interface == "" {
-			continue
-		}
-		if err := bind.CheckInterface(u.Interface); err != nil {
-			log.Warn("egress interface not usable; the user's flows will fail with 0x03 until it is",
-				zap.String("user", u.Name), zap.String("interface", u.Interface), zap.Error(err))
-		}
-	}
-}
-
-// listen opens every configured address, or none: a daemon that cannot
-// listen where it was told should not start half-way.
-func listen(ctx context.Context, addrs []string) ([]net.Listener, error) {
-	var lns []net.Listener
-	var lc net.ListenConfig
-	for _, a := range addrs {
-		ln, err := lc.Listen(ctx, listenNetwork(a), a)
-		if err != nil {
-			for _, l := range lns {
-				l.Close()
+// startWatcher follows the interfaces of cfg's users. An interface that
+// goes down or away ends its flows at once: their sockets could only stall.
+func (d *daemon) startWatcher(ctx context.Context, cfg *config.Config) {
+	d.watcher = link.New(d.log, func(name string, old, new link.State) {
+		if old == link.Up && new != link.Up {
+			if n := d.srv.CloseInterface(name); n > 0 {
+				d.log.Warn("closed the flows of a lost egress interface",
+					zap.String("interface", name), zap.Stringer("state", new), zap.Int("flows", n))
 			}
-			return nil, fmt.Errorf("listen on %s: %w", a, err)
 		}
-		lns = append(lns, ln)
-	}
-	return lns, nil
+	})
+	d.watcher.Watch(interfaces(cfg))
+	d.metrics.InterfaceStates(func() map[string]bool {
+		out := map[string]bool{}
+		for name, st := range d.watcher.Watched() {
+			out[name] = st == link.Up
+		}
+		return out
+	})
+	d.wg.Go(func() {
+		if err := d.watcher.Run(ctx); err != nil {
+			d.log.Warn("not following interface changes", zap.Error(err))
+		}
+	})
 }
 
-// listenNetwork picks tcp4 or tcp6 for an IP address so that "[::]:1080"
-// and "0.0.0.0:1080" can both be configured: "tcp6" sets IPV6_V6ONLY,
-// where plain "tcp" on [::] would take the IPv4 port too. An empty host
-// ("":1080) means both families on one socket.
-func listenNetwork(addr string) string {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil || host == "" {
-		return "tcp"
+// interfaces lists the distinct egress interfaces of cfg.
+func interfaces(cfg *config.Config) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, u := range cfg.Users {
+		if u.Interface != "" && !seen[u.Interface] {
+			seen[u.Interface] = true
+			out = append(out, u.Interface)
+		}
 	}
-	ip, err := netip.ParseAddr(host)
+	return out
+}
+
+// serveMetrics starts the /metrics and /healthz endpoint when addr is set.
+// The returned function stops it.
+func (d *daemon) serveMetrics(addr string) (stop func(), err error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	ln, err := net.Listen(listenNetwork(addr), addr)
 	if err != nil {
-		return "tcp"
+		return nil, fmt.Errorf("metrics listen on %s: %w", addr, err)
 	}
-	if ip.Is4() || ip.Is4In6() {
-		return "tcp4"
-	}
-	return "tcp6"
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", d.metrics.Handler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	d.log.Info("serving metrics", zap.Stringer("addr", ln.Addr()))
+	d.wg.Go(func() {
+		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("metrics server failed", zap.Error(err))
+		}
+	})
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		hs.Shutdown(ctx)
+	}, nil
 }

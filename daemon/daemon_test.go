@@ -329,20 +329,20 @@ func echoServer(tb testing.TB, addr string) string {
 	return ln.Addr().String()
 }
 
-// daemon is one Run of the daemon in the background.
-type daemon struct {
+// runningDaemon is one Run of the daemon in the background.
+type runningDaemon struct {
 	cancel context.CancelFunc
 	errc   chan error
 	logs   *observer.ObservedLogs
 }
 
 // startDaemon runs Run with cfg until cleanup (or stop).
-func startDaemon(tb testing.TB, cfg *config.Config) *daemon {
+func startDaemon(tb testing.TB, cfg *config.Config) *runningDaemon {
 	tb.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	ctx, cancel := context.WithCancel(context.Background())
-	d := &daemon{cancel: cancel, errc: make(chan error, 1), logs: logs}
-	go func() { d.errc <- Run(ctx, cfg, zap.New(core)) }()
+	d := &runningDaemon{cancel: cancel, errc: make(chan error, 1), logs: logs}
+	go func() { d.errc <- Run(ctx, Options{Config: cfg, Log: zap.New(core), Level: zap.NewAtomicLevel()}) }()
 	tb.Cleanup(func() {
 		cancel()
 		select {
@@ -356,7 +356,7 @@ func startDaemon(tb testing.TB, cfg *config.Config) *daemon {
 }
 
 // waitLog waits until a line with msg has been logged.
-func (d *daemon) waitLog(tb testing.TB, msg string) {
+func (d *runningDaemon) waitLog(tb testing.TB, msg string) {
 	tb.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for d.logs.FilterMessage(msg).Len() == 0 {
@@ -374,7 +374,7 @@ func (d *daemon) waitLog(tb testing.TB, msg string) {
 }
 
 // stop cancels Run and returns its result and how long it took.
-func (d *daemon) stop(tb testing.TB) (error, time.Duration) {
+func (d *runningDaemon) stop(tb testing.TB) (error, time.Duration) {
 	tb.Helper()
 	start := time.Now()
 	d.cancel()
@@ -579,7 +579,7 @@ func TestRunListenFails(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	err = Run(ctx, cfg, zap.New(core))
+	err = Run(ctx, Options{Config: cfg, Log: zap.New(core), Level: zap.NewAtomicLevel()})
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("Run took %v to fail", took)
 	}

@@ -21,9 +21,14 @@ type serverConn struct {
 	srv  *Server
 	conn *net.TCPConn
 	st   *Settings // snapshot taken at accept; reloads do not change it
-	// active is set, under srv.mu, once the connection carries a flow
-	// that Shutdown should let finish.
+	// The fields below are guarded by srv.mu. active is set once the
+	// connection carries a flow that Shutdown should let finish; user and
+	// iface say whose flow and where it leaves, so a reload or a lost
+	// interface can find it; ended, when set, is why the server cut it.
 	active bool
+	user   string
+	iface  string
+	ended  error
 }
 
 func (sc *serverConn) close() { sc.conn.Close() }
@@ -51,7 +56,7 @@ func (sc *serverConn) serve() {
 		}
 		writeReply(sc.conn, re.reply, netip.AddrPort{})
 		rec.finish(re.reply, outcomeBadRequest, err)
-		rec.log(sc.srv.log, zap.WarnLevel)
+		sc.logFlow(rec, zap.WarnLevel)
 		return
 	}
 	sc.conn.SetDeadline(time.Time{})
@@ -84,7 +89,7 @@ func (sc *serverConn) refuse(rec *record, rep byte, outcome string, err error) {
 	if outcome == outcomeError {
 		lvl = zap.ErrorLevel
 	}
-	rec.log(sc.srv.log, lvl)
+	sc.logFlow(rec, lvl)
 }
 
 // negotiate runs method selection and, when users are configured, RFC 1929
@@ -100,6 +105,7 @@ func (sc *serverConn) negotiate(rec *record) (string, error) {
 	}
 	if !bytes.Contains(methods, []byte{want}) {
 		sc.conn.Write([]byte{socks5Version, methodNoAccept})
+		sc.st.Metrics.AuthFailure("no_method")
 		return "", errNoMethod
 	}
 	if _, err := sc.conn.Write([]byte{socks5Version, want}); err != nil {
@@ -116,6 +122,7 @@ func (sc *serverConn) negotiate(rec *record) (string, error) {
 	}
 	if err := sc.st.Auth.Verify(name, pass); err != nil {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
+		sc.st.Metrics.AuthFailure("bad_credentials")
 		return "", err
 	}
 	if _, err := sc.conn.Write([]byte{userPassVersion, authStatusOK}); err != nil {

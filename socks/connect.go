@@ -20,13 +20,15 @@ import (
 // user's interface, reply with the outbound socket's address, relay.
 func (sc *serverConn) connect(rec *record, dst Addr, user User) {
 	st := sc.st
-	if !sc.srv.beginFlow(sc) {
+	if !sc.srv.beginFlow(sc, rec.user, user.Interface) {
 		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
 		return
 	}
 	ctx, cancel := context.WithTimeout(sc.srv.ctx, st.ConnectTimeout)
+	start := time.Now()
 	up, err := dialTarget(ctx, st.Policy, user, dst)
 	cancel()
+	st.Metrics.Dial(user.Interface, time.Since(start), err == nil)
 	if err != nil {
 		rep := replyFor(err)
 		outcome := outcomeFor(rep)
@@ -41,12 +43,18 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User) {
 	if err := writeReply(sc.conn, RepSucceeded, rec.local); err != nil {
 		up.Close()
 		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write reply: %w", err))
-		rec.log(sc.srv.log, zap.InfoLevel)
+		sc.logFlow(rec, zap.InfoLevel)
 		return
 	}
+	st.Metrics.FlowActive(rec.user, user.Interface, 1)
 	res := relay.TCP(sc.conn, up, st.IdleTimeout)
+	st.Metrics.FlowActive(rec.user, user.Interface, -1)
 	rec.up, rec.down = res.Up, res.Down
-	switch {
+	switch cut := sc.srv.endReason(sc); {
+	case cut != nil:
+		rec.finish(RepSucceeded, cutOutcome(cut), cut)
+		sc.logFlow(rec, zap.WarnLevel)
+		return
 	case res.Idle:
 		rec.finish(RepSucceeded, outcomeIdle, nil)
 	case res.Err != nil:
@@ -54,7 +62,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User) {
 	default:
 		rec.finish(RepSucceeded, outcomeOK, nil)
 	}
-	rec.log(sc.srv.log, zap.InfoLevel)
+	sc.logFlow(rec, zap.InfoLevel)
 }
 
 // dialTarget resolves dst through the user's interface when it is a name,

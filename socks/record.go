@@ -1,6 +1,7 @@
 package socks
 
 import (
+	"errors"
 	"net/netip"
 	"time"
 
@@ -10,18 +11,34 @@ import (
 
 // Flow outcomes, as logged.
 const (
-	outcomeOK         = "ok"          // relayed; both sides closed normally
-	outcomeIdle       = "idle"        // relayed; ended by the idle timeout
-	outcomeReset      = "relay_error" // relayed; ended by an error on a side
-	outcomeDenied     = "denied"      // refused by the destination policy
-	outcomeUnreach    = "unreachable" // interface, network or host unreachable
-	outcomeRefused    = "refused"     // target refused the connection
-	outcomeTimeout    = "timeout"     // connect or resolution timed out
-	outcomeBadRequest = "bad_request" // malformed or unsupported request
-	outcomeShutdown   = "shutdown"    // refused because the server is stopping
-	outcomeLimit      = "limit"       // refused by a configured limit
-	outcomeError      = "error"       // our own fault
+	outcomeOK         = "ok"             // relayed; both sides closed normally
+	outcomeIdle       = "idle"           // relayed; ended by the idle timeout
+	outcomeReset      = "relay_error"    // relayed; ended by an error on a side
+	outcomeDenied     = "denied"         // refused by the destination policy
+	outcomeUnreach    = "unreachable"    // interface, network or host unreachable
+	outcomeRefused    = "refused"        // target refused the connection
+	outcomeTimeout    = "timeout"        // connect or resolution timed out
+	outcomeBadRequest = "bad_request"    // malformed or unsupported request
+	outcomeShutdown   = "shutdown"       // refused because the server is stopping
+	outcomeLimit      = "limit"          // refused by a configured limit
+	outcomeError      = "error"          // our own fault
+	outcomeIfaceLost  = "interface_lost" // cut: the egress interface went down or away
+	outcomeRemoved    = "user_removed"   // cut: user removed by a reload
 )
+
+// cutOutcome names a flow the server ended on purpose.
+func cutOutcome(reason error) string {
+	if errors.Is(reason, ErrUserRemoved) {
+		return outcomeRemoved
+	}
+	return outcomeIfaceLost
+}
+
+// logFlow writes the flow's line and counts it in the metrics.
+func (sc *serverConn) logFlow(r *record, lvl zapcore.Level) {
+	r.log(sc.srv.log, lvl)
+	sc.st.Metrics.FlowDone(r.user, r.iface, r.outcome, r.up, r.down)
+}
 
 // record accumulates what the flow log line reports.
 type record struct {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ifsocks/ifsocks/auth"
+	"github.com/ifsocks/ifsocks/metrics"
 	"github.com/ifsocks/ifsocks/policy"
 	"go.uber.org/zap"
 )
@@ -78,6 +79,10 @@ type Settings struct {
 	// NoAuthUser is the egress of flows without authentication.
 	NoAuthUser User
 	Policy     *policy.Policy
+
+	// Metrics records what the server does; nil records nothing. It is
+	// the same object in every Settings of a server.
+	Metrics *metrics.Metrics
 
 	HandshakeTimeout time.Duration // greeting to request, inclusive
 	ConnectTimeout   time.Duration // resolution plus connect
@@ -254,16 +259,55 @@ func (s *Server) forceClose() {
 	s.closeWhere(func(*serverConn) bool { return true })
 }
 
-// beginFlow marks sc as carrying a flow, which Shutdown lets finish. It
-// fails once shutdown has begun.
-func (s *Server) beginFlow(sc *serverConn) bool {
+// beginFlow marks sc as carrying a flow of user leaving by iface, which
+// Shutdown lets finish. It fails once shutdown has begun.
+func (s *Server) beginFlow(sc *serverConn, user, iface string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return false
 	}
-	sc.active = true
+	sc.active, sc.user, sc.iface = true, user, iface
 	return true
+}
+
+// endReason returns why the server cut sc's flow, or nil if it did not.
+func (s *Server) endReason(sc *serverConn) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return sc.ended
+}
+
+// ErrInterfaceLost ends flows whose egress interface went down or away.
+var ErrInterfaceLost = errors.New("egress interface went down or away")
+
+// ErrUserRemoved ends flows of a user removed by a reload (with
+// [server] reload_closes_removed).
+var ErrUserRemoved = errors.New("user removed by configuration reload")
+
+// CloseInterface ends the running flows that leave by iface, which has
+// gone down or away: their sockets could only stall until a timeout. It
+// returns how many were closed.
+func (s *Server) CloseInterface(iface string) int {
+	return s.cutFlows(ErrInterfaceLost, func(sc *serverConn) bool { return sc.iface == iface })
+}
+
+// CloseUsers ends the running flows of the named users.
+func (s *Server) CloseUsers(users map[string]bool) int {
+	return s.cutFlows(ErrUserRemoved, func(sc *serverConn) bool { return users[sc.user] })
+}
+
+func (s *Server) cutFlows(reason error, pred func(*serverConn) bool) int {
+	n := 0
+	s.closeWhere(func(sc *serverConn) bool {
+		if !sc.active || sc.ended != nil || !pred(sc) {
+			return false
+		}
+		sc.ended = reason
+		n++
+		return true
+	})
+	return n
 }
 
 func (s *Server) closeWhere(pred func(*serverConn) bool) {

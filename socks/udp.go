@@ -64,7 +64,7 @@ type association struct {
 // or the server stops.
 func (sc *serverConn) associate(rec *record, req Addr, user User, name string) {
 	st := sc.st
-	if !sc.srv.beginFlow(sc) {
+	if !sc.srv.beginFlow(sc, rec.user, user.Interface) {
 		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
 		return
 	}
@@ -78,7 +78,7 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, name string) {
 	if !sc.srv.acquireAssoc(key, limit) {
 		writeReply(sc.conn, RepNotAllowed, netip.AddrPort{})
 		rec.finish(RepNotAllowed, outcomeLimit, fmt.Errorf("%w: %d open", errAssocLimit, limit))
-		rec.log(sc.srv.log, zap.WarnLevel)
+		sc.logFlow(rec, zap.WarnLevel)
 		return
 	}
 	defer sc.srv.releaseAssoc(key)
@@ -94,17 +94,21 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, name string) {
 		return
 	}
 	defer a.closeAll()
+	a.stats.metrics = st.Metrics
+	a.stats.counters = st.Metrics.UDP(rec.user, user.Interface)
 	bnd := addrPortOfUDP(a.relay.LocalAddr())
 	if st.UDP.Advertise.IsValid() {
 		bnd = netip.AddrPortFrom(st.UDP.Advertise, bnd.Port())
 	}
 	if err := writeReply(sc.conn, RepSucceeded, bnd); err != nil {
 		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write reply: %w", err))
-		rec.log(sc.srv.log, zap.InfoLevel)
+		sc.logFlow(rec, zap.InfoLevel)
 		return
 	}
+	st.Metrics.FlowActive(rec.user, user.Interface, 1)
 	a.run()
-	a.log(sc.srv.log, rec, bnd)
+	st.Metrics.FlowActive(rec.user, user.Interface, -1)
+	a.log(sc, rec, bnd)
 }
 
 func (sc *serverConn) newAssociation(user User, req Addr, clientIP netip.Addr) (*association, error) {
@@ -118,6 +122,7 @@ func (sc *serverConn) newAssociation(user User, req Addr, clientIP netip.Addr) (
 		sent:     newSentSet(st.UDP.ReplyFilter),
 		names:    newNameCache(),
 	}
+
 	a.ctx, a.cancel = context.WithCancel(sc.srv.ctx)
 	if req.Port != 0 {
 		a.clientPort.Store(uint32(req.Port))

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ifsocks/ifsocks/metrics"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -37,15 +38,34 @@ var dropNames = [numDropReasons]string{
 func (r dropReason) String() string { return dropNames[r] }
 
 // udpStats counts an association's traffic; updated from its goroutines.
+// Each count also goes to the server's metrics as it happens, so a long
+// association shows up before it ends.
 type udpStats struct {
 	dgramsUp, bytesUp     atomic.Int64
 	dgramsDown, bytesDown atomic.Int64
 	dropped               [numDropReasons]atomic.Int64
+
+	metrics  *metrics.Metrics
+	counters *metrics.UDPCounters
 }
 
-func (s *udpStats) up(n int)                 { s.dgramsUp.Add(1); s.bytesUp.Add(int64(n)) }
-func (s *udpStats) down(n int)               { s.dgramsDown.Add(1); s.bytesDown.Add(int64(n)) }
-func (s *udpStats) drop(r dropReason)        { s.dropped[r].Add(1) }
+func (s *udpStats) up(n int) {
+	s.dgramsUp.Add(1)
+	s.bytesUp.Add(int64(n))
+	s.counters.Up(n)
+}
+
+func (s *udpStats) down(n int) {
+	s.dgramsDown.Add(1)
+	s.bytesDown.Add(int64(n))
+	s.counters.Down(n)
+}
+
+func (s *udpStats) drop(r dropReason) {
+	s.dropped[r].Add(1)
+	s.metrics.UDPDrop(r.String())
+}
+
 func (s *udpStats) drops(r dropReason) int64 { return s.dropped[r].Load() }
 
 // MarshalLogObject lists the non-zero drop counts.
@@ -59,18 +79,24 @@ func (s *udpStats) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 }
 
 // log writes the association's one line at its end.
-func (a *association) log(l *zap.Logger, rec *record, bnd netip.AddrPort) {
+func (a *association) log(sc *serverConn, rec *record, bnd netip.AddrPort) {
 	var locals []string
 	for i, c := range a.out {
 		if c != nil && a.source[i].IsValid() {
 			locals = append(locals, netip.AddrPortFrom(a.source[i], addrPortOfUDP(c.LocalAddr()).Port()).String())
 		}
 	}
-	outcome := outcomeOK
-	if a.idle.Load() {
+	outcome, lvl := outcomeOK, zap.InfoLevel
+	cut := sc.srv.endReason(sc)
+	switch {
+	case cut != nil:
+		outcome, lvl = cutOutcome(cut), zap.WarnLevel
+	case a.idle.Load():
 		outcome = outcomeIdle
 	}
-	l.Info("udp association",
+	// Bytes are already counted by the per-datagram counters.
+	sc.st.Metrics.FlowDone(rec.user, a.user.Interface, outcome, 0, 0)
+	sc.srv.log.Log(lvl, "udp association",
 		zap.String("user", rec.user),
 		zap.Stringer("client", rec.client),
 		zap.String("interface", a.user.Interface),
@@ -83,6 +109,7 @@ func (a *association) log(l *zap.Logger, rec *record, bnd netip.AddrPort) {
 		zap.Object("dropped", &a.stats),
 		zap.Duration("duration", time.Since(rec.start)),
 		zap.String("outcome", outcome),
+		zap.Error(cut),
 	)
 }
 

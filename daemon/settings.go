@@ -1,0 +1,79 @@
+// Package daemon runs ifsocks as a service: it turns a validated
+// config.Config into a socks.Server with its listeners, reports on the
+// host's state, reloads the configuration on SIGHUP without dropping flows,
+// follows the egress interfaces, serves metrics, talks to systemd, and stops
+// gracefully when its context ends.
+//
+// It does not parse flags or build the logger (main does) and does not speak
+// SOCKS (package socks does).
+package daemon
+
+import (
+	"fmt"
+
+	"github.com/ifsocks/ifsocks/auth"
+	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/config"
+	"github.com/ifsocks/ifsocks/policy"
+	"github.com/ifsocks/ifsocks/socks"
+	"go.uber.org/zap"
+)
+
+// Settings builds the server settings for cfg.
+func Settings(cfg *config.Config) (*socks.Settings, error) {
+	accounts := make([]auth.Account, 0, len(cfg.Users))
+	users := make(map[string]socks.User, len(cfg.Users))
+	for _, u := range cfg.Users {
+		accounts = append(accounts, auth.Account{Name: u.Name, Hash: u.PasswordHash, Password: u.Password})
+		users[u.Name] = socks.User{Interface: u.Interface, MaxAssociations: u.MaxAssociations}
+	}
+	store, err := auth.NewStore(accounts, auth.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("users: %w", err)
+	}
+	return &socks.Settings{
+		Auth:             store,
+		Users:            users,
+		Policy:           policy.New(cfg.Server.Deny, cfg.Server.DenyOwnAddresses),
+		HandshakeTimeout: cfg.Server.HandshakeTimeout,
+		ConnectTimeout:   cfg.Server.ConnectTimeout,
+		IdleTimeout:      cfg.Server.IdleTimeout,
+		UDP: socks.UDPSettings{
+			PortMin:         cfg.Server.UDPPortMin,
+			PortMax:         cfg.Server.UDPPortMax,
+			Advertise:       cfg.Server.UDPAdvertise,
+			MaxAssociations: cfg.Server.MaxAssociations,
+			MaxDatagram:     cfg.Server.UDPMaxDatagram,
+			ReplyFilter:     replyFilters[cfg.Server.UDPReplyFilter],
+		},
+	}, nil
+}
+
+// replyFilters maps the udp_reply_filter values config accepts.
+var replyFilters = map[string]socks.ReplyFilter{
+	"address-port": socks.FilterAddressPort,
+	"address":      socks.FilterAddress,
+	"none":         socks.FilterNone,
+}
+
+// reportHost warns about what will make flows fail or is unsafe, without
+// refusing to start: an interface may appear later (a hot-plugged ENI).
+func reportHost(cfg *config.Config, log *zap.Logger) {
+	if len(cfg.Users) == 0 {
+		log.Warn("no users configured: accepting clients without authentication",
+			zap.Strings("listen", cfg.Server.Listen))
+	}
+	for i, u := range cfg.Users {
+		if u.Password != "" {
+			log.Warn("user has a plaintext password; use password_hash (ifsocks hash-password)",
+				zap.String("user", u.Name), zap.Int("index", i))
+		}
+		if u.Interface == "" {
+			continue
+		}
+		if err := bind.CheckInterface(u.Interface); err != nil {
+			log.Warn("egress interface not usable; the user's flows will fail with 0x03 until it is",
+				zap.String("user", u.Name), zap.String("interface", u.Interface), zap.Error(err))
+		}
+	}
+}

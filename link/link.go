@@ -1,0 +1,151 @@
+// Package link follows the state of network interfaces through netlink
+// (RTM_NEWLINK, RTM_DELLINK and address events) and reports changes of the
+// interfaces it is told to watch.
+//
+// It exists so the daemon can log an egress interface going down, coming
+// back or losing its addresses, keep the ifsocks_interface_up metric, and
+// end the flows of an interface that went away at once instead of letting
+// them stall until a timeout. It does not decide anything about flows.
+package link
+
+import (
+	"fmt"
+	"sync"
+
+	"go.uber.org/zap"
+)
+
+// State is an interface's usability as an egress.
+type State int
+
+const (
+	// Missing: no interface of that name.
+	Missing State = iota
+	// Down: administratively down or without carrier.
+	Down
+	// Up: up and running.
+	Up
+)
+
+func (s State) String() string {
+	switch s {
+	case Up:
+		return "up"
+	case Down:
+		return "down"
+	}
+	return "missing"
+}
+
+// ChangeFunc is called, from the watcher's goroutine, when a watched
+// interface changes state.
+type ChangeFunc func(name string, old, new State)
+
+// Watcher tracks every interface of the network namespace and reports on
+// the watched ones.
+type Watcher struct {
+	log      *zap.Logger
+	onChange ChangeFunc
+
+	mu      sync.Mutex
+	watched map[string]bool
+	state   map[string]State // by name; absent means Missing
+	names   map[int]string   // by ifindex, to follow renames and deletions
+}
+
+// New returns a watcher; call Run to start it.
+func New(log *zap.Logger, onChange ChangeFunc) *Watcher {
+	return &Watcher{
+		log:      log,
+		onChange: onChange,
+		watched:  map[string]bool{},
+		state:    map[string]State{},
+		names:    map[int]string{},
+	}
+}
+
+// Watch replaces the set of watched interface names (at start and on
+// reload).
+func (w *Watcher) Watch(names []string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.watched = make(map[string]bool, len(names))
+	for _, n := range names {
+		w.watched[n] = true
+	}
+}
+
+// State returns the last known state of name.
+func (w *Watcher) State(name string) State {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.state[name]
+}
+
+// update records the state of the interface with index idx. name is ""
+// for a deletion.
+func (w *Watcher) update(idx int, name string, st State) {
+	type change struct {
+		name     string
+		old, new State
+	}
+	var changes []change
+	w.mu.Lock()
+	if prev, ok := w.names[idx]; ok && prev != name {
+		// Renamed or deleted: the old name is gone.
+		if old := w.state[prev]; old != Missing {
+			delete(w.state, prev)
+			changes = append(changes, change{prev, old, Missing})
+		}
+		delete(w.names, idx)
+	}
+	if name != "" {
+		w.names[idx] = name
+		if old := w.state[name]; old != st {
+			w.state[name] = st
+			changes = append(changes, change{name, old, st})
+		}
+	}
+	watched := make([]bool, len(changes))
+	for i, c := range changes {
+		watched[i] = w.watched[c.name]
+	}
+	w.mu.Unlock()
+	for i, c := range changes {
+		if !watched[i] {
+			continue
+		}
+		w.log.Info("egress interface state changed", zap.String("interface", c.name),
+			zap.Stringer("from", c.old), zap.Stringer("to", c.new))
+		if w.onChange != nil {
+			w.onChange(c.name, c.old, c.new)
+		}
+	}
+}
+
+// addr logs an address change of a watched interface.
+func (w *Watcher) addr(idx int, addr fmt.Stringer, added bool) {
+	w.mu.Lock()
+	name := w.names[idx]
+	watched := w.watched[name]
+	w.mu.Unlock()
+	if !watched {
+		return
+	}
+	msg := "egress interface address removed"
+	if added {
+		msg = "egress interface address added"
+	}
+	w.log.Info(msg, zap.String("interface", name), zap.Stringer("address", addr))
+}
+
+// Watched returns the state of every watched interface.
+func (w *Watcher) Watched() map[string]State {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make(map[string]State, len(w.watched))
+	for n := range w.watched {
+		out[n] = w.state[n]
+	}
+	return out
+}
