@@ -372,3 +372,28 @@ func TestReplyFor(t *testing.T) {
 		})
 	}
 }
+
+// TestCloseInterface: cutting an interface ends exactly the flows that
+// leave by it, with outcome interface_lost.
+func TestCloseInterface(t *testing.T) {
+	st := testSettings(t)
+	st.Users["bob"] = User{} // kernel routing: not on "lo"
+	env := startServer(t, st)
+	echo := echoServer(t)
+	alice := dialRaw(t, env.addr)
+	alice.login("alice", alicePass)
+	alice.connect(echo)
+	bob := dialRaw(t, env.addr)
+	bob.login("bob", bobPass)
+	bob.connect(echo)
+	if n := env.srv.CloseInterface("lo"); n != 1 {
+		t.Fatalf("CloseInterface closed %d flows, want 1", n)
+	}
+	alice.expectClosed()
+	bob.send('b')
+	bob.expect('b')
+	waitFor(t, 2*time.Second, "flow log", func() bool { return len(env.flowLines()) == 1 })
+	if f := env.flowLines()[0].ContextMap(); f["user"] != "alice" || f["outcome"] != outcomeIfaceLost {
+		t.Fatalf("flow log %v", f)
+	}
+}
