@@ -104,8 +104,8 @@ func (sc *serverConn) negotiate(rec *record) (string, error) {
 		want = methodUserPass
 	}
 	if !bytes.Contains(methods, []byte{want}) {
-		sc.conn.Write([]byte{socks5Version, methodNoAccept})
 		sc.st.Metrics.AuthFailure("no_method")
+		sc.conn.Write([]byte{socks5Version, methodNoAccept})
 		return "", errNoMethod
 	}
 	if _, err := sc.conn.Write([]byte{socks5Version, want}); err != nil {
@@ -121,8 +121,8 @@ func (sc *serverConn) negotiate(rec *record) (string, error) {
 		return "", err
 	}
 	if err := sc.st.Auth.Verify(name, pass); err != nil {
-		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
 		sc.st.Metrics.AuthFailure("bad_credentials")
+		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
 		return "", err
 	}
 	if _, err := sc.conn.Write([]byte{userPassVersion, authStatusOK}); err != nil {

@@ -34,10 +34,11 @@ func cutOutcome(reason error) string {
 	return outcomeIfaceLost
 }
 
-// logFlow writes the flow's line and counts it in the metrics.
+// logFlow counts the flow in the metrics and writes its line (in that
+// order: whoever sees the line can rely on the counters).
 func (sc *serverConn) logFlow(r *record, lvl zapcore.Level) {
-	r.log(sc.srv.log, lvl)
 	sc.st.Metrics.FlowDone(r.user, r.iface, r.outcome, r.up, r.down)
+	r.log(sc.srv.log, lvl)
 }
 
 // record accumulates what the flow log line reports.
