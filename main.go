@@ -4,6 +4,8 @@
 // Usage:
 //
 //	ifsocks [-config FILE]     run the daemon in the foreground
+//	ifsocks [-config FILE] -check
+//	                           check the configuration against this host
 //	ifsocks hash-password      read a password on stdin, print a bcrypt hash
 //	ifsocks -version
 package main
@@ -15,11 +17,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 
+	"github.com/ifsocks/ifsocks/check"
 	"github.com/ifsocks/ifsocks/config"
 	"github.com/ifsocks/ifsocks/daemon"
 	"go.uber.org/zap"
@@ -48,6 +52,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "configuration file (default "+config.DefaultPath+" if it exists, else built-in defaults)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	checkOnly := fs.Bool("check", false, "check the configuration against this host (interfaces, addresses, routes, file mode), print a report and exit; exit status 1 if it finds errors")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -57,6 +62,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if *showVersion {
 		fmt.Fprintln(stdout, "ifsocks", version)
 		return nil
+	}
+	if *checkOnly {
+		return checkConfig(*cfgPath, stdout)
 	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
@@ -86,10 +94,33 @@ func loadConfig(path string) (*config.Config, error) {
 	if path != "" {
 		return config.Load(path)
 	}
-	if _, err := os.Stat(config.DefaultPath); err == nil {
+	// Only a missing file means "no configuration": any other error (a
+	// directory the daemon may not read, say) must not silently start an
+	// unauthenticated proxy on the built-in default.
+	if _, err := os.Stat(config.DefaultPath); !errors.Is(err, fs.ErrNotExist) {
 		return config.Load(config.DefaultPath)
 	}
 	return config.Default(), nil
+}
+
+// checkConfig is -check: it loads the file the daemon would read and
+// explains it against this host (package check).
+func checkConfig(path string, stdout io.Writer) error {
+	if path == "" {
+		path = config.DefaultPath
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			fmt.Fprintf(stdout, "nothing to check: no -config given and no %s; the daemon would run with the built-in default: listen on %s, no authentication, kernel routing\n", path, config.DefaultListen)
+			return nil
+		}
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	if n := check.Report(stdout, cfg, path); n > 0 {
+		return fmt.Errorf("check of %s failed with %d error(s), listed above", path, n)
+	}
+	return nil
 }
 
 // newLogger builds the one logger of the process. Its level can be
