@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -597,7 +598,13 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "listen address twice",
 			text: "[server]\nlisten = [\"127.0.0.1:1080\", \"127.0.0.1:1080\"]\n",
-			want: []string{"server.listen[1]", `"127.0.0.1:1080"`, "twice"},
+			want: []string{"server.listen[1]", `"127.0.0.1:1080"`, "same address as server.listen[0]"},
+			key:  "server.listen[1]",
+		},
+		{
+			name: "listen address twice in two spellings",
+			text: "[server]\nlisten = [\"[fd31:0::1]:1080\", \"[fd31::1]:1080\"]\n",
+			want: []string{"server.listen[1]", `"[fd31::1]:1080"`, "same address as server.listen[0]"},
 			key:  "server.listen[1]",
 		},
 		{
@@ -753,6 +760,27 @@ interface = "eth/0"
 		}
 		if !strings.HasPrefix(e.Error(), fileName+": ") {
 			t.Errorf("%q does not start with the file name", e)
+		}
+	}
+}
+
+// TestListenCanonical: listen addresses are stored in one spelling, so a
+// reload that only respells one keeps the same listener.
+func TestListenCanonical(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"[fd31:0::1]:1080", "[fd31::1]:1080"},
+		{"[::ffff:127.0.0.1]:1080", "127.0.0.1:1080"},
+		{"127.0.0.1:01080", "127.0.0.1:1080"},
+		{":1080", ":1080"},
+		{"[::]:1080", "[::]:1080"},
+	}
+	for _, tt := range tests {
+		c, err := config.Parse([]byte(fmt.Sprintf("[server]\nlisten = [%q]\nallow_open = true\n", tt.in)), "t.toml")
+		if err != nil {
+			t.Fatalf("%s: %v", tt.in, err)
+		}
+		if got := c.Server.Listen[0]; got != tt.want {
+			t.Errorf("listen %q stored as %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }

@@ -37,16 +37,23 @@ func (v *validator) server(c *Config, f *file) {
 	if len(s.Listen) == 0 {
 		v.add("server.listen", "[]", "at least one address is required")
 	}
-	seen := map[string]bool{}
+	seen := map[string]int{}
+	listen := make([]string, 0, len(s.Listen))
 	for i, a := range s.Listen {
 		key := fmt.Sprintf("server.listen[%d]", i)
-		if err := checkListen(a); err != nil {
+		canon, err := canonicalListen(a)
+		if err != nil {
 			v.add(key, a, err.Error())
-		} else if seen[a] {
-			v.add(key, a, "listed twice")
+			continue
 		}
-		seen[a] = true
+		if j, dup := seen[canon]; dup {
+			v.add(key, a, fmt.Sprintf("same address as server.listen[%d]", j))
+			continue
+		}
+		seen[canon] = i
+		listen = append(listen, canon)
 	}
+	s.Listen = listen
 	v.duration(f, "handshake_timeout", f.Server.HandshakeTimeout, &s.HandshakeTimeout, false)
 	v.duration(f, "idle_timeout", f.Server.IdleTimeout, &s.IdleTimeout, true)
 	v.duration(f, "connect_timeout", f.Server.ConnectTimeout, &s.ConnectTimeout, false)
@@ -120,23 +127,28 @@ func parsePortRange(s string) (lo, hi uint16, err error) {
 	return uint16(x), uint16(y), nil
 }
 
-// checkListen accepts "IP:port" and ":port" (all addresses). Host names are
-// refused: a daemon should not depend on DNS to decide where it listens.
-func checkListen(a string) error {
+// canonicalListen accepts "IP:port" and ":port" (all addresses) and
+// returns the address in one canonical spelling ("[fd31:0::1]:80" and
+// "[fd31::1]:80" are the same socket), so that a reload can tell which
+// listeners it keeps. Host names are refused: a daemon should not depend on
+// DNS to decide where it listens.
+func canonicalListen(a string) (string, error) {
 	host, port, err := net.SplitHostPort(a)
 	if err != nil {
-		return fmt.Errorf("not host:port")
+		return "", fmt.Errorf("not host:port")
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		return fmt.Errorf("port must be 1-65535")
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("port must be 1-65535")
 	}
 	if host == "" {
-		return nil
+		return ":" + strconv.Itoa(n), nil
 	}
-	if ip, err := netip.ParseAddr(host); err != nil || ip.Zone() != "" {
-		return fmt.Errorf("host must be an IP address")
+	ip, err := netip.ParseAddr(host)
+	if err != nil || ip.Zone() != "" {
+		return "", fmt.Errorf("host must be an IP address")
 	}
-	return nil
+	return netip.AddrPortFrom(ip.Unmap(), uint16(n)).String(), nil
 }
 
 // parsePrefix accepts a CIDR or a single address (taken as /32 or /128).
@@ -161,14 +173,17 @@ func parsePrefix(s string) (netip.Prefix, error) {
 
 func (v *validator) metrics(c *Config) {
 	if a := c.Metrics.Listen; a != "" {
-		if err := checkListen(a); err != nil {
+		canon, err := canonicalListen(a)
+		if err != nil {
 			v.add("metrics.listen", a, err.Error())
+			return
 		}
 		for i, l := range c.Server.Listen {
-			if l == a {
+			if l == canon {
 				v.add("metrics.listen", a, fmt.Sprintf("same address as server.listen[%d]", i))
 			}
 		}
+		c.Metrics.Listen = canon
 	}
 }
 

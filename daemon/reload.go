@@ -2,6 +2,9 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"net"
+	"syscall"
 
 	"github.com/ifsocks/ifsocks/config"
 	"go.uber.org/zap"
@@ -35,7 +38,7 @@ func (d *daemon) reload() {
 		return
 	}
 	added, removed := diffListeners(d.lns, cfg.Server.Listen)
-	opened, err := listen(context.Background(), added)
+	opened, err := d.openAdded(added, removed)
 	if err != nil {
 		d.reloadFailed(err)
 		return
@@ -71,6 +74,50 @@ func (d *daemon) reload() {
 		zap.Int("users", len(cfg.Users)), zap.Int("users_removed", len(gone)),
 		zap.Int("flows_closed", closed),
 		zap.Int("listeners_added", len(opened)), zap.Int("listeners_removed", len(removed)))
+}
+
+// openAdded opens the added addresses while the old listeners still serve.
+// When one cannot be opened because a listener the reload removes holds
+// its port (10.0.0.5:1080 becoming 0.0.0.0:1080), those listeners are
+// closed first and the open retried; if it still fails they are opened
+// again, so a failed reload leaves the listeners as they were.
+func (d *daemon) openAdded(added []string, removed []*listener) (map[string]*listener, error) {
+	opened, err := listen(context.Background(), added)
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return opened, err
+	}
+	ports := map[string]bool{}
+	for _, a := range added {
+		if _, p, err := net.SplitHostPort(a); err == nil {
+			ports[p] = true
+		}
+	}
+	var freed []*listener
+	for _, l := range removed {
+		if _, p, err := net.SplitHostPort(l.addr); err == nil && ports[p] {
+			l.removed.Store(true)
+			l.ln.Close()
+			freed = append(freed, l)
+		}
+	}
+	if len(freed) == 0 {
+		return nil, err
+	}
+	opened, err = listen(context.Background(), added)
+	if err == nil {
+		return opened, nil
+	}
+	for _, l := range freed {
+		back, berr := listen(context.Background(), []string{l.addr})
+		if berr != nil {
+			d.log.Error("could not reopen a listener after a failed reload", zap.String("addr", l.addr), zap.Error(berr))
+			delete(d.lns, l.addr)
+			continue
+		}
+		d.lns[l.addr] = back[l.addr]
+		d.serve(back[l.addr])
+	}
+	return nil, err
 }
 
 func (d *daemon) reloadFailed(err error) {

@@ -37,12 +37,13 @@ func (s State) String() string {
 	return "missing"
 }
 
-// ChangeFunc is called, from the watcher's goroutine, when a watched
-// interface changes state.
+// ChangeFunc is called, from the watcher's goroutine, when any interface
+// changes state: flows may still run on an interface that is no longer
+// watched (a reload moved its user elsewhere), and they must be cut too.
 type ChangeFunc func(name string, old, new State)
 
-// Watcher tracks every interface of the network namespace and reports on
-// the watched ones.
+// Watcher tracks every interface of the network namespace, reports every
+// change to its ChangeFunc and logs those of the watched ones.
 type Watcher struct {
 	log      *zap.Logger
 	onChange ChangeFunc
@@ -112,11 +113,10 @@ func (w *Watcher) update(idx int, name string, st State) {
 	}
 	w.mu.Unlock()
 	for i, c := range changes {
-		if !watched[i] {
-			continue
+		if watched[i] {
+			w.log.Info("egress interface state changed", zap.String("interface", c.name),
+				zap.Stringer("from", c.old), zap.Stringer("to", c.new))
 		}
-		w.log.Info("egress interface state changed", zap.String("interface", c.name),
-			zap.Stringer("from", c.old), zap.Stringer("to", c.new))
 		if w.onChange != nil {
 			w.onChange(c.name, c.old, c.new)
 		}

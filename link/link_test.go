@@ -54,9 +54,9 @@ func TestUpdate(t *testing.T) {
 			[]change{{"eth1", Missing, Up}, {"eth1", Up, Missing}}, map[string]State{"eth1": Missing}},
 		{"renamed away and another takes the name", []string{"eth1"},
 			[]event{{2, "eth1", Up}, {2, "old1", Up}, {3, "eth1", Down}},
-			[]change{{"eth1", Missing, Up}, {"eth1", Up, Missing}, {"eth1", Missing, Down}}, map[string]State{"eth1": Down}},
-		{"unwatched interfaces are silent", []string{"eth1"}, []event{{4, "eth9", Up}, {4, "", Missing}},
-			nil, map[string]State{"eth1": Missing}},
+			[]change{{"eth1", Missing, Up}, {"eth1", Up, Missing}, {"old1", Missing, Up}, {"eth1", Missing, Down}}, map[string]State{"eth1": Down}},
+		{"unwatched interfaces are reported too", []string{"eth1"}, []event{{4, "eth9", Up}, {4, "", Missing}},
+			[]change{{"eth9", Missing, Up}, {"eth9", Up, Missing}}, map[string]State{"eth1": Missing}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -80,9 +80,9 @@ func TestWatchReplacesSet(t *testing.T) {
 	w.Watch([]string{"a"})
 	w.update(1, "a", Up)
 	w.Watch([]string{"b"})
-	w.update(1, "a", Down) // no longer watched
+	w.update(1, "a", Down) // no longer watched, still reported
 	w.update(2, "b", Up)
-	if g := got(); !reflect.DeepEqual(g, []change{{"a", Missing, Up}, {"b", Missing, Up}}) {
+	if g := got(); !reflect.DeepEqual(g, []change{{"a", Missing, Up}, {"a", Up, Down}, {"b", Missing, Up}}) {
 		t.Fatalf("changes %v", g)
 	}
 	if w.State("a") != Down {

@@ -50,7 +50,11 @@ func TestWatcherInNamespace(t *testing.T) {
 	ip(t, "-n", ns, "link", "set", "wat1", "up")
 
 	changes := make(chan change, 16)
-	w := New(zap.NewNop(), func(name string, old, new State) { changes <- change{name, old, new} })
+	w := New(zap.NewNop(), func(name string, old, new State) {
+		if strings.HasPrefix(name, "wat0") {
+			changes <- change{name, old, new}
+		}
+	})
 	w.Watch([]string{"wat0"})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

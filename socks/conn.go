@@ -25,13 +25,23 @@ type serverConn struct {
 	// connection carries a flow that Shutdown should let finish; user and
 	// iface say whose flow and where it leaves, so a reload or a lost
 	// interface can find it; ended, when set, is why the server cut it.
-	active bool
-	user   string
-	iface  string
-	ended  error
+	active   bool
+	user     string
+	iface    string
+	ended    error
+	upstream net.Conn // the target connection of a CONNECT, once dialled
 }
 
-func (sc *serverConn) close() { sc.conn.Close() }
+// close closes the client connection and, if there is one, the upstream
+// connection: a relay whose client has half-closed only waits on the
+// upstream, so closing the client alone would not end it. Called with
+// srv.mu held.
+func (sc *serverConn) close() {
+	sc.conn.Close()
+	if sc.upstream != nil {
+		sc.upstream.Close()
+	}
+}
 
 // serve runs the connection from greeting to the end of its flow.
 func (sc *serverConn) serve() {

@@ -40,13 +40,22 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User) {
 	}
 	rec.remote = addrPortOf(up.RemoteAddr())
 	rec.local = addrPortOf(up.LocalAddr())
+	if !sc.srv.setUpstream(sc, up) {
+		cut := sc.srv.endReason(sc)
+		if cut == nil {
+			cut = errors.New("server is shutting down")
+		}
+		sc.refuse(rec, RepGeneralFailure, cutOutcome(cut), cut)
+		return
+	}
+	st.Metrics.FlowActive(rec.user, user.Interface, 1)
 	if err := writeReply(sc.conn, RepSucceeded, rec.local); err != nil {
 		up.Close()
+		st.Metrics.FlowActive(rec.user, user.Interface, -1)
 		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write reply: %w", err))
 		sc.logFlow(rec, zap.InfoLevel)
 		return
 	}
-	st.Metrics.FlowActive(rec.user, user.Interface, 1)
 	res := relay.TCP(sc.conn, up, st.IdleTimeout)
 	st.Metrics.FlowActive(rec.user, user.Interface, -1)
 	rec.up, rec.down = res.Up, res.Down

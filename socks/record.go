@@ -28,10 +28,13 @@ const (
 
 // cutOutcome names a flow the server ended on purpose.
 func cutOutcome(reason error) string {
-	if errors.Is(reason, ErrUserRemoved) {
+	switch {
+	case errors.Is(reason, ErrUserRemoved):
 		return outcomeRemoved
+	case errors.Is(reason, ErrInterfaceLost):
+		return outcomeIfaceLost
 	}
-	return outcomeIfaceLost
+	return outcomeShutdown
 }
 
 // logFlow counts the flow in the metrics and writes its line (in that

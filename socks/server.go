@@ -103,6 +103,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	closed    bool
+	forced    bool // Close, or Shutdown past its deadline: flows are being cut
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
 	assocs    map[string]int // live UDP associations by limit key
@@ -256,6 +257,9 @@ func (s *Server) Close() error {
 
 func (s *Server) forceClose() {
 	s.cancel()
+	s.mu.Lock()
+	s.forced = true
+	s.mu.Unlock()
 	s.closeWhere(func(*serverConn) bool { return true })
 }
 
@@ -268,6 +272,20 @@ func (s *Server) beginFlow(sc *serverConn, user, iface string) bool {
 		return false
 	}
 	sc.active, sc.user, sc.iface = true, user, iface
+	return true
+}
+
+// setUpstream records the upstream connection of sc's flow so that
+// cutting the flow closes it too. If the flow was cut while the dial was
+// under way, it closes up at once and reports false.
+func (s *Server) setUpstream(sc *serverConn, up net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sc.ended != nil || s.forced {
+		up.Close()
+		return false
+	}
+	sc.upstream = up
 	return true
 }
 

@@ -30,6 +30,7 @@ var allPasswords = []string{alicePass, bobPass, carolPass, wrongPass}
 
 type daemon struct {
 	dir  string
+	bin  string // the ifsocks binary, also used by the ops tests' own instances
 	cmd  *exec.Cmd
 	logs *syncBuffer
 	done chan struct{} // closed when the process has exited
@@ -77,6 +78,7 @@ func startDaemon(topo *topology) (*daemon, error) {
 			return nil, err
 		}
 	}
+	d.bin = bin
 	cfg := filepath.Join(dir, "ifsocks.toml")
 	if err := writeConfig(cfg); err != nil {
 		os.RemoveAll(dir)
