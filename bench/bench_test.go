@@ -1,0 +1,58 @@
+package bench
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// smokeLimit bounds the short benchmark: about two minutes on an idle
+// 2-core machine with both peers installed, more while other packages'
+// tests run beside it.
+const smokeLimit = 6 * time.Minute
+
+// TestShortBenchmark runs `run.sh --short` (2 s per test) and checks only
+// that it completes and writes a report with the summary table: the
+// figures depend on the machine and are never asserted. It needs root for
+// the network namespaces; it skips without root on a laptop but fails in
+// CI, where it must run.
+func TestShortBenchmark(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the benchmark smoke test takes minutes")
+	}
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("CI is set but not running as root: the benchmark needs network namespaces")
+		}
+		t.Skip("needs root (network namespaces)")
+	}
+	for _, tool := range []string{"ip", "timeout"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found: %v", tool, err)
+		}
+	}
+	out := filepath.Join(t.TempDir(), "RESULTS.md")
+	ctx, cancel := context.WithTimeout(context.Background(), smokeLimit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "run.sh", "--short", "--out", out)
+	// On timeout, SIGINT lets run.sh's trap remove its namespaces.
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 30 * time.Second
+	log, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("run.sh --short: %v (context: %v)\n%s", err, ctx.Err(), log)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatalf("no report: %v\n%s", err, log)
+	}
+	const header = "| test | kernel forwarding | ifsocks |"
+	if !strings.Contains(string(b), header) {
+		t.Fatalf("report lacks the summary table header %q:\n%s", header, b)
+	}
+	t.Logf("run.sh --short output:\n%s", log)
+}

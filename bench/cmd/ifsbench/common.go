@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Record is one line of a run's results file. Kind "result" carries the
+// figures of one test of one subject; "meta" and "strace" carry the
+// environment and attachments for the report.
+type Record struct {
+	Kind    string             `json:"kind"`
+	Subject string             `json:"subject,omitempty"`
+	Test    string             `json:"test,omitempty"`
+	Values  map[string]float64 `json:"values,omitempty"`
+	// CPU is the CPU time in seconds each watched role used during the
+	// test: "client" is this process, "host" the whole machine's busy
+	// time (it alone sees kernel forwarding, which runs in softirq).
+	CPU    map[string]float64 `json:"cpu,omitempty"`
+	Series []float64          `json:"series,omitempty"`
+	Key    string             `json:"key,omitempty"`
+	Text   string             `json:"text,omitempty"`
+}
+
+func emit(r Record) error {
+	r.Kind = "result"
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Printf("%s\n", b)
+	return err
+}
+
+// endpoint is what every load subcommand shares: where to go, whether
+// through a proxy, and which processes to charge CPU time to.
+type endpoint struct {
+	subject string
+	test    string // overrides the test name in the record
+	proxy   string // "" connects directly (kernel forwarding baseline)
+	user    string
+	pass    string
+	target  string
+	cpu     string // role=pid,... (each pid with its descendants)
+	timeout time.Duration
+
+	targetAP netip.AddrPort
+	watch    []watched
+}
+
+func (e *endpoint) register(fs *flag.FlagSet, defPort int) {
+	fs.StringVar(&e.subject, "subject", "", "label of the system under test (kernel, ifsocks, ...)")
+	fs.StringVar(&e.test, "test", "", "name of the test in the record (default: from the subcommand)")
+	fs.StringVar(&e.proxy, "proxy", "", "SOCKS5 proxy IP:port; empty connects to the target directly")
+	fs.StringVar(&e.user, "user", "", "RFC 1929 username; empty offers no authentication")
+	fs.StringVar(&e.pass, "pass", "", "RFC 1929 password")
+	fs.StringVar(&e.target, "target", "10.233.9.9:"+strconv.Itoa(defPort), "upstream server IP:port")
+	fs.StringVar(&e.cpu, "cpu", "", "processes to charge CPU time to: role=pid,role=pid")
+	fs.DurationVar(&e.timeout, "timeout", 10*time.Second, "limit for one handshake or connection")
+}
+
+// testName is the name the record gets: -test, or def.
+func (e *endpoint) testName(def string) string {
+	if e.test != "" {
+		return e.test
+	}
+	return def
+}
+
+// parse validates the flags once fs.Parse has run.
+func (e *endpoint) parse() error {
+	ap, err := netip.ParseAddrPort(e.target)
+	if err != nil || !ap.Addr().Is4() {
+		return fmt.Errorf("-target %q: want IPv4:port", e.target)
+	}
+	e.targetAP = ap
+	if e.cpu == "" {
+		return nil
+	}
+	for _, kv := range strings.Split(e.cpu, ",") {
+		role, p, ok := strings.Cut(kv, "=")
+		pid, err := strconv.Atoi(p)
+		if !ok || err != nil || pid <= 0 {
+			return fmt.Errorf("-cpu %q: want role=pid", kv)
+		}
+		e.watch = append(e.watch, watched{role: role, pid: pid})
+	}
+	return nil
+}
+
+// open returns a connection to the target: through the proxy with
+// CONNECT, or directly.
+func (e *endpoint) open(ctx context.Context) (*net.TCPConn, error) {
+	if e.proxy == "" {
+		return dialTCP(ctx, e.target)
+	}
+	c, err := dialTCP(ctx, e.proxy)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(e.timeout))
+	if _, err := handshake(c, e.user, e.pass, cmdConnect, e.targetAP); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+func dialTCP(ctx context.Context, addr string) (*net.TCPConn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp4", addr)
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
+}
+
+// raiseNoFile lifts RLIMIT_NOFILE towards n, as far as this process may
+// (the hard limit, unless it has CAP_SYS_RESOURCE), and returns the soft
+// limit in force: ten thousand tunnels need more descriptors than the
+// usual default.
+func raiseNoFile(n uint64) uint64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return 0
+	}
+	if lim.Cur >= n {
+		return lim.Cur
+	}
+	want := syscall.Rlimit{Cur: n, Max: max(n, lim.Max)}
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err == nil {
+		return n
+	}
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	return lim.Cur
+}
+
+// untilSignal is a context that ends on SIGINT/SIGTERM or after limit.
+func untilSignal(limit time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		defer signal.Stop(ch)
+		select {
+		case <-ch:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}

@@ -1,0 +1,201 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// subjects in column order. kernel is the proxy namespace forwarding in
+// the kernel with no proxy at all.
+var subjects = []string{"kernel", "ifsocks", "dante", "microsocks"}
+
+var subjectTitle = map[string]string{
+	"kernel":     "kernel forwarding",
+	"ifsocks":    "ifsocks",
+	"dante":      "Dante",
+	"microsocks": "microsocks",
+}
+
+var peers = []string{"dante", "microsocks"}
+
+// row is one line of the summary table.
+type row struct {
+	label  string
+	test   string
+	key    string
+	format string
+	higher bool // a higher value is better
+}
+
+var summaryRows = []row{
+	{"TCP 1 stream upload, Mbit/s", "tcp-1-up", "mbps", "%.0f", true},
+	{"TCP 1 stream download, Mbit/s", "tcp-1-down", "mbps", "%.0f", true},
+	{"TCP 8 streams upload, Mbit/s", "tcp-8-up", "mbps", "%.0f", true},
+	{"TCP 8 streams download, Mbit/s", "tcp-8-down", "mbps", "%.0f", true},
+	{"connections/s (c=50, auth, 64 B echo)", "connrate", "rate", "%.0f", true},
+	{"connection p50 latency, ms", "connrate", "p50_ms", "%.2f", false},
+	{"connection p99 latency, ms", "connrate", "p99_ms", "%.2f", false},
+	{"connections in the first second", "connrate", "first_s", "%.0f", true},
+	{"connections in the last second", "connrate", "last_s", "%.0f", true},
+	{"failed connections", "connrate", "errors", "%.0f", false},
+	{"connections/s, proxy netns tcp_tw_reuse=1", "connrate-tw", "rate", "%.0f", true},
+	{"… in the last second", "connrate-tw", "last_s", "%.0f", true},
+	{"RSS per idle tunnel, KiB", "tunnels", "kib_per_tunnel", "%.1f", false},
+	{"PSS per idle tunnel, KiB", "tunnels", "pss_per_tunnel", "%.1f", false},
+	{"descriptors per idle tunnel", "tunnels", "fds_per_tunnel", "%.1f", false},
+	{"UDP 512 B datagrams/s (window 64)", "udp", "dps", "%.0f", true},
+	{"UDP loss, %", "udp", "loss_pct", "%.3f", false},
+}
+
+// results is a run's records, indexed.
+type results struct {
+	res    map[string]map[string]Record // subject -> test -> record
+	skip   map[string]map[string]string // subject -> test ("*") -> reason
+	meta   map[string]string
+	metaK  []string // meta keys in file order
+	strace []Record
+	notes  []string
+}
+
+func loadResults(r io.Reader) (*results, error) {
+	rs := &results{res: map[string]map[string]Record{}, skip: map[string]map[string]string{}, meta: map[string]string{}}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 4<<20)
+	for line := 1; sc.Scan(); line++ {
+		if strings.TrimSpace(sc.Text()) == "" {
+			continue
+		}
+		var rec Record
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			return nil, fmt.Errorf("line %d: %w", line, err)
+		}
+		rs.add(rec)
+	}
+	return rs, sc.Err()
+}
+
+func (rs *results) add(rec Record) {
+	switch rec.Kind {
+	case "result":
+		if rs.res[rec.Subject] == nil {
+			rs.res[rec.Subject] = map[string]Record{}
+		}
+		rs.res[rec.Subject][rec.Test] = rec
+	case "skip":
+		if rs.skip[rec.Subject] == nil {
+			rs.skip[rec.Subject] = map[string]string{}
+		}
+		rs.skip[rec.Subject][rec.Test] = rec.Text
+	case "meta":
+		if _, ok := rs.meta[rec.Key]; !ok {
+			rs.metaK = append(rs.metaK, rec.Key)
+		}
+		rs.meta[rec.Key] = rec.Text
+	case "strace":
+		rs.strace = append(rs.strace, rec)
+	case "note":
+		rs.notes = append(rs.notes, rec.Text)
+	}
+}
+
+func (rs *results) value(subject, test, key string) (float64, bool) {
+	rec, ok := rs.res[subject][test]
+	if !ok {
+		return 0, false
+	}
+	v, ok := rec.Values[key]
+	return v, ok
+}
+
+// cell is a figure, or why there is none.
+func (rs *results) cell(subject string, r row) string {
+	if v, ok := rs.value(subject, r.test, r.key); ok {
+		return fmt.Sprintf(r.format, v)
+	}
+	if why, ok := rs.skip[subject][r.test]; ok {
+		return why
+	}
+	if why, ok := rs.skip[subject]["*"]; ok {
+		return why
+	}
+	return "—"
+}
+
+// bestPeer is the best peer figure of a row and whose it is.
+func (rs *results) bestPeer(r row) (float64, string, bool) {
+	var best float64
+	var who string
+	for _, p := range peers {
+		v, ok := rs.value(p, r.test, r.key)
+		if !ok {
+			continue
+		}
+		if who == "" || (r.higher && v > best) || (!r.higher && v < best) {
+			best, who = v, p
+		}
+	}
+	return best, who, who != ""
+}
+
+func ratio(a, b float64, ok bool) string {
+	if !ok || b == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f×", a/b)
+}
+
+// summaryTable is the Markdown table printed by run.sh and put at the top
+// of RESULTS.md.
+func (rs *results) summaryTable(w io.Writer) {
+	head := []string{"test"}
+	for _, s := range subjects {
+		head = append(head, subjectTitle[s])
+	}
+	head = append(head, "ifsocks ÷ kernel", "ifsocks ÷ best peer")
+	fmt.Fprintf(w, "| %s |\n|%s\n", strings.Join(head, " | "), strings.Repeat(" --- |", len(head)))
+	for _, r := range summaryRows {
+		cells := []string{r.label}
+		for _, s := range subjects {
+			cells = append(cells, rs.cell(s, r))
+		}
+		ifs, okI := rs.value("ifsocks", r.test, r.key)
+		k, okK := rs.value("kernel", r.test, r.key)
+		best, who, okP := rs.bestPeer(r)
+		peerRatio := ratio(ifs, best, okI && okP)
+		if peerRatio != "—" {
+			peerRatio += " (" + subjectTitle[who] + ")"
+		}
+		cells = append(cells, ratio(ifs, k, okI && okK), peerRatio)
+		fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
+	}
+}
+
+func reportCmd(args []string) error {
+	fs := flag.NewFlagSet("report", flag.ContinueOnError)
+	in := fs.String("in", "", "results file (JSON lines) of a run")
+	out := fs.String("out", "", "Markdown file to write")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	f, err := os.Open(*in)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	rs, err := loadResults(f)
+	if err != nil {
+		return fmt.Errorf("%s: %w", *in, err)
+	}
+	rs.summaryTable(os.Stdout)
+	if *out == "" {
+		return nil
+	}
+	var b strings.Builder
+	rs.document(&b)
+	return os.WriteFile(*out, []byte(b.String()), 0o644)
+}

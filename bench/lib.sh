@@ -1,0 +1,200 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2154 # the globals are run.sh's
+# Helpers of run.sh, sourced by it: logging, the namespace topology, the
+# processes it starts, the proxies' configuration and one measurement.
+# They use run.sh's globals (C P U, work, results, pids, the addresses).
+log() { printf '[run.sh %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+# stop_pid PID: SIGTERM, up to 10 s to exit, then SIGKILL.
+stop_pid() {
+	local pid=$1
+	kill -TERM "$pid" 2>/dev/null || return 0
+	for _ in $(seq 100); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
+topo_down() {
+	local ns pid
+	for pid in "${pids[@]}"; do stop_pid "$pid"; done
+	pids=()
+	for ns in "$C" "$P" "$U"; do
+		[ -e "/run/netns/$ns" ] || continue
+		# Only processes this script started live in its namespaces.
+		for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
+		ip netns del "$ns" 2>/dev/null || true
+	done
+	rm -rf "/etc/netns/$P"
+}
+
+sys() { ip netns exec "$1" sysctl -q -w "${@:2}" >/dev/null; }
+
+# topo_up SUBJECT: the three namespaces. For "kernel" P forwards between
+# C and U itself; otherwise P does not route and only the proxy connects
+# C and U. Either way the upstream traffic leaves by wan2, which is not
+# P's preferred default route (wan1 has the lower metric).
+topo_up() {
+	local ns
+	for ns in "$C" "$P" "$U"; do
+		ip netns add "$ns"
+		ip -n "$ns" link set lo up
+	done
+	ip -n "$C" link add c0 type veth peer name cl0 netns "$P"
+	ip -n "$P" link add wan1 type veth peer name up1 netns "$U"
+	ip -n "$P" link add wan2 type veth peer name up2 netns "$U"
+	ip -n "$C" addr add "$CLIENT/24" dev c0
+	ip -n "$P" addr add "$LISTEN/24" dev cl0
+	ip -n "$P" addr add 10.233.1.1/24 dev wan1
+	ip -n "$P" addr add "$WAN2/24" dev wan2
+	ip -n "$U" addr add 10.233.1.2/24 dev up1
+	ip -n "$U" addr add "$UP2/24" dev up2
+	ip -n "$U" addr add "$SVC/32" dev lo
+	ip -n "$C" link set c0 up
+	for dev in cl0 wan1 wan2; do ip -n "$P" link set "$dev" up; done
+	for dev in up1 up2; do ip -n "$U" link set "$dev" up; done
+	ip -n "$C" route add default via "$LISTEN"
+	ip -n "$P" route add default via 10.233.1.2 dev wan1 metric 100
+	ip -n "$P" route add default via "$UP2" dev wan2 metric 200
+	# Source policy route: Dante and microsocks can only bind the source
+	# address; this sends what leaves from it out of wan2.
+	ip -n "$P" route add default via "$UP2" dev wan2 table 102
+	ip -n "$P" rule add from "$WAN2" table 102
+	ip -n "$U" route add 10.233.0.0/24 via "$WAN2" dev up2
+	# The client must not be what runs out of ports in the connection test.
+	sys "$C" net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+	# Replies to wan2's flows arrive on wan2 while the main table's best
+	# route back is wan1: no reverse-path filter in P.
+	sys "$P" net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+	if [ ${#p_sysctl[@]} -gt 0 ]; then sys "$P" "${p_sysctl[@]}"; fi
+	if [ ${#extra_sysctl[@]} -gt 0 ]; then sys "$P" "${extra_sysctl[@]}"; fi
+	if [ "$1" = kernel ]; then
+		ip -n "$P" rule add iif cl0 table 102
+		sys "$P" net.ipv4.ip_forward=1
+	else
+		sys "$P" net.ipv4.ip_forward=0
+	fi
+	if [ "$1" = dante ]; then dante_etc; fi
+}
+
+# bg NAME NS CMD...: start CMD in namespace NS in the background; its pid
+# (ip netns exec execs the command in place) is left in $bgpid.
+bg() {
+	local name=$1 ns=$2
+	shift 2
+	ip netns exec "$ns" "$@" >"$work/$name.log" 2>&1 &
+	bgpid=$!
+	pids+=("$bgpid")
+}
+
+# note KIND [ifsbench note flags]: append a record to the results.
+note() { "$work/ifsbench" note -kind "$@" >>"$results"; }
+
+# --- the proxies -----------------------------------------------------------
+
+# dante_etc gives P's processes their own /etc/passwd and /etc/shadow
+# (`ip netns exec` bind-mounts /etc/netns/P/*), holding the benchmark user
+# with the same bcrypt hash ifsocks gets: Dante's username method checks
+# system users with crypt(3), and Debian's libxcrypt reads bcrypt. The
+# host's own user files are neither read nor changed.
+dante_etc() {
+	mkdir -p "/etc/netns/$P"
+	cat >"/etc/netns/$P/passwd" <<PASSWD
+root:x:0:0:root:/root:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+bench:x:64999:65534:ifsbench:/nonexistent:/usr/sbin/nologin
+PASSWD
+	printf 'root:*:19000:0:99999:7:::\nnobody:*:19000:0:99999:7:::\nbench:%s:19000:0:99999:7:::\n' "$hash" >"/etc/netns/$P/shadow"
+	chmod 0640 "/etc/netns/$P/shadow"
+}
+
+write_configs() {
+	cat >"$work/ifsocks.toml" <<TOML
+# Defaults everywhere except where it listens and the one user.
+[server]
+listen = ["$LISTEN:1080"]
+
+[[users]]
+name = "bench"
+password_hash = "$hash"
+interface = "wan2"
+TOML
+	local method
+	for method in username none; do
+		cat >"$work/danted-$method.conf" <<DANTE
+logoutput: stderr
+internal: $LISTEN port = 1080
+external: $WAN2
+clientmethod: none
+socksmethod: $method
+user.privileged: root
+user.unprivileged: nobody
+client pass {
+	from: 10.233.0.0/24 to: 0.0.0.0/0
+	log: error
+}
+socks pass {
+	from: 10.233.0.0/24 to: 0.0.0.0/0
+	command: connect udpassociate
+	log: error
+}
+socks pass {
+	from: 0.0.0.0/0 to: 10.233.0.0/24
+	command: udpreply
+	log: error
+}
+DANTE
+	done
+}
+
+# start_proxy SUBJECT: start it in P, wait until it answers a probe.
+# Sets ppid (the proxy's pid, 0 for kernel) and auth (client flags).
+start_proxy() {
+	ppid=0 auth=()
+	case "$1" in
+	kernel)
+		timeout 20 ip netns exec "$C" "$work/ifsbench" probe || return 1
+		return 0
+		;;
+	ifsocks) bg ifsocks "$P" "$work/ifsocks" -config "$work/ifsocks.toml" ;;
+	dante) bg dante "$P" danted -f "$work/danted-$dante_method.conf" -p "$work/danted.pid" ;;
+	microsocks) bg microsocks "$P" microsocks -i "$LISTEN" -p 1080 -u bench -P "$pass" -b "$WAN2" ;;
+	esac
+	ppid=$bgpid
+	if [ "$1" != dante ] || [ "$dante_method" = username ]; then auth=(-user bench -pass "$pass"); fi
+	# Called in a condition, where set -e does not apply: return by hand.
+	timeout 20 ip netns exec "$C" "$work/ifsbench" wait -addr "$LISTEN:1080" -timeout 15s || return 1
+	timeout 20 ip netns exec "$C" "$work/ifsbench" probe -proxy "$LISTEN:1080" "${auth[@]}" || return 1
+}
+
+# setup SUBJECT: fresh topology and upstream servers. Sets spid.
+setup() {
+	topo_up "$1"
+	bg serve "$U" "$work/ifsbench" serve -addr "$SVC" -lifetime 2h
+	spid=$bgpid
+	timeout 20 ip netns exec "$U" "$work/ifsbench" wait -addr "$SVC:5002" -timeout 15s
+}
+
+# measure SUBJECT LIMIT TEST ARGS...: one load run (ifsbench ARGS in C);
+# its record goes to the results. A failure is noted and, for ifsocks or
+# kernel, fails the run.
+measure() {
+	local subject=$1 limit=$2 test=$3
+	shift 3
+	local cpu="server=$spid"
+	[ "$ppid" = 0 ] || cpu="proxy=$ppid,$cpu"
+	log "$subject: $test"
+	if timeout -k 5 "$limit" ip netns exec "$C" "$work/ifsbench" "$@" -subject "$subject" -cpu "$cpu" \
+		>"$work/out.json" 2>"$work/err.txt"; then
+		cat "$work/out.json" >>"$results"
+		return 0
+	fi
+	local why
+	why=$(tail -n 3 "$work/err.txt" | tr '\n' ' ')
+	log "$subject $test failed: $why"
+	note note -value "$subject $test failed: ${why:-timed out}"
+	note skip -subject "$subject" -test "$test" -value failed
+	[ "$subject" = dante ] || [ "$subject" = microsocks ] || failed+=("$subject $test")
+}

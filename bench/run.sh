@@ -1,0 +1,274 @@
+#!/usr/bin/env bash
+# ifsocks benchmark: builds its own client / proxy / upstream network
+# namespaces, measures ifsocks, kernel forwarding and (when installed) Dante
+# and microsocks side by side, prints a Markdown table and writes
+# bench/RESULTS.md. Run as root:
+#
+#   bench/run.sh [--install] [--short] [--out FILE]
+#
+# --install  apt-get install dante-server, microsocks and strace first
+# --short    CI smoke mode: 2 s per test, 300 tunnels
+# --out      where to write the report (default bench/RESULTS.md)
+# --only     comma-separated subjects to run (kernel,ifsocks,dante,microsocks)
+# --groups   comma-separated tests to run (tunnels,tcp,udp,connrate,twreuse)
+# --p-sysctl KEY=VALUE  set a sysctl in the proxy namespace (diagnosis,
+#            e.g. net.ipv4.tcp_tw_reuse=1); recorded in the report
+#
+# Every test gets a fresh topology and fresh processes, so one test's
+# sockets in TIME_WAIT or grown heap cannot change the next one's figures.
+# Traffic stays inside the namespaces created here (10.233.0.0/16); they are
+# removed on exit, failure or interrupt.
+# shellcheck source-path=SCRIPTDIR
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+short=0 install=0 out="$here/RESULTS.md" only="" only_groups="" p_sysctl=()
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--short) short=1 ;;
+	--install) install=1 ;;
+	--out) out=${2:?--out needs a file}; shift ;;
+	--only) only=${2:?--only needs a list}; shift ;;
+	--groups) only_groups=${2:?--groups needs a list}; shift ;;
+	--p-sysctl) p_sysctl+=("${2:?--p-sysctl needs KEY=VALUE}"); shift ;;
+	-h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
+	esac
+	shift
+done
+[ "$(id -u)" = 0 ] || { echo "run.sh: must run as root (network namespaces)" >&2; exit 1; }
+case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
+
+if [ "$short" = 1 ]; then
+	dur=2s durs=2 tunnels=300 strace_dur=1s
+else
+	dur=10s durs=10 tunnels=10000 strace_dur=3s
+fi
+
+if [ "$install" = 1 ]; then
+	export DEBIAN_FRONTEND=noninteractive
+	pkgs=(dante-server microsocks strace)
+	timeout 600 apt-get install -y --no-install-recommends "${pkgs[@]}" ||
+		{ timeout 300 apt-get update && timeout 600 apt-get install -y --no-install-recommends "${pkgs[@]}"; }
+fi
+
+# Addresses: C c0 .0.2 -> P cl0 .0.1 (proxy listens) ; P wan1 .1.1 / wan2 .2.1
+# -> U up1 .1.2 / up2 .2.2 ; service address 10.233.9.9 on U's loopback.
+readonly CLIENT=10.233.0.2 LISTEN=10.233.0.1 WAN2=10.233.2.1 UP2=10.233.2.2 SVC=10.233.9.9
+pfx="ifsbench-$$"
+C="$pfx-c" P="$pfx-p" U="$pfx-u"
+failed=() # ifsocks or kernel tests that failed: the run exits non-zero
+pids=()   # processes this script started and has not yet stopped
+extra_sysctl=() # sysctls for the proxy netns of the current test
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+work=$(mktemp -d /tmp/ifsbench.XXXXXX)
+results="$work/results.jsonl"
+cleanup() {
+	set +e
+	topo_down
+	rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'log interrupted; exit 130' INT TERM HUP
+
+# --- the tests -------------------------------------------------------------
+
+group_tunnels() {
+	measure "$1" 420 tunnels tunnels "${via[@]}" -n "$tunnels" -rss-pid "$ppid" -hold 1s -open-timeout 5m
+}
+
+group_tcp() {
+	local streams dir
+	for streams in 1 8; do
+		for dir in up down; do
+			measure "$1" $((durs + 90)) "tcp-$streams-$dir" tcp "${via[@]}" -streams "$streams" -dir "$dir" -duration "$dur"
+		done
+	done
+	if [ "$1" = ifsocks ]; then strace_run; fi
+}
+
+group_udp() {
+	measure "$1" $((durs + 60)) udp udp "${via[@]}" -window 64 -size 512 -duration "$dur"
+}
+
+group_connrate() {
+	measure "$1" $((durs + 60)) connrate connrate "${via[@]}" -concurrency 50 -duration "$dur"
+	tw_count "$1"
+}
+
+# group_twreuse repeats the connection test with tcp_tw_reuse=1 in the
+# proxy namespace (set by run_subject): when the default run collapses,
+# this tells whether ports held in TIME_WAIT were the cause.
+group_twreuse() {
+	measure "$1" $((durs + 60)) connrate-tw connrate "${via[@]}" -concurrency 50 -duration "$dur" -test connrate-tw
+	tw_count "$1"
+}
+
+# tw_count notes how many of the proxy namespace's sockets are in
+# TIME_WAIT after a connection test, against its ephemeral port range.
+tw_count() {
+	local tw range
+	tw=$(ip netns exec "$P" ss -Htan state time-wait 2>/dev/null | wc -l)
+	range=$(ip netns exec "$P" sysctl -n net.ipv4.ip_local_port_range | tr -s ' \t' '-')
+	note note -value "$1 $g: $tw sockets in TIME_WAIT in the proxy netns afterwards (ephemeral ports $range, tcp_tw_reuse=$(ip netns exec "$P" sysctl -n net.ipv4.tcp_tw_reuse))"
+}
+
+# strace_run counts ifsocks's splice/read/write calls during one more
+# transfer each way (not a measured one: ptrace slows the process).
+strace_run() {
+	local dir sp bytes
+	if ! command -v strace >/dev/null; then
+		note note -value "strace is not installed: no system call counts (run.sh --install)"
+		return 0
+	fi
+	for dir in down up; do
+		timeout -k 2 120 strace -f -c -e trace=splice,read,write -o "$work/strace-$dir.txt" -p "$ppid" 2>"$work/strace.err" &
+		sp=$!
+		for _ in $(seq 100); do
+			grep -q attached "$work/strace.err" 2>/dev/null && break
+			sleep 0.1
+		done
+		timeout -k 5 60 ip netns exec "$C" "$work/ifsbench" tcp "${via[@]}" -streams 1 -dir "$dir" -duration "$strace_dur" \
+			>"$work/strace-run.json" 2>>"$work/strace.err" || true
+		kill -INT "$sp" 2>/dev/null || true
+		for _ in $(seq 100); do
+			kill -0 "$sp" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$sp" 2>/dev/null || true
+		wait "$sp" 2>/dev/null || true
+		bytes=$(grep -o '"bytes":[0-9.e+]*' "$work/strace-run.json" | cut -d: -f2 || true)
+		note strace -subject ifsocks -test "1 stream $dir, $(awk -v b="${bytes:-0}" 'BEGIN{printf "%.0f MB", b/1e6}') relayed" -file "$work/strace-$dir.txt"
+	done
+}
+
+# start_dante: the first time, try username authentication; if Dante
+# cannot be made to accept the user, fall back to no authentication and
+# say so in the report.
+start_dante() {
+	if [ -z "$dante_method" ]; then
+		dante_method=username
+		if start_proxy dante; then
+			note meta -key "Dante authentication" -value "username (RFC 1929) against crypt(3) with the same bcrypt cost-10 hash as ifsocks"
+			note note -value "Dante checks the password with crypt(3) on every connection (no cache): one bcrypt of cost 10 per connection bounds its connection rate and the time it takes to open the tunnels of the memory test. ifsocks caches a successful check for 5 minutes; microsocks compares plaintext."
+			return 0
+		fi
+		log "dante: username authentication failed; retrying with socksmethod none"
+		stop_pid "$ppid"
+		dante_method=none
+		note meta -key "Dante authentication" -value "none: username authentication could not be made to work ($(tail -n 2 "$work/dante.log" | tr '\n' ' '))"
+	fi
+	start_proxy dante
+}
+
+run_subject() {
+	local s=$1 g groups=(tunnels tcp udp connrate twreuse)
+	case "$s" in
+	kernel)
+		groups=(tcp udp connrate)
+		note skip -subject kernel -test tunnels -value "no proxy"
+		note skip -subject kernel -test connrate-tw -value "not needed"
+		;;
+	dante)
+		groups=(tunnels tcp udp connrate)
+		note skip -subject dante -test connrate-tw -value "bcrypt-bound"
+		;;
+	microsocks)
+		groups=(tunnels tcp connrate twreuse)
+		note skip -subject microsocks -test udp -value "no UDP"
+		;;
+	esac
+	for g in "${groups[@]}"; do
+		case ",${only_groups:-$g}," in *",$g,"*) ;; *) continue ;; esac
+		log "$s: $g"
+		extra_sysctl=()
+		[ "$g" != twreuse ] || extra_sysctl=(net.ipv4.tcp_tw_reuse=1)
+		setup "$s"
+		local ok=1
+		if [ "$s" = dante ]; then start_dante || ok=0; else start_proxy "$s" || ok=0; fi
+		if [ "$ok" = 0 ]; then
+			log "$s did not start or failed its probe; see its log"
+			note note -value "$s $g: did not start or failed its probe: $(tail -n 2 "$work/$s.log" 2>/dev/null | tr '\n' ' ')"
+			note skip -subject "$s" -test "$g" -value failed
+			[ "$s" = dante ] || [ "$s" = microsocks ] || failed+=("$s $g setup")
+			topo_down
+			continue
+		fi
+		via=()
+		[ "$s" = kernel ] || via=(-proxy "$LISTEN:1080" "${auth[@]}")
+		"group_$g" "$s"
+		topo_down
+	done
+}
+
+# --- main ------------------------------------------------------------------
+
+# RLIMIT_NOFILE as the systemd unit's LimitNOFILE, if this host lets us
+# raise the hard limit (it takes CAP_SYS_RESOURCE); else the hard limit.
+nofile=262144
+(ulimit -Hn "$nofile") 2>/dev/null || nofile=$(ulimit -Hn)
+ulimit -Hn "$nofile"
+ulimit -Sn "$nofile"
+# ifsocks holds 6 descriptors per idle tunnel (2 sockets, and the pipe of
+# each direction's blocked splice); fit the memory test into the limit.
+fit=$(((nofile - 1000) / 6))
+if [ "$tunnels" -gt "$fit" ]; then
+	tunnels_note="RLIMIT_NOFILE is capped at $nofile on this host (the hard limit cannot be raised), and ifsocks holds 6 descriptors per idle tunnel, so the memory test opens $fit tunnels instead of $tunnels."
+	tunnels=$fit
+fi
+export PATH="$PATH:/usr/local/go/bin"
+log "building into $work"
+version=$(git -C "$root" describe --always --dirty 2>/dev/null || echo unknown)
+(cd "$root" && go build -buildvcs=false -ldflags "-X main.version=$version" -o "$work/ifsocks" .)
+(cd "$root" && go build -buildvcs=false -o "$work/ifsbench" ./bench/cmd/ifsbench)
+pass=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')
+hash=$(printf '%s\n' "$pass" | "$work/ifsocks" hash-password)
+write_configs
+dante_method=""
+: >"$results"
+
+note meta -key date -value "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+note meta -key mode -value "$([ "$short" = 1 ] && echo "short (CI smoke test; figures not meaningful)" || echo full): $dur per test, $tunnels tunnels"
+note meta -key kernel -value "$(uname -sr)"
+note meta -key CPU -value "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores"
+note meta -key memory -value "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+note meta -key Go -value "$(go version)"
+note meta -key ifsocks -value "$version (defaults: JSON flow log at info, to a file)"
+subjects_run=(kernel ifsocks)
+if command -v danted >/dev/null; then
+	subjects_run+=(dante)
+	note meta -key Dante -value "$(danted -v 2>&1 | head -n1 | cut -c1-40)"
+else
+	note skip -subject dante -test '*' -value "not installed"
+	note note -value "Dante is not installed (danted): skipped; bench/run.sh --install installs it"
+fi
+if command -v microsocks >/dev/null; then
+	subjects_run+=(microsocks)
+	note meta -key microsocks -value "$(dpkg-query -W -f='${Version}' microsocks 2>/dev/null || echo unknown), plaintext user/password (-u/-P), no UDP"
+else
+	note skip -subject microsocks -test '*' -value "not installed"
+	note note -value "microsocks is not installed: skipped; bench/run.sh --install installs it"
+fi
+if [ -n "${tunnels_note:-}" ]; then note note -value "$tunnels_note"; fi
+if [ ${#p_sysctl[@]} -gt 0 ]; then note meta -key "proxy netns sysctl (--p-sysctl)" -value "${p_sysctl[*]}"; fi
+note note -value "One $(nproc)-core VM, shared and noisy: the client, the proxy and the upstream servers all run on the same cores, so a proxy that needs more CPU also takes it from the load tool. Compare columns of one run, not runs."
+note note -value "Topology: client netns -> proxy netns (listens on $LISTEN:1080; egress wan2 = $WAN2, not the preferred default route) -> upstream netns ($SVC). veth pairs, MTU 1500. kernel forwarding: ip_forward=1 in the proxy netns and a policy route sending the client's packets out of wan2; the client connects to $SVC directly."
+note note -value "ifsocks user: password_hash (bcrypt cost 10) with interface = \"wan2\" (SO_BINDTODEVICE). Dante (external: $WAN2) and microsocks (-b $WAN2) bind the source address; a source policy route (from $WAN2 table 102) sends it out of wan2."
+note note -value "Each test runs on a fresh topology with fresh processes. Client netns: ip_local_port_range 1024-65535 and tcp_tw_reuse=1 so the client never runs out of ports; the proxy and upstream namespaces keep kernel defaults. RLIMIT_NOFILE $nofile for every process."
+note note -value "Connection test: $durs s, 50 concurrent clients, each cycle = TCP connect, greeting, RFC 1929 auth, CONNECT, 64-byte write, 64-byte echo, close; latency is connect to echo. UDP: closed loop, 64 datagrams of 512 bytes in flight, a datagram not echoed in 500 ms is counted lost and replaced."
+
+for s in "${subjects_run[@]}"; do
+	case ",${only:-$s}," in
+	*",$s,"*) run_subject "$s" ;;
+	*) note skip -subject "$s" -test '*' -value "not run (--only)" ;;
+	esac
+done
+
+"$work/ifsbench" report -in "$results" -out "$out"
+log "wrote $out"
+if [ ${#failed[@]} -gt 0 ]; then
+	log "failed: ${failed[*]}"
+	exit 1
+fi
