@@ -20,6 +20,7 @@ import (
 	"io/fs"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -52,6 +53,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "configuration file (default "+config.DefaultPath+" if it exists, else built-in defaults)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this IP:port (profiling; keep it on loopback)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	checkOnly := fs.Bool("check", false, "check the configuration against this host (interfaces, addresses, routes, file mode), print a report and exit; exit status 1 if it finds errors")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -85,7 +88,27 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if path == "" && cfg.Source == config.DefaultPath {
 		path = config.DefaultPath
 	}
-	return daemon.Run(ctx, daemon.Options{Path: path, Config: cfg, Log: log, Level: level, Reload: hup})
+	if *cpuProfile != "" {
+		stopProfile, err := startCPUProfile(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer stopProfile()
+	}
+	return daemon.Run(ctx, daemon.Options{Path: path, Config: cfg, Log: log, Level: level, Reload: hup, Pprof: *pprofAddr})
+}
+
+// startCPUProfile profiles until the returned function is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpuprofile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // loadConfig reads path, or the default file if it exists, or falls back

@@ -158,7 +158,8 @@ start_proxy() {
 		timeout 20 ip netns exec "$C" "$work/ifsbench" probe || return 1
 		return 0
 		;;
-	ifsocks) bg ifsocks "$P" "$work/ifsocks" -config "$work/ifsocks.toml" ;;
+	# shellcheck disable=SC2086 # IFSBENCH_IFSOCKS_ARGS is split into flags on purpose
+	ifsocks) bg ifsocks "$P" "$work/ifsocks" -config "$work/ifsocks.toml" ${IFSBENCH_IFSOCKS_ARGS:-} ;;
 	dante) bg dante "$P" danted -f "$work/danted-$dante_method.conf" -p "$work/danted.pid" ;;
 	microsocks) bg microsocks "$P" microsocks -i "$LISTEN" -p 1080 -u bench -P "$pass" -b "$WAN2" ;;
 	esac

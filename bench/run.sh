@@ -211,11 +211,11 @@ nofile=262144
 (ulimit -Hn "$nofile") 2>/dev/null || nofile=$(ulimit -Hn)
 ulimit -Hn "$nofile"
 ulimit -Sn "$nofile"
-# ifsocks holds 6 descriptors per idle tunnel (2 sockets, and the pipe of
-# each direction's blocked splice); fit the memory test into the limit.
-fit=$(((nofile - 1000) / 6))
+# ifsocks holds 2 descriptors per idle tunnel (its two sockets: an idle
+# relay holds no splice pipe); fit the memory test into the limit.
+fit=$(((nofile - 1000) / 2))
 if [ "$tunnels" -gt "$fit" ]; then
-	tunnels_note="RLIMIT_NOFILE is capped at $nofile on this host (the hard limit cannot be raised), and ifsocks holds 6 descriptors per idle tunnel, so the memory test opens $fit tunnels instead of $tunnels."
+	tunnels_note="RLIMIT_NOFILE is capped at $nofile on this host (the hard limit cannot be raised), and ifsocks holds 2 descriptors per idle tunnel, so the memory test opens $fit tunnels instead of $tunnels."
 	tunnels=$fit
 fi
 export PATH="$PATH:/usr/local/go/bin"

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"sync"
 	"time"
 
+	"github.com/ifsocks/ifsocks/bind"
 	"github.com/ifsocks/ifsocks/config"
 	"github.com/ifsocks/ifsocks/link"
 	"github.com/ifsocks/ifsocks/metrics"
@@ -29,6 +31,8 @@ type Options struct {
 	Level zap.AtomicLevel
 	// Reload delivers SIGHUP.
 	Reload <-chan os.Signal
+	// Pprof, when set, is an address to serve net/http/pprof on.
+	Pprof string
 }
 
 type daemon struct {
@@ -56,6 +60,7 @@ func Run(ctx context.Context, opts Options) error {
 		metrics:  metrics.New(),
 		serveErr: make(chan error, 1),
 	}
+	d.watcher = d.newWatcher(cfg)
 	st, err := d.settings(cfg)
 	if err != nil {
 		return err
@@ -67,13 +72,23 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	d.lns = lns
 	d.srv = socks.New(d.log, st)
-	stopMetrics, err := d.serveMetrics(cfg.Metrics.Listen)
+	// On every return, after the deferred stops below: no goroutine the
+	// daemon started outlives Run.
+	defer d.wg.Wait()
+	stopMetrics, err := d.serveHTTP("metrics", cfg.Metrics.Listen, d.metricsMux())
 	if err != nil {
 		closeListeners(lns)
 		return err
 	}
+	defer stopMetrics()
+	stopPprof, err := d.serveHTTP("pprof", opts.Pprof, pprofMux())
+	if err != nil {
+		closeListeners(lns)
+		return err
+	}
+	defer stopPprof()
 	watchCtx, stopWatch := context.WithCancel(context.Background())
-	d.startWatcher(watchCtx, cfg)
+	d.runWatcher(watchCtx)
 	for _, l := range d.lns {
 		d.serve(l)
 	}
@@ -93,6 +108,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	stopWatch()
 	stopMetrics()
+	stopPprof()
 	d.wg.Wait()
 	d.log.Info("ifsocks stopped")
 	return runErr
@@ -121,6 +137,9 @@ func (d *daemon) settings(cfg *config.Config) (*socks.Settings, error) {
 		return nil, err
 	}
 	st.Metrics = d.metrics
+	if d.watcher != nil && d.watcher.Primed() {
+		st.CheckInterface = d.checkInterface
+	}
 	return st, nil
 }
 
@@ -139,10 +158,12 @@ func (d *daemon) serve(l *listener) {
 	})
 }
 
-// startWatcher follows the interfaces of cfg's users. An interface that
-// goes down or away ends its flows at once: their sockets could only stall.
-func (d *daemon) startWatcher(ctx context.Context, cfg *config.Config) {
-	d.watcher = link.New(d.log, func(name string, old, new link.State) {
+// newWatcher follows the interfaces of cfg's users, listing them once now
+// so that the per-flow interface check can use its state from the first
+// flow. An interface that goes down or away ends its flows at once: their
+// sockets could only stall.
+func (d *daemon) newWatcher(cfg *config.Config) *link.Watcher {
+	w := link.New(d.log, func(name string, old, new link.State) {
 		if old == link.Up && new != link.Up {
 			if n := d.srv.CloseInterface(name); n > 0 {
 				d.log.Warn("closed the flows of a lost egress interface",
@@ -150,7 +171,15 @@ func (d *daemon) startWatcher(ctx context.Context, cfg *config.Config) {
 			}
 		}
 	})
-	d.watcher.Watch(interfaces(cfg))
+	w.Watch(interfaces(cfg))
+	if err := w.Prime(); err != nil {
+		d.log.Warn("cannot list interfaces; checking them per flow instead", zap.Error(err))
+	}
+	return w
+}
+
+// runWatcher starts following netlink events; ctx stops it.
+func (d *daemon) runWatcher(ctx context.Context) {
 	d.metrics.InterfaceStates(func() map[string]bool {
 		out := map[string]bool{}
 		for name, st := range d.watcher.Watched() {
@@ -163,6 +192,18 @@ func (d *daemon) startWatcher(ctx context.Context, cfg *config.Config) {
 			d.log.Warn("not following interface changes", zap.Error(err))
 		}
 	})
+}
+
+// checkInterface answers the per-flow interface check from the watcher's
+// state: no system call per flow.
+func (d *daemon) checkInterface(name string) error {
+	switch d.watcher.State(name) {
+	case link.Up:
+		return nil
+	case link.Down:
+		return &bind.Error{Interface: name, Err: bind.ErrInterfaceDown}
+	}
+	return &bind.Error{Interface: name, Err: bind.ErrNoInterface}
 }
 
 // interfaces lists the distinct egress interfaces of cfg.
@@ -178,31 +219,48 @@ func interfaces(cfg *config.Config) []string {
 	return out
 }
 
-// serveMetrics starts the /metrics and /healthz endpoint when addr is set.
-// The returned function stops it.
-func (d *daemon) serveMetrics(addr string) (stop func(), err error) {
-	if addr == "" {
-		return func() {}, nil
-	}
-	ln, err := net.Listen(listenNetwork(addr), addr)
-	if err != nil {
-		return nil, fmt.Errorf("metrics listen on %s: %w", addr, err)
-	}
+func (d *daemon) metricsMux() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", d.metrics.Handler())
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	d.log.Info("serving metrics", zap.Stringer("addr", ln.Addr()))
+	return mux
+}
+
+func pprofMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+// serveHTTP starts an HTTP endpoint (metrics, pprof) when addr is set. The
+// returned function stops it; calling it again does nothing.
+func (d *daemon) serveHTTP(what, addr string, h http.Handler) (stop func(), err error) {
+	if addr == "" {
+		return func() {}, nil
+	}
+	ln, err := net.Listen(listenNetwork(addr), addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s listen on %s: %w", what, addr, err)
+	}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	d.log.Info("serving "+what, zap.Stringer("addr", ln.Addr()))
 	d.wg.Go(func() {
 		if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error("metrics server failed", zap.Error(err))
+			d.log.Error(what+" server failed", zap.Error(err))
 		}
 	})
+	var once sync.Once
 	return func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		hs.Shutdown(ctx)
+		once.Do(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			hs.Shutdown(ctx)
+		})
 	}, nil
 }

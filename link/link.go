@@ -11,6 +11,7 @@ package link
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 )
@@ -48,6 +49,8 @@ type Watcher struct {
 	log      *zap.Logger
 	onChange ChangeFunc
 
+	primed atomic.Bool // State is known for every interface (Prime done)
+
 	mu      sync.Mutex
 	watched map[string]bool
 	state   map[string]State // by name; absent means Missing
@@ -75,6 +78,10 @@ func (w *Watcher) Watch(names []string) {
 		w.watched[n] = true
 	}
 }
+
+// Primed reports whether Prime has listed the interfaces, so that State
+// can be relied on.
+func (w *Watcher) Primed() bool { return w.primed.Load() }
 
 // State returns the last known state of name.
 func (w *Watcher) State(name string) State {

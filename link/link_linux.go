@@ -105,3 +105,17 @@ func (w *Watcher) link(u netlink.LinkUpdate) {
 	}
 	w.update(attrs.Index, attrs.Name, st)
 }
+
+// Prime lists the interfaces once, synchronously, so that State answers
+// correctly before Run's subscription has delivered anything.
+func (w *Watcher) Prime() error {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("list interfaces: %w", err)
+	}
+	for _, l := range links {
+		w.link(netlink.LinkUpdate{Link: l})
+	}
+	w.primed.Store(true)
+	return nil
+}

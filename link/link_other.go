@@ -11,3 +11,8 @@ import (
 func (w *Watcher) Run(ctx context.Context) error {
 	return errors.New("interface watching is not supported on this OS")
 }
+
+// Prime is not supported outside Linux.
+func (w *Watcher) Prime() error {
+	return errors.New("interface watching is not supported on this OS")
+}

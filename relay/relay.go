@@ -2,16 +2,21 @@
 // flow: both directions at once, half-close passed through, an idle
 // timeout, and byte counts.
 //
-// It copies between the concrete *net.TCPConn values with io.Copy so that
-// Go uses splice(2) on Linux: the payload moves inside the kernel and never
-// through a user-space buffer. Wrapping either connection (to count bytes or
-// to refresh deadlines) would silently turn that off, which is why idle time
+// Payload moves between the concrete *net.TCPConn values so that Go uses
+// splice(2) on Linux: bulk data goes through the kernel and never through a
+// user-space buffer. Wrapping either connection (to count bytes or to
+// refresh deadlines) would silently turn that off, which is why idle time
 // is read from the kernel (TCP_INFO) instead of being tracked per read.
+//
+// An idle flow holds no buffer and no pipe: each direction waits for its
+// socket to become readable first, then moves exactly what has arrived —
+// small amounts through a pooled buffer, larger ones by splice, whose pipe
+// goes back to Go's pool as soon as the bytes are across. A tunnel that sits
+// idle for hours costs two parked goroutines and its two sockets.
 package relay
 
 import (
 	"errors"
-	"io"
 	"net"
 	"sync"
 	"time"
@@ -28,59 +33,67 @@ type Result struct {
 	Idle bool
 }
 
-// TCP relays between client and upstream until both directions have ended,
-// one fails, or neither has received data for idle (0 disables the idle
-// timeout). Both connections are closed when it returns.
-func TCP(client, upstream *net.TCPConn, idle time.Duration) Result {
-	f := &flow{conns: [2]*net.TCPConn{client, upstream}}
-	var it *IdleTimer
+// Start relays between client and upstream in two new goroutines and
+// returns at once. When both directions have ended, one fails, or neither
+// has received data for idle (0 disables the idle timeout), both
+// connections are closed and done is called once, from one of those
+// goroutines, with the result.
+func Start(client, upstream *net.TCPConn, idle time.Duration, done func(Result)) {
+	f := &flow{conns: [2]*net.TCPConn{client, upstream}, done: done, pending: 2}
 	if idle > 0 {
-		it = StartIdleTimer(idle, f.quiet, f.expire)
+		f.timer = StartIdleTimer(idle, f.quiet, f.expire)
 	}
-	downc := make(chan int64, 1)
-	go func() {
-		downc <- f.half(client, upstream)
-	}()
-	up := f.half(upstream, client)
-	down := <-downc
-	if it != nil {
-		it.Stop()
-	}
-	f.finish()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return Result{Up: up, Down: down, Err: f.err, Idle: f.idle}
+	go f.half(upstream, client, &f.up)
+	go f.half(client, upstream, &f.down)
+}
+
+// TCP is Start that waits for the result.
+func TCP(client, upstream *net.TCPConn, idle time.Duration) Result {
+	ch := make(chan Result, 1)
+	Start(client, upstream, idle, func(r Result) { ch <- r })
+	return <-ch
 }
 
 type flow struct {
 	conns [2]*net.TCPConn
+	done  func(Result)
+	timer *IdleTimer
 
-	mu   sync.Mutex
-	err  error
-	idle bool
-	done bool
+	mu       sync.Mutex
+	up, down int64
+	pending  int // directions still running
+	err      error
+	idle     bool
+	finished bool
 }
 
-// half copies src to dst. On EOF it passes the half-close on with
-// CloseWrite and leaves the other direction running; on an error it closes
-// both connections so the other direction ends too.
-func (f *flow) half(dst, src *net.TCPConn) int64 {
-	n, err := io.Copy(dst, src)
+// half copies src to dst into *count. On EOF it passes the half-close on
+// with CloseWrite and leaves the other direction running; on an error it
+// closes both connections so the other direction ends too. The direction
+// that ends last finishes the flow.
+func (f *flow) half(dst, src *net.TCPConn, count *int64) {
+	n, err := copyConn(dst, src)
 	if err == nil {
 		err = dst.CloseWrite()
-		if err == nil {
-			return n
-		}
 	}
-	f.fail(err)
-	return n
+	if err != nil {
+		f.fail(err)
+	}
+	f.mu.Lock()
+	*count = n
+	f.pending--
+	last := f.pending == 0
+	f.mu.Unlock()
+	if last {
+		f.finish()
+	}
 }
 
 // fail records the first error and closes both connections. Errors caused
 // by our own close (net.ErrClosed in the other direction) are not recorded.
 func (f *flow) fail(err error) {
 	f.mu.Lock()
-	if f.err == nil && !f.idle && !f.done && !errors.Is(err, net.ErrClosed) {
+	if f.err == nil && !f.idle && !f.finished && !errors.Is(err, net.ErrClosed) {
 		f.err = err
 	}
 	f.mu.Unlock()
@@ -93,10 +106,15 @@ func (f *flow) closeBoth() {
 }
 
 func (f *flow) finish() {
-	f.mu.Lock()
-	f.done = true
-	f.mu.Unlock()
+	if f.timer != nil {
+		f.timer.Stop()
+	}
 	f.closeBoth()
+	f.mu.Lock()
+	f.finished = true
+	r := Result{Up: f.up, Down: f.down, Err: f.err, Idle: f.idle}
+	f.mu.Unlock()
+	f.done(r)
 }
 
 // quiet is how long neither socket has received payload, from the kernel's
@@ -107,7 +125,7 @@ func (f *flow) quiet() time.Duration {
 
 func (f *flow) expire() {
 	f.mu.Lock()
-	f.idle = !f.done
+	f.idle = !f.finished
 	f.mu.Unlock()
 	f.closeBoth()
 }

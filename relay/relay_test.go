@@ -548,11 +548,12 @@ func TestSplice(t *testing.T) {
 
 	spliced, copied := traceBytes(t, trace)
 	t.Logf("strace: %d bytes through splice, %d through read-family calls", spliced, copied)
-	// Each relayed byte is spliced twice: socket to pipe, pipe to socket.
-	if spliced < 2*size {
-		t.Errorf("splice moved %d bytes, want at least %d (2 x %d relayed)", spliced, 2*size, size)
+	// Each spliced byte is counted twice: socket to pipe, pipe to socket.
+	// Bursts under 16 KiB go through a small buffer instead, so allow 1 %.
+	if spliced < 2*size*99/100 {
+		t.Errorf("splice moved %d bytes, want at least 99%% of %d (2 x %d relayed)", spliced, 2*size, size)
 	}
-	if copied > size/16 {
+	if copied > size/100 {
 		t.Errorf("read-family calls returned %d bytes for a %d-byte relay: payload went through user space", copied, size)
 	}
 }

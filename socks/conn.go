@@ -43,31 +43,41 @@ func (sc *serverConn) close() {
 	}
 }
 
-// serve runs the connection from greeting to the end of its flow.
-func (sc *serverConn) serve() {
-	defer sc.conn.Close()
+// serve runs the connection from greeting to the end of its flow. It
+// returns true when it has handed the connection to a relay, which then
+// owns it (and ends it with srv.connDone); false when the connection is
+// finished and closed.
+func (sc *serverConn) serve() (handedOff bool) {
+	defer func() {
+		if !handedOff {
+			sc.conn.Close()
+		}
+	}()
 	rec := &record{start: time.Now(), client: addrPortOf(sc.conn.RemoteAddr())}
 	st := sc.st
 	if st.HandshakeTimeout > 0 {
 		sc.conn.SetDeadline(rec.start.Add(st.HandshakeTimeout))
 	}
-	name, err := sc.negotiate(rec)
+	hs := newHSReader(sc.conn)
+	name, err := sc.negotiate(hs, rec)
 	if err != nil {
+		hs.detach()
 		sc.logHandshake(rec, err)
-		return
+		return false
 	}
-	req, err := readRequest(sc.conn)
+	req, err := readRequest(hs)
+	early := hs.detach()
 	rec.target = req.Dst
 	if err != nil {
 		var re *requestError
 		if !errors.As(err, &re) {
 			sc.logHandshake(rec, err)
-			return
+			return false
 		}
 		writeReply(sc.conn, re.reply, netip.AddrPort{})
 		rec.finish(re.reply, outcomeBadRequest, err)
 		sc.logFlow(rec, zap.WarnLevel)
-		return
+		return false
 	}
 	sc.conn.SetDeadline(time.Time{})
 	user, ok := st.Users[name]
@@ -75,7 +85,7 @@ func (sc *serverConn) serve() {
 		// Auth accepted a name the egress map lacks: a bug in how the
 		// settings were built. Refuse rather than use kernel routing.
 		sc.refuse(rec, RepGeneralFailure, outcomeError, fmt.Errorf("user %q has no egress settings", name))
-		return
+		return false
 	}
 	if name == "" {
 		user = st.NoAuthUser
@@ -83,12 +93,13 @@ func (sc *serverConn) serve() {
 	rec.iface = user.Interface
 	switch req.Cmd {
 	case cmdConnect:
-		sc.connect(rec, req.Dst, user)
+		return sc.connect(rec, req.Dst, user, early)
 	case cmdUDPAssociate:
 		sc.associate(rec, req.Dst, user, name)
 	default:
 		sc.refuse(rec, RepCommandUnsupported, outcomeBadRequest, fmt.Errorf("command %#x not supported", req.Cmd))
 	}
+	return false
 }
 
 // refuse replies rep with no bound address, and logs the flow.
@@ -104,8 +115,8 @@ func (sc *serverConn) refuse(rec *record, rep byte, outcome string, err error) {
 
 // negotiate runs method selection and, when users are configured, RFC 1929
 // authentication. It returns the user name, "" without authentication.
-func (sc *serverConn) negotiate(rec *record) (string, error) {
-	methods, err := readGreeting(sc.conn)
+func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
+	methods, err := readGreeting(hs)
 	if err != nil {
 		return "", err
 	}
@@ -124,7 +135,7 @@ func (sc *serverConn) negotiate(rec *record) (string, error) {
 	if want == methodNoAuth {
 		return "", nil
 	}
-	name, pass, err := readUserPass(sc.conn)
+	name, pass, err := readUserPass(hs)
 	rec.user = name
 	if err != nil {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})

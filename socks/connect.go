@@ -17,16 +17,19 @@ import (
 )
 
 // connect serves CONNECT (RFC 1928 section 4): dial the target from the
-// user's interface, reply with the outbound socket's address, relay.
-func (sc *serverConn) connect(rec *record, dst Addr, user User) {
+// user's interface, reply with the outbound socket's address, relay. It
+// returns true once the relay owns the connection. early holds bytes the
+// client sent after its request without waiting for the reply; they go to
+// the target first.
+func (sc *serverConn) connect(rec *record, dst Addr, user User, early []byte) bool {
 	st := sc.st
 	if !sc.srv.beginFlow(sc, rec.user, user.Interface) {
 		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
-		return
+		return false
 	}
 	ctx, cancel := context.WithTimeout(sc.srv.ctx, st.ConnectTimeout)
 	start := time.Now()
-	up, err := dialTarget(ctx, st.Policy, user, dst)
+	up, err := dialTarget(ctx, st, user, dst)
 	cancel()
 	st.Metrics.Dial(user.Interface, time.Since(start), err == nil)
 	if err != nil {
@@ -36,7 +39,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User) {
 			outcome = outcomeError
 		}
 		sc.refuse(rec, rep, outcome, err)
-		return
+		return false
 	}
 	rec.remote = addrPortOf(up.RemoteAddr())
 	rec.local = addrPortOf(up.LocalAddr())
@@ -46,19 +49,37 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User) {
 			cut = errors.New("server is shutting down")
 		}
 		sc.refuse(rec, RepGeneralFailure, cutOutcome(cut), cut)
-		return
+		return false
 	}
+	// Counted before the reply, so a client that has its reply sees
+	// itself in the gauge.
 	st.Metrics.FlowActive(rec.user, user.Interface, 1)
-	if err := writeReply(sc.conn, RepSucceeded, rec.local); err != nil {
+	err = writeReply(sc.conn, RepSucceeded, rec.local)
+	if err == nil && len(early) > 0 {
+		_, err = up.Write(early)
+		rec.up = int64(len(early))
+	}
+	if err != nil {
 		up.Close()
 		st.Metrics.FlowActive(rec.user, user.Interface, -1)
-		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write reply: %w", err))
+		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write reply or early data: %w", err))
 		sc.logFlow(rec, zap.InfoLevel)
-		return
+		return false
 	}
-	res := relay.TCP(sc.conn, up, st.IdleTimeout)
-	st.Metrics.FlowActive(rec.user, user.Interface, -1)
-	rec.up, rec.down = res.Up, res.Down
+	// The relay's two goroutines own the flow from here; this goroutine,
+	// whose stack grew through the handshake and the dial, can end.
+	relay.Start(sc.conn, up, st.IdleTimeout, func(res relay.Result) {
+		st.Metrics.FlowActive(rec.user, user.Interface, -1)
+		sc.relayDone(rec, res)
+		sc.srv.connDone(sc)
+	})
+	return true
+}
+
+// relayDone logs a relayed flow's end.
+func (sc *serverConn) relayDone(rec *record, res relay.Result) {
+	rec.up += res.Up
+	rec.down = res.Down
 	switch cut := sc.srv.endReason(sc); {
 	case cut != nil:
 		rec.finish(RepSucceeded, cutOutcome(cut), cut)
@@ -77,12 +98,11 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User) {
 // dialTarget resolves dst through the user's interface when it is a name,
 // drops addresses the policy refuses, and connects to the rest in turn
 // until one answers. Every socket, DNS included, is bound to the interface.
-func dialTarget(ctx context.Context, pol *policy.Policy, user User, dst Addr) (*net.TCPConn, error) {
+func dialTarget(ctx context.Context, st *Settings, user User, dst Addr) (*net.TCPConn, error) {
+	pol := st.Policy
 	d := bind.Dialer{Interface: user.Interface}
-	if user.Interface != "" {
-		if err := bind.CheckInterface(user.Interface); err != nil {
-			return nil, err
-		}
+	if err := st.checkInterface(user.Interface); err != nil {
+		return nil, err
 	}
 	addrs := []netip.Addr{dst.IP}
 	if dst.Name != "" {

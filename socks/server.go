@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ifsocks/ifsocks/auth"
+	"github.com/ifsocks/ifsocks/bind"
 	"github.com/ifsocks/ifsocks/metrics"
 	"github.com/ifsocks/ifsocks/policy"
 	"go.uber.org/zap"
@@ -83,12 +84,28 @@ type Settings struct {
 	// Metrics records what the server does; nil records nothing. It is
 	// the same object in every Settings of a server.
 	Metrics *metrics.Metrics
+	// CheckInterface tells, before anything is resolved or dialled,
+	// whether an egress interface is usable: nil, or a *bind.Error
+	// wrapping bind.ErrNoInterface or bind.ErrInterfaceDown. Nil means
+	// bind.CheckInterface (one ioctl per flow); the daemon passes the
+	// state its netlink watcher keeps.
+	CheckInterface func(name string) error
 
 	HandshakeTimeout time.Duration // greeting to request, inclusive
 	ConnectTimeout   time.Duration // resolution plus connect
 	IdleTimeout      time.Duration // 0 disables
 
 	UDP UDPSettings
+}
+
+func (st *Settings) checkInterface(name string) error {
+	switch {
+	case name == "":
+		return nil
+	case st.CheckInterface != nil:
+		return st.CheckInterface(name)
+	}
+	return bind.CheckInterface(name)
 }
 
 // Server serves SOCKS5 on any number of listeners.
@@ -200,10 +217,17 @@ func (s *Server) startConn(c *net.TCPConn) {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go func() {
-		defer s.wg.Done()
-		defer s.untrack(sc)
-		sc.serve()
+		if !sc.serve() {
+			s.connDone(sc)
+		}
 	}()
+}
+
+// connDone ends the server's ownership of sc: after its serve goroutine
+// returns or, for a relayed flow, when the relay has finished.
+func (s *Server) connDone(sc *serverConn) {
+	s.untrack(sc)
+	s.wg.Done()
 }
 
 func (s *Server) untrack(sc *serverConn) {

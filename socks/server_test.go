@@ -397,3 +397,30 @@ func TestCloseInterface(t *testing.T) {
 		t.Fatalf("flow log %v", f)
 	}
 }
+
+// TestEarlyData: a client that sends its whole handshake and its first
+// data in one segment, without waiting for replies, gets every reply and
+// the data reaches the target first, in order.
+func TestEarlyData(t *testing.T) {
+	st := testSettings(t)
+	st.Auth = nil
+	env := startServer(t, st)
+	echo := echoServer(t)
+	r := dialRaw(t, env.addr)
+	msg := []byte{5, 1, methodNoAuth}
+	msg = append(msg, append([]byte{5, cmdConnect, 0}, appendAddr(nil, echo)...)...)
+	msg = append(msg, "early bytes"...)
+	r.send(msg...)
+	r.expect(5, methodNoAuth)
+	if rep, _ := r.readReply(); rep != RepSucceeded {
+		t.Fatalf("reply %#x", rep)
+	}
+	r.expect([]byte("early bytes")...)
+	r.send('!')
+	r.expect('!')
+	r.c.Close()
+	waitFor(t, 2*time.Second, "flow log", func() bool { return len(env.flowLines()) == 1 })
+	if f := env.flowLines()[0].ContextMap(); f["bytes_up"] != int64(12) || f["bytes_down"] != int64(12) {
+		t.Fatalf("flow log counts %v", f)
+	}
+}

@@ -128,11 +128,9 @@ func (sc *serverConn) newAssociation(user User, req Addr, clientIP netip.Addr) (
 		a.clientPort.Store(uint32(req.Port))
 		a.fixedPort = true
 	}
-	if user.Interface != "" {
-		if err := bind.CheckInterface(user.Interface); err != nil {
-			a.cancel()
-			return nil, err
-		}
+	if err := st.checkInterface(user.Interface); err != nil {
+		a.cancel()
+		return nil, err
 	}
 	if err := a.openOutbound(); err != nil {
 		a.closeSockets()

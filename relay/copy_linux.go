@@ -1,0 +1,105 @@
+package relay
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// smallCopy is the size below which queued bytes are moved with one read
+// and one write through a pooled buffer: for a few hundred bytes that is
+// cheaper than splice's two calls through a pipe, and bulk data still
+// splices.
+const smallCopy = 16 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, smallCopy); return &b }}
+
+// copyConn copies src to dst until EOF (returned as nil) or an error.
+// Between bursts it waits for src to become readable holding nothing, then
+// moves exactly the bytes the kernel has queued.
+func copyConn(dst, src *net.TCPConn) (int64, error) {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for {
+		avail, eof, err := waitReadable(rc)
+		if err != nil || eof {
+			return total, err
+		}
+		var n int64
+		if avail < smallCopy {
+			n, err = copySmall(dst, src, avail)
+		} else {
+			// TCPConn.ReadFrom splices from an *io.LimitedReader of
+			// a *net.TCPConn; the pipe is returned when it is done.
+			n, err = dst.ReadFrom(&io.LimitedReader{R: src, N: int64(avail)})
+		}
+		total += n
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+func copySmall(dst, src *net.TCPConn, avail int) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	n, err := src.Read((*bp)[:avail])
+	if n > 0 {
+		if _, werr := dst.Write((*bp)[:n]); werr != nil {
+			return 0, werr
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return int64(n), err
+}
+
+// waitReadable parks until the socket has data or has reached EOF, and
+// says how many bytes are queued. It uses the runtime poller through
+// RawConn.Read, so the wait costs a parked goroutine and nothing else.
+func waitReadable(rc syscall.RawConn) (avail int, eof bool, err error) {
+	var serr error
+	cerr := rc.Read(func(fd uintptr) bool {
+		n, e := unix.IoctlGetInt(int(fd), unix.SIOCINQ)
+		if e != nil {
+			serr = os.NewSyscallError("ioctl SIOCINQ", e)
+			return true
+		}
+		if n > 0 {
+			avail = n
+			return true
+		}
+		// Nothing queued: either nothing has arrived (wait) or the
+		// peer has closed (a zero-byte peek says EOF).
+		var b [1]byte
+		for {
+			m, _, e := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e == unix.EAGAIN:
+				return false
+			case e != nil:
+				serr = os.NewSyscallError("recvfrom", e)
+			case m == 0:
+				eof = true
+			default:
+				avail = m // arrived since the ioctl
+			}
+			return true
+		}
+	})
+	if cerr != nil {
+		return 0, false, cerr
+	}
+	return avail, eof, serr
+}
