@@ -1,0 +1,91 @@
+package socks
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/ifsocks/ifsocks/auth"
+	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/metrics"
+	"github.com/ifsocks/ifsocks/policy"
+)
+
+// User is what the server knows of an authenticated user besides the
+// password: where its flows leave.
+type User struct {
+	// Interface is the egress interface; "" means kernel routing.
+	Interface string
+	// MaxAssociations overrides UDPSettings.MaxAssociations when > 0.
+	MaxAssociations int
+}
+
+// ReplyFilter says which datagrams from the network a UDP association
+// passes back to its client.
+type ReplyFilter int
+
+const (
+	// FilterAddressPort passes datagrams only from an address and port
+	// the client has sent to (the default; like a port-restricted NAT).
+	FilterAddressPort ReplyFilter = iota
+	// FilterAddress passes datagrams from any port of an address the
+	// client has sent to.
+	FilterAddress
+	// FilterNone passes every datagram (like a full-cone NAT).
+	FilterNone
+)
+
+// UDPSettings govern UDP ASSOCIATE (RFC 1928 section 7).
+type UDPSettings struct {
+	// PortMin..PortMax is the range for client-facing relay sockets;
+	// zero means a port from the kernel.
+	PortMin, PortMax uint16
+	// Advertise, when valid, is sent as BND.ADDR instead of the relay
+	// socket's address (for hosts behind 1:1 NAT).
+	Advertise netip.Addr
+	// MaxAssociations caps concurrent associations per user, or per
+	// client IP without authentication.
+	MaxAssociations int
+	// MaxDatagram is the largest payload relayed either way.
+	MaxDatagram int
+	ReplyFilter ReplyFilter
+}
+
+// Settings are the rules for new connections. A Settings value must not be
+// modified once passed to the server; replace it with Server.Update.
+type Settings struct {
+	// Auth verifies credentials. Nil or empty means no authentication
+	// (method 0x00); otherwise only username/password (0x02) is accepted.
+	Auth *auth.Store
+	// Users maps a user name to its egress. Every name Auth accepts must
+	// be present.
+	Users map[string]User
+	// NoAuthUser is the egress of flows without authentication.
+	NoAuthUser User
+	Policy     *policy.Policy
+
+	// Metrics records what the server does; nil records nothing. It is
+	// the same object in every Settings of a server.
+	Metrics *metrics.Metrics
+	// CheckInterface tells, before anything is resolved or dialled,
+	// whether an egress interface is usable: nil, or a *bind.Error
+	// wrapping bind.ErrNoInterface or bind.ErrInterfaceDown. Nil means
+	// bind.CheckInterface (one ioctl per flow); the daemon passes the
+	// state its netlink watcher keeps.
+	CheckInterface func(name string) error
+
+	HandshakeTimeout time.Duration // greeting to request, inclusive
+	ConnectTimeout   time.Duration // resolution plus connect
+	IdleTimeout      time.Duration // 0 disables
+
+	UDP UDPSettings
+}
+
+func (st *Settings) checkInterface(name string) error {
+	switch {
+	case name == "":
+		return nil
+	case st.CheckInterface != nil:
+		return st.CheckInterface(name)
+	}
+	return bind.CheckInterface(name)
+}
