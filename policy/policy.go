@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -42,9 +43,16 @@ type Policy struct {
 	// ownAddrs lists the host's addresses; replaced by tests.
 	ownAddrs func() ([]netip.Addr, error)
 
-	mu      sync.Mutex
-	own     map[netip.Addr]bool
-	ownTime time.Time
+	// own is the last listing of the host's addresses, read without a
+	// lock on every check (every flow and every UDP datagram); refresh
+	// serialises the listings.
+	own     atomic.Pointer[ownSet]
+	refresh sync.Mutex
+}
+
+type ownSet struct {
+	addrs map[netip.Addr]bool
+	time  time.Time
 }
 
 // New returns a policy refusing the deny prefixes and, if denyOwn, every
@@ -73,22 +81,36 @@ func (p *Policy) Check(addr netip.Addr) error {
 }
 
 func (p *Policy) isOwn(a netip.Addr) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.own == nil || time.Since(p.ownTime) > ownRefresh {
-		addrs, err := p.ownAddrs()
-		if err == nil {
-			p.own = make(map[netip.Addr]bool, len(addrs))
-			for _, x := range addrs {
-				p.own[x.Unmap().WithZone("")] = true
-			}
-			p.ownTime = time.Now()
-		} else if p.own == nil {
+	cur := p.own.Load()
+	if cur != nil && time.Since(cur.time) <= ownRefresh {
+		return cur.addrs[a]
+	}
+	if cur != nil && !p.refresh.TryLock() {
+		// Another check is listing the addresses right now; the list it
+		// replaces is at most a listing's time older.
+		return cur.addrs[a]
+	}
+	if cur == nil {
+		p.refresh.Lock()
+	}
+	defer p.refresh.Unlock()
+	if fresh := p.own.Load(); fresh != cur && fresh != nil {
+		return fresh.addrs[a] // listed while we waited for the lock
+	}
+	addrs, err := p.ownAddrs()
+	if err != nil {
+		if cur == nil {
 			// Cannot tell: fail closed for this check only.
 			return true
 		}
+		return cur.addrs[a] // keep the last good listing
 	}
-	return p.own[a]
+	set := &ownSet{addrs: make(map[netip.Addr]bool, len(addrs)), time: time.Now()}
+	for _, x := range addrs {
+		set.addrs[x.Unmap().WithZone("")] = true
+	}
+	p.own.Store(set)
+	return set.addrs[a]
 }
 
 func hostAddrs() ([]netip.Addr, error) {

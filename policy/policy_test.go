@@ -55,12 +55,11 @@ func newPolicy(tb testing.TB, deny []netip.Prefix, denyOwn bool, own ...string) 
 // time had passed, so the next check lists the addresses again.
 func expire(tb testing.TB, p *Policy) {
 	tb.Helper()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.own == nil {
+	cur := p.own.Load()
+	if cur == nil {
 		tb.Fatal("expire: no cached own-address list yet")
 	}
-	p.ownTime = time.Now().Add(-ownRefresh - time.Millisecond)
+	p.own.Store(&ownSet{addrs: cur.addrs, time: time.Now().Add(-ownRefresh - time.Millisecond)})
 }
 
 // checkResult asserts that err is nil when reason is "", else a
@@ -264,9 +263,9 @@ func TestCheckConcurrent(t *testing.T) {
 		wg.Go(func() {
 			for j := range 200 {
 				if i == 0 && j%50 == 0 {
-					p.mu.Lock()
-					p.ownTime = time.Time{}
-					p.mu.Unlock()
+					if cur := p.own.Load(); cur != nil {
+						p.own.Store(&ownSet{addrs: cur.addrs})
+					}
 					f.set(nil, "192.0.2.2")
 				}
 				if err := p.Check(netip.MustParseAddr("192.0.2.1")); err != nil {
