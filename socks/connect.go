@@ -23,6 +23,12 @@ import (
 // the target first.
 func (sc *serverConn) connect(rec *record, dst Addr, user User, early []byte) bool {
 	st := sc.st
+	client, ok := sc.conn.(*net.TCPConn)
+	if !ok {
+		// Only fuzz tests serve other connections; the relay needs TCP.
+		sc.refuse(rec, RepGeneralFailure, outcomeError, errors.New("client connection is not TCP"))
+		return false
+	}
 	if !sc.srv.beginFlow(sc, rec.user, user.Interface) {
 		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
 		return false
@@ -68,7 +74,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, early []byte) bo
 	}
 	// The relay's two goroutines own the flow from here; this goroutine,
 	// whose stack grew through the handshake and the dial, can end.
-	relay.Start(sc.conn, up, st.IdleTimeout, func(res relay.Result) {
+	relay.Start(client, up, st.IdleTimeout, func(res relay.Result) {
 		st.Metrics.FlowActive(rec.user, user.Interface, -1)
 		sc.relayDone(rec, res)
 		sc.srv.connDone(sc)

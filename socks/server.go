@@ -91,12 +91,11 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
-		tc, ok := c.(*net.TCPConn)
-		if !ok {
+		if _, ok := c.(*net.TCPConn); !ok {
 			c.Close()
 			continue
 		}
-		s.startConn(tc)
+		s.startConn(c)
 	}
 }
 
@@ -121,7 +120,7 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-func (s *Server) startConn(c *net.TCPConn) {
+func (s *Server) startConn(c net.Conn) {
 	sc := &serverConn{srv: s, conn: c, st: s.settings.Load()}
 	s.mu.Lock()
 	if s.closed {

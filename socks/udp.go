@@ -32,7 +32,7 @@ type association struct {
 	st      *Settings
 	user    User
 	dialer  bind.Dialer
-	control *net.TCPConn
+	control net.Conn
 	relay   *net.UDPConn
 	out     [2]*net.UDPConn // IPv4, IPv6; nil when the host lacks the family
 
@@ -137,6 +137,10 @@ func (sc *serverConn) newAssociation(user User, req Addr, clientIP netip.Addr) (
 		return nil, err
 	}
 	local := addrPortOf(sc.conn.LocalAddr())
+	if !local.IsValid() {
+		a.closeSockets()
+		return nil, errors.New("control connection has no IP address")
+	}
 	r, err := openRelay(local.Addr(), st.UDP.PortMin, st.UDP.PortMax)
 	if err != nil {
 		a.closeSockets()
