@@ -248,7 +248,8 @@ func TestUDPControlClose(t *testing.T) {
 	u.send(echo.addr(), []byte("after close"))
 	echo.assertNothing(t, 300*time.Millisecond)
 	u.conn.Close()
-	waitFor(t, 2*time.Second, "descriptors back to before", func() bool { return openFDs(t) == before })
+	// At most as many: descriptors of earlier tests may still be closing.
+	waitFor(t, 5*time.Second, "descriptors back to before", func() bool { return openFDs(t) <= before })
 }
 
 func openFDs(tb testing.TB) int {
