@@ -19,7 +19,7 @@ var errNoMethod = errors.New("no acceptable authentication method")
 // serverConn is one accepted client connection.
 type serverConn struct {
 	srv  *Server
-	conn net.Conn // a *net.TCPConn from Serve; net.Pipe in fuzz tests
+	conn net.Conn  // a *net.TCPConn from Serve; net.Pipe in fuzz tests
 	st   *Settings // snapshot taken at accept; reloads do not change it
 	// The fields below are guarded by srv.mu. active is set once the
 	// connection carries a flow that Shutdown should let finish; user and
