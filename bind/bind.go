@@ -40,20 +40,68 @@ type Error struct {
 func (e *Error) Error() string { return fmt.Sprintf("bind to interface %q: %v", e.Interface, e.Err) }
 func (e *Error) Unwrap() error { return e.Err }
 
+// ErrNoSource is returned (wrapped in *Error) when no interface holds the
+// source address to bind.
+var ErrNoSource = errors.New("address is not on any interface of this host")
+
+// AddrOwner returns the interface that holds the local address a, by
+// listing every interface: a netlink dump, too slow for every flow of a busy
+// server — the daemon asks its netlink watcher instead.
+func AddrOwner(a netip.Addr) (string, bool) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return "", false
+	}
+	a = a.Unmap()
+	for _, ifc := range ifs {
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, ad := range addrs {
+			if n, ok := ad.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a {
+					return ifc.Name, true
+				}
+			}
+		}
+	}
+	return "", false
+}
+
+// ErrFamily is returned when a Dialer with a Source address of one IP
+// family is asked for a socket of the other.
+var ErrFamily = errors.New("source address is of the other IP family")
+
 // Dialer opens sockets bound to Interface. The zero value (Interface "")
 // uses kernel routing.
 type Dialer struct {
 	Interface string
+	// Source, when valid, is bound as the local address of every socket
+	// (with IP_BIND_ADDRESS_NO_PORT for TCP, so the port is chosen at
+	// connect time and TIME_WAIT sockets of other destinations do not
+	// exhaust the port range). It must be an address of Interface.
+	Source netip.Addr
+	// Mark, when non-zero, is set as SO_MARK (needs CAP_NET_ADMIN), for
+	// policy routing rules that match on it.
+	Mark uint32
 }
 
-// control is the net.Dialer/ListenConfig hook that binds the raw socket
-// before connect or bind.
+// String names the egress for logs: the interface, or "" for kernel
+// routing.
+func (d Dialer) String() string { return d.Interface }
+
+// control is the net.Dialer/ListenConfig hook that prepares the raw socket
+// before bind and connect.
 func (d Dialer) control(network, address string, c syscall.RawConn) error {
-	if d.Interface == "" {
+	if d.Interface == "" && d.Mark == 0 && !d.Source.IsValid() {
 		return nil
 	}
 	var berr error
-	if err := c.Control(func(fd uintptr) { berr = bindToDevice(int(fd), d.Interface) }); err != nil {
+	err := c.Control(func(fd uintptr) {
+		berr = prepare(int(fd), network, d)
+	})
+	if err != nil {
 		return err
 	}
 	if berr != nil {
@@ -62,29 +110,84 @@ func (d Dialer) control(network, address string, c syscall.RawConn) error {
 	return nil
 }
 
-func (d Dialer) netDialer() *net.Dialer {
-	return &net.Dialer{Control: d.control}
+// local returns the address to bind for network ("tcp4", "udp6", ...), nil
+// for none, or ErrFamily.
+func (d Dialer) local(network string) (net.Addr, error) {
+	if !d.Source.IsValid() {
+		return nil, nil
+	}
+	if fam := network[len(network)-1]; (fam == '4' && !d.Source.Is4()) || (fam == '6' && d.Source.Is4()) {
+		return nil, &Error{Interface: d.Interface, Err: ErrFamily}
+	}
+	ip := net.IP(d.Source.AsSlice())
+	if network[:3] == "udp" {
+		return &net.UDPAddr{IP: ip}, nil
+	}
+	return &net.TCPAddr{IP: ip}, nil
+}
+
+// netDialer returns a dialer for network ("tcp4", "udp6", ...).
+func (d Dialer) netDialer(network string) (*net.Dialer, error) {
+	la, err := d.local(network)
+	if err != nil {
+		return nil, err
+	}
+	nd := &net.Dialer{Control: d.control}
+	if la != nil {
+		nd.LocalAddr = la
+	}
+	return nd, nil
 }
 
 // DialTCP connects to dst from a socket bound to the interface. The result
 // is the concrete *net.TCPConn so that relays can use splice(2).
 func (d Dialer) DialTCP(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
-	c, err := d.netDialer().DialContext(ctx, "tcp", dst.String())
+	network := "tcp4"
+	if !dst.Addr().Unmap().Is4() {
+		network = "tcp6"
+	}
+	nd, err := d.netDialer(network)
+	if err != nil {
+		return nil, err
+	}
+	c, err := nd.DialContext(ctx, network, dst.String())
 	if err != nil {
 		return nil, err
 	}
 	return c.(*net.TCPConn), nil
 }
 
-// ListenUDP opens an unconnected UDP socket bound to the interface.
-// network is "udp4" or "udp6".
+// ListenUDP opens an unconnected UDP socket bound to the interface (and to
+// Source, when set). network is "udp4" or "udp6".
 func (d Dialer) ListenUDP(ctx context.Context, network string) (*net.UDPConn, error) {
+	la, err := d.local(network)
+	if err != nil {
+		return nil, err
+	}
+	addr := ""
+	if la != nil {
+		addr = la.String()
+	}
 	lc := net.ListenConfig{Control: d.control}
-	pc, err := lc.ListenPacket(ctx, network, "")
+	pc, err := lc.ListenPacket(ctx, network, addr)
 	if err != nil {
 		return nil, err
 	}
 	return pc.(*net.UDPConn), nil
+}
+
+// ListenTCP opens a TCP listener on the interface, at Source or else at
+// addr, port chosen by the kernel (for the BIND command).
+func (d Dialer) ListenTCP(ctx context.Context, addr netip.Addr) (*net.TCPListener, error) {
+	if d.Source.IsValid() {
+		addr = d.Source
+	}
+	lc := net.ListenConfig{Control: d.control}
+	ln, err := lc.Listen(ctx, "tcp", netip.AddrPortFrom(addr, 0).String())
+	if err != nil {
+		return nil, err
+	}
+	return ln.(*net.TCPListener), nil
 }
 
 // LookupIP resolves host to addresses with DNS queries sent from sockets
@@ -99,11 +202,10 @@ func (d Dialer) LookupIP(ctx context.Context, host string) ([]netip.Addr, error)
 		mu      sync.Mutex
 		dialErr error
 	)
-	nd := d.netDialer()
 	r := &net.Resolver{
 		PreferGo: true,
 		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
-			c, err := nd.DialContext(ctx, network, address)
+			c, err := d.dialResolver(ctx, network, address)
 			if err != nil {
 				mu.Lock()
 				if dialErr == nil {
@@ -131,6 +233,25 @@ func (d Dialer) LookupIP(ctx context.Context, host string) ([]netip.Addr, error)
 	return addrs, nil
 }
 
+// dialResolver opens a socket to a nameserver. With a Source address, the
+// socket's family must be Source's, so the network ("udp", "tcp") is
+// narrowed to it; a nameserver of the other family then fails to dial,
+// and the resolver tries the next one.
+func (d Dialer) dialResolver(ctx context.Context, network, address string) (net.Conn, error) {
+	if d.Source.IsValid() && (network == "udp" || network == "tcp") {
+		if d.Source.Is4() {
+			network += "4"
+		} else {
+			network += "6"
+		}
+	}
+	nd, err := d.netDialer(network)
+	if err != nil {
+		return nil, err
+	}
+	return nd.DialContext(ctx, network, address)
+}
+
 // SourceAddr reports the source address the kernel chooses for packets to
 // dst from a socket bound to the interface. Nothing is sent: connect(2) on
 // a UDP socket only performs the route lookup.
@@ -140,7 +261,11 @@ func (d Dialer) SourceAddr(ctx context.Context, dst netip.Addr) (netip.Addr, err
 	if dst.Is6() {
 		network = "udp6"
 	}
-	c, err := d.netDialer().DialContext(ctx, network, netip.AddrPortFrom(dst, 9).String())
+	nd, err := d.netDialer(network)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	c, err := nd.DialContext(ctx, network, netip.AddrPortFrom(dst, 9).String())
 	if err != nil {
 		return netip.Addr{}, err
 	}

@@ -15,6 +15,33 @@ func validName(iface string) bool {
 	return iface != "" && len(iface) < unix.IFNAMSIZ && !strings.ContainsRune(iface, 0)
 }
 
+// prepare applies d to a new socket of network ("tcp4", "udp6", ...):
+// the interface, the mark, and for TCP with a source address
+// IP_BIND_ADDRESS_NO_PORT, which defers the choice of the local port from
+// bind to connect. Without it every bind would need a port free for all
+// destinations, and TIME_WAIT sockets would soon exhaust the range.
+func prepare(fd int, network string, d Dialer) error {
+	if d.Interface != "" {
+		if err := bindToDevice(fd, d.Interface); err != nil {
+			return err
+		}
+	}
+	if d.Mark != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, int(d.Mark)); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				return fmt.Errorf("SO_MARK %d: %w (needs CAP_NET_ADMIN)", d.Mark, err)
+			}
+			return fmt.Errorf("SO_MARK %d: %w", d.Mark, err)
+		}
+	}
+	if d.Source.IsValid() && strings.HasPrefix(network, "tcp") {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
+			return fmt.Errorf("IP_BIND_ADDRESS_NO_PORT: %w", err)
+		}
+	}
+	return nil
+}
+
 func bindToDevice(fd int, iface string) error {
 	if !validName(iface) {
 		return ErrNoInterface

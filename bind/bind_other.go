@@ -2,7 +2,7 @@
 
 package bind
 
-func bindToDevice(fd int, iface string) error { return ErrUnsupported }
+func prepare(fd int, network string, d Dialer) error { return ErrUnsupported }
 
 // CheckInterface is not supported outside Linux.
 func CheckInterface(name string) error { return &Error{Interface: name, Err: ErrUnsupported} }

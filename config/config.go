@@ -8,6 +8,7 @@ package config
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -50,6 +51,65 @@ type Config struct {
 	Log     Log
 	Metrics Metrics
 	Users   []User
+	// Listeners are the [[listeners]] entries: addresses with their own
+	// authentication, client list and egress, served besides
+	// Server.Listen.
+	Listeners []Listener
+}
+
+// Egress strategies for several interfaces.
+const (
+	StrategyFailover   = "failover"    // first usable interface, in order
+	StrategyRoundRobin = "round-robin" // usable interfaces in turn
+	StrategyHash       = "hash"        // same target, same interface
+	// Ingress, as an interface name, means the interface that holds the
+	// address the client connected to.
+	Ingress = "ingress"
+)
+
+// Egress says where flows leave: by one interface, by one of several, by
+// the interface a client came in on, or from a source address.
+// At most one of Interface, Interfaces and SourceIP is set.
+type Egress struct {
+	// Interface is an interface name, Ingress, or "" for kernel routing.
+	Interface string
+	// Interfaces are several interfaces picked by Strategy.
+	Interfaces []string
+	// Strategy is one of the Strategy constants; set when Interfaces is.
+	Strategy string
+	// SourceIP is bound as the source address, on the interface that
+	// holds it.
+	SourceIP netip.Addr
+	// Mark, when non-zero, is set as SO_MARK on every outbound socket.
+	Mark uint32
+}
+
+// IsZero reports whether e leaves everything to kernel routing.
+func (e Egress) IsZero() bool {
+	return e.Interface == "" && len(e.Interfaces) == 0 && !e.SourceIP.IsValid() && e.Mark == 0
+}
+
+// Names lists the interface names e may use (not Ingress, which is
+// decided per flow).
+func (e Egress) Names() []string {
+	if e.Interface != "" && e.Interface != Ingress {
+		return []string{e.Interface}
+	}
+	return e.Interfaces
+}
+
+// Listener is one [[listeners]] entry.
+type Listener struct {
+	// Address is "IP:port", canonical.
+	Address string
+	// NoAuth is auth = "none": no authentication, flows leave by Egress.
+	// Otherwise clients authenticate as [[users]], and a user's own
+	// egress wins over the listener's.
+	NoAuth bool
+	// AllowClients, when not empty, are the only client addresses
+	// accepted.
+	AllowClients []netip.Prefix
+	Egress
 }
 
 // Metrics is the [metrics] table.
@@ -107,11 +167,19 @@ type User struct {
 	Name         string
 	PasswordHash string
 	Password     string
-	// Interface is the egress network interface; empty means kernel
-	// routing.
-	Interface string
+	Egress
 	// MaxAssociations overrides Server.MaxAssociations when non-zero.
 	MaxAssociations int
+}
+
+// ListenAddresses lists every address to listen on: [server] listen and
+// the [[listeners]].
+func (c *Config) ListenAddresses() []string {
+	out := slices.Clone(c.Server.Listen)
+	for _, l := range c.Listeners {
+		out = append(out, l.Address)
+	}
+	return out
 }
 
 // Default returns the built-in configuration used when no file is given:

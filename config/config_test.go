@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -194,7 +195,8 @@ func equalConfig(a, b *config.Config) bool {
 		a.Server.DenyOwnAddresses == b.Server.DenyOwnAddresses &&
 		a.Server.AllowOpen == b.Server.AllowOpen &&
 		a.Log == b.Log &&
-		slices.Equal(a.Users, b.Users)
+		reflect.DeepEqual(a.Users, b.Users) &&
+		reflect.DeepEqual(a.Listeners, b.Listeners)
 }
 
 func TestParseValid(t *testing.T) {
@@ -274,10 +276,10 @@ func TestParseValid(t *testing.T) {
 				"[[users]]\nname = \"bob\"\npassword_hash = " + quote(hashB) + "\n",
 			check: func(t *testing.T, c *config.Config) {
 				want := []config.User{
-					{Name: "alice", Password: "pw", Interface: "eth1"},
+					{Name: "alice", Password: "pw", Egress: config.Egress{Interface: "eth1"}},
 					{Name: "bob", PasswordHash: hashB},
 				}
-				if !slices.Equal(c.Users, want) {
+				if !reflect.DeepEqual(c.Users, want) {
 					t.Errorf("Users = %+v, want %+v", c.Users, want)
 				}
 			},

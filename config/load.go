@@ -40,17 +40,34 @@ type file struct {
 	Metrics struct {
 		Listen string `toml:"listen"`
 	} `toml:"metrics"`
-	Users []fileUser `toml:"users"`
+	Users     []fileUser     `toml:"users"`
+	Listeners []fileListener `toml:"listeners"`
 
 	md toml.MetaData
+}
+
+// fileEgress holds the egress keys shared by [[users]] and [[listeners]].
+type fileEgress struct {
+	Interface  string   `toml:"interface"`
+	Interfaces []string `toml:"interfaces"`
+	Strategy   string   `toml:"strategy"`
+	SourceIP   string   `toml:"source_ip"`
+	Mark       int64    `toml:"mark"`
 }
 
 type fileUser struct {
 	Name            string `toml:"name"`
 	PasswordHash    string `toml:"password_hash"`
 	Password        string `toml:"password"`
-	Interface       string `toml:"interface"`
 	MaxAssociations int    `toml:"max_associations"`
+	fileEgress
+}
+
+type fileListener struct {
+	Address      string   `toml:"address"`
+	Auth         string   `toml:"auth"`
+	AllowClients []string `toml:"allow_clients"`
+	fileEgress
 }
 
 func (f *file) defined(key ...string) bool { return f.md.IsDefined(key...) }
@@ -83,6 +100,7 @@ func Parse(data []byte, name string) (*Config, error) {
 	v.log(c)
 	v.metrics(c)
 	v.users(c, &f)
+	v.listeners(c, &f)
 	v.openRelay(c)
 	if len(v.errs) > 0 {
 		for i, e := range v.errs {
@@ -100,21 +118,20 @@ func Parse(data []byte, name string) (*Config, error) {
 // index of the entry that holds them, so the operator can find them.
 func unknownKeys(data []byte, md toml.MetaData) error {
 	allowed := tomlKeys(reflect.TypeOf(file{}), "")
-	var raw struct {
-		Users []map[string]any `toml:"users"`
-	}
+	var raw map[string]any
 	var msgs []string
 	for _, k := range md.Keys() {
 		if allowed[k.String()] {
 			continue
 		}
-		if len(k) == 2 && k[0] == "users" {
-			if raw.Users == nil {
+		if len(k) == 2 && (k[0] == "users" || k[0] == "listeners") {
+			if raw == nil {
 				_, _ = toml.Decode(string(data), &raw) // decoded once already without error
 			}
-			for i, u := range raw.Users {
+			entries, _ := raw[k[0]].([]map[string]any)
+			for i, u := range entries {
 				if _, ok := u[k[1]]; ok {
-					msgs = append(msgs, fmt.Sprintf("users[%d].%s", i, k[1]))
+					msgs = append(msgs, fmt.Sprintf("%s[%d].%s", k[0], i, k[1]))
 				}
 			}
 			continue
@@ -136,6 +153,13 @@ func tomlKeys(t reflect.Type, prefix string) map[string]bool {
 	for i := range t.NumField() {
 		f := t.Field(i)
 		name := f.Tag.Get("toml")
+		if f.Anonymous && name == "" {
+			// Embedded: its keys belong to the enclosing table.
+			for k := range tomlKeys(f.Type, prefix) {
+				keys[k] = true
+			}
+			continue
+		}
 		if name == "" {
 			continue
 		}
@@ -168,6 +192,11 @@ func dedup(s []string) []string {
 // is absent. Values that need parsing are left to the validator.
 func applyDefaults(c *Config, f *file) {
 	c.Server.Listen = []string{DefaultListen}
+	if len(f.Listeners) > 0 {
+		// With [[listeners]], the default loopback listener would be a
+		// surprise: only what is written is opened.
+		c.Server.Listen = nil
+	}
 	if len(f.Server.Listen) > 0 || f.defined("server", "listen") {
 		c.Server.Listen = f.Server.Listen
 	}

@@ -34,8 +34,8 @@ func (v *validator) add(key, value, reason string) {
 
 func (v *validator) server(c *Config, f *file) {
 	s := &c.Server
-	if len(s.Listen) == 0 {
-		v.add("server.listen", "[]", "at least one address is required")
+	if len(s.Listen) == 0 && len(f.Listeners) == 0 {
+		v.add("server.listen", "[]", "at least one address is required (here or in [[listeners]])")
 	}
 	seen := map[string]int{}
 	listen := make([]string, 0, len(s.Listen))
@@ -204,7 +204,13 @@ func (v *validator) users(c *Config, f *file) {
 	seen := map[string]int{}
 	for i, fu := range f.Users {
 		key := func(k string) string { return fmt.Sprintf("users[%d].%s", i, k) }
-		u := User(fu)
+		u := User{
+			Name:            fu.Name,
+			PasswordHash:    fu.PasswordHash,
+			Password:        fu.Password,
+			MaxAssociations: fu.MaxAssociations,
+			Egress:          v.egress(key, fu.fileEgress),
+		}
 		switch {
 		case u.Name == "":
 			v.add(key("name"), u.Name, "a name is required")
@@ -217,11 +223,6 @@ func (v *validator) users(c *Config, f *file) {
 			seen[u.Name] = i
 		}
 		v.password(key, u)
-		if u.Interface != "" {
-			if err := checkInterfaceName(u.Interface); err != nil {
-				v.add(key("interface"), u.Interface, err.Error())
-			}
-		}
 		if u.MaxAssociations < 0 {
 			v.add(key("max_associations"), strconv.Itoa(u.MaxAssociations), "must be at least 1 (or unset for the server default)")
 		}

@@ -66,7 +66,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	reportHost(cfg, d.log)
-	lns, err := listen(ctx, cfg.Server.Listen)
+	lns, err := listen(ctx, cfg.ListenAddresses())
 	if err != nil {
 		return err
 	}
@@ -139,6 +139,7 @@ func (d *daemon) settings(cfg *config.Config) (*socks.Settings, error) {
 	st.Metrics = d.metrics
 	if d.watcher != nil && d.watcher.Primed() {
 		st.CheckInterface = d.checkInterface
+		st.AddrOwner = d.watcher.Owner
 	}
 	return st, nil
 }
@@ -147,7 +148,7 @@ func (d *daemon) settings(cfg *config.Config) (*socks.Settings, error) {
 func (d *daemon) serve(l *listener) {
 	d.log.Info("listening", zap.Stringer("addr", l.ln.Addr()))
 	d.wg.Go(func() {
-		err := d.srv.Serve(l.ln)
+		err := d.srv.ServeListener(l.ln, l.addr)
 		if errors.Is(err, socks.ErrServerClosed) || l.removed.Load() {
 			return
 		}
@@ -210,11 +211,19 @@ func (d *daemon) checkInterface(name string) error {
 func interfaces(cfg *config.Config) []string {
 	seen := map[string]bool{}
 	var out []string
-	for _, u := range cfg.Users {
-		if u.Interface != "" && !seen[u.Interface] {
-			seen[u.Interface] = true
-			out = append(out, u.Interface)
+	add := func(e config.Egress) {
+		for _, n := range e.Names() {
+			if !seen[n] {
+				seen[n] = true
+				out = append(out, n)
+			}
 		}
+	}
+	for _, u := range cfg.Users {
+		add(u.Egress)
+	}
+	for _, l := range cfg.Listeners {
+		add(l.Egress)
 	}
 	return out
 }

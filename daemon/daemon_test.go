@@ -113,13 +113,13 @@ max_associations = 3
 		t.Fatalf("Settings: %v", err)
 	}
 	wantUsers := map[string]socks.User{
-		"alice": {Interface: "eth1"},
+		"alice": {Egress: socks.Egress{Interfaces: []string{"eth1"}}},
 		"bob":   {MaxAssociations: 3},
 	}
 	if !reflect.DeepEqual(st.Users, wantUsers) {
 		t.Errorf("Users = %+v, want %+v", st.Users, wantUsers)
 	}
-	if st.NoAuthUser != (socks.User{}) {
+	if !reflect.DeepEqual(st.NoAuthUser, socks.User{}) {
 		t.Errorf("NoAuthUser = %+v, want zero (kernel routing)", st.NoAuthUser)
 	}
 	if st.HandshakeTimeout != 3*time.Second || st.IdleTimeout != 7*time.Minute || st.ConnectTimeout != 4*time.Second {

@@ -37,7 +37,7 @@ func (d *daemon) reload() {
 		d.reloadFailed(err)
 		return
 	}
-	added, removed := diffListeners(d.lns, cfg.Server.Listen)
+	added, removed := diffListeners(d.lns, cfg.ListenAddresses())
 	opened, err := d.openAdded(added, removed)
 	if err != nil {
 		d.reloadFailed(err)

@@ -10,6 +10,7 @@ package daemon
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/ifsocks/ifsocks/auth"
 	"github.com/ifsocks/ifsocks/bind"
@@ -25,7 +26,11 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	users := make(map[string]socks.User, len(cfg.Users))
 	for _, u := range cfg.Users {
 		accounts = append(accounts, auth.Account{Name: u.Name, Hash: u.PasswordHash, Password: u.Password})
-		users[u.Name] = socks.User{Interface: u.Interface, MaxAssociations: u.MaxAssociations}
+		users[u.Name] = socks.User{Egress: egress(u.Egress), MaxAssociations: u.MaxAssociations}
+	}
+	listeners := make(map[string]*socks.Listener, len(cfg.Listeners))
+	for _, l := range cfg.Listeners {
+		listeners[l.Address] = &socks.Listener{NoAuth: l.NoAuth, AllowClients: l.AllowClients, Egress: egress(l.Egress)}
 	}
 	store, err := auth.NewStore(accounts, auth.Options{})
 	if err != nil {
@@ -34,6 +39,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	return &socks.Settings{
 		Auth:             store,
 		Users:            users,
+		Listeners:        listeners,
 		Policy:           policy.New(cfg.Server.Deny, cfg.Server.DenyOwnAddresses),
 		HandshakeTimeout: cfg.Server.HandshakeTimeout,
 		ConnectTimeout:   cfg.Server.ConnectTimeout,
@@ -47,6 +53,32 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 			ReplyFilter:     replyFilters[cfg.Server.UDPReplyFilter],
 		},
 	}, nil
+}
+
+// egress converts a configured egress. A round-robin one gets its own
+// position, so users do not disturb each other's turns.
+func egress(e config.Egress) socks.Egress {
+	out := socks.Egress{
+		Interfaces: e.Interfaces,
+		Strategy:   strategies[e.Strategy],
+		Ingress:    e.Interface == config.Ingress,
+		Source:     e.SourceIP,
+		Mark:       e.Mark,
+	}
+	if out.Strategy == socks.RoundRobin {
+		out.Turn = new(atomic.Uint64)
+	}
+	if e.Interface != "" && !out.Ingress {
+		out.Interfaces = []string{e.Interface}
+	}
+	return out
+}
+
+var strategies = map[string]socks.Strategy{
+	"":                        socks.Failover,
+	config.StrategyFailover:   socks.Failover,
+	config.StrategyRoundRobin: socks.RoundRobin,
+	config.StrategyHash:       socks.Hash,
 }
 
 // replyFilters maps the udp_reply_filter values config accepts.
@@ -68,12 +100,17 @@ func reportHost(cfg *config.Config, log *zap.Logger) {
 			log.Warn("user has a plaintext password; use password_hash (ifsocks hash-password)",
 				zap.String("user", u.Name), zap.Int("index", i))
 		}
-		if u.Interface == "" {
-			continue
+		for _, n := range u.Egress.Names() {
+			if err := bind.CheckInterface(n); err != nil {
+				log.Warn("egress interface not usable; the user's flows will fail over or fail with 0x03 until it is",
+					zap.String("user", u.Name), zap.String("interface", n), zap.Error(err))
+			}
 		}
-		if err := bind.CheckInterface(u.Interface); err != nil {
-			log.Warn("egress interface not usable; the user's flows will fail with 0x03 until it is",
-				zap.String("user", u.Name), zap.String("interface", u.Interface), zap.Error(err))
+		if ip := u.SourceIP; ip.IsValid() {
+			if _, ok := bind.AddrOwner(ip); !ok {
+				log.Warn("source_ip is not an address of this host; the user's flows will fail with 0x03 until it is",
+					zap.String("user", u.Name), zap.Stringer("source_ip", ip))
+			}
 		}
 	}
 }

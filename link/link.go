@@ -9,7 +9,7 @@
 package link
 
 import (
-	"fmt"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 
@@ -53,8 +53,9 @@ type Watcher struct {
 
 	mu      sync.Mutex
 	watched map[string]bool
-	state   map[string]State // by name; absent means Missing
-	names   map[int]string   // by ifindex, to follow renames and deletions
+	state   map[string]State   // by name; absent means Missing
+	names   map[int]string     // by ifindex, to follow renames and deletions
+	owners  map[netip.Addr]int // ifindex holding each local address
 }
 
 // New returns a watcher; call Run to start it.
@@ -65,6 +66,7 @@ func New(log *zap.Logger, onChange ChangeFunc) *Watcher {
 		watched:  map[string]bool{},
 		state:    map[string]State{},
 		names:    map[int]string{},
+		owners:   map[netip.Addr]int{},
 	}
 }
 
@@ -130,9 +132,37 @@ func (w *Watcher) update(idx int, name string, st State) {
 	}
 }
 
-// addr logs an address change of a watched interface.
-func (w *Watcher) addr(idx int, addr fmt.Stringer, added bool) {
+// Owner returns the name of the interface that holds the local address a,
+// as last reported by netlink: for egress = "ingress" (the interface of the
+// address a client connected to) and for source_ip (the interface of the
+// source address).
+func (w *Watcher) Owner(a netip.Addr) (string, bool) {
 	w.mu.Lock()
+	defer w.mu.Unlock()
+	idx, ok := w.owners[a.Unmap()]
+	if !ok {
+		return "", false
+	}
+	name, ok := w.names[idx]
+	return name, ok
+}
+
+// addr records an address change and logs it when its interface is
+// watched and the change is news (a resubscription lists known addresses
+// again).
+func (w *Watcher) addr(idx int, a netip.Addr, added bool) {
+	a = a.Unmap()
+	w.mu.Lock()
+	old, known := w.owners[a]
+	switch {
+	case added && (!known || old != idx):
+		w.owners[a] = idx
+	case !added && known && old == idx:
+		delete(w.owners, a)
+	default:
+		w.mu.Unlock()
+		return
+	}
 	name := w.names[idx]
 	watched := w.watched[name]
 	w.mu.Unlock()
@@ -143,7 +173,7 @@ func (w *Watcher) addr(idx int, addr fmt.Stringer, added bool) {
 	if added {
 		msg = "egress interface address added"
 	}
-	w.log.Info(msg, zap.String("interface", name), zap.Stringer("address", addr))
+	w.log.Info(msg, zap.String("interface", name), zap.Stringer("address", a))
 }
 
 // Watched returns the state of every watched interface.

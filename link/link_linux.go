@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -64,7 +65,7 @@ func (w *Watcher) subscribe(ctx context.Context) error {
 			_, addrsOn = <-addrs
 		}
 	}()
-	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ListExisting: true, ErrorCallback: onErr}); err != nil {
 		return fmt.Errorf("subscribe to address events: %w", err)
 	}
 	addrsOn = true
@@ -87,7 +88,9 @@ func (w *Watcher) subscribe(ctx context.Context) error {
 				addrsOn = false
 				return lost("address events")
 			}
-			w.addr(a.LinkIndex, &a.LinkAddress, a.NewAddr)
+			if ip, ok := netip.AddrFromSlice(a.LinkAddress.IP); ok {
+				w.addr(a.LinkIndex, ip, a.NewAddr)
+			}
 		}
 	}
 }
@@ -115,6 +118,15 @@ func (w *Watcher) Prime() error {
 	}
 	for _, l := range links {
 		w.link(netlink.LinkUpdate{Link: l})
+	}
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok {
+			w.addr(a.LinkIndex, ip, true)
+		}
 	}
 	w.primed.Store(true)
 	return nil

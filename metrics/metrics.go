@@ -26,6 +26,8 @@ type Metrics struct {
 	bytes        *prometheus.CounterVec
 	authFailures *prometheus.CounterVec
 	dial         *prometheus.HistogramVec
+	skipped      *prometheus.CounterVec
+	refused      *prometheus.CounterVec
 	ifaceUp      *ifaceCollector
 	udpDgrams    *prometheus.CounterVec
 	udpDrops     *prometheus.CounterVec
@@ -37,6 +39,16 @@ type Metrics struct {
 func New() *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
+	m.skipped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ifsocks_egress_skipped_total",
+		Help: "Times an egress interface of a user with several was passed over for a flow, by interface and reason (down, missing, unreachable, error).",
+	}, []string{"interface", "reason"})
+	f(m.skipped)
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ifsocks_clients_refused_total",
+		Help: "Client connections closed at accept, by reason (not_allowed: outside the listener's allow_clients).",
+	}, []string{"reason"})
+	f(m.refused)
 	m.flows = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ifsocks_flows_total",
 		Help: "Finished flows (CONNECT and UDP ASSOCIATE requests) by user, egress interface and outcome.",
@@ -133,6 +145,22 @@ func (m *Metrics) Dial(iface string, d time.Duration, ok bool) {
 		result = "failure"
 	}
 	m.dial.WithLabelValues(iface, result).Observe(d.Seconds())
+}
+
+// EgressSkipped counts an interface passed over for a flow.
+func (m *Metrics) EgressSkipped(iface, reason string) {
+	if m == nil {
+		return
+	}
+	m.skipped.WithLabelValues(iface, reason).Inc()
+}
+
+// ClientRefused counts a client connection closed at accept.
+func (m *Metrics) ClientRefused(reason string) {
+	if m == nil {
+		return
+	}
+	m.refused.WithLabelValues(reason).Inc()
 }
 
 // InterfaceStates sets the source of ifsocks_interface_up: fn is called

@@ -21,6 +21,7 @@ type serverConn struct {
 	srv  *Server
 	conn net.Conn  // a *net.TCPConn from Serve; net.Pipe in fuzz tests
 	st   *Settings // snapshot taken at accept; reloads do not change it
+	lis  *Listener // the listener's settings; nil for a plain Serve
 	// The fields below are guarded by srv.mu. active is set once the
 	// connection carries a flow that Shutdown should let finish; user and
 	// iface say whose flow and where it leaves, so a reload or a lost
@@ -89,13 +90,19 @@ func (sc *serverConn) serve() (handedOff bool) {
 	}
 	if name == "" {
 		user = st.NoAuthUser
+		if sc.lis != nil {
+			user = User{Egress: sc.lis.Egress}
+		}
 	}
-	rec.iface = user.Interface
+	eg := &user.Egress
+	if eg.IsZero() && sc.lis != nil {
+		eg = &sc.lis.Egress
+	}
 	switch req.Cmd {
 	case cmdConnect:
-		return sc.connect(rec, req.Dst, user, early)
+		return sc.connect(rec, req.Dst, user, eg, early)
 	case cmdUDPAssociate:
-		sc.associate(rec, req.Dst, user, name)
+		sc.associate(rec, req.Dst, user, eg, name)
 	default:
 		sc.refuse(rec, RepCommandUnsupported, outcomeBadRequest, fmt.Errorf("command %#x not supported", req.Cmd))
 	}
@@ -121,7 +128,7 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 		return "", err
 	}
 	want := byte(methodNoAuth)
-	if sc.st.Auth != nil && sc.st.Auth.Len() > 0 {
+	if sc.st.Auth != nil && sc.st.Auth.Len() > 0 && (sc.lis == nil || !sc.lis.NoAuth) {
 		want = methodUserPass
 	}
 	if !bytes.Contains(methods, []byte{want}) {

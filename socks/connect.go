@@ -17,11 +17,11 @@ import (
 )
 
 // connect serves CONNECT (RFC 1928 section 4): dial the target from the
-// user's interface, reply with the outbound socket's address, relay. It
+// flow's egress, reply with the outbound socket's address, relay. It
 // returns true once the relay owns the connection. early holds bytes the
 // client sent after its request without waiting for the reply; they go to
 // the target first.
-func (sc *serverConn) connect(rec *record, dst Addr, user User, early []byte) bool {
+func (sc *serverConn) connect(rec *record, dst Addr, user User, eg *Egress, early []byte) bool {
 	st := sc.st
 	client, ok := sc.conn.(*net.TCPConn)
 	if !ok {
@@ -29,15 +29,16 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, early []byte) bo
 		sc.refuse(rec, RepGeneralFailure, outcomeError, errors.New("client connection is not TCP"))
 		return false
 	}
-	if !sc.srv.beginFlow(sc, rec.user, user.Interface) {
+	if !sc.srv.beginFlow(sc, rec.user) {
 		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
 		return false
 	}
 	ctx, cancel := context.WithTimeout(sc.srv.ctx, st.ConnectTimeout)
 	start := time.Now()
-	up, err := dialTarget(ctx, st, user, dst)
+	up, route, err := sc.dialTarget(ctx, rec, eg, dst)
 	cancel()
-	st.Metrics.Dial(user.Interface, time.Since(start), err == nil)
+	st.Metrics.Dial(route.Interface, time.Since(start), err == nil)
+	rec.iface = route.Interface
 	if err != nil {
 		rep := replyFor(err)
 		outcome := outcomeFor(rep)
@@ -49,7 +50,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, early []byte) bo
 	}
 	rec.remote = addrPortOf(up.RemoteAddr())
 	rec.local = addrPortOf(up.LocalAddr())
-	if !sc.srv.setUpstream(sc, up) {
+	if !sc.srv.setEgress(sc, route.Interface, up) {
 		cut := sc.srv.endReason(sc)
 		if cut == nil {
 			cut = errors.New("server is shutting down")
@@ -59,7 +60,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, early []byte) bo
 	}
 	// Counted before the reply, so a client that has its reply sees
 	// itself in the gauge.
-	st.Metrics.FlowActive(rec.user, user.Interface, 1)
+	st.Metrics.FlowActive(rec.user, rec.iface, 1)
 	err = writeReply(sc.conn, RepSucceeded, rec.local)
 	if err == nil && len(early) > 0 {
 		_, err = up.Write(early)
@@ -67,7 +68,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, early []byte) bo
 	}
 	if err != nil {
 		up.Close()
-		st.Metrics.FlowActive(rec.user, user.Interface, -1)
+		st.Metrics.FlowActive(rec.user, rec.iface, -1)
 		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write reply or early data: %w", err))
 		sc.logFlow(rec, zap.InfoLevel)
 		return false
@@ -75,7 +76,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, early []byte) bo
 	// The relay's two goroutines own the flow from here; this goroutine,
 	// whose stack grew through the handshake and the dial, can end.
 	relay.Start(client, up, st.IdleTimeout, func(res relay.Result) {
-		st.Metrics.FlowActive(rec.user, user.Interface, -1)
+		st.Metrics.FlowActive(rec.user, rec.iface, -1)
 		sc.relayDone(rec, res)
 		sc.srv.connDone(sc)
 	})
@@ -101,27 +102,58 @@ func (sc *serverConn) relayDone(rec *record, res relay.Result) {
 	sc.logFlow(rec, zap.InfoLevel)
 }
 
-// dialTarget resolves dst through the user's interface when it is a name,
-// drops addresses the policy refuses, and connects to the rest in turn
-// until one answers. Every socket, DNS included, is bound to the interface.
-func dialTarget(ctx context.Context, st *Settings, user User, dst Addr) (*net.TCPConn, error) {
-	pol := st.Policy
-	d := bind.Dialer{Interface: user.Interface}
-	if err := st.checkInterface(user.Interface); err != nil {
-		return nil, err
+// dialTarget connects to dst by the first route of the flow's egress plan
+// that works, and returns the connection and that route. A route whose
+// interface cannot be bound or has no route to the network is noted in
+// rec.skipped and the next is tried; any other failure (refused, timeout,
+// denied) ends the attempt, since another interface would fare no better.
+func (sc *serverConn) dialTarget(ctx context.Context, rec *record, eg *Egress, dst Addr) (*net.TCPConn, bind.Dialer, error) {
+	st := sc.st
+	key := dst.Name
+	if key == "" {
+		key = dst.IP.String()
 	}
+	p, err := st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), key, &sc.srv.turn)
+	defer func() { rec.skipped = p.skipped }()
+	if err != nil {
+		var be *bind.Error
+		route := bind.Dialer{}
+		if errors.As(err, &be) {
+			route.Interface = be.Interface
+		}
+		return nil, route, err
+	}
+	for i, route := range p.routes {
+		c, err := dialRoute(ctx, st, route, dst)
+		if err == nil || i == len(p.routes)-1 || !egressFailure(err) || ctx.Err() != nil {
+			return c, route, err
+		}
+		p.skip(st, route.Interface, err)
+	}
+	panic("unreachable: a plan has at least one route")
+}
+
+// dialRoute resolves dst through route when it is a name, drops addresses
+// the policy refuses or the route's source address cannot reach, and
+// connects to the rest in turn until one answers. Every socket, DNS
+// included, is bound to the route's interface.
+func dialRoute(ctx context.Context, st *Settings, route bind.Dialer, dst Addr) (*net.TCPConn, error) {
 	addrs := []netip.Addr{dst.IP}
 	if dst.Name != "" {
 		var err error
-		if addrs, err = d.LookupIP(ctx, dst.Name); err != nil {
+		if addrs, err = route.LookupIP(ctx, dst.Name); err != nil {
 			return nil, err
 		}
 	}
 	allowed := addrs[:0:0]
 	var denied error
 	for _, a := range addrs {
-		if err := pol.Check(a); err != nil {
+		if err := st.Policy.Check(a); err != nil {
 			denied = err
+			continue
+		}
+		if route.Source.IsValid() && route.Source.Is4() != a.Is4() {
+			denied = fmt.Errorf("source %s cannot reach %s: %w", route.Source, a, syscall.ENETUNREACH)
 			continue
 		}
 		allowed = append(allowed, a)
@@ -137,7 +169,7 @@ func dialTarget(ctx context.Context, st *Settings, user User, dst Addr) (*net.TC
 		// Give each remaining address an equal share of the time left,
 		// as net.Dialer does, so one black hole cannot eat it all.
 		actx, cancel := context.WithTimeout(ctx, share(ctx, len(allowed)-i))
-		c, err := d.DialTCP(actx, netip.AddrPortFrom(a, dst.Port))
+		c, err := route.DialTCP(actx, netip.AddrPortFrom(a, dst.Port))
 		cancel()
 		if err == nil {
 			return c, nil

@@ -58,9 +58,9 @@ func testSettings(tb testing.TB) *Settings {
 	return &Settings{
 		Auth: store,
 		Users: map[string]User{
-			"alice": {Interface: "lo"},
-			"bob":   {Interface: "lo"},
-			"carol": {Interface: "nosuch0"},
+			"alice": {Egress: Egress{Interfaces: []string{"lo"}}},
+			"bob":   {Egress: Egress{Interfaces: []string{"lo"}}},
+			"carol": {Egress: Egress{Interfaces: []string{"nosuch0"}}},
 		},
 		Policy:           policy.New(nil, false),
 		HandshakeTimeout: 2 * time.Second,

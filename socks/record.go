@@ -52,6 +52,7 @@ type record struct {
 	target   Addr
 	remote   netip.AddrPort
 	iface    string
+	skipped  []string // egress interfaces passed over, with why
 	local    netip.AddrPort
 	up, down int64
 	reply    byte
@@ -85,6 +86,9 @@ func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 	}
 	if r.local.IsValid() {
 		fields = append(fields, zap.Stringer("local", r.local))
+	}
+	if len(r.skipped) > 0 {
+		fields = append(fields, zap.Strings("skipped", r.skipped))
 	}
 	if r.err != nil {
 		fields = append(fields, zap.Error(r.err))

@@ -40,6 +40,7 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*serverConn]struct{}
 	assocs    map[string]int // live UDP associations by limit key
+	turn      atomic.Uint64  // round-robin position of egresses without their own
 	wg        sync.WaitGroup // one per connection goroutine
 }
 
@@ -67,7 +68,14 @@ func (s *Server) Settings() *Settings { return s.settings.Load() }
 // Serve accepts connections on ln until it fails or the server is shut
 // down, and always returns a non-nil error: ErrServerClosed after Shutdown
 // or Close. ln is closed when Serve returns. ln must yield *net.TCPConn.
-func (s *Server) Serve(ln net.Listener) error {
+// Clients authenticate when Settings.Auth has users.
+func (s *Server) Serve(ln net.Listener) error { return s.ServeListener(ln, "") }
+
+// ServeListener is Serve for a listener that may have settings of its
+// own: Settings.Listeners[name], looked up in the settings current at each
+// accept, so a reload can change them on an open listener. Without an
+// entry, it serves as Serve does.
+func (s *Server) ServeListener(ln net.Listener, name string) error {
 	if !s.trackListener(ln, true) {
 		ln.Close()
 		return ErrServerClosed
@@ -95,7 +103,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			c.Close()
 			continue
 		}
-		s.startConn(c)
+		s.startConn(c, name)
 	}
 }
 
@@ -120,8 +128,20 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-func (s *Server) startConn(c net.Conn) {
+func (s *Server) startConn(c net.Conn, listener string) {
 	sc := &serverConn{srv: s, conn: c, st: s.settings.Load()}
+	if listener != "" {
+		sc.lis = sc.st.Listeners[listener]
+		if client := addrPortOf(c.RemoteAddr()).Addr(); !sc.lis.allows(client) {
+			// A firewall's answer: nothing is read or written, and
+			// the line is a debug one, since scanners would fill the
+			// log; the metric shows the volume.
+			s.log.Debug("client not in allow_clients; closed", zap.String("listener", listener), zap.Stringer("client", client))
+			sc.st.Metrics.ClientRefused("not_allowed")
+			c.Close()
+			return
+		}
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -202,29 +222,32 @@ func (s *Server) forceClose() {
 	s.closeWhere(func(*serverConn) bool { return true })
 }
 
-// beginFlow marks sc as carrying a flow of user leaving by iface, which
-// Shutdown lets finish. It fails once shutdown has begun.
-func (s *Server) beginFlow(sc *serverConn, user, iface string) bool {
+// beginFlow marks sc as carrying a flow of user, which Shutdown lets
+// finish. It fails once shutdown has begun.
+func (s *Server) beginFlow(sc *serverConn, user string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return false
 	}
-	sc.active, sc.user, sc.iface = true, user, iface
+	sc.active, sc.user = true, user
 	return true
 }
 
-// setUpstream records the upstream connection of sc's flow so that
-// cutting the flow closes it too. If the flow was cut while the dial was
-// under way, it closes up at once and reports false.
-func (s *Server) setUpstream(sc *serverConn, up net.Conn) bool {
+// setEgress records that sc's flow leaves by iface, and its upstream
+// connection (nil for UDP) so that cutting the flow closes it too. If the
+// flow was cut while its sockets were being opened, it closes up at once
+// and reports false.
+func (s *Server) setEgress(sc *serverConn, iface string, up net.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if sc.ended != nil || s.forced {
-		up.Close()
+		if up != nil {
+			up.Close()
+		}
 		return false
 	}
-	sc.upstream = up
+	sc.iface, sc.upstream = iface, up
 	return true
 }
 

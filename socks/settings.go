@@ -13,8 +13,9 @@ import (
 // User is what the server knows of an authenticated user besides the
 // password: where its flows leave.
 type User struct {
-	// Interface is the egress interface; "" means kernel routing.
-	Interface string
+	// Egress is where the user's flows leave; when zero, the listener's
+	// egress applies.
+	Egress Egress
 	// MaxAssociations overrides UDPSettings.MaxAssociations when > 0.
 	MaxAssociations int
 }
@@ -59,9 +60,13 @@ type Settings struct {
 	// Users maps a user name to its egress. Every name Auth accepts must
 	// be present.
 	Users map[string]User
-	// NoAuthUser is the egress of flows without authentication.
+	// NoAuthUser is the egress of flows without authentication on a
+	// listener that has no Listener entry.
 	NoAuthUser User
-	Policy     *policy.Policy
+	// Listeners holds the settings of listeners served with
+	// Server.ServeListener, by the name given there.
+	Listeners map[string]*Listener
+	Policy    *policy.Policy
 
 	// Metrics records what the server does; nil records nothing. It is
 	// the same object in every Settings of a server.
@@ -72,12 +77,42 @@ type Settings struct {
 	// bind.CheckInterface (one ioctl per flow); the daemon passes the
 	// state its netlink watcher keeps.
 	CheckInterface func(name string) error
+	// AddrOwner returns the interface holding a local address, for
+	// ingress and source-address egress. Nil means bind.AddrOwner (a
+	// netlink dump per flow); the daemon passes its netlink watcher's.
+	AddrOwner func(netip.Addr) (string, bool)
 
 	HandshakeTimeout time.Duration // greeting to request, inclusive
 	ConnectTimeout   time.Duration // resolution plus connect
 	IdleTimeout      time.Duration // 0 disables
 
 	UDP UDPSettings
+}
+
+// Listener is how one listener serves its clients.
+type Listener struct {
+	// NoAuth serves clients without authentication, even when Auth has
+	// users; their flows leave by Egress.
+	NoAuth bool
+	// AllowClients, when not empty, are the only client addresses served;
+	// others are closed at accept.
+	AllowClients []netip.Prefix
+	// Egress applies to the listener's flows without authentication, and
+	// to users whose own Egress is zero.
+	Egress Egress
+}
+
+// allows reports whether client may use the listener.
+func (l *Listener) allows(client netip.Addr) bool {
+	if l == nil || len(l.AllowClients) == 0 {
+		return true
+	}
+	for _, p := range l.AllowClients {
+		if p.Contains(client) {
+			return true
+		}
+	}
+	return false
 }
 
 func (st *Settings) checkInterface(name string) error {

@@ -30,8 +30,7 @@ var errAssocLimit = errors.New("too many UDP associations (max_associations)")
 // interface, and the TCP control connection whose end ends it all.
 type association struct {
 	st      *Settings
-	user    User
-	dialer  bind.Dialer
+	dialer  bind.Dialer // the association's egress
 	control net.Conn
 	relay   *net.UDPConn
 	out     [2]*net.UDPConn // IPv4, IPv6; nil when the host lacks the family
@@ -61,10 +60,11 @@ type association struct {
 
 // associate serves UDP ASSOCIATE (RFC 1928 section 7). It returns when the
 // control connection closes, the association is idle for the idle timeout,
-// or the server stops.
-func (sc *serverConn) associate(rec *record, req Addr, user User, name string) {
+// or the server stops. The egress is chosen once, for the association's
+// life: its outbound sockets are bound to it.
+func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, name string) {
 	st := sc.st
-	if !sc.srv.beginFlow(sc, rec.user, user.Interface) {
+	if !sc.srv.beginFlow(sc, rec.user) {
 		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
 		return
 	}
@@ -83,7 +83,14 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, name string) {
 	}
 	defer sc.srv.releaseAssoc(key)
 
-	a, err := sc.newAssociation(user, req, rec.client.Addr())
+	a, err := sc.openAssociation(rec, eg, req)
+	if err == nil && !sc.srv.setEgress(sc, rec.iface, nil) {
+		a.closeSockets()
+		err = sc.srv.endReason(sc)
+		if err == nil {
+			err = errors.New("server is shutting down")
+		}
+	}
 	if err != nil {
 		rep := replyFor(err)
 		outcome := outcomeFor(rep)
@@ -95,7 +102,7 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, name string) {
 	}
 	defer a.closeAll()
 	a.stats.metrics = st.Metrics
-	a.stats.counters = st.Metrics.UDP(rec.user, user.Interface)
+	a.stats.counters = st.Metrics.UDP(rec.user, rec.iface)
 	bnd := addrPortOfUDP(a.relay.LocalAddr())
 	if st.UDP.Advertise.IsValid() {
 		bnd = netip.AddrPortFrom(st.UDP.Advertise, bnd.Port())
@@ -105,18 +112,39 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, name string) {
 		sc.logFlow(rec, zap.InfoLevel)
 		return
 	}
-	st.Metrics.FlowActive(rec.user, user.Interface, 1)
+	st.Metrics.FlowActive(rec.user, rec.iface, 1)
 	a.run()
-	st.Metrics.FlowActive(rec.user, user.Interface, -1)
+	st.Metrics.FlowActive(rec.user, rec.iface, -1)
 	a.log(sc, rec, bnd)
 }
 
-func (sc *serverConn) newAssociation(user User, req Addr, clientIP netip.Addr) (*association, error) {
+// openAssociation opens the association's sockets on the first route of
+// the egress plan whose outbound sockets can be bound. Routes are planned
+// by the client's address, so a hash strategy keeps a client on one
+// interface.
+func (sc *serverConn) openAssociation(rec *record, eg *Egress, req Addr) (*association, error) {
+	st := sc.st
+	p, err := st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), rec.client.Addr().String(), &sc.srv.turn)
+	defer func() { rec.skipped = p.skipped }()
+	if err != nil {
+		return nil, err
+	}
+	for i, route := range p.routes {
+		rec.iface = route.Interface
+		a, err := sc.newAssociation(route, req, rec.client.Addr())
+		if err == nil || i == len(p.routes)-1 || !egressFailure(err) {
+			return a, err
+		}
+		p.skip(st, route.Interface, err)
+	}
+	panic("unreachable: a plan has at least one route")
+}
+
+func (sc *serverConn) newAssociation(route bind.Dialer, req Addr, clientIP netip.Addr) (*association, error) {
 	st := sc.st
 	a := &association{
 		st:       st,
-		user:     user,
-		dialer:   bind.Dialer{Interface: user.Interface},
+		dialer:   route,
 		control:  sc.conn,
 		clientIP: clientIP,
 		sent:     newSentSet(st.UDP.ReplyFilter),
@@ -127,10 +155,6 @@ func (sc *serverConn) newAssociation(user User, req Addr, clientIP netip.Addr) (
 	if req.Port != 0 {
 		a.clientPort.Store(uint32(req.Port))
 		a.fixedPort = true
-	}
-	if err := st.checkInterface(user.Interface); err != nil {
-		a.cancel()
-		return nil, err
 	}
 	if err := a.openOutbound(); err != nil {
 		a.closeSockets()
@@ -161,6 +185,8 @@ func (a *association) openOutbound() error {
 		switch {
 		case err == nil:
 			a.out[i] = c
+		case errors.Is(err, bind.ErrFamily):
+			continue // the source address has only the other family
 		case errors.As(err, &bindErr):
 			return err
 		case errors.Is(err, syscall.EAFNOSUPPORT), errors.Is(err, syscall.EADDRNOTAVAIL):

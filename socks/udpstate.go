@@ -95,12 +95,13 @@ func (a *association) log(sc *serverConn, rec *record, bnd netip.AddrPort) {
 		outcome = outcomeIdle
 	}
 	// Bytes are already counted by the per-datagram counters.
-	sc.st.Metrics.FlowDone(rec.user, a.user.Interface, outcome, 0, 0)
+	sc.st.Metrics.FlowDone(rec.user, a.dialer.Interface, outcome, 0, 0)
 	sc.srv.log.Log(lvl, "udp association",
 		zap.String("user", rec.user),
 		zap.Stringer("client", rec.client),
-		zap.String("interface", a.user.Interface),
+		zap.String("interface", a.dialer.Interface),
 		zap.Stringer("relay", bnd),
+		zap.Strings("skipped", rec.skipped),
 		zap.String("local", strings.Join(locals, ",")),
 		zap.Int64("dgrams_up", a.stats.dgramsUp.Load()),
 		zap.Int64("bytes_up", a.stats.bytesUp.Load()),

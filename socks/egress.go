@@ -1,0 +1,171 @@
+package socks
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/ifsocks/ifsocks/bind"
+)
+
+// Strategy picks among several egress interfaces.
+type Strategy int
+
+const (
+	// Failover uses the first usable interface, in the order given.
+	Failover Strategy = iota
+	// RoundRobin uses the usable interfaces in turn.
+	RoundRobin
+	// Hash sends the same target by the same interface while it is
+	// usable (rendezvous hashing: losing an interface moves only the
+	// targets it had).
+	Hash
+)
+
+// Egress says where the outbound sockets of a flow leave. The zero value
+// is kernel routing.
+type Egress struct {
+	// Interfaces are the candidate interfaces, picked by Strategy.
+	Interfaces []string
+	Strategy   Strategy
+	// Ingress: leave by the interface holding the address the client
+	// connected to (decided per flow, so it follows address moves).
+	Ingress bool
+	// Source is bound as the source address, on the interface holding
+	// it (decided per flow).
+	Source netip.Addr
+	// Mark is set as SO_MARK on every outbound socket when non-zero.
+	Mark uint32
+	// Turn is the round-robin position, shared by the flows of this
+	// egress; nil uses one shared by the whole server.
+	Turn *atomic.Uint64
+}
+
+// IsZero reports whether e is kernel routing.
+func (e *Egress) IsZero() bool {
+	return len(e.Interfaces) == 0 && !e.Ingress && !e.Source.IsValid() && e.Mark == 0
+}
+
+// plan is the routes a flow may take, best first, and the interfaces
+// passed over with why.
+type plan struct {
+	routes  []bind.Dialer
+	skipped []string
+}
+
+// skip records that iface was passed over because of err.
+func (p *plan) skip(st *Settings, iface string, err error) {
+	p.skipped = append(p.skipped, iface+": "+skipDetail(err))
+	st.Metrics.EgressSkipped(iface, skipReason(err))
+}
+
+// skipDetail is err without the "bind to interface" wrapping: the log
+// line already names the interface.
+func skipDetail(err error) string {
+	var be *bind.Error
+	if errors.As(err, &be) {
+		return be.Err.Error()
+	}
+	return err.Error()
+}
+
+func skipReason(err error) string {
+	switch {
+	case errors.Is(err, bind.ErrInterfaceDown):
+		return "down"
+	case errors.Is(err, bind.ErrNoInterface):
+		return "missing"
+	case errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.ENETDOWN):
+		return "unreachable"
+	}
+	return "error"
+}
+
+// planEgress decides the routes of a flow. local is the address the
+// client connected to (for Ingress); key identifies the target (for Hash).
+// Unusable interfaces are left out and noted; when none is usable the
+// error says why the first was not.
+func (st *Settings) planEgress(eg *Egress, local netip.Addr, key string, turn *atomic.Uint64) (plan, error) {
+	var p plan
+	switch {
+	case eg.Ingress:
+		name, ok := st.addrOwner(local)
+		if !ok {
+			return p, &bind.Error{Interface: "ingress", Err: fmt.Errorf("%w: no interface holds %s", bind.ErrNoInterface, local)}
+		}
+		if err := st.checkInterface(name); err != nil {
+			return p, err
+		}
+		p.routes = []bind.Dialer{{Interface: name, Mark: eg.Mark}}
+		return p, nil
+	case eg.Source.IsValid():
+		name, ok := st.addrOwner(eg.Source)
+		if !ok {
+			return p, &bind.Error{Err: fmt.Errorf("source %s: %w", eg.Source, bind.ErrNoSource)}
+		}
+		if err := st.checkInterface(name); err != nil {
+			return p, err
+		}
+		p.routes = []bind.Dialer{{Interface: name, Source: eg.Source, Mark: eg.Mark}}
+		return p, nil
+	case len(eg.Interfaces) == 0:
+		p.routes = []bind.Dialer{{Mark: eg.Mark}}
+		return p, nil
+	}
+	var first error
+	usable := make([]string, 0, len(eg.Interfaces))
+	for _, name := range eg.Interfaces {
+		if err := st.checkInterface(name); err != nil {
+			if first == nil {
+				first = err
+			}
+			p.skip(st, name, err)
+			continue
+		}
+		usable = append(usable, name)
+	}
+	if len(usable) == 0 {
+		return p, first
+	}
+	switch eg.Strategy {
+	case RoundRobin:
+		if eg.Turn != nil {
+			turn = eg.Turn
+		}
+		n := int((turn.Add(1) - 1) % uint64(len(usable)))
+		usable = append(usable[n:len(usable):len(usable)], usable[:n]...)
+	case Hash:
+		score := func(name string) uint64 {
+			h := fnv.New64a()
+			h.Write([]byte(key))
+			h.Write([]byte{0})
+			h.Write([]byte(name))
+			return h.Sum64()
+		}
+		slices.SortStableFunc(usable, func(a, b string) int { return cmp.Compare(score(b), score(a)) })
+	}
+	for _, name := range usable {
+		p.routes = append(p.routes, bind.Dialer{Interface: name, Mark: eg.Mark})
+	}
+	return p, nil
+}
+
+// egressFailure tells a failure of the way out (the interface cannot be
+// bound, has no route to the network) — after which the next interface of
+// a user with several is tried — from a failure of the target.
+func egressFailure(err error) bool {
+	var be *bind.Error
+	return errors.As(err, &be) || errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.ENETDOWN)
+}
+
+func (st *Settings) addrOwner(a netip.Addr) (string, bool) {
+	if st.AddrOwner != nil {
+		return st.AddrOwner(a)
+	}
+	return bind.AddrOwner(a)
+}
