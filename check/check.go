@@ -35,6 +35,9 @@ type host interface {
 	// isLocal reports whether a socket can be bound to ip without
 	// ip_nonlocal_bind: the kernel has a local route for it.
 	isLocal(ip netip.Addr) (bool, error)
+	// owner returns the name of the interface holding the address ip,
+	// or "" when none does.
+	owner(ip netip.Addr) (string, error)
 	// nonlocalBind reports net.ipv4.ip_nonlocal_bind (or its ipv6 twin).
 	nonlocalBind(ipv6 bool) (bool, error)
 	// nameservers returns the nameservers of /etc/resolv.conf that Go's

@@ -52,6 +52,23 @@ func dump[T any](f func() ([]T, error)) ([]T, error) {
 	}
 }
 
+func (k *kernel) owner(ip netip.Addr) (string, error) {
+	addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_ALL) })
+	if err != nil {
+		return "", fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if got, ok := netip.AddrFromSlice(a.IP); ok && got.Unmap() == ip {
+			l, err := netlink.LinkByIndex(a.LinkIndex)
+			if err != nil {
+				return "", fmt.Errorf("interface of %s: %w", ip, err)
+			}
+			return l.Attrs().Name, nil
+		}
+	}
+	return "", nil
+}
+
 func (k *kernel) link(name string) (*link, error) {
 	nl, err := netlink.LinkByName(name)
 	if err != nil {

@@ -57,6 +57,17 @@ func (f *fakeHost) nonlocalBind(ipv6 bool) (bool, error) {
 	return f.nonlocal4, nil
 }
 
+func (f *fakeHost) owner(ip netip.Addr) (string, error) {
+	for name, l := range f.links {
+		for _, a := range l.addrs {
+			if a.prefix.Addr() == ip {
+				return name, nil
+			}
+		}
+	}
+	return "", nil
+}
+
 func (f *fakeHost) nameservers() ([]netip.Addr, error) { return f.servers, f.serversErr }
 
 func (f *fakeHost) fileMode(string) (fs.FileMode, error) { return f.mode, f.modeErr }

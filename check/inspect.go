@@ -61,6 +61,9 @@ func inspect(cfg *config.Config, path string, h host) *result {
 	for i, a := range cfg.Server.Listen {
 		r.listen(h, fmt.Sprintf("server.listen[%d]", i), a, "the daemon cannot listen there and will not start")
 	}
+	for i, l := range cfg.Listeners {
+		r.listen(h, fmt.Sprintf("listeners[%d].address", i), l.Address, "the daemon cannot listen there and will not start")
+	}
 	if a := cfg.Metrics.Listen; a != "" {
 		r.listen(h, "metrics.listen", a, "the metrics endpoint cannot listen there and the daemon will not start")
 	}

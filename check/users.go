@@ -34,31 +34,79 @@ func (st *ifaceState) flowsOf(family ...string) string {
 	return strings.Join(append([]string{"the"}, append(family, "flows of "+few(st.names))...), " ")
 }
 
+// egressOwner is a user or listener with its egress, as the table and
+// findings name it.
+type egressOwner struct {
+	label  string // "users[1] bob", "listeners[0] 10.0.0.5:1081"
+	name   string // "bob", "listener 10.0.0.5:1081"
+	user   *config.User
+	egress config.Egress
+}
+
+func owners(cfg *config.Config) []egressOwner {
+	var out []egressOwner
+	for i := range cfg.Users {
+		u := &cfg.Users[i]
+		out = append(out, egressOwner{
+			label: fmt.Sprintf("users[%d] %s", i, display(u.Name)), name: display(u.Name),
+			user: u, egress: u.Egress,
+		})
+	}
+	for i, l := range cfg.Listeners {
+		if !l.NoAuth && l.Egress.IsZero() {
+			continue // its users' egress applies
+		}
+		out = append(out, egressOwner{
+			label: fmt.Sprintf("listeners[%d] %s", i, l.Address), name: "listener " + l.Address,
+			egress: l.Egress,
+		})
+	}
+	return out
+}
+
 func (r *result) users(h host, cfg *config.Config) {
 	ifaces := map[string]*ifaceState{}
 	var order []*ifaceState
-	for i, u := range cfg.Users {
-		label := fmt.Sprintf("users[%d] %s", i, display(u.Name))
-		if u.Password != "" {
-			r.add(warning, label, "plaintext password in the file: replace it with password_hash (make one with: ifsocks hash-password)")
-		}
-		if u.Interface == "" {
-			continue
-		}
-		st := ifaces[u.Interface]
+	use := func(o egressOwner, name string) {
+		st := ifaces[name]
 		if st == nil {
-			st = &ifaceState{name: u.Interface}
-			ifaces[u.Interface] = st
+			st = &ifaceState{name: name}
+			ifaces[name] = st
 			order = append(order, st)
 		}
-		st.users = append(st.users, label)
-		st.names = append(st.names, display(u.Name))
+		st.users = append(st.users, o.label)
+		st.names = append(st.names, o.name)
+	}
+	all := owners(cfg)
+	sources := make([]string, len(all)) // interface holding source_ip
+	for i, o := range all {
+		if o.user != nil && o.user.Password != "" {
+			r.add(warning, o.label, "plaintext password in the file: replace it with password_hash (make one with: ifsocks hash-password)")
+		}
+		for _, n := range o.egress.Names() {
+			use(o, n)
+		}
+		if ip := o.egress.SourceIP; ip.IsValid() {
+			name, err := h.owner(ip)
+			switch {
+			case err != nil:
+				r.add(failure, o.label, "cannot tell which interface holds source_ip %s: %v", ip, err)
+			case name == "":
+				r.add(failure, o.label, "source_ip %s is not an address of this host (see: ip -br addr): its flows get reply 0x03 until it is added", ip)
+			default:
+				sources[i] = name
+				use(o, name)
+			}
+		}
+		if m := o.egress.Mark; m != 0 {
+			r.add(warning, o.label, "mark = %d sets SO_MARK, which needs CAP_NET_ADMIN: the shipped systemd unit grants only CAP_NET_RAW and CAP_NET_BIND_SERVICE, so add CAP_NET_ADMIN to its AmbientCapabilities and CapabilityBoundingSet, or flows fail with reply 0x03; and route the mark with: ip rule add fwmark %d lookup TABLE", m, m)
+		}
 	}
 	for _, st := range order {
 		r.inspectIface(h, st)
 	}
-	for _, u := range cfg.Users {
-		r.rows = append(r.rows, makeRow(u, ifaces[u.Interface]))
+	for i, o := range all {
+		r.rows = append(r.rows, makeRows(o, sources[i], ifaces)...)
 	}
 }
 
@@ -160,20 +208,51 @@ func (r *result) routes(st *ifaceState) {
 	}
 }
 
-func makeRow(u config.User, st *ifaceState) row {
-	rw := row{user: display(u.Name), iface: "-", state: "-", ipv4: "-", ipv6: "-", default4: "-", default6: "-"}
-	if st == nil {
-		rw.notes = []string{"kernel routing"}
-	} else {
+// makeRows gives one row per interface o may leave by.
+func makeRows(o egressOwner, source string, ifaces map[string]*ifaceState) []row {
+	e := o.egress
+	var rows []row
+	switch {
+	case e.Interface == config.Ingress:
+		rows = append(rows, makeRow(o.name, nil, "ingress: the interface of the address each client connects to"))
+	case source != "":
+		rows = append(rows, makeRow(o.name, ifaces[source], "source "+e.SourceIP.String()))
+	case e.SourceIP.IsValid():
+		rows = append(rows, makeRow(o.name, nil, "source "+e.SourceIP.String()+" not on this host"))
+	case len(e.Names()) == 0:
+		rows = append(rows, makeRow(o.name, nil, "kernel routing"))
+	}
+	names := e.Names()
+	for i, n := range names {
+		note := ""
+		if len(names) > 1 {
+			note = fmt.Sprintf("%s %d/%d", e.Strategy, i+1, len(names))
+		}
+		rows = append(rows, makeRow(o.name, ifaces[n], note))
+	}
+	for i := range rows {
+		if e.Mark != 0 {
+			rows[i].notes = append(rows[i].notes, fmt.Sprintf("mark %d", e.Mark))
+		}
+		if o.user != nil && o.user.Password != "" {
+			rows[i].notes = append(rows[i].notes, "plaintext password")
+		}
+	}
+	return rows
+}
+
+func makeRow(name string, st *ifaceState, note string) row {
+	rw := row{user: name, iface: "-", state: "-", ipv4: "-", ipv6: "-", default4: "-", default6: "-"}
+	if note != "" {
+		rw.notes = []string{note}
+	}
+	if st != nil {
 		rw.iface, rw.state = display(st.name), st.state
-		rw.notes = slices.Clone(st.notes)
+		rw.notes = append(rw.notes, st.notes...)
 		if l := st.link; l != nil {
 			rw.ipv4, rw.ipv6 = addrCells(l.addrs)
 			rw.default4, rw.default6 = yesNo(len(l.default4) > 0), yesNo(len(l.default6) > 0)
 		}
-	}
-	if u.Password != "" {
-		rw.notes = append(rw.notes, "plaintext password")
 	}
 	return rw
 }

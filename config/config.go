@@ -20,6 +20,7 @@ const (
 	DefaultIdleTimeout      = 5 * time.Minute
 	DefaultConnectTimeout   = 10 * time.Second
 	DefaultShutdownTimeout  = 30 * time.Second
+	DefaultBindTimeout      = time.Minute
 	DefaultMaxAssociations  = 64
 	DefaultUDPMaxDatagram   = 8192
 	DefaultUDPReplyFilter   = "address-port"
@@ -126,6 +127,8 @@ type Server struct {
 	IdleTimeout      time.Duration
 	ConnectTimeout   time.Duration
 	ShutdownTimeout  time.Duration
+	// BindTimeout is how long a BIND waits for the peer to connect.
+	BindTimeout time.Duration
 	// Deny lists destination prefixes refused for every user.
 	Deny []netip.Prefix
 	// DenyOwnAddresses refuses destinations that are addresses of this

@@ -22,6 +22,7 @@ type file struct {
 		IdleTimeout      string   `toml:"idle_timeout"`
 		ConnectTimeout   string   `toml:"connect_timeout"`
 		ShutdownTimeout  string   `toml:"shutdown_timeout"`
+		BindTimeout      string   `toml:"bind_timeout"`
 		Deny             []string `toml:"deny"`
 		DenyOwnAddresses bool     `toml:"deny_own_addresses"`
 		AllowOpen        bool     `toml:"allow_open"`
@@ -204,6 +205,7 @@ func applyDefaults(c *Config, f *file) {
 	c.Server.IdleTimeout = DefaultIdleTimeout
 	c.Server.ConnectTimeout = DefaultConnectTimeout
 	c.Server.ShutdownTimeout = DefaultShutdownTimeout
+	c.Server.BindTimeout = DefaultBindTimeout
 	c.Server.Deny = slices.Clone(DefaultDeny)
 	c.Server.DenyOwnAddresses = true
 	if f.defined("server", "deny_own_addresses") {

@@ -58,6 +58,7 @@ func (v *validator) server(c *Config, f *file) {
 	v.duration(f, "idle_timeout", f.Server.IdleTimeout, &s.IdleTimeout, true)
 	v.duration(f, "connect_timeout", f.Server.ConnectTimeout, &s.ConnectTimeout, false)
 	v.duration(f, "shutdown_timeout", f.Server.ShutdownTimeout, &s.ShutdownTimeout, true)
+	v.duration(f, "bind_timeout", f.Server.BindTimeout, &s.BindTimeout, false)
 	if f.defined("server", "deny") {
 		s.Deny = make([]netip.Prefix, 0, len(f.Server.Deny))
 		for i, d := range f.Server.Deny {

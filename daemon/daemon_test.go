@@ -358,7 +358,7 @@ func startDaemon(tb testing.TB, cfg *config.Config) *runningDaemon {
 // waitLog waits until a line with msg has been logged.
 func (d *runningDaemon) waitLog(tb testing.TB, msg string) {
 	tb.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for d.logs.FilterMessage(msg).Len() == 0 {
 		select {
 		case err := <-d.errc:
@@ -367,7 +367,7 @@ func (d *runningDaemon) waitLog(tb testing.TB, msg string) {
 		default:
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("no %q log line within 5s; logs: %v", msg, messages(d.logs))
+			tb.Fatalf("no %q log line within 20s; logs: %v", msg, messages(d.logs))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}

@@ -64,7 +64,7 @@ func (d *fileDaemon) reloadWith(tb testing.TB, text string) observer.LoggedEntry
 	}
 	d.reload++
 	d.hup <- syscall.SIGHUP
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		done := d.logs.Filter(func(e observer.LoggedEntry) bool {
 			return e.Message == "configuration reloaded" || strings.HasPrefix(e.Message, "reload failed")

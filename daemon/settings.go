@@ -43,6 +43,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 		Policy:           policy.New(cfg.Server.Deny, cfg.Server.DenyOwnAddresses),
 		HandshakeTimeout: cfg.Server.HandshakeTimeout,
 		ConnectTimeout:   cfg.Server.ConnectTimeout,
+		BindTimeout:      cfg.Server.BindTimeout,
 		IdleTimeout:      cfg.Server.IdleTimeout,
 		UDP: socks.UDPSettings{
 			PortMin:         cfg.Server.UDPPortMin,

@@ -101,6 +101,8 @@ func (sc *serverConn) serve() (handedOff bool) {
 	switch req.Cmd {
 	case cmdConnect:
 		return sc.connect(rec, req.Dst, user, eg, early)
+	case cmdBind:
+		return sc.bindPeer(rec, req.Dst, eg)
 	case cmdUDPAssociate:
 		sc.associate(rec, req.Dst, user, eg, name)
 	default:

@@ -84,6 +84,7 @@ type Settings struct {
 
 	HandshakeTimeout time.Duration // greeting to request, inclusive
 	ConnectTimeout   time.Duration // resolution plus connect
+	BindTimeout      time.Duration // BIND: wait for the peer's connection; 0 disables
 	IdleTimeout      time.Duration // 0 disables
 
 	UDP UDPSettings

@@ -1,0 +1,227 @@
+package socks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/relay"
+	"go.uber.org/zap"
+)
+
+// errBindPeer: a connection to a BIND socket came from an address the
+// client did not name; it is closed and the wait goes on.
+var errBindPeer = errors.New("connection from an address the client did not name")
+
+// bindPeer serves BIND (RFC 1928 section 4, CMD 0x02): listen on the
+// flow's egress interface, reply with the listening address, accept one
+// connection from the address the client named (any, when it named the
+// zero address), reply with the peer, then relay as CONNECT does. It
+// returns true once the relay owns the connection.
+func (sc *serverConn) bindPeer(rec *record, dst Addr, eg *Egress) bool {
+	st := sc.st
+	client, ok := sc.conn.(*net.TCPConn)
+	if !ok {
+		sc.refuse(rec, RepGeneralFailure, outcomeError, errors.New("client connection is not TCP"))
+		return false
+	}
+	if !sc.srv.beginFlow(sc, rec.user) {
+		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
+		return false
+	}
+	ctx, cancel := context.WithTimeout(sc.srv.ctx, st.ConnectTimeout)
+	ln, expect, err := sc.bindListen(ctx, rec, eg, dst)
+	cancel()
+	if err != nil {
+		sc.refuseErr(rec, err)
+		return false
+	}
+	rec.local = addrPortOf(ln.Addr())
+	if err := writeReply(sc.conn, RepSucceeded, rec.local); err != nil {
+		ln.Close()
+		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write first reply: %w", err))
+		sc.logFlow(rec, zap.InfoLevel)
+		return false
+	}
+	peer, err := sc.acceptPeer(ln, expect, st.BindTimeout)
+	ln.Close()
+	if err == nil && !sc.srv.setEgress(sc, rec.iface, peer) {
+		if err = sc.srv.endReason(sc); err == nil {
+			err = errors.New("server is shutting down")
+		}
+		sc.refuse(rec, RepGeneralFailure, cutOutcome(err), err)
+		return false
+	}
+	if err != nil {
+		sc.refuseErr(rec, err)
+		return false
+	}
+	rec.remote = addrPortOf(peer.RemoteAddr())
+	st.Metrics.FlowActive(rec.user, rec.iface, 1)
+	if err := writeReply(sc.conn, RepSucceeded, rec.remote); err != nil {
+		peer.Close()
+		st.Metrics.FlowActive(rec.user, rec.iface, -1)
+		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write second reply: %w", err))
+		sc.logFlow(rec, zap.InfoLevel)
+		return false
+	}
+	relay.Start(client, peer, st.IdleTimeout, func(res relay.Result) {
+		st.Metrics.FlowActive(rec.user, rec.iface, -1)
+		sc.relayDone(rec, res)
+		sc.srv.connDone(sc)
+	})
+	return true
+}
+
+// refuseErr refuses with the reply code and outcome err calls for.
+func (sc *serverConn) refuseErr(rec *record, err error) {
+	rep := replyFor(err)
+	outcome := outcomeFor(rep)
+	if ourFault(err) {
+		outcome = outcomeError
+	}
+	sc.refuse(rec, rep, outcome, err)
+}
+
+// bindListen opens the BIND socket on the first route of the egress plan
+// that can listen, and returns it with the peer addresses to accept (none:
+// any). The named peer must pass the destination policy, as a CONNECT
+// target would.
+func (sc *serverConn) bindListen(ctx context.Context, rec *record, eg *Egress, dst Addr) (*net.TCPListener, []netip.Addr, error) {
+	st := sc.st
+	key := dst.Name
+	if key == "" {
+		key = dst.IP.String()
+	}
+	p, err := st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), key, &sc.srv.turn)
+	defer func() { rec.skipped = p.skipped }()
+	if err != nil {
+		return nil, nil, err
+	}
+	for i, route := range p.routes {
+		rec.iface = route.Interface
+		ln, expect, err := sc.bindRoute(ctx, route, dst)
+		if err == nil || i == len(p.routes)-1 || !egressFailure(err) {
+			return ln, expect, err
+		}
+		p.skip(st, route.Interface, err)
+	}
+	panic("unreachable: a plan has at least one route")
+}
+
+func (sc *serverConn) bindRoute(ctx context.Context, route bind.Dialer, dst Addr) (*net.TCPListener, []netip.Addr, error) {
+	var expect []netip.Addr
+	switch {
+	case dst.Name != "":
+		addrs, err := route.LookupIP(ctx, dst.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		expect = addrs
+	case !dst.IP.IsUnspecified():
+		expect = []netip.Addr{dst.IP}
+	}
+	for _, a := range expect {
+		if err := sc.st.Policy.Check(a); err != nil {
+			return nil, nil, err
+		}
+	}
+	local, err := sc.bindAddr(ctx, route, dst, expect)
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := route.ListenTCP(ctx, local)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ln, expect, nil
+}
+
+// bindAddr picks the address to listen on: the route's source address; else
+// the one the interface would use towards the named peer; else (the client
+// named no peer) the interface's first address of the family the client
+// used, or, with kernel routing, the address the client connected to.
+func (sc *serverConn) bindAddr(ctx context.Context, route bind.Dialer, dst Addr, expect []netip.Addr) (netip.Addr, error) {
+	switch {
+	case route.Source.IsValid():
+		return route.Source, nil
+	case len(expect) > 0:
+		return route.SourceAddr(ctx, expect[0])
+	case route.Interface == "":
+		return addrPortOf(sc.conn.LocalAddr()).Addr(), nil
+	}
+	want4 := dst.Name != "" || dst.IP.Is4()
+	ifc, err := net.InterfaceByName(route.Interface)
+	if err != nil {
+		return netip.Addr{}, &bind.Error{Interface: route.Interface, Err: bind.ErrNoInterface}
+	}
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return netip.Addr{}, &bind.Error{Interface: route.Interface, Err: err}
+	}
+	for _, a := range addrs {
+		n, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(n.IP)
+		if ip = ip.Unmap(); ok && ip.Is4() == want4 && !ip.IsLinkLocalUnicast() {
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, &bind.Error{Interface: route.Interface, Err: fmt.Errorf("no usable address of the requested family: %w", syscall.ENETUNREACH)}
+}
+
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// acceptPeer waits up to wait (0: no limit) for a connection from one of expect (any
+// when empty) that the policy allows; others are closed and the wait goes
+// on. The client closing its connection ends the wait.
+func (sc *serverConn) acceptPeer(ln *net.TCPListener, expect []netip.Addr, wait time.Duration) (*net.TCPConn, error) {
+	if wait > 0 {
+		ln.SetDeadline(time.Now().Add(wait))
+	}
+	// Nothing is expected from the client until the second reply; a read
+	// returning means it closed (or broke the protocol): stop waiting.
+	gone := make(chan struct{})
+	go func() {
+		defer close(gone)
+		var b [1]byte
+		if _, err := sc.conn.Read(b[:]); !isTimeout(err) {
+			ln.Close()
+		}
+	}()
+	defer func() {
+		sc.conn.SetReadDeadline(time.Unix(1, 0)) // unblocks the reader
+		<-gone
+		sc.conn.SetReadDeadline(time.Time{})
+	}()
+	for {
+		c, err := ln.AcceptTCP()
+		if err != nil {
+			if isTimeout(err) {
+				return nil, fmt.Errorf("no connection within %v: %w", wait, context.DeadlineExceeded)
+			}
+			return nil, fmt.Errorf("client closed its connection while waiting: %w", err)
+		}
+		from := addrPortOf(c.RemoteAddr()).Addr()
+		if len(expect) > 0 && !slices.Contains(expect, from) {
+			sc.srv.log.Debug("BIND: connection from an address the client did not name; closed",
+				zap.Stringer("from", from), zap.Error(errBindPeer))
+			c.Close()
+			continue
+		}
+		if err := sc.st.Policy.Check(from); err != nil {
+			c.Close()
+			continue
+		}
+		return c, nil
+	}
+}
