@@ -73,7 +73,7 @@ func (d *fileDaemon) reloadWith(tb testing.TB, text string) observer.LoggedEntry
 			return done[d.reload-1]
 		}
 		if time.Now().After(deadline) {
-			tb.Fatalf("reload %d: no result within 5s; logs: %v", d.reload, messages(d.logs))
+			tb.Fatalf("reload %d: no result within 20s; logs: %v", d.reload, messages(d.logs))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
