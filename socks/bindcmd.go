@@ -103,6 +103,7 @@ func (sc *serverConn) bindListen(ctx context.Context, rec *record, eg *Egress, d
 	p, err := st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), key, &sc.srv.turn)
 	defer func() { rec.skipped = p.skipped }()
 	if err != nil {
+		rec.iface = failedInterface(err)
 		return nil, nil, err
 	}
 	for i, route := range p.routes {

@@ -116,12 +116,7 @@ func (sc *serverConn) dialTarget(ctx context.Context, rec *record, eg *Egress, d
 	p, err := st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), key, &sc.srv.turn)
 	defer func() { rec.skipped = p.skipped }()
 	if err != nil {
-		var be *bind.Error
-		route := bind.Dialer{}
-		if errors.As(err, &be) {
-			route.Interface = be.Interface
-		}
-		return nil, route, err
+		return nil, bind.Dialer{Interface: failedInterface(err)}, err
 	}
 	for i, route := range p.routes {
 		c, err := dialRoute(ctx, st, route, dst)

@@ -163,6 +163,16 @@ func egressFailure(err error) bool {
 	return errors.As(err, &be) || errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.ENETDOWN)
 }
 
+// failedInterface names, for the flow log and metrics, the interface
+// whose failure err reports ("" when none).
+func failedInterface(err error) string {
+	var be *bind.Error
+	if errors.As(err, &be) {
+		return be.Interface
+	}
+	return ""
+}
+
 func (st *Settings) addrOwner(a netip.Addr) (string, bool) {
 	if st.AddrOwner != nil {
 		return st.AddrOwner(a)

@@ -26,6 +26,15 @@ const (
 	outcomeRemoved    = "user_removed"   // cut: user removed by a reload
 )
 
+// skippedField lists the egress interfaces passed over; nothing when none
+// was.
+func skippedField(s []string) zap.Field {
+	if len(s) == 0 {
+		return zap.Skip()
+	}
+	return zap.Strings("skipped", s)
+}
+
 // cutOutcome names a flow the server ended on purpose.
 func cutOutcome(reason error) string {
 	switch {
@@ -88,7 +97,7 @@ func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 		fields = append(fields, zap.Stringer("local", r.local))
 	}
 	if len(r.skipped) > 0 {
-		fields = append(fields, zap.Strings("skipped", r.skipped))
+		fields = append(fields, skippedField(r.skipped))
 	}
 	if r.err != nil {
 		fields = append(fields, zap.Error(r.err))

@@ -127,6 +127,7 @@ func (sc *serverConn) openAssociation(rec *record, eg *Egress, req Addr) (*assoc
 	p, err := st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), rec.client.Addr().String(), &sc.srv.turn)
 	defer func() { rec.skipped = p.skipped }()
 	if err != nil {
+		rec.iface = failedInterface(err)
 		return nil, err
 	}
 	for i, route := range p.routes {

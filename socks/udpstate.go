@@ -101,7 +101,6 @@ func (a *association) log(sc *serverConn, rec *record, bnd netip.AddrPort) {
 		zap.Stringer("client", rec.client),
 		zap.String("interface", a.dialer.Interface),
 		zap.Stringer("relay", bnd),
-		zap.Strings("skipped", rec.skipped),
 		zap.String("local", strings.Join(locals, ",")),
 		zap.Int64("dgrams_up", a.stats.dgramsUp.Load()),
 		zap.Int64("bytes_up", a.stats.bytesUp.Load()),
@@ -109,6 +108,7 @@ func (a *association) log(sc *serverConn, rec *record, bnd netip.AddrPort) {
 		zap.Int64("bytes_down", a.stats.bytesDown.Load()),
 		zap.Object("dropped", &a.stats),
 		zap.Duration("duration", time.Since(rec.start)),
+		skippedField(rec.skipped),
 		zap.String("outcome", outcome),
 		zap.Error(cut),
 	)
