@@ -106,7 +106,7 @@ func TestAcceptEMFILE(t *testing.T) {
 		t.Errorf("%d %q lines in %v, want 1..20 (backoff up to 1s)", retries, msgAcceptFail, window)
 	}
 	backoffs := acceptBackoffs(t, od, mark)
-	t.Logf("backoffs so far (first 12 of %d): %v", len(backoffs), backoffs[:min(12, len(backoffs))])
+	t.Logf("%d backoffs so far, the first up to 12: %v", len(backoffs), backoffs[:min(12, len(backoffs))])
 	wantGrowingBackoff(t, backoffs)
 
 	// (b) Service resumes once the clients go.
@@ -140,15 +140,8 @@ func TestAcceptEMFILE(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	// (c) Still the same process, and SIGTERM (cleanup) stops it cleanly.
-	if !od.running() {
-		t.Fatalf("daemon exited: %v", od.err)
-	}
-	t.Cleanup(func() {
-		if od.err != nil {
-			t.Errorf("daemon exited with %v after SIGTERM, want status 0", od.err)
-		}
-	})
+	// (c) The same process all along, and SIGTERM stops it cleanly.
+	od.stopClean(t)
 }
 
 func mustFDs(t *testing.T, pid int) int {

@@ -68,11 +68,11 @@ func privOwner(name string) (int, bool) {
 }
 
 // privRemoveStale deletes what a killed earlier run of these tests left:
-// namespaces, /etc/netns directories and cgroups whose owner is dead.
-// (TestMain's reaper only knows the ifst- names.)
+// namespaces, /etc/netns directories, temporary directories and cgroups
+// whose owner is dead. (TestMain's reaper only knows the ifst- names.)
 func privRemoveStale(t *testing.T) {
 	t.Helper()
-	dirs := []string{"/run/netns", "/etc/netns"}
+	dirs := []string{"/run/netns", "/etc/netns", os.TempDir()}
 	if mnt, err := cgroup2Mount(); err == nil {
 		dirs = append(dirs, mnt)
 	}
@@ -87,7 +87,7 @@ func privRemoveStale(t *testing.T) {
 			switch dir {
 			case "/run/netns":
 				err = deleteNetns(e.Name())
-			case "/etc/netns":
+			case "/etc/netns", os.TempDir():
 				err = os.RemoveAll(filepath.Join(dir, e.Name()))
 			default:
 				err = unix.Rmdir(filepath.Join(dir, e.Name()))
@@ -227,6 +227,21 @@ func startWrapped(t *testing.T, topo *topology, bin, cfgPath string, argv []stri
 		}
 	})
 	return od
+}
+
+// stopClean checks that the daemon is still running, stops it with
+// SIGTERM and checks that it exited with status 0 within the grace period.
+// The cleanup's stop is then a no-op.
+func (od *opsDaemon) stopClean(t *testing.T) {
+	t.Helper()
+	if !od.running() {
+		t.Fatalf("daemon exited on its own: %v", od.err)
+	}
+	if err := od.stop(); err != nil {
+		t.Error(err)
+	} else if od.err != nil {
+		t.Errorf("daemon exited with %v after SIGTERM, want status 0", od.err)
+	}
 }
 
 // waitDaemonExec waits (bounded) until the wrapper chain has exec'd the

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -61,17 +63,18 @@ func TestPrivileges(t *testing.T) {
 		{name: "no capabilities, sockets pre-bound", prebound: true, port: 1080, want: bindRefused},
 		{name: "net_raw only, sockets pre-bound", caps: []string{"net_raw"}, prebound: true, port: 1080, want: egressWorks},
 	}
+	bin := privBinary(t, privDir(t))
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			topo := newPrivTopology(t)
 			dir := privDir(t)
-			bin := privBinary(t, dir)
 			listen := net.JoinHostPort(proxyV4, strconv.Itoa(tc.port))
 			cfg := writePrivConfig(t, dir, privConfig(t, listen, "10s"))
 
 			var argv []string
+			var procs string
 			if tc.prebound {
-				procs := preboundCgroup(t, topo.P, "cl0")
+				procs = preboundCgroup(t, topo.P, "cl0")
 				// Join the group first, so that every socket of the
 				// daemon, listeners included, is born bound to cl0.
 				argv = append(argv, "sh", "-c", `echo $$ > "$1" || exit 97; shift; exec "$@"`, "sh", procs)
@@ -87,6 +90,9 @@ func TestPrivileges(t *testing.T) {
 			}
 			od.waitDaemonExec(t)
 			wantCreds(t, od.pid(), tc.caps)
+			if procs != "" {
+				wantInCgroup(t, od.pid(), procs)
+			}
 			if err := od.waitListening([]string{listen}, 10*time.Second); err != nil {
 				t.Fatal(err)
 			}
@@ -96,16 +102,7 @@ func TestPrivileges(t *testing.T) {
 			case bindRefused:
 				wantBindRefused(t, od, listen)
 			}
-			// The listener is checked last: the daemon still runs and
-			// SIGTERM (in cleanup) must stop it with status 0.
-			if !od.running() {
-				t.Fatalf("daemon exited: %v", od.err)
-			}
-			t.Cleanup(func() {
-				if od.err != nil {
-					t.Errorf("daemon exited with %v after SIGTERM, want status 0", od.err)
-				}
-			})
+			od.stopClean(t)
 		})
 	}
 }
@@ -145,6 +142,19 @@ func wantCreds(t *testing.T, pid int, caps []string) {
 		if st[k] != v {
 			t.Errorf("daemon /proc/%d/status %s: %q, want %q", pid, k, st[k], v)
 		}
+	}
+}
+
+// wantInCgroup checks that pid is a member of the cgroup whose
+// cgroup.procs is procs.
+func wantInCgroup(t *testing.T, pid int, procs string) {
+	t.Helper()
+	b, err := os.ReadFile(procs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(strings.Fields(string(b)), strconv.Itoa(pid)) {
+		t.Fatalf("daemon pid %d is not in %s (members: %q)", pid, procs, b)
 	}
 }
 
