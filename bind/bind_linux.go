@@ -53,8 +53,9 @@ func bindToDevice(fd int, iface string) error {
 	case errors.Is(err, unix.ENODEV):
 		return ErrNoInterface
 	case errors.Is(err, unix.EPERM):
-		// Before Linux 5.7 SO_BINDTODEVICE needs CAP_NET_RAW.
-		return fmt.Errorf("SO_BINDTODEVICE: %w (needs CAP_NET_RAW before Linux 5.7)", err)
+		// Without CAP_NET_RAW the kernel sets SO_BINDTODEVICE only from
+		// Linux 5.7, and only on a socket not yet bound to a device.
+		return fmt.Errorf("SO_BINDTODEVICE: %w (needs CAP_NET_RAW: before Linux 5.7, or when the socket is already bound to a device, e.g. under ip vrf exec)", err)
 	default:
 		return fmt.Errorf("SO_BINDTODEVICE: %w", err)
 	}
