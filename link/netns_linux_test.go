@@ -3,6 +3,7 @@ package link
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -104,4 +105,74 @@ func TestWatcherInNamespace(t *testing.T) {
 	expect(change{"wat0", Missing, Down})
 	ip(t, "-n", ns, "link", "del", "wat0")
 	expect(change{"wat0", Down, Missing})
+}
+
+// TestOwnerFollowsAddresses: the address table answers which interface
+// holds an address, and follows addresses added, moved and removed.
+func TestOwnerFollowsAddresses(t *testing.T) {
+	requireRoot(t)
+	ns := fmt.Sprintf("ifsl-%d-own", os.Getpid())
+	exec.Command("ip", "netns", "del", ns).Run() // leftover of a killed run
+	ip(t, "netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	for _, d := range []string{"own0", "own1"} {
+		ip(t, "-n", ns, "link", "add", d, "type", "veth", "peer", "name", d+"p")
+		ip(t, "-n", ns, "link", "set", d, "up")
+	}
+	ip(t, "-n", ns, "addr", "add", "10.9.0.1/24", "dev", "own0")
+
+	w := New(zap.NewNop(), nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	primed := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		f, err := os.Open("/run/netns/" + ns)
+		if err == nil {
+			err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
+			f.Close()
+		}
+		if err == nil {
+			err = w.Prime()
+		}
+		primed <- err
+		if err != nil {
+			done <- nil
+			return
+		}
+		done <- w.Run(ctx)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	if err := <-primed; err != nil {
+		t.Fatal(err)
+	}
+	owner := func(a string) string {
+		n, _ := w.Owner(netip.MustParseAddr(a))
+		return n
+	}
+	wait := func(a, want string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for owner(a) != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("owner of %s = %q, want %q", a, owner(a), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	wait("10.9.0.1", "own0") // from Prime
+	ip(t, "-n", ns, "addr", "add", "fd09::1/64", "dev", "own1", "nodad")
+	wait("fd09::1", "own1")
+	ip(t, "-n", ns, "addr", "del", "10.9.0.1/24", "dev", "own0")
+	wait("10.9.0.1", "")
+	ip(t, "-n", ns, "addr", "add", "10.9.0.1/24", "dev", "own1")
+	wait("10.9.0.1", "own1")
+	if got := owner("::ffff:10.9.0.1"); got != "own1" {
+		t.Errorf("owner of the IPv4-mapped form = %q, want own1", got)
+	}
 }
