@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/ifsocks/ifsocks/bind"
-	"github.com/ifsocks/ifsocks/relay"
 	"go.uber.org/zap"
 )
 
@@ -27,13 +26,8 @@ var errBindPeer = errors.New("connection from an address the client did not name
 // returns true once the relay owns the connection.
 func (sc *serverConn) bindPeer(rec *record, dst Addr, eg *Egress) bool {
 	st := sc.st
-	client, ok := sc.conn.(*net.TCPConn)
+	client, ok := sc.beginTCPFlow(rec)
 	if !ok {
-		sc.refuse(rec, RepGeneralFailure, outcomeError, errors.New("client connection is not TCP"))
-		return false
-	}
-	if !sc.srv.beginFlow(sc, rec.user) {
-		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
 		return false
 	}
 	ctx, cancel := context.WithTimeout(sc.srv.ctx, st.ConnectTimeout)
@@ -64,30 +58,7 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, eg *Egress) bool {
 		return false
 	}
 	rec.remote = addrPortOf(peer.RemoteAddr())
-	st.Metrics.FlowActive(rec.user, rec.iface, 1)
-	if err := writeReply(sc.conn, RepSucceeded, rec.remote); err != nil {
-		peer.Close()
-		st.Metrics.FlowActive(rec.user, rec.iface, -1)
-		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write second reply: %w", err))
-		sc.logFlow(rec, zap.InfoLevel)
-		return false
-	}
-	relay.Start(client, peer, st.IdleTimeout, func(res relay.Result) {
-		st.Metrics.FlowActive(rec.user, rec.iface, -1)
-		sc.relayDone(rec, res)
-		sc.srv.connDone(sc)
-	})
-	return true
-}
-
-// refuseErr refuses with the reply code and outcome err calls for.
-func (sc *serverConn) refuseErr(rec *record, err error) {
-	rep := replyFor(err)
-	outcome := outcomeFor(rep)
-	if ourFault(err) {
-		outcome = outcomeError
-	}
-	sc.refuse(rec, rep, outcome, err)
+	return sc.startRelay(rec, client, peer, rec.remote, nil)
 }
 
 // bindListen opens the BIND socket on the first route of the egress plan
@@ -106,15 +77,16 @@ func (sc *serverConn) bindListen(ctx context.Context, rec *record, eg *Egress, d
 		rec.iface = failedInterface(err)
 		return nil, nil, err
 	}
-	for i, route := range p.routes {
-		rec.iface = route.Interface
-		ln, expect, err := sc.bindRoute(ctx, route, dst)
-		if err == nil || i == len(p.routes)-1 || !egressFailure(err) {
-			return ln, expect, err
-		}
-		p.skip(st, route.Interface, err)
+	type bound struct {
+		ln     *net.TCPListener
+		expect []netip.Addr
 	}
-	panic("unreachable: a plan has at least one route")
+	b, route, err := tryRoutes(st, &p, func(route bind.Dialer) (bound, error) {
+		ln, expect, err := sc.bindRoute(ctx, route, dst)
+		return bound{ln, expect}, err
+	})
+	rec.iface = route.Interface
+	return b.ln, b.expect, err
 }
 
 func (sc *serverConn) bindRoute(ctx context.Context, route bind.Dialer, dst Addr) (*net.TCPListener, []netip.Addr, error) {

@@ -23,14 +23,8 @@ import (
 // the target first.
 func (sc *serverConn) connect(rec *record, dst Addr, user User, eg *Egress, early []byte) bool {
 	st := sc.st
-	client, ok := sc.conn.(*net.TCPConn)
+	client, ok := sc.beginTCPFlow(rec)
 	if !ok {
-		// Only fuzz tests serve other connections; the relay needs TCP.
-		sc.refuse(rec, RepGeneralFailure, outcomeError, errors.New("client connection is not TCP"))
-		return false
-	}
-	if !sc.srv.beginFlow(sc, rec.user) {
-		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
 		return false
 	}
 	ctx, cancel := context.WithTimeout(sc.srv.ctx, st.ConnectTimeout)
@@ -40,12 +34,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, eg *Egress, earl
 	st.Metrics.Dial(route.Interface, time.Since(start), err == nil)
 	rec.iface = route.Interface
 	if err != nil {
-		rep := replyFor(err)
-		outcome := outcomeFor(rep)
-		if ourFault(err) {
-			outcome = outcomeError
-		}
-		sc.refuse(rec, rep, outcome, err)
+		sc.refuseErr(rec, err)
 		return false
 	}
 	rec.remote = addrPortOf(up.RemoteAddr())
@@ -58,10 +47,44 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, eg *Egress, earl
 		sc.refuse(rec, RepGeneralFailure, cutOutcome(cut), cut)
 		return false
 	}
+	return sc.startRelay(rec, client, up, rec.local, early)
+}
+
+// beginTCPFlow starts a flow that will be relayed over TCP, or refuses
+// it when the server is stopping.
+func (sc *serverConn) beginTCPFlow(rec *record) (*net.TCPConn, bool) {
+	client, ok := sc.conn.(*net.TCPConn)
+	if !ok {
+		// Only fuzz tests serve other connections; the relay needs TCP.
+		sc.refuse(rec, RepGeneralFailure, outcomeError, errors.New("client connection is not TCP"))
+		return nil, false
+	}
+	if !sc.srv.beginFlow(sc, rec.user) {
+		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
+		return nil, false
+	}
+	return client, true
+}
+
+// refuseErr refuses with the reply code and outcome err calls for.
+func (sc *serverConn) refuseErr(rec *record, err error) {
+	rep := replyFor(err)
+	outcome := outcomeFor(rep)
+	if ourFault(err) {
+		outcome = outcomeError
+	}
+	sc.refuse(rec, rep, outcome, err)
+}
+
+// startRelay sends the success reply carrying bnd, then early data to up,
+// and hands both connections to the relay; it returns true once the relay
+// owns them.
+func (sc *serverConn) startRelay(rec *record, client, up *net.TCPConn, bnd netip.AddrPort, early []byte) bool {
+	st := sc.st
 	// Counted before the reply, so a client that has its reply sees
 	// itself in the gauge.
 	st.Metrics.FlowActive(rec.user, rec.iface, 1)
-	err = writeReply(sc.conn, RepSucceeded, rec.local)
+	err := writeReply(sc.conn, RepSucceeded, bnd)
 	if err == nil && len(early) > 0 {
 		_, err = up.Write(early)
 		rec.up = int64(len(early))
@@ -118,14 +141,9 @@ func (sc *serverConn) dialTarget(ctx context.Context, rec *record, eg *Egress, d
 	if err != nil {
 		return nil, bind.Dialer{Interface: failedInterface(err)}, err
 	}
-	for i, route := range p.routes {
-		c, err := dialRoute(ctx, st, route, dst)
-		if err == nil || i == len(p.routes)-1 || !egressFailure(err) || ctx.Err() != nil {
-			return c, route, err
-		}
-		p.skip(st, route.Interface, err)
-	}
-	panic("unreachable: a plan has at least one route")
+	return tryRoutes(st, &p, func(route bind.Dialer) (*net.TCPConn, error) {
+		return dialRoute(ctx, st, route, dst)
+	})
 }
 
 // dialRoute resolves dst through route when it is a name, drops addresses

@@ -155,6 +155,20 @@ func (st *Settings) planEgress(eg *Egress, local netip.Addr, key string, turn *a
 	return p, nil
 }
 
+// tryRoutes calls open with each route of p in turn until it succeeds or
+// fails for a reason other than the egress (see egressFailure), noting the
+// routes passed over in p. It returns the last result and its route.
+func tryRoutes[T any](st *Settings, p *plan, open func(bind.Dialer) (T, error)) (T, bind.Dialer, error) {
+	for i, route := range p.routes {
+		v, err := open(route)
+		if err == nil || i == len(p.routes)-1 || !egressFailure(err) {
+			return v, route, err
+		}
+		p.skip(st, route.Interface, err)
+	}
+	panic("unreachable: a plan has at least one route")
+}
+
 // egressFailure tells a failure of the way out (the interface cannot be
 // bound, has no route to the network) — after which the next interface of
 // a user with several is tried — from a failure of the target.

@@ -91,13 +91,12 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 			err = errors.New("server is shutting down")
 		}
 	}
+	if errors.Is(err, errNoUDPPort) {
+		sc.refuse(rec, replyFor(err), outcomeError, err)
+		return
+	}
 	if err != nil {
-		rep := replyFor(err)
-		outcome := outcomeFor(rep)
-		if errors.Is(err, errNoUDPPort) || ourFault(err) {
-			outcome = outcomeError
-		}
-		sc.refuse(rec, rep, outcome, err)
+		sc.refuseErr(rec, err)
 		return
 	}
 	defer a.closeAll()
@@ -130,15 +129,11 @@ func (sc *serverConn) openAssociation(rec *record, eg *Egress, req Addr) (*assoc
 		rec.iface = failedInterface(err)
 		return nil, err
 	}
-	for i, route := range p.routes {
-		rec.iface = route.Interface
-		a, err := sc.newAssociation(route, req, rec.client.Addr())
-		if err == nil || i == len(p.routes)-1 || !egressFailure(err) {
-			return a, err
-		}
-		p.skip(st, route.Interface, err)
-	}
-	panic("unreachable: a plan has at least one route")
+	a, route, err := tryRoutes(st, &p, func(route bind.Dialer) (*association, error) {
+		return sc.newAssociation(route, req, rec.client.Addr())
+	})
+	rec.iface = route.Interface
+	return a, err
 }
 
 func (sc *serverConn) newAssociation(route bind.Dialer, req Addr, clientIP netip.Addr) (*association, error) {
