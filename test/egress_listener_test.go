@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -190,5 +191,38 @@ func leftInNetns(ns string, limit time.Duration) string {
 			return strings.Join(strings.Fields(out), " ")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A [[listeners]] entry with password authentication and interface wan2:
+// a user without an egress of its own leaves by wan2 there, and by the
+// kernel's choice (wan1) on the plain [server] listener; a user with an
+// egress of its own (wan1) keeps it on the listener.
+func TestNICListenerPassword(t *testing.T) {
+	topo := newEgressTopology(t)
+	startEgressWhoami(t, topo)
+	plain, mapped := net.JoinHostPort(egProxy, "1080"), net.JoinHostPort(egProxy, "1082")
+	body := userBlock(egKern, "") + userBlock(egFo, `interface = "wan1"`) + `
+[[listeners]]
+address = "` + mapped + `"
+interface = "wan2"
+`
+	od := startEgressDaemon(t, topo, egressConfig([]string{plain}, body), plain, mapped)
+	for _, c := range []struct {
+		u                  egUser
+		proxy, want, iface string // iface: the flow line's ("" = kernel routing)
+	}{
+		{egKern, mapped, seenWan2, "wan2"},
+		{egKern, plain, seenWan1, ""},
+		{egFo, mapped, seenWan1, "wan1"},
+		{egFo, plain, seenWan1, "wan1"},
+	} {
+		line := wantSeen(t, od, topo.C, c.proxy, c.u, egTarget, c.want)
+		wantFields(t, line, map[string]any{"user": c.u.name, "interface": c.iface})
+	}
+	// No authentication is not offered there.
+	res := socksAsEg(t, topo.C, mapped, egAnon, egTarget)
+	if res.method != methodNone {
+		t.Errorf("no-auth client on a password listener: method %#x, want 0xff", res.method)
 	}
 }
