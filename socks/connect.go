@@ -233,11 +233,14 @@ func replyFor(err error) byte {
 
 // ourFault tells a failure of this host (a bind refused for lack of
 // privilege, say) from the usual failures of the network: it is logged as an
-// error so the operator sees it.
+// error so the operator sees it. A missing or down interface, or a source
+// address no interface holds (yet), is the host's state, which may change
+// (a hot-plugged ENI, an address assigned later): the flow is unreachable.
 func ourFault(err error) bool {
 	var bindErr *bind.Error
 	return errors.As(err, &bindErr) &&
-		!errors.Is(err, bind.ErrNoInterface) && !errors.Is(err, bind.ErrInterfaceDown)
+		!errors.Is(err, bind.ErrNoInterface) && !errors.Is(err, bind.ErrInterfaceDown) &&
+		!errors.Is(err, bind.ErrNoSource)
 }
 
 func outcomeFor(rep byte) string {
