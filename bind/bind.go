@@ -37,7 +37,12 @@ type Error struct {
 	Err       error
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("bind to interface %q: %v", e.Interface, e.Err) }
+func (e *Error) Error() string {
+	if e.Interface == "" {
+		return fmt.Sprintf("bind: %v", e.Err)
+	}
+	return fmt.Sprintf("bind to interface %q: %v", e.Interface, e.Err)
+}
 func (e *Error) Unwrap() error { return e.Err }
 
 // ErrNoSource is returned (wrapped in *Error) when no interface holds the
