@@ -179,7 +179,7 @@ func (sc *serverConn) logHandshake(rec *record, err error) {
 		zap.Error(err),
 	}
 	if rec.user != "" {
-		fields = append(fields, zap.String("user", rec.user))
+		fields = append(fields, zap.String("user", logSafe(rec.user)))
 	}
 	sc.srv.log.Log(lvl, msg, fields...)
 }

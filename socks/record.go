@@ -3,7 +3,10 @@ package socks
 import (
 	"errors"
 	"net/netip"
+	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -76,13 +79,12 @@ func (r *record) finish(rep byte, outcome string, err error) {
 }
 
 // log writes the one line a flow gets at its end. Strings that came from
-// the network (user, target name) are passed as zap fields, which escape
-// control characters in both encoders.
+// the network (user, target name) go through logSafe.
 func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 	fields := []zap.Field{
-		zap.String("user", r.user),
+		zap.String("user", logSafe(r.user)),
 		zap.Stringer("client", r.client),
-		zap.String("target", r.target.String()),
+		zap.String("target", logSafe(r.target.String())),
 		zap.String("interface", r.iface),
 		zap.Int64("bytes_up", r.up),
 		zap.Int64("bytes_down", r.down),
@@ -104,3 +106,19 @@ func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 	}
 	l.Log(lvl, "flow", fields...)
 }
+
+// logSafe returns a string from the network ready for a log field: as it
+// is when every rune is printable and it does not start with '"', else
+// quoted as a Go string literal (strconv.Quote), which the leading quote
+// tells apart. Both zap encoders escape C0 controls but pass DEL, C1
+// controls (U+009B is CSI to some terminals), bidi overrides and line
+// separators through, and replace invalid UTF-8, so a client could act on
+// the terminal or the viewer of whoever reads the log, or hide what it sent.
+func logSafe(s string) string {
+	if !strings.HasPrefix(s, `"`) && utf8.ValidString(s) && strings.IndexFunc(s, notPrint) < 0 {
+		return s
+	}
+	return strconv.Quote(s)
+}
+
+func notPrint(r rune) bool { return !strconv.IsPrint(r) }
