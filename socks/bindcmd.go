@@ -15,6 +15,10 @@ import (
 	"go.uber.org/zap"
 )
 
+// errBindClient: the client closed its connection, or sent bytes, while
+// its BIND waited for the peer; nothing may come before the second reply.
+var errBindClient = errors.New("client closed or wrote to its connection before the second BIND reply")
+
 // errBindPeer: a connection to a BIND socket came from an address the
 // client did not name; it is closed and the wait goes on.
 var errBindPeer = errors.New("connection from an address the client did not name")
@@ -51,6 +55,11 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, eg *Egress) bool {
 			err = errors.New("server is shutting down")
 		}
 		sc.refuse(rec, RepGeneralFailure, cutOutcome(err), err)
+		return false
+	}
+	if errors.Is(err, errBindClient) {
+		// The client's mistake or departure, not a failure of ours.
+		sc.refuse(rec, RepGeneralFailure, outcomeReset, err)
 		return false
 	}
 	if err != nil {
@@ -182,7 +191,7 @@ func (sc *serverConn) acceptPeer(ln *net.TCPListener, expect []netip.Addr, wait 
 			if isTimeout(err) {
 				return nil, fmt.Errorf("no connection within %v: %w", wait, context.DeadlineExceeded)
 			}
-			return nil, fmt.Errorf("client closed its connection while waiting: %w", err)
+			return nil, errBindClient
 		}
 		from := addrPortOf(c.RemoteAddr()).Addr()
 		if len(expect) > 0 && !slices.Contains(expect, from) {

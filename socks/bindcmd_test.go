@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ifsocks/ifsocks/policy"
+	"go.uber.org/zap/zapcore"
 )
 
 // bind sends a BIND request naming peer and returns the first reply.
@@ -130,6 +131,28 @@ func TestBindFailures(t *testing.T) {
 				c.Close()
 			}
 			return err != nil
+		})
+	})
+	t.Run("client writes before the second reply", func(t *testing.T) {
+		r := dialRaw(t, env.addr)
+		r.login("alice", alicePass)
+		_, bnd := r.bind(netip.MustParseAddrPort("127.0.0.1:21"))
+		r.send('x')
+		if rep, _ := r.readReply(); rep != RepGeneralFailure {
+			t.Fatalf("second reply %#x, want 0x01", rep)
+		}
+		r.expectClosed()
+		if c, err := net.DialTimeout("tcp", bnd.String(), time.Second); err == nil {
+			c.Close()
+			t.Error("listening socket still open")
+		}
+		waitFor(t, 2*time.Second, "flow line", func() bool {
+			for _, e := range env.flowLines() {
+				if e.ContextMap()["outcome"] == outcomeReset && e.Level == zapcore.InfoLevel {
+					return true
+				}
+			}
+			return false
 		})
 	})
 	t.Run("missing interface", func(t *testing.T) {

@@ -152,14 +152,14 @@ func (sc *serverConn) newAssociation(route bind.Dialer, req Addr, clientIP netip
 		a.clientPort.Store(uint32(req.Port))
 		a.fixedPort = true
 	}
+	local := addrPortOf(sc.conn.LocalAddr())
+	if !local.IsValid() {
+		a.cancel()
+		return nil, errors.New("control connection has no IP address")
+	}
 	if err := a.openOutbound(); err != nil {
 		a.closeSockets()
 		return nil, err
-	}
-	local := addrPortOf(sc.conn.LocalAddr())
-	if !local.IsValid() {
-		a.closeSockets()
-		return nil, errors.New("control connection has no IP address")
 	}
 	r, err := openRelay(local.Addr(), st.UDP.PortMin, st.UDP.PortMax)
 	if err != nil {
