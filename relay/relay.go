@@ -16,10 +16,13 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"net"
 	"sync"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Result describes a finished relay.
@@ -43,8 +46,8 @@ func Start(client, upstream *net.TCPConn, idle time.Duration, done func(Result))
 	if idle > 0 {
 		f.timer = StartIdleTimer(idle, f.quiet, f.expire)
 	}
-	go f.half(upstream, client, &f.up)
-	go f.half(client, upstream, &f.down)
+	go f.half(upstream, client, &f.up, nil)
+	go f.half(client, upstream, &f.down, nil)
 }
 
 // TCP is Start that waits for the result.
@@ -58,6 +61,11 @@ type flow struct {
 	conns [2]*net.TCPConn
 	done  func(Result)
 	timer *IdleTimer
+	// ctx, set only for a paced flow (StartLimited), cuts its limiter
+	// waits short; cancel is called by closeBoth, stopWatch by finish.
+	ctx       context.Context
+	cancel    context.CancelFunc
+	stopWatch func() bool
 
 	mu       sync.Mutex
 	up, down int64
@@ -71,8 +79,16 @@ type flow struct {
 // with CloseWrite and leaves the other direction running; on an error it
 // closes both connections so the other direction ends too. The direction
 // that ends last finishes the flow.
-func (f *flow) half(dst, src *net.TCPConn, count *int64) {
-	n, err := copyConn(dst, src)
+func (f *flow) half(dst, src *net.TCPConn, count *int64, lim *rate.Limiter) {
+	var (
+		n   int64
+		err error
+	)
+	if lim == nil {
+		n, err = copyConn(dst, src)
+	} else {
+		n, err = copyLimited(f.ctx, dst, src, lim)
+	}
 	if err == nil {
 		err = dst.CloseWrite()
 	}
@@ -101,6 +117,9 @@ func (f *flow) fail(err error) {
 }
 
 func (f *flow) closeBoth() {
+	if f.cancel != nil {
+		f.cancel()
+	}
 	f.conns[0].Close()
 	f.conns[1].Close()
 }
@@ -108,6 +127,9 @@ func (f *flow) closeBoth() {
 func (f *flow) finish() {
 	if f.timer != nil {
 		f.timer.Stop()
+	}
+	if f.stopWatch != nil {
+		f.stopWatch()
 	}
 	f.closeBoth()
 	f.mu.Lock()
