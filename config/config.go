@@ -22,7 +22,23 @@ const (
 	DefaultMaxAssociations  = 64
 	DefaultUDPMaxDatagram   = 8192
 	DefaultUDPReplyFilter   = "address-port"
-	DefaultLogLevel         = "info"
+	// Abuse limits; see config.toml.example for why these values.
+	DefaultMaxHandshakesPerIP = 32
+	DefaultAuthFailLimit      = 10
+	DefaultAuthFailWindow     = time.Minute
+	DefaultAuthFailCooldown   = 5 * time.Minute
+	// DefaultMaxConnections 0 means no server-wide cap on flows: the
+	// real bound is the descriptor limit (LimitNOFILE), which the
+	// operator sizes for the host; a built-in number would either cut a
+	// busy server or sit above that limit and do nothing.
+	DefaultMaxConnections = 0
+	// A [[users]] rate_burst left unset is DefaultRateBurstTime of the
+	// rate, but at least DefaultRateBurstMin: small enough that a flow
+	// cannot exceed the rate for long, large enough that bulk data still
+	// moves in splice-sized chunks and any UDP datagram fits.
+	DefaultRateBurstTime = 100 * time.Millisecond
+	DefaultRateBurstMin  = 64 << 10
+	DefaultLogLevel      = "info"
 	DefaultLogFormat        = "json"
 	// DefaultPath is read when no -config flag is given and the file exists.
 	DefaultPath = "/etc/ifsocks/config.toml"
@@ -93,6 +109,19 @@ type Server struct {
 	// client: "address-port" (only from destinations the client sent to),
 	// "address" (any port of those addresses) or "none".
 	UDPReplyFilter string
+
+	// MaxHandshakesPerIP caps the connections one client IP (IPv6: one
+	// /64) may have in their handshake at once; 0 disables the cap.
+	MaxHandshakesPerIP int
+	// AuthFailLimit failed authentications from one client IP (IPv6: one
+	// /64) within AuthFailWindow block its attempts for
+	// AuthFailCooldown; 0 disables blocking.
+	AuthFailLimit    int
+	AuthFailWindow   time.Duration
+	AuthFailCooldown time.Duration
+	// MaxConnections caps the server's concurrent flows (CONNECT tunnels
+	// and UDP associations); 0 means no cap.
+	MaxConnections int
 }
 
 // Log is the [log] table.
@@ -112,6 +141,18 @@ type User struct {
 	Interface string
 	// MaxAssociations overrides Server.MaxAssociations when non-zero.
 	MaxAssociations int
+	// MaxConnections caps the user's concurrent flows; 0 means no cap.
+	MaxConnections int
+	// RateLimit is the user's bytes per second in each direction, shared
+	// by all its flows; 0 means unlimited. RateBurst is the token bucket
+	// size in bytes, set (to DefaultRateBurst) whenever RateLimit is.
+	RateLimit int64
+	RateBurst int64
+}
+
+// DefaultRateBurst is the burst of a rate limit whose rate_burst is unset.
+func DefaultRateBurst(rate int64) int64 {
+	return max(rate*int64(DefaultRateBurstTime)/int64(time.Second), DefaultRateBurstMin)
 }
 
 // Default returns the built-in configuration used when no file is given:

@@ -70,6 +70,7 @@ func (v *validator) server(c *Config, f *file) {
 		}
 	}
 	v.udp(s, f)
+	v.limits(s, f)
 }
 
 // maxUDPPayload is the largest UDP payload IPv4 can carry (65535 minus the
@@ -204,7 +205,9 @@ func (v *validator) users(c *Config, f *file) {
 	seen := map[string]int{}
 	for i, fu := range f.Users {
 		key := func(k string) string { return fmt.Sprintf("users[%d].%s", i, k) }
-		u := User(fu)
+		u := User{Name: fu.Name, PasswordHash: fu.PasswordHash, Password: fu.Password,
+			Interface: fu.Interface, MaxAssociations: fu.MaxAssociations}
+		v.userLimits(key, &u, fu, &c.Server)
 		switch {
 		case u.Name == "":
 			v.add(key("name"), u.Name, "a name is required")
