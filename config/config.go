@@ -39,7 +39,7 @@ const (
 	DefaultRateBurstTime = 100 * time.Millisecond
 	DefaultRateBurstMin  = 64 << 10
 	DefaultLogLevel      = "info"
-	DefaultLogFormat        = "json"
+	DefaultLogFormat     = "json"
 	// DefaultPath is read when no -config flag is given and the file exists.
 	DefaultPath = "/etc/ifsocks/config.toml"
 )
