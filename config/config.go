@@ -22,7 +22,14 @@ const (
 	DefaultMaxAssociations  = 64
 	DefaultUDPMaxDatagram   = 8192
 	DefaultUDPReplyFilter   = "address-port"
-	// Abuse limits; see config.toml.example for why these values.
+	DefaultLogLevel         = "info"
+	DefaultLogFormat        = "json"
+	// DefaultPath is read when no -config flag is given and the file exists.
+	DefaultPath = "/etc/ifsocks/config.toml"
+)
+
+// Defaults of the abuse limits; config.toml.example says why these values.
+const (
 	DefaultMaxHandshakesPerIP = 32
 	DefaultAuthFailLimit      = 10
 	DefaultAuthFailWindow     = time.Minute
@@ -38,10 +45,6 @@ const (
 	// moves in splice-sized chunks and any UDP datagram fits.
 	DefaultRateBurstTime = 100 * time.Millisecond
 	DefaultRateBurstMin  = 64 << 10
-	DefaultLogLevel      = "info"
-	DefaultLogFormat     = "json"
-	// DefaultPath is read when no -config flag is given and the file exists.
-	DefaultPath = "/etc/ifsocks/config.toml"
 )
 
 // DefaultDeny is the destination deny list used when [server] deny is not
