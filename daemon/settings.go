@@ -25,7 +25,8 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	users := make(map[string]socks.User, len(cfg.Users))
 	for _, u := range cfg.Users {
 		accounts = append(accounts, auth.Account{Name: u.Name, Hash: u.PasswordHash, Password: u.Password})
-		users[u.Name] = socks.User{Interface: u.Interface, MaxAssociations: u.MaxAssociations}
+		users[u.Name] = socks.User{Interface: u.Interface, MaxAssociations: u.MaxAssociations,
+			MaxConnections: u.MaxConnections, Rate: userRate(u)}
 	}
 	store, err := auth.NewStore(accounts, auth.Options{})
 	if err != nil {
@@ -46,7 +47,24 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 			MaxDatagram:     cfg.Server.UDPMaxDatagram,
 			ReplyFilter:     replyFilters[cfg.Server.UDPReplyFilter],
 		},
+		Limits: socks.Limits{
+			MaxHandshakesPerIP: cfg.Server.MaxHandshakesPerIP,
+			AuthFail: socks.AuthFailLimit{
+				Max:      cfg.Server.AuthFailLimit,
+				Window:   cfg.Server.AuthFailWindow,
+				Cooldown: cfg.Server.AuthFailCooldown,
+			},
+			MaxConnections: cfg.Server.MaxConnections,
+		},
 	}, nil
+}
+
+// userRate is u's rate limit; config has checked and defaulted it.
+func userRate(u config.User) socks.Rate {
+	if u.RateLimit <= 0 {
+		return socks.Rate{}
+	}
+	return socks.Rate{BytesPerSec: u.RateLimit, Burst: int(u.RateBurst)}
 }
 
 // replyFilters maps the udp_reply_filter values config accepts.

@@ -31,6 +31,7 @@ type Metrics struct {
 	udpDrops     *prometheus.CounterVec
 	reloads      *prometheus.CounterVec
 	lastReload   prometheus.Gauge
+	limits       limitMetrics
 }
 
 // New creates the metrics, with the Go runtime and process collectors.
@@ -51,7 +52,7 @@ func New() *Metrics {
 	}, []string{"user", "interface", "direction"})
 	m.authFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ifsocks_auth_failures_total",
-		Help: "Failed authentications: bad_credentials (unknown user or wrong password) or no_method.",
+		Help: "Failed authentications: bad_credentials (unknown user or wrong password), no_method, or blocked (refused unchecked: the client IP is in its auth_fail_cooldown).",
 	}, []string{"reason"})
 	m.dial = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "ifsocks_dial_duration_seconds",
@@ -76,6 +77,7 @@ func New() *Metrics {
 		Name: "ifsocks_config_last_reload_success_timestamp_seconds",
 		Help: "Unix time of the last successful configuration load (start or reload).",
 	})
+	m.newLimits(f)
 	for _, c := range []prometheus.Collector{m.flows, m.active, m.bytes, m.authFailures, m.dial,
 		m.ifaceUp, m.udpDgrams, m.udpDrops, m.reloads, m.lastReload,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {

@@ -74,11 +74,16 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, early []byte) bo
 	}
 	// The relay's two goroutines own the flow from here; this goroutine,
 	// whose stack grew through the handshake and the dial, can end.
-	relay.Start(client, up, st.IdleTimeout, func(res relay.Result) {
+	done := func(res relay.Result) {
 		st.Metrics.FlowActive(rec.user, user.Interface, -1)
 		sc.relayDone(rec, res)
 		sc.srv.connDone(sc)
-	})
+	}
+	if lim := sc.relayLimits(user); lim != (relay.Limits{}) {
+		relay.StartLimited(sc.srv.flowContext(sc), client, up, st.IdleTimeout, lim, done)
+		return true
+	}
+	relay.Start(client, up, st.IdleTimeout, done)
 	return true
 }
 

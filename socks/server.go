@@ -41,6 +41,8 @@ type Server struct {
 	conns     map[*serverConn]struct{}
 	assocs    map[string]int // live UDP associations by limit key
 	wg        sync.WaitGroup // one per connection goroutine
+
+	lim limitState // abuse limits (limits.go); has its own locks
 }
 
 // New returns a server using st for new connections.
@@ -53,13 +55,17 @@ func New(log *zap.Logger, st *Settings) *Server {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.settings.Store(st)
+	s.initLimits(st)
 	return s
 }
 
 // Update replaces the settings for connections accepted from now on.
 // Connections already past their handshake keep the settings they started
 // with.
-func (s *Server) Update(st *Settings) { s.settings.Store(st) }
+func (s *Server) Update(st *Settings) {
+	s.settings.Store(st)
+	s.applyRates(st) // rates are shared per user, so they change at once
+}
 
 // Settings returns the settings new connections get.
 func (s *Server) Settings() *Settings { return s.settings.Load() }
@@ -122,9 +128,14 @@ func (s *Server) isClosed() bool {
 
 func (s *Server) startConn(c net.Conn) {
 	sc := &serverConn{srv: s, conn: c, st: s.settings.Load()}
+	if !s.admit(sc) {
+		abort(c)
+		return
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		s.endHandshake(sc)
 		c.Close()
 		return
 	}
@@ -142,6 +153,7 @@ func (s *Server) startConn(c net.Conn) {
 // returns or, for a relayed flow, when the relay has finished.
 func (s *Server) connDone(sc *serverConn) {
 	s.untrack(sc)
+	s.releaseLimits(sc)
 	s.wg.Done()
 }
 

@@ -1,0 +1,303 @@
+package socks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ifsocks/ifsocks/relay"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+)
+
+// Limits are the server's abuse limits; a zero value disables each.
+type Limits struct {
+	// MaxHandshakesPerIP caps the connections of one client (see
+	// clientKey) that have not yet finished their request. A connection
+	// over it is closed at accept, before anything is read from it.
+	MaxHandshakesPerIP int
+	// AuthFail blocks clients that fail authentication too often.
+	AuthFail AuthFailLimit
+	// MaxConnections caps the server's concurrent flows (CONNECT tunnels
+	// and UDP associations). Over it a request gets reply 0x01.
+	MaxConnections int
+}
+
+// AuthFailLimit: Max failed authentications from one client within Window
+// make the server refuse that client's attempts, unchecked, for Cooldown.
+type AuthFailLimit struct {
+	Max      int // 0 disables
+	Window   time.Duration
+	Cooldown time.Duration
+}
+
+// Rate paces a user's traffic: BytesPerSec in each direction, shared by
+// all the user's flows, with bursts of up to Burst bytes. The zero value
+// means unpaced.
+type Rate struct {
+	BytesPerSec int64
+	Burst       int
+}
+
+// Errors of the flow limits, in the flow log line.
+var (
+	errUserConns   = errors.New("user has max_connections flows open")
+	errServerConns = errors.New("server has max_connections flows open")
+)
+
+// clientKey is what the per-client limits count by: the IPv4 address, or
+// the /64 of an IPv6 address, since one host (or one customer of a
+// provider) usually holds a whole /64 and could otherwise rotate through
+// it.
+func clientKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
+}
+
+// clientName is a client key as logged: "192.0.2.7" or "2001:db8::/64".
+func clientName(key netip.Addr) string {
+	if key.Is6() {
+		return netip.PrefixFrom(key, 64).String()
+	}
+	return key.String()
+}
+
+// limitState is the server's bookkeeping for the limits. It lives in the
+// Server, not in Settings, so counts and blocks carry across reloads.
+type limitState struct {
+	hsMu sync.Mutex
+	hs   map[netip.Addr]int // connections in handshake per client key
+
+	// refusedLog lets one debug line a second through for connections
+	// refused at accept; refused counts those since the last line.
+	refusedLog rate.Sometimes
+	refused    atomic.Int64
+
+	guard authGuard
+
+	flowMu sync.Mutex
+	flows  int                   // all flows of the server
+	users  map[string]*userFlows // by user name ("" without authentication)
+}
+
+// userFlows is one user's running flows and, while any runs, its rate
+// limiters.
+type userFlows struct {
+	n        int
+	up, down *rate.Limiter // nil while the user has no rate limit
+}
+
+// initLimits prepares the limit bookkeeping of a new server.
+func (s *Server) initLimits(st *Settings) {
+	s.lim.refusedLog = rate.Sometimes{Interval: time.Second}
+	st.Metrics.AuthBlockedClients(func() int { return s.lim.guard.blockedCount(time.Now()) })
+}
+
+// admit takes a handshake slot for sc's client, or reports false when the
+// client already has max_handshakes_per_ip connections in their
+// handshake. Called from the accept loop, so a refusal costs no goroutine.
+func (s *Server) admit(sc *serverConn) bool {
+	limit := sc.st.Limits.MaxHandshakesPerIP
+	ap := addrPortOf(sc.conn.RemoteAddr())
+	if limit <= 0 || !ap.IsValid() {
+		return true
+	}
+	key := clientKey(ap.Addr())
+	l := &s.lim
+	l.hsMu.Lock()
+	n := l.hs[key]
+	if n >= limit {
+		l.hsMu.Unlock()
+		s.refusedAtAccept(sc, key, limit)
+		return false
+	}
+	if l.hs == nil {
+		l.hs = make(map[netip.Addr]int)
+	}
+	l.hs[key] = n + 1
+	l.hsMu.Unlock()
+	sc.hsKey = key
+	return true
+}
+
+// abort closes a connection refused at accept with a reset: nothing was
+// read from it, and a normal close would leave a TIME_WAIT socket on this
+// side for each connection of a flood.
+func abort(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+}
+
+// refusedAtAccept counts a connection closed by admit. The log line is
+// debug and at most one a second: a flood must not flood the log too.
+func (s *Server) refusedAtAccept(sc *serverConn, key netip.Addr, limit int) {
+	sc.st.Metrics.ConnRefused("handshakes_per_ip")
+	s.lim.refused.Add(1)
+	s.lim.refusedLog.Do(func() {
+		s.log.Debug("connection refused: client has too many connections in handshake",
+			zap.String("client", clientName(key)), zap.Int("max_handshakes_per_ip", limit),
+			zap.Int64("refused_since_last_line", s.lim.refused.Swap(0)))
+	})
+}
+
+// endHandshake gives back sc's handshake slot, if it holds one. Called by
+// sc's own goroutine when the request has been read and again, for
+// connections that end earlier, by connDone.
+func (s *Server) endHandshake(sc *serverConn) {
+	if !sc.hsKey.IsValid() {
+		return
+	}
+	l := &s.lim
+	l.hsMu.Lock()
+	if l.hs[sc.hsKey]--; l.hs[sc.hsKey] <= 0 {
+		delete(l.hs, sc.hsKey)
+	}
+	l.hsMu.Unlock()
+	sc.hsKey = netip.Addr{}
+}
+
+// acquireFlow counts the flow sc is about to start against the user's and
+// the server's max_connections. Over either it replies, logs the flow with
+// outcome "limit" and returns false. A user's limit gets reply 0x02 (a
+// rule about this user); the server's gets 0x01, since the request itself
+// is allowed and may succeed later.
+func (sc *serverConn) acquireFlow(rec *record, name string, u User) bool {
+	e, err := sc.srv.lim.takeFlow(name, u, sc.st.Limits.MaxConnections)
+	if err != nil {
+		rep := byte(RepNotAllowed)
+		if errors.Is(err, errServerConns) {
+			rep = RepGeneralFailure
+		}
+		writeReply(sc.conn, rep, netip.AddrPort{})
+		rec.finish(rep, outcomeLimit, err)
+		sc.logFlow(rec, zap.WarnLevel)
+		return false
+	}
+	sc.flow, sc.flowName = e, name
+	return true
+}
+
+func (l *limitState) takeFlow(name string, u User, global int) (*userFlows, error) {
+	l.flowMu.Lock()
+	defer l.flowMu.Unlock()
+	e := l.users[name]
+	switch {
+	case u.MaxConnections > 0 && e != nil && e.n >= u.MaxConnections:
+		return nil, fmt.Errorf("%w (%d)", errUserConns, u.MaxConnections)
+	case global > 0 && l.flows >= global:
+		return nil, fmt.Errorf("%w (%d)", errServerConns, global)
+	}
+	if e == nil {
+		if l.users == nil {
+			l.users = make(map[string]*userFlows)
+		}
+		e = &userFlows{}
+		l.users[name] = e
+	}
+	e.n++
+	l.flows++
+	e.setRate(u.Rate)
+	return e, nil
+}
+
+// setRate makes the user's limiters follow r: created at the first paced
+// flow, changed in place by a reload (for the flows already running too),
+// opened wide when the rate is removed. Called with flowMu held.
+func (e *userFlows) setRate(r Rate) {
+	switch {
+	case r.BytesPerSec <= 0:
+		if e.up != nil {
+			e.up.SetLimit(rate.Inf)
+			e.down.SetLimit(rate.Inf)
+		}
+	case e.up == nil:
+		e.up = rate.NewLimiter(rate.Limit(r.BytesPerSec), r.Burst)
+		e.down = rate.NewLimiter(rate.Limit(r.BytesPerSec), r.Burst)
+	default:
+		for _, lim := range []*rate.Limiter{e.up, e.down} {
+			if lim.Limit() != rate.Limit(r.BytesPerSec) {
+				lim.SetLimit(rate.Limit(r.BytesPerSec))
+			}
+			if lim.Burst() != r.Burst {
+				lim.SetBurst(r.Burst)
+			}
+		}
+	}
+}
+
+// relayLimits are the limiters a flow of user u uses: none unless u has a
+// rate, so unpaced flows take the relay's plain path.
+func (sc *serverConn) relayLimits(u User) relay.Limits {
+	if sc.flow == nil || u.Rate.BytesPerSec <= 0 {
+		return relay.Limits{}
+	}
+	sc.srv.lim.flowMu.Lock()
+	defer sc.srv.lim.flowMu.Unlock()
+	return relay.Limits{Up: sc.flow.up, Down: sc.flow.down}
+}
+
+// applyRates puts the rates of st in force for the users' running flows.
+func (s *Server) applyRates(st *Settings) {
+	l := &s.lim
+	l.flowMu.Lock()
+	defer l.flowMu.Unlock()
+	for name, e := range l.users {
+		if e.up == nil {
+			continue
+		}
+		u, ok := st.Users[name]
+		if name == "" {
+			u, ok = st.NoAuthUser, true
+		}
+		if !ok {
+			continue // removed: its flows keep the rate they had
+		}
+		e.setRate(u.Rate)
+	}
+}
+
+// releaseLimits gives back what sc holds: its handshake slot and its flow.
+// Called once, by connDone.
+func (s *Server) releaseLimits(sc *serverConn) {
+	s.endHandshake(sc)
+	if sc.stop != nil {
+		sc.stop()
+	}
+	if sc.flow == nil {
+		return
+	}
+	l := &s.lim
+	l.flowMu.Lock()
+	l.flows--
+	if sc.flow.n--; sc.flow.n == 0 {
+		delete(l.users, sc.flowName)
+	}
+	l.flowMu.Unlock()
+	sc.flow = nil
+}
+
+// flowContext is a context that ends when the server cuts sc's flow (a
+// reload, a lost interface, Close): a paced relay can be parked in its
+// limiter, where closing the sockets alone would not reach it.
+func (s *Server) flowContext(sc *serverConn) context.Context {
+	ctx, cancel := context.WithCancel(s.ctx)
+	s.mu.Lock()
+	sc.stop = cancel
+	cut := sc.ended != nil || s.forced
+	s.mu.Unlock()
+	if cut {
+		cancel()
+	}
+	return ctx
+}
