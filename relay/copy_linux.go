@@ -7,7 +7,9 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
@@ -48,7 +50,7 @@ func copyConn(dst, src *net.TCPConn) (int64, error) {
 // much by the same path as copyConn, splice included. Bytes waiting for
 // tokens stay in the socket's receive queue, where TCP flow control slows
 // the sender; the relay holds no buffer meanwhile.
-func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter) (int64, error) {
+func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter, moved *atomic.Int64) (int64, error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return 0, err
@@ -67,6 +69,9 @@ func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter) 
 		}
 		m, err := move(dst, src, n)
 		total += m
+		if m > 0 {
+			moved.Store(time.Now().UnixNano())
+		}
 		if err != nil {
 			return total, err
 		}

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
+	"time"
 
 	"golang.org/x/time/rate"
 )
@@ -15,7 +17,7 @@ import (
 func copyConn(dst, src *net.TCPConn) (int64, error) { return io.Copy(dst, src) }
 
 // copyLimited is a buffered copy paced by lim outside Linux.
-func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter) (int64, error) {
+func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter, moved *atomic.Int64) (int64, error) {
 	buf := make([]byte, 32<<10)
 	var total int64
 	for {
@@ -35,6 +37,7 @@ func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter) 
 				return total, werr
 			}
 			total += int64(n)
+			moved.Store(time.Now().UnixNano())
 		}
 		if errors.Is(err, io.EOF) {
 			return total, nil

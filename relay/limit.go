@@ -46,13 +46,18 @@ func StartLimited(ctx context.Context, client, upstream *net.TCPConn, idle time.
 }
 
 // chunk is how many of avail queued bytes a paced direction may take at
-// once: at most the limiter's burst (WaitN refuses more), at least one.
-// The burst is read each time because a reload may change it.
+// once: at most the limiter's burst (WaitN refuses more) and at most one
+// second of the rate, at least one byte. The second keeps a slow flow
+// moving often: its source then receives data at least that often, which
+// is what the idle timer (TCP_INFO's last receive) sees. Limit and burst
+// are read each time because a reload may change them.
 func chunk(lim *rate.Limiter, avail int) int {
-	if lim.Limit() == rate.Inf {
+	r := lim.Limit()
+	if r == rate.Inf {
 		return avail
 	}
-	return max(1, min(avail, lim.Burst()))
+	perSecond := int(min(float64(r), float64(avail)))
+	return max(1, min(avail, lim.Burst(), perSecond))
 }
 
 // errNoBurst: a finite limiter with a zero burst, which can never allow

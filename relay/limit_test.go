@@ -183,3 +183,40 @@ func isResetErr(err error) bool {
 	var ne *net.OpError
 	return errors.As(err, &ne) && !ne.Timeout()
 }
+
+// TestLimitedNotIdle: a paced flow whose data is all queued already (the
+// kernel sees no new receives while the limiter lets it out) is moving,
+// not idle: the idle timeout must not end it.
+func TestLimitedNotIdle(t *testing.T) {
+	const (
+		size = 4 << 10
+		idle = 1500 * time.Millisecond
+	)
+	// 1 KiB/s: the 4 KiB, sent at once, take 3 s to pass, a chunk a
+	// second.
+	lim := relay.Limits{Up: rate.NewLimiter(1<<10, 1<<10)}
+	client, proxyClient := tcpPair(t)
+	proxyUp, upstream := tcpPair(t)
+	done := make(chan relay.Result, 1)
+	relay.StartLimited(context.Background(), proxyClient, proxyUp, idle, lim, func(r relay.Result) { done <- r })
+	if _, err := client.Write(randomBytes(t, size)); err != nil {
+		t.Fatal(err)
+	}
+	upstream.SetReadDeadline(time.Now().Add(10 * time.Second))
+	start := time.Now()
+	got, err := io.ReadFull(upstream, make([]byte, size))
+	t.Logf("%d bytes in %v", got, time.Since(start))
+	if err != nil {
+		t.Errorf("upstream read %d of %d bytes: %v", got, size, err)
+	}
+	client.Close()
+	upstream.Close()
+	select {
+	case r := <-done:
+		if r.Idle {
+			t.Errorf("Result = %+v: a paced flow moving data was ended as idle", r)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("relay did not end")
+	}
+}

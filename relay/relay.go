@@ -20,6 +20,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -66,6 +67,11 @@ type flow struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	stopWatch func() bool
+	// moved is when a paced direction last moved bytes (unix
+	// nanoseconds). Data a limiter lets out of the receive queue bit by
+	// bit arrived long ago, so the kernel's receive times would call
+	// such a flow idle.
+	moved atomic.Int64
 
 	mu       sync.Mutex
 	up, down int64
@@ -87,7 +93,7 @@ func (f *flow) half(dst, src *net.TCPConn, count *int64, lim *rate.Limiter) {
 	if lim == nil {
 		n, err = copyConn(dst, src)
 	} else {
-		n, err = copyLimited(f.ctx, dst, src, lim)
+		n, err = copyLimited(f.ctx, dst, src, lim, &f.moved)
 	}
 	if err == nil {
 		err = dst.CloseWrite()
@@ -140,9 +146,14 @@ func (f *flow) finish() {
 }
 
 // quiet is how long neither socket has received payload, from the kernel's
-// own bookkeeping (TCP_INFO), so the copy loops need not track it.
+// own bookkeeping (TCP_INFO), so the unpaced copy loops need not track it;
+// for a paced flow, also how long since its copiers last moved bytes.
 func (f *flow) quiet() time.Duration {
-	return min(sinceLastReceive(f.conns[0]), sinceLastReceive(f.conns[1]))
+	q := min(sinceLastReceive(f.conns[0]), sinceLastReceive(f.conns[1]))
+	if t := f.moved.Load(); t != 0 {
+		q = min(q, time.Since(time.Unix(0, t)))
+	}
+	return q
 }
 
 func (f *flow) expire() {
