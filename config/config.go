@@ -30,7 +30,11 @@ const (
 
 // Defaults of the abuse limits; config.toml.example says why these values.
 const (
-	DefaultMaxHandshakesPerIP = 32
+	// DefaultMaxHandshakesPerIP is well above legitimate bursts (a
+	// connection pool or a NAT gateway opening dozens at once, whose
+	// handshakes all wait for the first bcrypt) and still bounds one
+	// client to a tiny share of the descriptors for handshake_timeout.
+	DefaultMaxHandshakesPerIP = 128
 	DefaultAuthFailLimit      = 10
 	DefaultAuthFailWindow     = time.Minute
 	DefaultAuthFailCooldown   = 5 * time.Minute

@@ -188,7 +188,7 @@ func TestDefault(t *testing.T) {
 			Deny:             config.DefaultDeny,
 			DenyOwnAddresses: true,
 
-			MaxHandshakesPerIP: 32,
+			MaxHandshakesPerIP: 128,
 			AuthFailLimit:      10,
 			AuthFailWindow:     time.Minute,
 			AuthFailCooldown:   5 * time.Minute,
