@@ -30,7 +30,7 @@ type serverConn struct {
 	iface    string
 	ended    error
 	upstream net.Conn // the target connection of a CONNECT, once dialled
-	stop     func()   // cuts a paced relay parked in its limiter (limits.go)
+	stop     func()   // cancels a paced relay's context (limits.go); set once, under srv.mu
 
 	// Limit bookkeeping (limits.go), used by the connection's own
 	// goroutines only: the client key holding a handshake slot (invalid

@@ -61,10 +61,11 @@ func New(log *zap.Logger, st *Settings) *Server {
 
 // Update replaces the settings for connections accepted from now on.
 // Connections already past their handshake keep the settings they started
-// with.
+// with, except the users' rate limits: those are shared by all of a user's
+// flows, so a new rate applies to the running ones too.
 func (s *Server) Update(st *Settings) {
 	s.settings.Store(st)
-	s.applyRates(st) // rates are shared per user, so they change at once
+	s.applyRates(st)
 }
 
 // Settings returns the settings new connections get.
