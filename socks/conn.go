@@ -30,9 +30,9 @@ type serverConn struct {
 	iface    string
 	ended    error
 	upstream net.Conn // the target connection of a CONNECT, once dialled
-	stop     func()   // cancels a paced relay's context (limits.go); set once, under srv.mu
+	stop     func()   // cancels a paced relay's context (flowlimit.go); set once, under srv.mu
 
-	// Limit bookkeeping (limits.go), used by the connection's own
+	// Limit bookkeeping (limits.go, flowlimit.go), used by the connection's own
 	// goroutines only: the client key holding a handshake slot (invalid
 	// once given back), and the user's running flows once counted.
 	hsKey    netip.Addr
