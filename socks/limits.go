@@ -1,7 +1,6 @@
 package socks
 
 import (
-	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -110,16 +109,6 @@ func (s *Server) admit(sc *serverConn) bool {
 	l.hsMu.Unlock()
 	sc.hsKey = key
 	return true
-}
-
-// abort closes a connection refused at accept with a reset: nothing was
-// read from it, and a normal close would leave a TIME_WAIT socket on this
-// side for each connection of a flood.
-func abort(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetLinger(0)
-	}
-	c.Close()
 }
 
 // refusedAtAccept counts a connection closed by admit. The log line is

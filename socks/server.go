@@ -130,7 +130,10 @@ func (s *Server) isClosed() bool {
 func (s *Server) startConn(c net.Conn) {
 	sc := &serverConn{srv: s, conn: c, st: s.settings.Load()}
 	if !s.admit(sc) {
-		abort(c)
+		// A plain close, not a reset: a reset can reach the client
+		// before its connect has returned and fail it with a less
+		// clear error. The TIME_WAIT left here holds no descriptor.
+		c.Close()
 		return
 	}
 	s.mu.Lock()
