@@ -30,6 +30,29 @@ const (
 	DefaultPath = "/etc/ifsocks/config.toml"
 )
 
+// Defaults of the abuse limits; config.toml.example says why these values.
+const (
+	// DefaultMaxHandshakesPerIP is well above legitimate bursts (a
+	// connection pool or a NAT gateway opening dozens at once, whose
+	// handshakes all wait for the first bcrypt) and still bounds one
+	// client to a tiny share of the descriptors for handshake_timeout.
+	DefaultMaxHandshakesPerIP = 128
+	DefaultAuthFailLimit      = 10
+	DefaultAuthFailWindow     = time.Minute
+	DefaultAuthFailCooldown   = 5 * time.Minute
+	// DefaultMaxConnections 0 means no server-wide cap on flows: the
+	// real bound is the descriptor limit (LimitNOFILE), which the
+	// operator sizes for the host; a built-in number would either cut a
+	// busy server or sit above that limit and do nothing.
+	DefaultMaxConnections = 0
+	// A [[users]] rate_burst left unset is DefaultRateBurstTime of the
+	// rate, but at least DefaultRateBurstMin: small enough that a flow
+	// cannot exceed the rate for long, large enough that bulk data still
+	// moves in splice-sized chunks and any UDP datagram fits.
+	DefaultRateBurstTime = 100 * time.Millisecond
+	DefaultRateBurstMin  = 64 << 10
+)
+
 // DefaultDeny is the destination deny list used when [server] deny is not
 // set: loopback, "this network", unspecified, link-local (which holds the
 // cloud metadata address 169.254.169.254) and the AWS IPv6 metadata address.
@@ -156,6 +179,19 @@ type Server struct {
 	// client: "address-port" (only from destinations the client sent to),
 	// "address" (any port of those addresses) or "none".
 	UDPReplyFilter string
+
+	// MaxHandshakesPerIP caps the connections one client IP (IPv6: one
+	// /64) may have in their handshake at once; 0 disables the cap.
+	MaxHandshakesPerIP int
+	// AuthFailLimit failed authentications from one client IP (IPv6: one
+	// /64) within AuthFailWindow block its attempts for
+	// AuthFailCooldown; 0 disables blocking.
+	AuthFailLimit    int
+	AuthFailWindow   time.Duration
+	AuthFailCooldown time.Duration
+	// MaxConnections caps the server's concurrent flows (CONNECT tunnels
+	// and UDP associations); 0 means no cap.
+	MaxConnections int
 }
 
 // Log is the [log] table.
@@ -173,6 +209,18 @@ type User struct {
 	Egress
 	// MaxAssociations overrides Server.MaxAssociations when non-zero.
 	MaxAssociations int
+	// MaxConnections caps the user's concurrent flows; 0 means no cap.
+	MaxConnections int
+	// RateLimit is the user's bytes per second in each direction, shared
+	// by all its flows; 0 means unlimited. RateBurst is the token bucket
+	// size in bytes, set (to DefaultRateBurst) whenever RateLimit is.
+	RateLimit int64
+	RateBurst int64
+}
+
+// DefaultRateBurst is the burst of a rate limit whose rate_burst is unset.
+func DefaultRateBurst(rate int64) int64 {
+	return max(rate*int64(DefaultRateBurstTime)/int64(time.Second), DefaultRateBurstMin)
 }
 
 // ListenAddresses lists every address to listen on: [server] listen and

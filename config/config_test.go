@@ -106,6 +106,21 @@ func TestLoadExample(t *testing.T) {
 	if !slices.Equal(s.Deny, config.DefaultDeny) {
 		t.Errorf("Deny = %v, want DefaultDeny %v", s.Deny, config.DefaultDeny)
 	}
+	limits := []struct {
+		name      string
+		got, want any
+	}{
+		{"max_handshakes_per_ip", s.MaxHandshakesPerIP, config.DefaultMaxHandshakesPerIP},
+		{"auth_fail_limit", s.AuthFailLimit, config.DefaultAuthFailLimit},
+		{"auth_fail_window", s.AuthFailWindow, config.DefaultAuthFailWindow},
+		{"auth_fail_cooldown", s.AuthFailCooldown, config.DefaultAuthFailCooldown},
+		{"max_connections", s.MaxConnections, config.DefaultMaxConnections},
+	}
+	for _, l := range limits {
+		if l.got != l.want {
+			t.Errorf("%s = %v, want %v (the example documents the defaults)", l.name, l.got, l.want)
+		}
+	}
 	if !s.DenyOwnAddresses || s.AllowOpen {
 		t.Errorf("DenyOwnAddresses, AllowOpen = %v, %v, want true, false", s.DenyOwnAddresses, s.AllowOpen)
 	}
@@ -124,6 +139,12 @@ func TestLoadExample(t *testing.T) {
 	}
 	if bob.Name != "bob" || bob.Interface != "eth2" || bob.Password != "bob-password" || bob.PasswordHash != "" {
 		t.Errorf("users[1] = %+v, want bob on eth2 with password bob-password", bob)
+	}
+	if alice.MaxConnections != 0 || alice.RateLimit != 0 || alice.RateBurst != 0 {
+		t.Errorf("users[0] limits = %+v, want none", alice)
+	}
+	if bob.MaxConnections != 4 || bob.RateLimit != 10<<20 || bob.RateBurst != config.DefaultRateBurst(10<<20) {
+		t.Errorf("users[1] limits = %+v, want 4 flows at 10 MiB/s with the default burst", bob)
 	}
 }
 
@@ -167,6 +188,11 @@ func TestDefault(t *testing.T) {
 			ShutdownTimeout:  30 * time.Second,
 			Deny:             config.DefaultDeny,
 			DenyOwnAddresses: true,
+
+			MaxHandshakesPerIP: 128,
+			AuthFailLimit:      10,
+			AuthFailWindow:     time.Minute,
+			AuthFailCooldown:   5 * time.Minute,
 		},
 		Log: config.Log{Level: "info", Format: "json"},
 	}
@@ -194,6 +220,11 @@ func equalConfig(a, b *config.Config) bool {
 		slices.Equal(a.Server.Deny, b.Server.Deny) &&
 		a.Server.DenyOwnAddresses == b.Server.DenyOwnAddresses &&
 		a.Server.AllowOpen == b.Server.AllowOpen &&
+		a.Server.MaxHandshakesPerIP == b.Server.MaxHandshakesPerIP &&
+		a.Server.AuthFailLimit == b.Server.AuthFailLimit &&
+		a.Server.AuthFailWindow == b.Server.AuthFailWindow &&
+		a.Server.AuthFailCooldown == b.Server.AuthFailCooldown &&
+		a.Server.MaxConnections == b.Server.MaxConnections &&
 		a.Log == b.Log &&
 		reflect.DeepEqual(a.Users, b.Users) &&
 		reflect.DeepEqual(a.Listeners, b.Listeners)

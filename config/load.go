@@ -33,6 +33,12 @@ type file struct {
 		UDPReplyFilter   string   `toml:"udp_reply_filter"`
 
 		ReloadClosesRemoved bool `toml:"reload_closes_removed"`
+
+		MaxHandshakesPerIP int    `toml:"max_handshakes_per_ip"`
+		AuthFailLimit      int    `toml:"auth_fail_limit"`
+		AuthFailWindow     string `toml:"auth_fail_window"`
+		AuthFailCooldown   string `toml:"auth_fail_cooldown"`
+		MaxConnections     int    `toml:"max_connections"`
 	} `toml:"server"`
 	Log struct {
 		Level  string `toml:"level"`
@@ -61,6 +67,11 @@ type fileUser struct {
 	PasswordHash    string `toml:"password_hash"`
 	Password        string `toml:"password"`
 	MaxAssociations int    `toml:"max_associations"`
+	MaxConnections  int    `toml:"max_connections"`
+	// RateLimit and RateBurst are an integer (bytes) or a string with a
+	// unit ("10MiB"); the validator tells which.
+	RateLimit any `toml:"rate_limit"`
+	RateBurst any `toml:"rate_burst"`
 	fileEgress
 }
 
@@ -220,6 +231,11 @@ func applyDefaults(c *Config, f *file) {
 	if f.defined("server", "udp_reply_filter") {
 		c.Server.UDPReplyFilter = f.Server.UDPReplyFilter
 	}
+	c.Server.MaxHandshakesPerIP = DefaultMaxHandshakesPerIP
+	c.Server.AuthFailLimit = DefaultAuthFailLimit
+	c.Server.AuthFailWindow = DefaultAuthFailWindow
+	c.Server.AuthFailCooldown = DefaultAuthFailCooldown
+	c.Server.MaxConnections = DefaultMaxConnections
 	c.Log.Level = DefaultLogLevel
 	if f.defined("log", "level") {
 		c.Log.Level = f.Log.Level

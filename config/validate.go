@@ -71,6 +71,7 @@ func (v *validator) server(c *Config, f *file) {
 		}
 	}
 	v.udp(s, f)
+	v.limits(s, f)
 }
 
 // maxUDPPayload is the largest UDP payload IPv4 can carry (65535 minus the
@@ -212,6 +213,7 @@ func (v *validator) users(c *Config, f *file) {
 			MaxAssociations: fu.MaxAssociations,
 			Egress:          v.egress(key, fu.fileEgress),
 		}
+		v.userLimits(key, &u, fu, &c.Server)
 		switch {
 		case u.Name == "":
 			v.add(key("name"), u.Name, "a name is required")

@@ -205,10 +205,11 @@ func TestReloadListeners(t *testing.T) {
 			mu.Unlock()
 		}
 	})
+	stopDialing := sync.OnceFunc(func() { close(stop); wg.Wait() })
+	defer stopDialing() // also when reloadWith fails the test
 	d.reloadWith(t, reloadConfig(t, []string{keep, add}, []string{"frank"}, ""))
 	time.Sleep(50 * time.Millisecond)
-	close(stop)
-	wg.Wait()
+	stopDialing()
 	if fails > 0 || tries < 10 {
 		t.Fatalf("unchanged listener: %d of %d connects failed across the reload", fails, tries)
 	}

@@ -26,7 +26,8 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	users := make(map[string]socks.User, len(cfg.Users))
 	for _, u := range cfg.Users {
 		accounts = append(accounts, auth.Account{Name: u.Name, Hash: u.PasswordHash, Password: u.Password})
-		users[u.Name] = socks.User{Egress: egress(u.Egress), MaxAssociations: u.MaxAssociations}
+		users[u.Name] = socks.User{Egress: egress(u.Egress), MaxAssociations: u.MaxAssociations,
+			MaxConnections: u.MaxConnections, Rate: userRate(u)}
 	}
 	listeners := make(map[string]*socks.Listener, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
@@ -52,6 +53,15 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 			MaxAssociations: cfg.Server.MaxAssociations,
 			MaxDatagram:     cfg.Server.UDPMaxDatagram,
 			ReplyFilter:     replyFilters[cfg.Server.UDPReplyFilter],
+		},
+		Limits: socks.Limits{
+			MaxHandshakesPerIP: cfg.Server.MaxHandshakesPerIP,
+			AuthFail: socks.AuthFailLimit{
+				Max:      cfg.Server.AuthFailLimit,
+				Window:   cfg.Server.AuthFailWindow,
+				Cooldown: cfg.Server.AuthFailCooldown,
+			},
+			MaxConnections: cfg.Server.MaxConnections,
 		},
 	}, nil
 }
@@ -80,6 +90,14 @@ var strategies = map[string]socks.Strategy{
 	config.StrategyFailover:   socks.Failover,
 	config.StrategyRoundRobin: socks.RoundRobin,
 	config.StrategyHash:       socks.Hash,
+}
+
+// userRate is u's rate limit; config has checked and defaulted it.
+func userRate(u config.User) socks.Rate {
+	if u.RateLimit <= 0 {
+		return socks.Rate{}
+	}
+	return socks.Rate{BytesPerSec: u.RateLimit, Burst: int(u.RateBurst)}
 }
 
 // replyFilters maps the udp_reply_filter values config accepts.

@@ -27,12 +27,12 @@ type Metrics struct {
 	authFailures *prometheus.CounterVec
 	dial         *prometheus.HistogramVec
 	skipped      *prometheus.CounterVec
-	refused      *prometheus.CounterVec
 	ifaceUp      *ifaceCollector
 	udpDgrams    *prometheus.CounterVec
 	udpDrops     *prometheus.CounterVec
 	reloads      *prometheus.CounterVec
 	lastReload   prometheus.Gauge
+	limits       limitMetrics
 }
 
 // New creates the metrics, with the Go runtime and process collectors.
@@ -44,11 +44,6 @@ func New() *Metrics {
 		Help: "Times an egress interface of a user with several was passed over for a flow, by interface and reason (down, missing, unreachable, error).",
 	}, []string{"interface", "reason"})
 	f(m.skipped)
-	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "ifsocks_clients_refused_total",
-		Help: "Client connections closed at accept, by reason (not_allowed: outside the listener's allow_clients).",
-	}, []string{"reason"})
-	f(m.refused)
 	m.flows = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ifsocks_flows_total",
 		Help: "Finished flows (CONNECT and UDP ASSOCIATE requests) by user, egress interface and outcome.",
@@ -63,7 +58,7 @@ func New() *Metrics {
 	}, []string{"user", "interface", "direction"})
 	m.authFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ifsocks_auth_failures_total",
-		Help: "Failed authentications: bad_credentials (unknown user or wrong password) or no_method.",
+		Help: "Failed authentications: bad_credentials (unknown user or wrong password), no_method, or blocked (refused unchecked: the client IP is in its auth_fail_cooldown).",
 	}, []string{"reason"})
 	m.dial = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "ifsocks_dial_duration_seconds",
@@ -88,6 +83,7 @@ func New() *Metrics {
 		Name: "ifsocks_config_last_reload_success_timestamp_seconds",
 		Help: "Unix time of the last successful configuration load (start or reload).",
 	})
+	m.newLimits(f)
 	for _, c := range []prometheus.Collector{m.flows, m.active, m.bytes, m.authFailures, m.dial,
 		m.ifaceUp, m.udpDgrams, m.udpDrops, m.reloads, m.lastReload,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
@@ -153,14 +149,6 @@ func (m *Metrics) EgressSkipped(iface, reason string) {
 		return
 	}
 	m.skipped.WithLabelValues(iface, reason).Inc()
-}
-
-// ClientRefused counts a client connection closed at accept.
-func (m *Metrics) ClientRefused(reason string) {
-	if m == nil {
-		return
-	}
-	m.refused.WithLabelValues(reason).Inc()
 }
 
 // InterfaceStates sets the source of ifsocks_interface_up: fn is called

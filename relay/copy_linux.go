@@ -1,14 +1,18 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 )
 
 // smallCopy is the size below which queued bytes are moved with one read
@@ -33,19 +37,55 @@ func copyConn(dst, src *net.TCPConn) (int64, error) {
 		if err != nil || eof {
 			return total, err
 		}
-		var n int64
-		if avail < smallCopy {
-			n, err = copySmall(dst, src, avail)
-		} else {
-			// TCPConn.ReadFrom splices from an *io.LimitedReader of
-			// a *net.TCPConn; the pipe is returned when it is done.
-			n, err = dst.ReadFrom(&io.LimitedReader{R: src, N: int64(avail)})
-		}
+		n, err := move(dst, src, avail)
 		total += n
 		if err != nil {
 			return total, err
 		}
 	}
+}
+
+// copyLimited is copyConn paced by lim: once src is readable it takes
+// tokens for what is queued (at most a burst), then moves exactly that
+// much by the same path as copyConn, splice included. Bytes waiting for
+// tokens stay in the socket's receive queue, where TCP flow control slows
+// the sender; the relay holds no buffer meanwhile.
+func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter, moved *atomic.Int64) (int64, error) {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for {
+		avail, eof, err := waitReadable(rc)
+		if err != nil || eof {
+			return total, err
+		}
+		n := chunk(lim, avail)
+		if retry, err := pace(ctx, lim, n); err != nil {
+			return total, err
+		} else if retry {
+			continue
+		}
+		m, err := move(dst, src, n)
+		total += m
+		if m > 0 {
+			moved.Store(time.Now().UnixNano())
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// move copies exactly n bytes that src has queued to dst.
+func move(dst, src *net.TCPConn, n int) (int64, error) {
+	if n < smallCopy {
+		return copySmall(dst, src, n)
+	}
+	// TCPConn.ReadFrom splices from an *io.LimitedReader of a
+	// *net.TCPConn; the pipe is returned when it is done.
+	return dst.ReadFrom(&io.LimitedReader{R: src, N: int64(n)})
 }
 
 func copySmall(dst, src *net.TCPConn, avail int) (int64, error) {

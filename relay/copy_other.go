@@ -3,9 +3,47 @@
 package relay
 
 import (
+	"context"
+	"errors"
 	"io"
 	"net"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // copyConn is a plain copy outside Linux (ifsocks as a whole needs Linux).
 func copyConn(dst, src *net.TCPConn) (int64, error) { return io.Copy(dst, src) }
+
+// copyLimited is a buffered copy paced by lim outside Linux.
+func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter, moved *atomic.Int64) (int64, error) {
+	buf := make([]byte, 32<<10)
+	var total int64
+	for {
+		n, err := src.Read(buf[:chunk(lim, len(buf))])
+		if n > 0 {
+			for left := n; left > 0; {
+				k := chunk(lim, left)
+				retry, perr := pace(ctx, lim, k)
+				if perr != nil {
+					return total, perr
+				}
+				if !retry {
+					left -= k
+				}
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return total, werr
+			}
+			total += int64(n)
+			moved.Store(time.Now().UnixNano())
+		}
+		if errors.Is(err, io.EOF) {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}

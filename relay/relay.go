@@ -16,10 +16,14 @@
 package relay
 
 import (
+	"context"
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Result describes a finished relay.
@@ -43,8 +47,8 @@ func Start(client, upstream *net.TCPConn, idle time.Duration, done func(Result))
 	if idle > 0 {
 		f.timer = StartIdleTimer(idle, f.quiet, f.expire)
 	}
-	go f.half(upstream, client, &f.up)
-	go f.half(client, upstream, &f.down)
+	go f.half(upstream, client, &f.up, nil)
+	go f.half(client, upstream, &f.down, nil)
 }
 
 // TCP is Start that waits for the result.
@@ -58,6 +62,16 @@ type flow struct {
 	conns [2]*net.TCPConn
 	done  func(Result)
 	timer *IdleTimer
+	// ctx, set only for a paced flow (StartLimited), cuts its limiter
+	// waits short; cancel is called by closeBoth, stopWatch by finish.
+	ctx       context.Context
+	cancel    context.CancelFunc
+	stopWatch func() bool
+	// moved is when a paced direction last moved bytes (unix
+	// nanoseconds). Data a limiter lets out of the receive queue bit by
+	// bit arrived long ago, so the kernel's receive times would call
+	// such a flow idle.
+	moved atomic.Int64
 
 	mu       sync.Mutex
 	up, down int64
@@ -71,8 +85,16 @@ type flow struct {
 // with CloseWrite and leaves the other direction running; on an error it
 // closes both connections so the other direction ends too. The direction
 // that ends last finishes the flow.
-func (f *flow) half(dst, src *net.TCPConn, count *int64) {
-	n, err := copyConn(dst, src)
+func (f *flow) half(dst, src *net.TCPConn, count *int64, lim *rate.Limiter) {
+	var (
+		n   int64
+		err error
+	)
+	if lim == nil {
+		n, err = copyConn(dst, src)
+	} else {
+		n, err = copyLimited(f.ctx, dst, src, lim, &f.moved)
+	}
 	if err == nil {
 		err = dst.CloseWrite()
 	}
@@ -101,6 +123,9 @@ func (f *flow) fail(err error) {
 }
 
 func (f *flow) closeBoth() {
+	if f.cancel != nil {
+		f.cancel()
+	}
 	f.conns[0].Close()
 	f.conns[1].Close()
 }
@@ -108,6 +133,9 @@ func (f *flow) closeBoth() {
 func (f *flow) finish() {
 	if f.timer != nil {
 		f.timer.Stop()
+	}
+	if f.stopWatch != nil {
+		f.stopWatch()
 	}
 	f.closeBoth()
 	f.mu.Lock()
@@ -118,9 +146,14 @@ func (f *flow) finish() {
 }
 
 // quiet is how long neither socket has received payload, from the kernel's
-// own bookkeeping (TCP_INFO), so the copy loops need not track it.
+// own bookkeeping (TCP_INFO), so the unpaced copy loops need not track it;
+// for a paced flow, also how long since its copiers last moved bytes.
 func (f *flow) quiet() time.Duration {
-	return min(sinceLastReceive(f.conns[0]), sinceLastReceive(f.conns[1]))
+	q := min(sinceLastReceive(f.conns[0]), sinceLastReceive(f.conns[1]))
+	if t := f.moved.Load(); t != 0 {
+		q = min(q, time.Since(time.Unix(0, t)))
+	}
+	return q
 }
 
 func (f *flow) expire() {

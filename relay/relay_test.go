@@ -22,11 +22,16 @@ import (
 
 	"github.com/ifsocks/ifsocks/relay"
 	"go.uber.org/goleak"
+	"golang.org/x/time/rate"
 )
 
 // spliceHelperEnv makes the test binary run spliceHelper (under strace)
 // instead of the tests.
 const spliceHelperEnv = "IFSOCKS_RELAY_SPLICE_HELPER"
+
+// spliceRateEnv, when not empty, paces the helper's relay to that many
+// bytes per second (burst 1 MiB).
+const spliceRateEnv = "IFSOCKS_RELAY_SPLICE_RATE"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(spliceHelperEnv) != "" {
@@ -440,7 +445,8 @@ func TestIdleTimer(t *testing.T) {
 // TestSplice shows that the relay moves payload with splice(2), inside the
 // kernel, rather than through read/write buffers: the relay runs in a child
 // process (this test binary again) under strace, which records the child's
-// splice calls and bytes; the test's ends stay in this process.
+// splice calls and bytes; the test's ends stay in this process. A relay
+// paced by a rate limiter must splice just the same.
 func TestSplice(t *testing.T) {
 	if testing.Short() {
 		t.Skip("64 MB transfer under strace")
@@ -452,6 +458,18 @@ func TestSplice(t *testing.T) {
 		}
 		t.Skip("strace not installed")
 	}
+	for _, tt := range []struct {
+		name string
+		rate string // bytes per second for the helper's limiter; "" unpaced
+	}{
+		{"unpaced", ""},
+		{"paced 32 MiB/s", strconv.Itoa(32 << 20)},
+	} {
+		t.Run(tt.name, func(t *testing.T) { testSplice(t, strace, tt.rate) })
+	}
+}
+
+func testSplice(t *testing.T, strace, rateEnv string) {
 	const size = 64 << 20
 	upLn, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -468,7 +486,7 @@ func TestSplice(t *testing.T) {
 	cmd := exec.CommandContext(ctx, strace, "-f", "--seccomp-bpf", "-qq", "-e", "signal=none",
 		"-e", "trace=splice,read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg",
 		"-o", trace, self)
-	cmd.Env = append(os.Environ(), spliceHelperEnv+"="+upLn.Addr().String())
+	cmd.Env = append(os.Environ(), spliceHelperEnv+"="+upLn.Addr().String(), spliceRateEnv+"="+rateEnv)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -510,6 +528,7 @@ func TestSplice(t *testing.T) {
 	upstream.SetDeadline(time.Now().Add(50 * time.Second))
 
 	errc := make(chan error, 2)
+	start := time.Now()
 	chunk := randomBytes(t, 1<<20)
 	go func() {
 		var err error
@@ -539,6 +558,7 @@ func TestSplice(t *testing.T) {
 	if rest, err := io.ReadAll(client); err != nil || len(rest) != 0 {
 		t.Fatalf("client read %d bytes, %v; want EOF", len(rest), err)
 	}
+	elapsed := time.Since(start)
 	result, _ := io.ReadAll(out)
 	err = cmd.Wait()
 	waited = true
@@ -550,7 +570,14 @@ func TestSplice(t *testing.T) {
 	}
 
 	spliced, copied := traceBytes(t, trace)
-	t.Logf("strace: %d bytes through splice, %d through read-family calls", spliced, copied)
+	t.Logf("strace: %d bytes through splice, %d through read-family calls, in %v", spliced, copied, elapsed)
+	if rateEnv != "" {
+		// 64 MiB at 32 MiB/s: 2 s less the 1 MiB burst; strace only
+		// slows it further.
+		if elapsed < 1800*time.Millisecond {
+			t.Errorf("paced relay moved %d bytes in %v, faster than its limit", size, elapsed)
+		}
+	}
 	// Each spliced byte is counted twice: socket to pipe, pipe to socket.
 	// Bursts under 16 KiB go through a small buffer instead, so allow 1 %.
 	if spliced < 2*size*99/100 {
@@ -616,7 +643,15 @@ func spliceHelper() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	r := relay.TCP(client, upstream, time.Minute)
+	ch := make(chan relay.Result, 1)
+	done := func(r relay.Result) { ch <- r }
+	if bps, _ := strconv.Atoi(os.Getenv(spliceRateEnv)); bps > 0 {
+		lim := rate.NewLimiter(rate.Limit(bps), 1<<20)
+		relay.StartLimited(context.Background(), client, upstream, time.Minute, relay.Limits{Up: lim, Down: lim}, done)
+	} else {
+		relay.Start(client, upstream, time.Minute, done)
+	}
+	r := <-ch
 	fmt.Printf("up=%d down=%d err=%v\n", r.Up, r.Down, r.Err)
 	return 0
 }

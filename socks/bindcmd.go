@@ -28,7 +28,7 @@ var errBindPeer = errors.New("connection from an address the client did not name
 // connection from the address the client named (any, when it named the
 // zero address), reply with the peer, then relay as CONNECT does. It
 // returns true once the relay owns the connection.
-func (sc *serverConn) bindPeer(rec *record, dst Addr, eg *Egress) bool {
+func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) bool {
 	st := sc.st
 	client, ok := sc.beginTCPFlow(rec)
 	if !ok {
@@ -67,7 +67,7 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, eg *Egress) bool {
 		return false
 	}
 	rec.remote = addrPortOf(peer.RemoteAddr())
-	return sc.startRelay(rec, client, peer, rec.remote, nil)
+	return sc.startRelay(rec, user, client, peer, rec.remote, nil)
 }
 
 // bindListen opens the BIND socket on the first route of the egress plan

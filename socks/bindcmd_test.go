@@ -18,8 +18,8 @@ func (r *rawClient) bind(peer netip.AddrPort) (byte, netip.AddrPort) {
 	return r.readReply()
 }
 
-// dialFrom connects to dst from the local address src.
-func dialFrom(tb testing.TB, src string, dst netip.AddrPort) (*net.TCPConn, error) {
+// peerFrom connects to dst from the local address src, as a BIND peer.
+func peerFrom(tb testing.TB, src string, dst netip.AddrPort) (*net.TCPConn, error) {
 	tb.Helper()
 	d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
 	c, err := d.Dial("tcp", dst.String())
@@ -43,7 +43,7 @@ func TestBind(t *testing.T) {
 	}
 
 	// Another address: accepted by the kernel, closed by the server.
-	stranger, err := dialFrom(t, "127.0.0.2", bnd)
+	stranger, err := peerFrom(t, "127.0.0.2", bnd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +52,7 @@ func TestBind(t *testing.T) {
 		t.Fatalf("stranger: read %d, %v; want closed", n, err)
 	}
 
-	peer, err := dialFrom(t, "127.0.0.1", bnd)
+	peer, err := peerFrom(t, "127.0.0.1", bnd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestBindAnyPeer(t *testing.T) {
 	if rep != RepSucceeded || !bnd.Addr().IsLoopback() {
 		t.Fatalf("first reply %#x %v", rep, bnd)
 	}
-	if _, err := dialFrom(t, "127.0.0.3", bnd); err != nil {
+	if _, err := peerFrom(t, "127.0.0.3", bnd); err != nil {
 		t.Fatal(err)
 	}
 	if rep, from := r.readReply(); rep != RepSucceeded || from.Addr() != netip.MustParseAddr("127.0.0.3") {

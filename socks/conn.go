@@ -31,6 +31,14 @@ type serverConn struct {
 	iface    string
 	ended    error
 	upstream net.Conn // the target connection of a CONNECT, once dialled
+	stop     func()   // cancels a paced relay's context (flowlimit.go); set once, under srv.mu
+
+	// Limit bookkeeping (limits.go, flowlimit.go), used by the connection's own
+	// goroutines only: the client key holding a handshake slot (invalid
+	// once given back), and the user's running flows once counted.
+	hsKey    netip.Addr
+	flow     *userFlows
+	flowName string
 }
 
 // close closes the client connection and, if there is one, the upstream
@@ -38,6 +46,9 @@ type serverConn struct {
 // upstream, so closing the client alone would not end it. Called with
 // srv.mu held.
 func (sc *serverConn) close() {
+	if sc.stop != nil {
+		sc.stop()
+	}
 	sc.conn.Close()
 	if sc.upstream != nil {
 		sc.upstream.Close()
@@ -68,6 +79,7 @@ func (sc *serverConn) serve() (handedOff bool) {
 	}
 	req, err := readRequest(hs)
 	early := hs.detach()
+	sc.srv.endHandshake(sc)
 	rec.target = req.Dst
 	if err != nil {
 		var re *requestError
@@ -98,11 +110,14 @@ func (sc *serverConn) serve() (handedOff bool) {
 	if eg.IsZero() && sc.lis != nil {
 		eg = &sc.lis.Egress
 	}
+	if req.Cmd <= cmdUDPAssociate && req.Cmd >= cmdConnect && !sc.acquireFlow(rec, name, user) {
+		return false
+	}
 	switch req.Cmd {
 	case cmdConnect:
 		return sc.connect(rec, req.Dst, user, eg, early)
 	case cmdBind:
-		return sc.bindPeer(rec, req.Dst, eg)
+		return sc.bindPeer(rec, req.Dst, user, eg)
 	case cmdUDPAssociate:
 		sc.associate(rec, req.Dst, user, eg, name)
 	default:
@@ -150,8 +165,18 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
 		return "", err
 	}
+	// A blocked client gets the reply of a wrong password, without the
+	// bcrypt (RFC 1929 has no other failure status).
+	if sc.srv.lim.guard.blocked(rec.client.Addr(), sc.st.Limits.AuthFail, time.Now()) {
+		sc.st.Metrics.AuthFailure("blocked")
+		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
+		return "", errAuthBlocked
+	}
 	if err := sc.st.Auth.Verify(name, pass); err != nil {
 		sc.st.Metrics.AuthFailure("bad_credentials")
+		// Recorded before the reply, so a client that retries at
+		// once already finds itself blocked.
+		sc.authFailed(rec.client.Addr())
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
 		return "", err
 	}
@@ -172,6 +197,10 @@ func (sc *serverConn) logHandshake(rec *record, err error) {
 		msg = "authentication failed"
 	case errors.Is(err, io.EOF):
 		lvl = zap.DebugLevel
+	case errors.Is(err, errAuthBlocked):
+		// The block itself was logged once, as a warning.
+		lvl = zap.DebugLevel
+		msg = "authentication refused"
 	}
 	fields := []zap.Field{
 		zap.Stringer("client", rec.client),

@@ -47,7 +47,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, eg *Egress, earl
 		sc.refuse(rec, RepGeneralFailure, cutOutcome(cut), cut)
 		return false
 	}
-	return sc.startRelay(rec, client, up, rec.local, early)
+	return sc.startRelay(rec, user, client, up, rec.local, early)
 }
 
 // beginTCPFlow starts a flow that will be relayed over TCP, or refuses
@@ -79,7 +79,7 @@ func (sc *serverConn) refuseErr(rec *record, err error) {
 // startRelay sends the success reply carrying bnd, then early data to up,
 // and hands both connections to the relay; it returns true once the relay
 // owns them.
-func (sc *serverConn) startRelay(rec *record, client, up *net.TCPConn, bnd netip.AddrPort, early []byte) bool {
+func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn, bnd netip.AddrPort, early []byte) bool {
 	st := sc.st
 	// Counted before the reply, so a client that has its reply sees
 	// itself in the gauge.
@@ -98,11 +98,16 @@ func (sc *serverConn) startRelay(rec *record, client, up *net.TCPConn, bnd netip
 	}
 	// The relay's two goroutines own the flow from here; this goroutine,
 	// whose stack grew through the handshake and the dial, can end.
-	relay.Start(client, up, st.IdleTimeout, func(res relay.Result) {
+	done := func(res relay.Result) {
 		st.Metrics.FlowActive(rec.user, rec.iface, -1)
 		sc.relayDone(rec, res)
 		sc.srv.connDone(sc)
-	})
+	}
+	if lim := sc.relayLimits(user); lim != (relay.Limits{}) {
+		relay.StartLimited(sc.srv.flowContext(sc), client, up, st.IdleTimeout, lim, done)
+		return true
+	}
+	relay.Start(client, up, st.IdleTimeout, done)
 	return true
 }
 

@@ -42,6 +42,8 @@ type Server struct {
 	assocs    map[string]int // live UDP associations by limit key
 	turn      atomic.Uint64  // round-robin position of egresses without their own
 	wg        sync.WaitGroup // one per connection goroutine
+
+	lim limitState // abuse limits (limits.go); has its own locks
 }
 
 // New returns a server using st for new connections.
@@ -54,13 +56,18 @@ func New(log *zap.Logger, st *Settings) *Server {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.settings.Store(st)
+	s.initLimits(st)
 	return s
 }
 
 // Update replaces the settings for connections accepted from now on.
 // Connections already past their handshake keep the settings they started
-// with.
-func (s *Server) Update(st *Settings) { s.settings.Store(st) }
+// with, except the users' rate limits: those are shared by all of a user's
+// flows, so a new rate applies to the running ones too.
+func (s *Server) Update(st *Settings) {
+	s.settings.Store(st)
+	s.applyRates(st)
+}
 
 // Settings returns the settings new connections get.
 func (s *Server) Settings() *Settings { return s.settings.Load() }
@@ -137,14 +144,22 @@ func (s *Server) startConn(c net.Conn, listener string) {
 			// the line is a debug one, since scanners would fill the
 			// log; the metric shows the volume.
 			s.log.Debug("client not in allow_clients; closed", zap.String("listener", listener), zap.Stringer("client", client))
-			sc.st.Metrics.ClientRefused("not_allowed")
+			sc.st.Metrics.ConnRefused("not_allowed")
 			c.Close()
 			return
 		}
 	}
+	if !s.admit(sc) {
+		// A plain close, not a reset: a reset can reach the client
+		// before its connect has returned and fail it with a less
+		// clear error. The TIME_WAIT left here holds no descriptor.
+		c.Close()
+		return
+	}
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		s.endHandshake(sc)
 		c.Close()
 		return
 	}
@@ -162,6 +177,7 @@ func (s *Server) startConn(c net.Conn, listener string) {
 // returns or, for a relayed flow, when the relay has finished.
 func (s *Server) connDone(sc *serverConn) {
 	s.untrack(sc)
+	s.releaseLimits(sc)
 	s.wg.Done()
 }
 

@@ -18,6 +18,11 @@ type User struct {
 	Egress Egress
 	// MaxAssociations overrides UDPSettings.MaxAssociations when > 0.
 	MaxAssociations int
+	// MaxConnections caps the user's concurrent flows (CONNECT tunnels
+	// and UDP associations); 0 means no cap. Over it: reply 0x02.
+	MaxConnections int
+	// Rate paces the user's traffic; the zero value leaves it unpaced.
+	Rate Rate
 }
 
 // ReplyFilter says which datagrams from the network a UDP association
@@ -88,6 +93,9 @@ type Settings struct {
 	IdleTimeout      time.Duration // 0 disables
 
 	UDP UDPSettings
+
+	// Limits are the server's abuse limits (limits.go).
+	Limits Limits
 }
 
 // Listener is how one listener serves its clients.

@@ -52,6 +52,11 @@ type association struct {
 	// after it has ended.
 	source [2]netip.Addr
 
+	// lim holds the user's rate limiters, shared with its other flows;
+	// a datagram over the rate is dropped (UDP has no flow control to
+	// slow the sender with, and queueing would only add delay).
+	lim relay.Limits
+
 	last      atomic.Int64 // unix nanoseconds of the last datagram relayed
 	idle      atomic.Bool
 	stats     udpStats
@@ -100,6 +105,7 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 		return
 	}
 	defer a.closeAll()
+	a.lim = sc.relayLimits(user)
 	a.stats.metrics = st.Metrics
 	a.stats.counters = st.Metrics.UDP(rec.user, rec.iface)
 	bnd := addrPortOfUDP(a.relay.LocalAddr())

@@ -42,6 +42,10 @@ func (a *association) upstream() {
 			a.stats.drop(reason)
 			continue
 		}
+		if a.lim.Up != nil && !a.lim.Up.AllowN(time.Now(), len(payload)) {
+			a.stats.drop(dropRateLimit)
+			continue
+		}
 		fam := family(to.Addr())
 		// Recorded before sending: the reply can arrive, on another
 		// goroutine, before WriteTo returns.
@@ -136,6 +140,10 @@ func (a *association) downstream(c *net.UDPConn) {
 		port := a.clientPort.Load()
 		if port == 0 {
 			a.stats.drop(dropUnsolicited)
+			continue
+		}
+		if a.lim.Down != nil && !a.lim.Down.AllowN(time.Now(), n) {
+			a.stats.drop(dropRateLimit)
 			continue
 		}
 		out = appendUDPReply(out[:0], src, buf[:n])

@@ -26,12 +26,14 @@ const (
 	dropNoRoute                // no outbound socket for the destination's family
 	dropSendFailed             // sendto failed
 	dropUnsolicited            // reply from an address the client never sent to
+	dropRateLimit              // over the user's rate_limit
 	numDropReasons
 )
 
 var dropNames = [numDropReasons]string{
 	"", "foreign_source", "fragmented", "malformed", "too_large",
 	"resolve_failed", "denied", "no_route", "send_failed", "unsolicited",
+	"rate_limit",
 }
 
 // String is the reason's name in logs (and, later, metrics labels).

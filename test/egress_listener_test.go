@@ -155,7 +155,7 @@ func TestNICListenerChromium(t *testing.T) {
 			t.Fatalf("from %s: got % x (%v), want 05 00", egClient, got, err)
 		}
 		before := scrape(t, topo.P, egMetrics)
-		refused0, _ := before.get("ifsocks_clients_refused_total", map[string]string{"reason": "not_allowed"})
+		refused0, _ := before.get("ifsocks_connections_refused_total", map[string]string{"reason": "not_allowed"})
 		// ... from outside it the connection ends without a byte.
 		got, err = greetFrom(topo.C, egStranger, egAnonListen)
 		if !closedWithoutReply(got, err) {
@@ -172,7 +172,7 @@ func TestNICListenerChromium(t *testing.T) {
 			t.Errorf("curl from %s: upstream saw %q, want %q", egClient, body, seenWan2)
 		}
 		after := scrape(t, topo.P, egMetrics)
-		wantMetric(t, after, "ifsocks_clients_refused_total", map[string]string{"reason": "not_allowed"}, refused0+2)
+		wantMetric(t, after, "ifsocks_connections_refused_total", map[string]string{"reason": "not_allowed"}, refused0+2)
 		for _, m := range od.logEntries() {
 			if m["msg"] == "flow" && strings.HasPrefix(fmt.Sprint(m["client"]), egStranger+":") {
 				t.Errorf("a flow of the refused client was logged: %v", m)

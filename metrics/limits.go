@@ -1,0 +1,74 @@
+package metrics
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// limitMetrics are the metrics of the abuse limits. Client addresses are
+// never labels: an attacker controls how many there are.
+type limitMetrics struct {
+	connRefused *prometheus.CounterVec
+	authBlocks  prometheus.Counter
+
+	blockedMu sync.Mutex
+	blockedFn func() int
+}
+
+func (m *Metrics) newLimits(register func(prometheus.Collector)) {
+	l := &m.limits
+	l.connRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ifsocks_connections_refused_total",
+		Help: "Client connections closed at accept, before any byte was read, by reason (handshakes_per_ip: the client IP had max_handshakes_per_ip connections in their handshake; not_allowed: outside the listener's allow_clients).",
+	}, []string{"reason"})
+	l.authBlocks = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "ifsocks_auth_blocks_total",
+		Help: "Times a client IP (IPv6: /64) was blocked after auth_fail_limit failed authentications; its refused attempts count in ifsocks_auth_failures_total{reason=\"blocked\"}.",
+	})
+	blocked := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ifsocks_auth_blocked_clients",
+		Help: "Client IPs (IPv6: /64) currently refused authentication for auth_fail_cooldown.",
+	}, func() float64 {
+		l.blockedMu.Lock()
+		fn := l.blockedFn
+		l.blockedMu.Unlock()
+		if fn == nil {
+			return 0
+		}
+		return float64(fn())
+	})
+	register(l.connRefused)
+	register(l.authBlocks)
+	register(blocked)
+	l.connRefused.WithLabelValues("handshakes_per_ip")
+}
+
+// ConnRefused counts a client connection closed at accept.
+func (m *Metrics) ConnRefused(reason string) {
+	if m == nil {
+		return
+	}
+	m.limits.connRefused.WithLabelValues(reason).Inc()
+}
+
+// AuthBlocked counts a client IP blocked after too many failed
+// authentications (once per block, not per refused attempt).
+func (m *Metrics) AuthBlocked() {
+	if m == nil {
+		return
+	}
+	m.limits.authBlocks.Inc()
+}
+
+// AuthBlockedClients sets the source of ifsocks_auth_blocked_clients: fn
+// is called at each scrape and returns how many client IPs are blocked, so
+// that blocks ending by time need no bookkeeping to leave the gauge.
+func (m *Metrics) AuthBlockedClients(fn func() int) {
+	if m == nil {
+		return
+	}
+	m.limits.blockedMu.Lock()
+	defer m.limits.blockedMu.Unlock()
+	m.limits.blockedFn = fn
+}
