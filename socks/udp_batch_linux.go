@@ -1,0 +1,331 @@
+//go:build linux
+
+package socks
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The UDP relay moves datagrams with recvmmsg(2) and sendmmsg(2): when
+// several are queued on a socket, one system call and one wake-up of the
+// goroutine move them all. The calls are made here rather than through
+// golang.org/x/net/ipv4's ReadBatch/WriteBatch, which allocate a
+// *net.UDPAddr for every datagram read and need one for every datagram
+// written; this code allocates nothing per datagram.
+//
+// Both types are used by a single goroutine each, and go through the
+// socket's syscall.RawConn so that the Go poller still does the waiting
+// (a closed socket ends a blocked call, as it does a ReadFrom).
+
+// udpReader reads up to udpBatchSize datagrams per recvmmsg call into
+// buffers of its own, each size bytes. It starts with one buffer and
+// doubles their number whenever a read fills them all: an association
+// that never has more than one datagram queued costs no more memory than
+// a ReadFrom loop.
+type udpReader struct {
+	rc    syscall.RawConn
+	size  int
+	bufs  [][]byte
+	hdrs  []unix.Mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet6
+	zones zoneNames
+
+	n     int   // datagrams the last call read
+	err   error // the last call's error
+	readF func(fd uintptr) bool
+}
+
+func newUDPReader(c *net.UDPConn, size int) (*udpReader, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	r := &udpReader{rc: rc, size: size}
+	r.readF = r.recvmmsg // bound once: a method value per call would allocate
+	r.grow(1)
+	return r, nil
+}
+
+// grow makes room for n datagrams, keeping the buffers it has.
+func (r *udpReader) grow(n int) {
+	for len(r.bufs) < n {
+		r.bufs = append(r.bufs, make([]byte, r.size))
+	}
+	r.hdrs = make([]unix.Mmsghdr, n)
+	r.iovs = make([]unix.Iovec, n)
+	r.names = make([]unix.RawSockaddrInet6, n)
+	for i := range r.hdrs {
+		r.iovs[i].Base = &r.bufs[i][0]
+		r.iovs[i].SetLen(r.size)
+		h := &r.hdrs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&r.names[i]))
+		h.Iov = &r.iovs[i]
+		h.SetIovlen(1)
+	}
+}
+
+// read waits for at least one datagram and reads as many as are queued,
+// up to its number of buffers. It returns how many it read; datagram
+// gives them. An error means the socket is closed or broken.
+func (r *udpReader) read() (int, error) {
+	if r.n == len(r.hdrs) && r.n < udpBatchSize {
+		r.grow(min(2*r.n, udpBatchSize))
+	}
+	for i := range r.hdrs {
+		r.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+		r.hdrs[i].Hdr.Flags = 0
+		r.hdrs[i].Len = 0
+	}
+	r.n, r.err = 0, nil
+	if err := r.rc.Read(r.readF); err != nil {
+		return 0, err
+	}
+	return r.n, r.err
+}
+
+// recvmmsg is the RawConn callback: false asks the poller to wait.
+func (r *udpReader) recvmmsg(fd uintptr) bool {
+	for {
+		n, _, e := syscall.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), 0, 0, 0)
+		switch e {
+		case 0:
+			r.n = int(n)
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		default:
+			r.err = os.NewSyscallError("recvmmsg", e)
+			return true
+		}
+	}
+}
+
+// datagram returns datagram i of the last read: its bytes (valid until
+// the next read), its source, and whether the kernel cut it to fit.
+func (r *udpReader) datagram(i int) (b []byte, src netip.AddrPort, truncated bool) {
+	h := &r.hdrs[i]
+	return r.bufs[i][:h.Len], r.zones.addrPort(&r.names[i]), h.Hdr.Flags&unix.MSG_TRUNC != 0
+}
+
+// udpWriter sends up to udpBatchSize queued datagrams per sendmmsg call.
+// A datagram is a header (may be empty) and a payload, sent as two iovecs
+// so that neither is copied.
+type udpWriter struct {
+	rc    syscall.RawConn
+	inet6 bool // an AF_INET6 socket: IPv4 destinations go as IPv4-mapped
+	hdrs  []unix.Mmsghdr
+	iovs  []unix.Iovec // 2 per datagram
+	names []unix.RawSockaddrInet6
+	zones zoneIndexes
+
+	// Per queued datagram: payload length, destination, and (after
+	// flush) whether it was sent.
+	lens []int
+	dsts []netip.AddrPort
+	sent []bool
+	n    int // queued
+
+	off    int // the first datagram the next sendmmsg call sends
+	errno  syscall.Errno
+	writeF func(fd uintptr) bool
+}
+
+func newUDPWriter(c *net.UDPConn) (*udpWriter, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var domain int
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		domain, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+	}); err != nil {
+		return nil, err
+	}
+	if serr != nil {
+		return nil, os.NewSyscallError("getsockopt SO_DOMAIN", serr)
+	}
+	w := &udpWriter{
+		rc:    rc,
+		inet6: domain == unix.AF_INET6,
+		hdrs:  make([]unix.Mmsghdr, udpBatchSize),
+		iovs:  make([]unix.Iovec, 2*udpBatchSize),
+		names: make([]unix.RawSockaddrInet6, udpBatchSize),
+		lens:  make([]int, udpBatchSize),
+		dsts:  make([]netip.AddrPort, udpBatchSize),
+		sent:  make([]bool, udpBatchSize),
+	}
+	for i := range w.hdrs {
+		h := &w.hdrs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&w.names[i]))
+		h.Iov = &w.iovs[2*i]
+		h.SetIovlen(2)
+	}
+	w.writeF = w.sendmmsg
+	return w, nil
+}
+
+// add queues head+payload for to; both must stay unchanged until flush.
+// It returns false, queuing nothing, when the batch is full or to cannot
+// be sent from this socket (an IPv6 address on an IPv4 socket).
+func (w *udpWriter) add(head, payload []byte, to netip.AddrPort) bool {
+	if w.n == len(w.hdrs) {
+		return false
+	}
+	i := w.n
+	namelen, ok := w.putSockaddr(&w.names[i], to)
+	if !ok {
+		return false
+	}
+	w.hdrs[i].Hdr.Namelen = namelen
+	setIovec(&w.iovs[2*i], head)
+	setIovec(&w.iovs[2*i+1], payload)
+	w.lens[i], w.dsts[i], w.sent[i] = len(payload), to, false
+	w.n++
+	return true
+}
+
+func setIovec(v *unix.Iovec, b []byte) {
+	v.Base = nil
+	if len(b) > 0 {
+		v.Base = &b[0]
+	}
+	v.SetLen(len(b))
+}
+
+// flush sends what is queued. Afterwards result(i) tells, for each i <
+// len(), whether datagram i was sent; reset empties the batch.
+func (w *udpWriter) flush() {
+	w.off = 0
+	for w.off < w.n {
+		w.errno = 0
+		if err := w.rc.Write(w.writeF); err != nil {
+			return // the socket is closed: the rest stay unsent
+		}
+		if w.errno != 0 {
+			// sendmmsg fails only when the first datagram of the call
+			// cannot go; it is dropped and the call resumes after it.
+			w.off++
+		}
+	}
+}
+
+// sendmmsg is the RawConn callback: false asks the poller to wait.
+func (w *udpWriter) sendmmsg(fd uintptr) bool {
+	for {
+		n, _, e := syscall.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.hdrs[w.off])), uintptr(w.n-w.off), 0, 0, 0)
+		switch e {
+		case 0:
+			for i := w.off; i < w.off+int(n); i++ {
+				w.sent[i] = true
+			}
+			w.off += int(n)
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		default:
+			w.errno = e
+			return true
+		}
+	}
+}
+
+func (w *udpWriter) len() int { return w.n }
+
+// result is datagram i's payload length, destination and whether it was
+// sent by the last flush.
+func (w *udpWriter) result(i int) (int, netip.AddrPort, bool) {
+	return w.lens[i], w.dsts[i], w.sent[i]
+}
+
+func (w *udpWriter) reset() { w.n = 0 }
+
+// putSockaddr writes to as the socket's kind of address and returns its
+// length.
+func (w *udpWriter) putSockaddr(sa *unix.RawSockaddrInet6, to netip.AddrPort) (uint32, bool) {
+	ip := to.Addr()
+	if !w.inet6 {
+		ip = ip.Unmap()
+		if !ip.Is4() {
+			return 0, false
+		}
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ip.As4()}
+		putPort(&sa4.Port, to.Port())
+		return unix.SizeofSockaddrInet4, true
+	}
+	if !ip.IsValid() {
+		return 0, false
+	}
+	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ip.As16(), Scope_id: w.zones.lookup(ip.Zone())}
+	putPort(&sa.Port, to.Port())
+	return unix.SizeofSockaddrInet6, true
+}
+
+// putPort stores p in network byte order into a sockaddr's port field.
+func putPort(field *uint16, p uint16) {
+	b := (*[2]byte)(unsafe.Pointer(field))
+	b[0], b[1] = byte(p>>8), byte(p)
+}
+
+func getPort(field *uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(field))
+	return uint16(b[0])<<8 | uint16(b[1])
+}
+
+// zoneNames turns a scope ID into the zone net.UDPConn would give (the
+// interface's name), remembering the last one: link-local peers are rare
+// and one association sees few interfaces.
+type zoneNames struct {
+	id   uint32
+	zone string
+}
+
+func (z *zoneNames) addrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
+	switch sa.Family {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), getPort(&sa4.Port))
+	case unix.AF_INET6:
+		ip := netip.AddrFrom16(sa.Addr)
+		if sa.Scope_id != 0 {
+			ip = ip.WithZone(z.lookup(sa.Scope_id))
+		}
+		return netip.AddrPortFrom(ip, getPort(&sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+func (z *zoneNames) lookup(id uint32) string {
+	if id != z.id || z.zone == "" {
+		z.id, z.zone = id, zoneName(id)
+	}
+	return z.zone
+}
+
+// zoneIndexes is the reverse, for destinations with a zone.
+type zoneIndexes struct {
+	zone string
+	id   uint32
+}
+
+func (z *zoneIndexes) lookup(zone string) uint32 {
+	if zone == "" {
+		return 0
+	}
+	if zone != z.zone {
+		z.zone, z.id = zone, zoneIndex(zone)
+	}
+	return z.id
+}
