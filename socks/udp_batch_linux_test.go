@@ -4,11 +4,18 @@ package socks
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func listenUDP(tb testing.TB, network, addr string) *net.UDPConn {
@@ -195,5 +202,227 @@ func TestUDPWriterFullAndClosed(t *testing.T) {
 		if _, _, ok := w.result(i); ok {
 			t.Fatalf("datagram %d reported sent on a closed socket", i)
 		}
+	}
+}
+
+// TestUDPWriterGSO: consecutive datagrams of one size to one destination
+// go as one GSO message (a shorter one may end it), and the receiver
+// still gets each datagram on its own, intact and in order.
+func TestUDPWriterGSO(t *testing.T) {
+	wc := listenUDP(t, "udp4", "127.0.0.1:0")
+	rc := listenUDP(t, "udp4", "127.0.0.1:0")
+	other := listenUDP(t, "udp4", "127.0.0.1:0")
+	w, err := newUDPWriter(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !w.gso {
+		t.Skip("kernel without UDP_SEGMENT")
+	}
+	to, to2 := addrPortOfUDP(rc.LocalAddr()), addrPortOfUDP(other.LocalAddr())
+	type item struct {
+		head, payload []byte
+		to            netip.AddrPort
+	}
+	var items []item
+	for i := range 6 { // one group: 6 of 100 bytes and a shorter last one
+		items = append(items, item{[]byte{'H', byte(i)}, bytes.Repeat([]byte{byte(i)}, 98), to})
+	}
+	items = append(items,
+		item{nil, []byte("short end"), to},
+		item{nil, bytes.Repeat([]byte{'o'}, 100), to2}, // another destination: a message of its own
+		item{[]byte("H"), bytes.Repeat([]byte{'a'}, 99), to},
+		item{[]byte("H"), bytes.Repeat([]byte{'b'}, 99), to},
+		item{nil, []byte{}, to}, // empty: never part of a group
+		item{[]byte("H"), bytes.Repeat([]byte{'c'}, 199), to},
+	)
+	for _, it := range items {
+		if !w.add(it.head, it.payload, it.to) {
+			t.Fatal("add refused")
+		}
+	}
+	w.flush()
+	if w.nmsg != 5 {
+		t.Errorf("%d messages for %d datagrams, want 5 (groups of 7, 1, 2, 1, 1)", w.nmsg, len(items))
+	}
+	for i := range items {
+		if _, _, ok := w.result(i); !ok {
+			t.Fatalf("datagram %d not sent", i)
+		}
+	}
+	w.reset()
+	rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	other.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1000)
+	for i, it := range items {
+		c := rc
+		if it.to == to2 {
+			c = other
+		}
+		n, _, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		if want := append(bytes.Clone(it.head), it.payload...); !bytes.Equal(buf[:n], want) {
+			t.Fatalf("datagram %d: got %d bytes %q..., want %d", i, n, buf[:min(n, 4)], len(want))
+		}
+	}
+}
+
+// TestUDPWriterGSOEIO: where the kernel refuses GSO outright with EIO
+// (before Linux 6.11 a device without checksum offload; an IPsec route;
+// UDP-Lite, used here because it needs nothing but loopback), the batch
+// still goes, one datagram per message, and GSO is off for the socket.
+func TestUDPWriterGSOEIO(t *testing.T) {
+	open := func() *net.UDPConn {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDPLITE)
+		if err != nil {
+			t.Skipf("no UDP-Lite: %v", err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			unix.Close(fd)
+			t.Fatal(err)
+		}
+		f := os.NewFile(uintptr(fd), "udplite")
+		defer f.Close()
+		pc, err := net.FilePacketConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		return pc.(*net.UDPConn)
+	}
+	wc, rc := open(), open()
+	w, err := newUDPWriter(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !w.gso {
+		t.Skip("kernel without UDP_SEGMENT")
+	}
+	to := addrPortOfUDP(rc.LocalAddr())
+	for i := range 8 {
+		if !w.add([]byte{byte(i)}, make([]byte, 499), to) {
+			t.Fatal("add refused")
+		}
+	}
+	w.flush()
+	for i := range 8 {
+		if _, _, ok := w.result(i); !ok {
+			t.Fatalf("datagram %d not sent", i)
+		}
+	}
+	if w.gso || w.nmsg != 8 {
+		t.Fatalf("after EIO: gso %v, %d messages; want off and 8", w.gso, w.nmsg)
+	}
+	rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1000)
+	for i := range 8 {
+		n, _, err := rc.ReadFromUDPAddrPort(buf)
+		if err != nil || n != 500 || buf[0] != byte(i) {
+			t.Fatalf("datagram %d: %d bytes starting %d, %v", i, n, buf[0], err)
+		}
+	}
+}
+
+// TestUDPWriterGSOOverMTU: a GSO segment over the route's MTU (a veth
+// pair's, in a namespace of its own where nothing answers) is refused
+// with EMSGSIZE or EINVAL: the batch goes one datagram per message (each
+// fragmented), and GSO is kept for smaller datagrams.
+func TestUDPWriterGSOOverMTU(t *testing.T) {
+	requireRootNS(t)
+	ns := fmt.Sprintf("ifsbench-gso-%d", os.Getpid())
+	exec.Command("ip", "netns", "del", ns).Run() // leftover of a killed run
+	runIP(t, "netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	runIP(t, "-n", ns, "link", "add", "gsoveth0", "mtu", "1280", "type", "veth", "peer", "name", "gsoveth1", "mtu", "1280")
+	runIP(t, "-n", ns, "link", "set", "gsoveth0", "up")
+	runIP(t, "-n", ns, "link", "set", "gsoveth1", "up")
+	runIP(t, "-n", ns, "addr", "add", "10.233.251.1/24", "dev", "gsoveth0")
+
+	w := writerInNetns(t, ns)
+	to := netip.MustParseAddrPort("10.233.251.2:9")
+	send := func(size int) {
+		t.Helper()
+		p := make([]byte, size)
+		for range 4 {
+			if !w.add(nil, p, to) {
+				t.Fatal("add refused")
+			}
+		}
+		w.flush()
+		for i := range 4 {
+			if _, _, ok := w.result(i); !ok {
+				t.Fatalf("%d bytes: datagram %d not sent", size, i)
+			}
+		}
+		w.reset()
+	}
+	send(1400)
+	if !w.gso || w.gsoMax != 1399 || w.nmsg != 4 {
+		t.Fatalf("after 1400-byte datagrams: gso %v gsoMax %d, %d messages; want on, 1399, 4", w.gso, w.gsoMax, w.nmsg)
+	}
+	send(1000)
+	if w.nmsg != 1 {
+		t.Fatalf("%d messages for 4 datagrams under the MTU, want 1", w.nmsg)
+	}
+}
+
+// writerInNetns opens a UDP socket in namespace ns and a writer on it.
+func writerInNetns(tb testing.TB, ns string) *udpWriter {
+	tb.Helper()
+	type result struct {
+		c   *net.UDPConn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// The socket belongs to the namespace of the thread that makes
+		// it. This thread is never unlocked: Go discards it when the
+		// goroutine ends instead of reusing it elsewhere.
+		runtime.LockOSThread()
+		f, err := os.Open("/run/netns/" + ns)
+		if err == nil {
+			err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
+			f.Close()
+		}
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		c, err := net.ListenUDP("udp4", nil)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		tb.Fatal(r.err)
+	}
+	tb.Cleanup(func() { r.c.Close() })
+	w, err := newUDPWriter(r.c)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if !w.gso {
+		tb.Skip("kernel without UDP_SEGMENT")
+	}
+	return w
+}
+
+func requireRootNS(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			tb.Fatal("namespace tests must run as root in CI")
+		}
+		tb.Skip("needs root for network namespaces")
+	}
+}
+
+func runIP(tb testing.TB, args ...string) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
+		tb.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 	}
 }
