@@ -6,9 +6,9 @@ import (
 )
 
 // udpBatchSize is the most datagrams the UDP relay moves per system call
-// (see udp_batch_linux.go). 16 covers the bursts a busy association has
-// queued when its goroutine wakes without letting one batch hold up the
-// other direction for long.
+// (see udp_batch_linux.go). At 16 the per-call cost is already spread thin,
+// and a busy association's read buffers stay bounded: 16 of them per
+// socket, each udp_max_datagram plus a header.
 const udpBatchSize = 16
 
 // zoneName is the zone net.UDPConn gives an IPv6 address with this scope

@@ -19,9 +19,10 @@ import (
 // *net.UDPAddr for every datagram read and need one for every datagram
 // written; this code allocates nothing per datagram.
 //
-// Both types are used by a single goroutine each, and go through the
-// socket's syscall.RawConn so that the Go poller still does the waiting
-// (a closed socket ends a blocked call, as it does a ReadFrom).
+// udpReader (here) and udpWriter (udp_batch_write_linux.go) are each
+// used by one goroutine, and go through the socket's syscall.RawConn so
+// that the Go poller still does the waiting (a closed socket ends a
+// blocked call, as it does a ReadFrom).
 
 // udpReader reads up to udpBatchSize datagrams per recvmmsg call into
 // buffers of its own, each size bytes. It starts with one buffer and
@@ -114,28 +115,6 @@ func (r *udpReader) recvmmsg(fd uintptr) bool {
 func (r *udpReader) datagram(i int) (b []byte, src netip.AddrPort, truncated bool) {
 	h := &r.hdrs[i]
 	return r.bufs[i][:h.Len], r.zones.addrPort(&r.names[i]), h.Hdr.Flags&unix.MSG_TRUNC != 0
-}
-
-// putSockaddr writes to as the socket's kind of address and returns its
-// length.
-func (w *udpWriter) putSockaddr(sa *unix.RawSockaddrInet6, to netip.AddrPort) (uint32, bool) {
-	ip := to.Addr()
-	if !w.inet6 {
-		ip = ip.Unmap()
-		if !ip.Is4() {
-			return 0, false
-		}
-		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
-		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ip.As4()}
-		putPort(&sa4.Port, to.Port())
-		return unix.SizeofSockaddrInet4, true
-	}
-	if !ip.IsValid() {
-		return 0, false
-	}
-	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ip.As16(), Scope_id: w.zones.lookup(ip.Zone())}
-	putPort(&sa.Port, to.Port())
-	return unix.SizeofSockaddrInet6, true
 }
 
 // putPort stores p in network byte order into a sockaddr's port field.

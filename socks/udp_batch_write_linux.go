@@ -245,3 +245,25 @@ func (w *udpWriter) result(i int) (int, netip.AddrPort, bool) {
 }
 
 func (w *udpWriter) reset() { w.n = 0 }
+
+// putSockaddr writes to as the socket's kind of address and returns its
+// length.
+func (w *udpWriter) putSockaddr(sa *unix.RawSockaddrInet6, to netip.AddrPort) (uint32, bool) {
+	ip := to.Addr()
+	if !w.inet6 {
+		ip = ip.Unmap()
+		if !ip.Is4() {
+			return 0, false
+		}
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ip.As4()}
+		putPort(&sa4.Port, to.Port())
+		return unix.SizeofSockaddrInet4, true
+	}
+	if !ip.IsValid() {
+		return 0, false
+	}
+	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ip.As16(), Scope_id: w.zones.lookup(ip.Zone())}
+	putPort(&sa.Port, to.Port())
+	return unix.SizeofSockaddrInet6, true
+}
