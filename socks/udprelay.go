@@ -11,55 +11,103 @@ import (
 // upstream reads the client's datagrams from the relay socket, checks
 // them and sends their payload from the outbound socket of the
 // destination's family. It returns when the relay socket is closed.
+//
+// Datagrams are read and sent in batches (udp_batch_linux.go); each one
+// is still checked, counted and dropped on its own, in arrival order.
 func (a *association) upstream() {
 	max := a.st.UDP.MaxDatagram
 	// One byte more than the largest acceptable datagram, so that a
 	// datagram the read truncated can be told from one that fits.
-	buf := make([]byte, maxUDPHeader+max+1)
+	size := maxUDPHeader + max + 1
+	r, err := newUDPReader(a.relay, size)
+	if err != nil {
+		return
+	}
+	var w [2]*udpWriter
+	for fam, c := range a.out {
+		if c != nil {
+			if w[fam], err = newUDPWriter(c); err != nil {
+				return
+			}
+		}
+	}
+	// The destination last recorded in a.sent: only this goroutine adds
+	// to it, so while the client keeps sending to one place it is still
+	// there and the lock need not be taken again.
+	var recorded netip.AddrPort
 	for {
-		n, src, err := a.relay.ReadFromUDPAddrPort(buf)
+		n, err := r.read()
 		if err != nil {
 			return
 		}
-		if !a.fromClient(src) {
-			a.stats.drop(dropForeign)
-			continue
+		for i := range n {
+			b, src, truncated := r.datagram(i)
+			if !a.fromClient(src) {
+				a.stats.drop(dropForeign)
+				continue
+			}
+			dst, payload, err := parseUDPHeader(b)
+			switch {
+			case errors.Is(err, errFragment):
+				a.stats.drop(dropFragment)
+				continue
+			case err != nil:
+				a.stats.drop(dropMalformed)
+				continue
+			case truncated || len(b) == size || len(payload) > max:
+				a.stats.drop(dropTooLarge)
+				continue
+			}
+			to, reason := a.destination(dst)
+			if reason != dropNone {
+				a.stats.drop(reason)
+				continue
+			}
+			if a.lim.Up != nil && !a.lim.Up.AllowN(time.Now(), len(payload)) {
+				a.stats.drop(dropRateLimit)
+				continue
+			}
+			// Recorded before sending: the reply can arrive, on another
+			// goroutine, before the send returns.
+			if to != recorded {
+				a.sent.add(to)
+				recorded = to
+			}
+			if !w[family(to.Addr())].add(nil, payload, to) {
+				a.stats.drop(dropSendFailed)
+			}
 		}
-		dst, payload, err := parseUDPHeader(buf[:n])
-		switch {
-		case errors.Is(err, errFragment):
-			a.stats.drop(dropFragment)
-			continue
-		case err != nil:
-			a.stats.drop(dropMalformed)
-			continue
-		case n == len(buf) || len(payload) > max:
-			a.stats.drop(dropTooLarge)
-			continue
+		sent := false
+		for fam, fw := range w {
+			if fw != nil && fw.len() > 0 {
+				sent = a.flushUp(fam, fw) || sent
+			}
 		}
-		to, reason := a.destination(dst)
-		if reason != dropNone {
-			a.stats.drop(reason)
-			continue
+		if sent {
+			a.touch()
 		}
-		if a.lim.Up != nil && !a.lim.Up.AllowN(time.Now(), len(payload)) {
-			a.stats.drop(dropRateLimit)
-			continue
-		}
-		fam := family(to.Addr())
-		// Recorded before sending: the reply can arrive, on another
-		// goroutine, before WriteTo returns.
-		a.sent.add(to)
-		if _, err := a.out[fam].WriteToUDPAddrPort(payload, to); err != nil {
+	}
+}
+
+// flushUp sends the batch queued for family fam and counts each datagram.
+// It reports whether any went out.
+func (a *association) flushUp(fam int, w *udpWriter) bool {
+	w.flush()
+	any := false
+	for i := range w.len() {
+		n, to, ok := w.result(i)
+		if !ok {
 			a.stats.drop(dropSendFailed)
 			continue
 		}
 		if !a.source[fam].IsValid() {
 			a.source[fam], _ = a.dialer.SourceAddr(a.ctx, to.Addr())
 		}
-		a.stats.up(len(payload))
-		a.touch()
+		a.stats.up(n)
+		any = true
 	}
+	w.reset()
+	return any
 }
 
 // fromClient accepts only the client's IP and its UDP port: the port named
@@ -116,43 +164,68 @@ func (a *association) lookup(name string) ([]netip.Addr, error) {
 
 // downstream reads datagrams arriving on an outbound socket, drops those
 // the reply filter refuses, and sends the rest to the client with a SOCKS
-// UDP header naming their source.
+// UDP header naming their source. Like upstream, it works in batches.
 func (a *association) downstream(c *net.UDPConn) {
 	max := a.st.UDP.MaxDatagram
-	buf := make([]byte, max+1)
-	// The reply is built in its own buffer, never in buf: the header must
-	// not overwrite payload that the next read could reuse.
-	out := make([]byte, 0, 3+1+16+2+max)
+	r, err := newUDPReader(c, max+1)
+	if err != nil {
+		return
+	}
+	w, err := newUDPWriter(a.relay)
+	if err != nil {
+		return
+	}
+	// Each reply's header has its own slot here and goes out as a
+	// separate piece, so the payload is never copied.
+	heads := make([]byte, udpBatchSize*maxUDPReplyHeader)
 	for {
-		n, src, err := c.ReadFromUDPAddrPort(buf)
+		n, err := r.read()
 		if err != nil {
 			return
 		}
-		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		if n > max {
-			a.stats.drop(dropTooLarge)
+		for i := range n {
+			b, src, truncated := r.datagram(i)
+			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+			if truncated || len(b) > max {
+				a.stats.drop(dropTooLarge)
+				continue
+			}
+			if !a.sent.allows(src) {
+				a.stats.drop(dropUnsolicited)
+				continue
+			}
+			port := a.clientPort.Load()
+			if port == 0 {
+				a.stats.drop(dropUnsolicited)
+				continue
+			}
+			if a.lim.Down != nil && !a.lim.Down.AllowN(time.Now(), len(b)) {
+				a.stats.drop(dropRateLimit)
+				continue
+			}
+			slot := heads[i*maxUDPReplyHeader : i*maxUDPReplyHeader : (i+1)*maxUDPReplyHeader]
+			if !w.add(appendUDPReplyHeader(slot, src), b, netip.AddrPortFrom(a.clientIP, uint16(port))) {
+				a.stats.drop(dropSendFailed)
+			}
+		}
+		if w.len() == 0 {
 			continue
 		}
-		if !a.sent.allows(src) {
-			a.stats.drop(dropUnsolicited)
-			continue
+		w.flush()
+		sent := false
+		for i := range w.len() {
+			n, _, ok := w.result(i)
+			if !ok {
+				a.stats.drop(dropSendFailed)
+				continue
+			}
+			a.stats.down(n)
+			sent = true
 		}
-		port := a.clientPort.Load()
-		if port == 0 {
-			a.stats.drop(dropUnsolicited)
-			continue
+		w.reset()
+		if sent {
+			a.touch()
 		}
-		if a.lim.Down != nil && !a.lim.Down.AllowN(time.Now(), n) {
-			a.stats.drop(dropRateLimit)
-			continue
-		}
-		out = appendUDPReply(out[:0], src, buf[:n])
-		if _, err := a.relay.WriteToUDPAddrPort(out, netip.AddrPortFrom(a.clientIP, uint16(port))); err != nil {
-			a.stats.drop(dropSendFailed)
-			continue
-		}
-		a.stats.down(n)
-		a.touch()
 	}
 }
 

@@ -2,6 +2,7 @@ package socks
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -27,6 +28,18 @@ func parseUDPHeader(b []byte) (dst Addr, payload []byte, err error) {
 	if b[2] != 0 {
 		return dst, nil, errFragment
 	}
+	// An IP address, the usual case, is taken straight from b: readAddr
+	// through an io.Reader costs two allocations per datagram.
+	switch {
+	case b[3] == atypIPv4 && len(b) >= 4+4+2:
+		dst.IP = netip.AddrFrom4([4]byte(b[4:8]))
+		dst.Port = binary.BigEndian.Uint16(b[8:10])
+		return dst, b[10:], nil
+	case b[3] == atypIPv6 && len(b) >= 4+16+2:
+		dst.IP = netip.AddrFrom16([16]byte(b[4:20])).Unmap()
+		dst.Port = binary.BigEndian.Uint16(b[20:22])
+		return dst, b[22:], nil
+	}
 	r := bytes.NewReader(b[4:])
 	dst, err = readAddr(r, b[3])
 	if err != nil {
@@ -38,7 +51,15 @@ func parseUDPHeader(b []byte) (dst Addr, payload []byte, err error) {
 // appendUDPReply appends the header for a datagram from src and then the
 // payload: the form in which replies go back to the client.
 func appendUDPReply(dst []byte, src netip.AddrPort, payload []byte) []byte {
-	dst = append(dst, 0, 0, 0)
-	dst = appendAddr(dst, src)
-	return append(dst, payload...)
+	return append(appendUDPReplyHeader(dst, src), payload...)
+}
+
+// maxUDPReplyHeader is the longest header appendUDPReplyHeader writes:
+// RSV FRAG, ATYP, an IPv6 address and the port.
+const maxUDPReplyHeader = 3 + 1 + 16 + 2
+
+// appendUDPReplyHeader appends the header of a reply from src alone: the
+// relay sends it and the payload as two pieces of one datagram.
+func appendUDPReplyHeader(dst []byte, src netip.AddrPort) []byte {
+	return appendAddr(append(dst, 0, 0, 0), src)
 }

@@ -1,0 +1,175 @@
+//go:build linux
+
+package socks
+
+import (
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The UDP relay moves datagrams with recvmmsg(2) and sendmmsg(2): when
+// several are queued on a socket, one system call and one wake-up of the
+// goroutine move them all. The calls are made here rather than through
+// golang.org/x/net/ipv4's ReadBatch/WriteBatch, which allocate a
+// *net.UDPAddr for every datagram read and need one for every datagram
+// written; this code allocates nothing per datagram.
+//
+// udpReader (here) and udpWriter (udp_batch_write_linux.go) are each
+// used by one goroutine, and go through the socket's syscall.RawConn so
+// that the Go poller still does the waiting (a closed socket ends a
+// blocked call, as it does a ReadFrom).
+
+// udpReader reads up to udpBatchSize datagrams per recvmmsg call into
+// buffers of its own, each size bytes. It starts with one buffer and
+// doubles their number whenever a read fills them all: an association
+// that never has more than one datagram queued costs no more memory than
+// a ReadFrom loop.
+type udpReader struct {
+	rc    syscall.RawConn
+	size  int
+	bufs  [][]byte
+	hdrs  []unix.Mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet6
+	zones zoneNames
+
+	n     int   // datagrams the last call read
+	err   error // the last call's error
+	readF func(fd uintptr) bool
+}
+
+func newUDPReader(c *net.UDPConn, size int) (*udpReader, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	r := &udpReader{rc: rc, size: size}
+	r.readF = r.recvmmsg // bound once: a method value per call would allocate
+	r.grow(1)
+	return r, nil
+}
+
+// grow makes room for n datagrams, keeping the buffers it has.
+func (r *udpReader) grow(n int) {
+	for len(r.bufs) < n {
+		r.bufs = append(r.bufs, make([]byte, r.size))
+	}
+	r.hdrs = make([]unix.Mmsghdr, n)
+	r.iovs = make([]unix.Iovec, n)
+	r.names = make([]unix.RawSockaddrInet6, n)
+	for i := range r.hdrs {
+		r.iovs[i].Base = &r.bufs[i][0]
+		r.iovs[i].SetLen(r.size)
+		h := &r.hdrs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&r.names[i]))
+		h.Iov = &r.iovs[i]
+		h.SetIovlen(1)
+	}
+}
+
+// read waits for at least one datagram and reads as many as are queued,
+// up to its number of buffers. It returns how many it read; datagram
+// gives them. An error means the socket is closed or broken.
+func (r *udpReader) read() (int, error) {
+	if r.n == len(r.hdrs) && r.n < udpBatchSize {
+		r.grow(min(2*r.n, udpBatchSize))
+	}
+	for i := range r.hdrs {
+		r.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+		r.hdrs[i].Hdr.Flags = 0
+		r.hdrs[i].Len = 0
+	}
+	r.n, r.err = 0, nil
+	if err := r.rc.Read(r.readF); err != nil {
+		return 0, err
+	}
+	return r.n, r.err
+}
+
+// recvmmsg is the RawConn callback: false asks the poller to wait.
+func (r *udpReader) recvmmsg(fd uintptr) bool {
+	for {
+		n, _, e := syscall.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), 0, 0, 0)
+		switch e {
+		case 0:
+			r.n = int(n)
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		default:
+			r.err = os.NewSyscallError("recvmmsg", e)
+			return true
+		}
+	}
+}
+
+// datagram returns datagram i of the last read: its bytes (valid until
+// the next read), its source, and whether the kernel cut it to fit.
+func (r *udpReader) datagram(i int) (b []byte, src netip.AddrPort, truncated bool) {
+	h := &r.hdrs[i]
+	return r.bufs[i][:h.Len], r.zones.addrPort(&r.names[i]), h.Hdr.Flags&unix.MSG_TRUNC != 0
+}
+
+// putPort stores p in network byte order into a sockaddr's port field.
+func putPort(field *uint16, p uint16) {
+	b := (*[2]byte)(unsafe.Pointer(field))
+	b[0], b[1] = byte(p>>8), byte(p)
+}
+
+func getPort(field *uint16) uint16 {
+	b := (*[2]byte)(unsafe.Pointer(field))
+	return uint16(b[0])<<8 | uint16(b[1])
+}
+
+// zoneNames turns a scope ID into the zone net.UDPConn would give (the
+// interface's name), remembering the last one: link-local peers are rare
+// and one association sees few interfaces.
+type zoneNames struct {
+	id   uint32
+	zone string
+}
+
+func (z *zoneNames) addrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
+	switch sa.Family {
+	case unix.AF_INET:
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), getPort(&sa4.Port))
+	case unix.AF_INET6:
+		ip := netip.AddrFrom16(sa.Addr)
+		if sa.Scope_id != 0 {
+			ip = ip.WithZone(z.lookup(sa.Scope_id))
+		}
+		return netip.AddrPortFrom(ip, getPort(&sa.Port))
+	}
+	return netip.AddrPort{}
+}
+
+func (z *zoneNames) lookup(id uint32) string {
+	if id != z.id || z.zone == "" {
+		z.id, z.zone = id, zoneName(id)
+	}
+	return z.zone
+}
+
+// zoneIndexes is the reverse, for destinations with a zone.
+type zoneIndexes struct {
+	zone string
+	id   uint32
+}
+
+func (z *zoneIndexes) lookup(zone string) uint32 {
+	if zone == "" {
+		return 0
+	}
+	if zone != z.zone {
+		z.zone, z.id = zone, zoneIndex(zone)
+	}
+	return z.id
+}

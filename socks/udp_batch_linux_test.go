@@ -1,0 +1,428 @@
+//go:build linux
+
+package socks
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func listenUDP(tb testing.TB, network, addr string) *net.UDPConn {
+	tb.Helper()
+	c, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
+	if err != nil {
+		tb.Skipf("listen %s %s: %v", network, addr, err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestUDPReaderBatches queues datagrams of many sizes before reading, so
+// that recvmmsg finds them all: each must come out once, in order, with
+// its source, and the one larger than the buffer flagged as cut. The
+// reader must grow from one buffer to udpBatchSize along the way.
+func TestUDPReaderBatches(t *testing.T) {
+	const size = 600
+	for _, tt := range []struct{ network, addr string }{{"udp4", "127.0.0.1:0"}, {"udp6", "[::1]:0"}} {
+		t.Run(tt.network, func(t *testing.T) {
+			rc := listenUDP(t, tt.network, tt.addr)
+			sc := listenUDP(t, tt.network, tt.addr)
+			r, err := newUDPReader(rc, size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sent [][]byte
+			for i := range 40 {
+				n := []int{0, 1, 512, size - 1, size, size + 400}[i%6] // 0 bytes is a valid datagram
+				b := bytes.Repeat([]byte{byte(i)}, n)
+				if _, err := sc.WriteToUDPAddrPort(b, addrPortOfUDP(rc.LocalAddr())); err != nil {
+					t.Fatal(err)
+				}
+				sent = append(sent, b)
+			}
+			rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			from := addrPortOfUDP(sc.LocalAddr())
+			var counts []int
+			got := 0
+			for got < len(sent) {
+				n, err := r.read()
+				if err != nil {
+					t.Fatalf("after %d datagrams (reads %v): %v", got, counts, err)
+				}
+				counts = append(counts, n)
+				for i := range n {
+					b, src, cut := r.datagram(i)
+					want := sent[got]
+					wantCut := len(want) > size
+					if wantCut {
+						want = want[:size]
+					}
+					if !bytes.Equal(b, want) || cut != wantCut {
+						t.Fatalf("datagram %d: %d bytes cut=%v, want %d bytes cut=%v", got, len(b), cut, len(want), wantCut)
+					}
+					if netip.AddrPortFrom(src.Addr().Unmap(), src.Port()) != from {
+						t.Fatalf("datagram %d from %v, want %v", got, src, from)
+					}
+					got++
+				}
+			}
+			// All 40 were queued: reads of 1, 2, 4, 8, 16 and then the rest.
+			if fmt.Sprint(counts) != "[1 2 4 8 16 9]" {
+				t.Errorf("datagrams per read %v, want [1 2 4 8 16 9]", counts)
+			}
+			if len(r.hdrs) != udpBatchSize {
+				t.Errorf("reader has %d buffers after a burst, want %d", len(r.hdrs), udpBatchSize)
+			}
+		})
+	}
+}
+
+// TestUDPReaderClosed: closing the socket ends a read that is waiting.
+func TestUDPReaderClosed(t *testing.T) {
+	c := listenUDP(t, "udp4", "127.0.0.1:0")
+	r, err := newUDPReader(c, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.read()
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("read on a closed socket returned no error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("read still waiting 5 s after close")
+	}
+}
+
+// TestUDPWriter: a batch goes out in order as header+payload; a datagram
+// the kernel refuses (port 0: EINVAL) is reported unsent without stopping
+// those after it; an address of the wrong family is refused at add.
+func TestUDPWriter(t *testing.T) {
+	for _, tt := range []struct{ network, addr, wrong string }{
+		{"udp4", "127.0.0.1:0", "[::1]:9"},
+		{"udp6", "[::1]:0", ""},
+	} {
+		t.Run(tt.network, func(t *testing.T) {
+			wc := listenUDP(t, tt.network, tt.addr)
+			rc := listenUDP(t, tt.network, tt.addr)
+			w, err := newUDPWriter(wc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			to := addrPortOfUDP(rc.LocalAddr())
+			bad := netip.AddrPortFrom(to.Addr(), 0)
+			if tt.wrong != "" && w.add(nil, []byte("x"), netip.MustParseAddrPort(tt.wrong)) {
+				t.Fatalf("add accepted %s on an %s socket", tt.wrong, tt.network)
+			}
+			items := []struct {
+				head, payload string
+				to            netip.AddrPort
+				ok            bool
+			}{
+				{"HD", "one", to, true},
+				{"", "refused", bad, false},
+				{"", "", to, true}, // an empty datagram
+				{"H", "", to, true},
+				{"", "four", to, true},
+			}
+			for _, it := range items {
+				if !w.add([]byte(it.head), []byte(it.payload), it.to) {
+					t.Fatalf("add %q refused", it.payload)
+				}
+			}
+			w.flush()
+			for i, it := range items {
+				n, dst, ok := w.result(i)
+				if ok != it.ok || n != len(it.payload) || dst != it.to {
+					t.Errorf("result %d: %d bytes to %v sent=%v, want %d to %v sent=%v", i, n, dst, ok, len(it.payload), it.to, it.ok)
+				}
+			}
+			w.reset()
+			rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 100)
+			for _, it := range items {
+				if !it.ok {
+					continue
+				}
+				n, _, err := rc.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if string(buf[:n]) != it.head+it.payload {
+					t.Fatalf("received %q, want %q", buf[:n], it.head+it.payload)
+				}
+			}
+			rc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			if n, _, err := rc.ReadFromUDPAddrPort(buf); err == nil {
+				t.Fatalf("unexpected extra datagram %q", buf[:n])
+			}
+		})
+	}
+}
+
+// TestUDPWriterFullAndClosed: a full batch refuses more; a flush on a
+// closed socket reports every datagram unsent.
+func TestUDPWriterFullAndClosed(t *testing.T) {
+	wc := listenUDP(t, "udp4", "127.0.0.1:0")
+	rc := listenUDP(t, "udp4", "127.0.0.1:0")
+	w, err := newUDPWriter(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	to := addrPortOfUDP(rc.LocalAddr())
+	for i := range udpBatchSize {
+		if !w.add(nil, []byte{byte(i)}, to) {
+			t.Fatalf("add %d refused", i)
+		}
+	}
+	if w.add(nil, []byte("one too many"), to) {
+		t.Fatal("add beyond udpBatchSize accepted")
+	}
+	wc.Close()
+	w.flush()
+	for i := range w.len() {
+		if _, _, ok := w.result(i); ok {
+			t.Fatalf("datagram %d reported sent on a closed socket", i)
+		}
+	}
+}
+
+// TestUDPWriterGSO: consecutive datagrams of one size to one destination
+// go as one GSO message (a shorter one may end it), and the receiver
+// still gets each datagram on its own, intact and in order.
+func TestUDPWriterGSO(t *testing.T) {
+	wc := listenUDP(t, "udp4", "127.0.0.1:0")
+	rc := listenUDP(t, "udp4", "127.0.0.1:0")
+	other := listenUDP(t, "udp4", "127.0.0.1:0")
+	w, err := newUDPWriter(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !w.gso {
+		t.Skip("kernel without UDP_SEGMENT")
+	}
+	to, to2 := addrPortOfUDP(rc.LocalAddr()), addrPortOfUDP(other.LocalAddr())
+	type item struct {
+		head, payload []byte
+		to            netip.AddrPort
+	}
+	var items []item
+	for i := range 6 { // one group: 6 of 100 bytes and a shorter last one
+		items = append(items, item{[]byte{'H', byte(i)}, bytes.Repeat([]byte{byte(i)}, 98), to})
+	}
+	items = append(items,
+		item{nil, []byte("short end"), to},
+		item{nil, bytes.Repeat([]byte{'o'}, 100), to2}, // another destination: a message of its own
+		item{[]byte("H"), bytes.Repeat([]byte{'a'}, 99), to},
+		item{[]byte("H"), bytes.Repeat([]byte{'b'}, 99), to},
+		item{nil, []byte{}, to}, // empty: never part of a group
+		item{[]byte("H"), bytes.Repeat([]byte{'c'}, 199), to},
+	)
+	for _, it := range items {
+		if !w.add(it.head, it.payload, it.to) {
+			t.Fatal("add refused")
+		}
+	}
+	w.flush()
+	if w.nmsg != 5 {
+		t.Errorf("%d messages for %d datagrams, want 5 (groups of 7, 1, 2, 1, 1)", w.nmsg, len(items))
+	}
+	for i := range items {
+		if _, _, ok := w.result(i); !ok {
+			t.Fatalf("datagram %d not sent", i)
+		}
+	}
+	w.reset()
+	rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	other.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1000)
+	for i, it := range items {
+		c := rc
+		if it.to == to2 {
+			c = other
+		}
+		n, _, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		if want := append(bytes.Clone(it.head), it.payload...); !bytes.Equal(buf[:n], want) {
+			t.Fatalf("datagram %d: got %d bytes %q..., want %d", i, n, buf[:min(n, 4)], len(want))
+		}
+	}
+}
+
+// TestUDPWriterGSOEIO: where the kernel refuses GSO outright with EIO
+// (before Linux 6.11 a device without checksum offload; an IPsec route;
+// UDP-Lite, used here because it needs nothing but loopback), the batch
+// still goes, one datagram per message, and GSO is off for the socket.
+func TestUDPWriterGSOEIO(t *testing.T) {
+	open := func() *net.UDPConn {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDPLITE)
+		if err != nil {
+			t.Skipf("no UDP-Lite: %v", err)
+		}
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			unix.Close(fd)
+			t.Fatal(err)
+		}
+		f := os.NewFile(uintptr(fd), "udplite")
+		defer f.Close()
+		pc, err := net.FilePacketConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		return pc.(*net.UDPConn)
+	}
+	wc, rc := open(), open()
+	w, err := newUDPWriter(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !w.gso {
+		t.Skip("kernel without UDP_SEGMENT")
+	}
+	to := addrPortOfUDP(rc.LocalAddr())
+	for i := range 8 {
+		if !w.add([]byte{byte(i)}, make([]byte, 499), to) {
+			t.Fatal("add refused")
+		}
+	}
+	w.flush()
+	for i := range 8 {
+		if _, _, ok := w.result(i); !ok {
+			t.Fatalf("datagram %d not sent", i)
+		}
+	}
+	if w.gso || w.nmsg != 8 {
+		t.Fatalf("after EIO: gso %v, %d messages; want off and 8", w.gso, w.nmsg)
+	}
+	rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1000)
+	for i := range 8 {
+		n, _, err := rc.ReadFromUDPAddrPort(buf)
+		if err != nil || n != 500 || buf[0] != byte(i) {
+			t.Fatalf("datagram %d: %d bytes starting %d, %v", i, n, buf[0], err)
+		}
+	}
+}
+
+// TestUDPWriterGSOOverMTU: a GSO segment over the route's MTU (a veth
+// pair's, in a namespace of its own where nothing answers) is refused
+// with EMSGSIZE or EINVAL: the batch goes one datagram per message (each
+// fragmented), and GSO is kept for smaller datagrams.
+func TestUDPWriterGSOOverMTU(t *testing.T) {
+	requireRootNS(t)
+	ns := fmt.Sprintf("ifsbench-gso-%d", os.Getpid())
+	exec.Command("ip", "netns", "del", ns).Run() // leftover of a killed run
+	runIP(t, "netns", "add", ns)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	runIP(t, "-n", ns, "link", "add", "gsoveth0", "mtu", "1280", "type", "veth", "peer", "name", "gsoveth1", "mtu", "1280")
+	runIP(t, "-n", ns, "link", "set", "gsoveth0", "up")
+	runIP(t, "-n", ns, "link", "set", "gsoveth1", "up")
+	runIP(t, "-n", ns, "addr", "add", "10.233.251.1/24", "dev", "gsoveth0")
+
+	w := writerInNetns(t, ns)
+	to := netip.MustParseAddrPort("10.233.251.2:9")
+	send := func(size int) {
+		t.Helper()
+		p := make([]byte, size)
+		for range 4 {
+			if !w.add(nil, p, to) {
+				t.Fatal("add refused")
+			}
+		}
+		w.flush()
+		for i := range 4 {
+			if _, _, ok := w.result(i); !ok {
+				t.Fatalf("%d bytes: datagram %d not sent", size, i)
+			}
+		}
+		w.reset()
+	}
+	send(1400)
+	if !w.gso || w.gsoMax != 1399 || w.nmsg != 4 {
+		t.Fatalf("after 1400-byte datagrams: gso %v gsoMax %d, %d messages; want on, 1399, 4", w.gso, w.gsoMax, w.nmsg)
+	}
+	send(1000)
+	if w.nmsg != 1 {
+		t.Fatalf("%d messages for 4 datagrams under the MTU, want 1", w.nmsg)
+	}
+}
+
+// writerInNetns opens a UDP socket in namespace ns and a writer on it.
+func writerInNetns(tb testing.TB, ns string) *udpWriter {
+	tb.Helper()
+	type result struct {
+		c   *net.UDPConn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// The socket belongs to the namespace of the thread that makes
+		// it. This thread is never unlocked: Go discards it when the
+		// goroutine ends instead of reusing it elsewhere.
+		runtime.LockOSThread()
+		f, err := os.Open("/run/netns/" + ns)
+		if err == nil {
+			err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
+			f.Close()
+		}
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		c, err := net.ListenUDP("udp4", nil)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	if r.err != nil {
+		tb.Fatal(r.err)
+	}
+	tb.Cleanup(func() { r.c.Close() })
+	w, err := newUDPWriter(r.c)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if !w.gso {
+		tb.Skip("kernel without UDP_SEGMENT")
+	}
+	return w
+}
+
+func requireRootNS(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			tb.Fatal("namespace tests must run as root in CI")
+		}
+		tb.Skip("needs root for network namespaces")
+	}
+}
+
+func runIP(tb testing.TB, args ...string) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
+		tb.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}

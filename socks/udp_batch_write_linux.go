@@ -1,0 +1,269 @@
+//go:build linux
+
+package socks
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// UDP generic segmentation offload (UDP_SEGMENT, Linux 4.18): datagrams of
+// one size to one destination go down the stack as one buffer that is cut
+// into datagrams only at the device (or by the NIC), so routing, netfilter
+// and the device's transmit are paid once per group instead of once per
+// datagram. The receiver sees ordinary datagrams.
+const (
+	gsoMaxSegments = 64 // UDP_MAX_SEGMENTS in the kernel
+	// gsoMaxBytes bounds a group: the whole must fit one IP packet's
+	// 16-bit length before it is cut.
+	gsoMaxBytes = 65000
+)
+
+// udpWriter sends up to udpBatchSize queued datagrams per sendmmsg call,
+// consecutive ones of the same size to the same destination as one GSO
+// message. A datagram is a header (may be empty) and a payload, sent as
+// two iovecs so that neither is copied.
+type udpWriter struct {
+	rc    syscall.RawConn
+	inet6 bool // an AF_INET6 socket: IPv4 destinations go as IPv4-mapped
+	zones zoneIndexes
+
+	// Per queued datagram: its two iovecs (consecutive datagrams'
+	// iovecs are contiguous, so a group is one slice of them), address,
+	// payload length, destination and, after flush, whether it went.
+	iovs     []unix.Iovec
+	names    []unix.RawSockaddrInet6
+	namelens []uint32
+	lens     []int
+	dsts     []netip.AddrPort
+	sent     []bool
+	n        int
+
+	// The messages of one sendmmsg call; message m carries datagrams
+	// first[m] to first[m+1]-1, with a UDP_SEGMENT control message in
+	// cmsgs when it is more than one.
+	msgs  []unix.Mmsghdr
+	first []int
+	cmsgs []byte
+	nmsg  int
+
+	// gso is whether GSO is used at all; gsoMax is the largest datagram
+	// it is still tried with (the kernel refuses segments that do not
+	// fit the route's MTU, and a device without checksum offload
+	// refuses GSO outright).
+	gso    bool
+	gsoMax int
+
+	off    int // the first message the next sendmmsg call sends
+	errno  syscall.Errno
+	writeF func(fd uintptr) bool
+}
+
+var gsoCmsgSpace = unix.CmsgSpace(2)
+
+func newUDPWriter(c *net.UDPConn) (*udpWriter, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var domain int
+	var serr, gsoErr error
+	if err := rc.Control(func(fd uintptr) {
+		domain, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_DOMAIN)
+		// Kernels without UDP_SEGMENT do not know the option.
+		_, gsoErr = unix.GetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT)
+	}); err != nil {
+		return nil, err
+	}
+	if serr != nil {
+		return nil, os.NewSyscallError("getsockopt SO_DOMAIN", serr)
+	}
+	w := &udpWriter{
+		rc:       rc,
+		inet6:    domain == unix.AF_INET6,
+		iovs:     make([]unix.Iovec, 2*udpBatchSize),
+		names:    make([]unix.RawSockaddrInet6, udpBatchSize),
+		namelens: make([]uint32, udpBatchSize),
+		lens:     make([]int, udpBatchSize),
+		dsts:     make([]netip.AddrPort, udpBatchSize),
+		sent:     make([]bool, udpBatchSize),
+		msgs:     make([]unix.Mmsghdr, udpBatchSize),
+		first:    make([]int, udpBatchSize+1),
+		cmsgs:    make([]byte, udpBatchSize*gsoCmsgSpace),
+		gso:      gsoErr == nil,
+		gsoMax:   gsoMaxBytes,
+	}
+	w.writeF = w.sendmmsg
+	return w, nil
+}
+
+// add queues head+payload for to; both must stay unchanged until flush.
+// It returns false, queuing nothing, when the batch is full or to cannot
+// be sent from this socket (an IPv6 address on an IPv4 socket).
+func (w *udpWriter) add(head, payload []byte, to netip.AddrPort) bool {
+	if w.n == udpBatchSize {
+		return false
+	}
+	i := w.n
+	namelen, ok := w.putSockaddr(&w.names[i], to)
+	if !ok {
+		return false
+	}
+	w.namelens[i] = namelen
+	setIovec(&w.iovs[2*i], head)
+	setIovec(&w.iovs[2*i+1], payload)
+	w.lens[i], w.dsts[i], w.sent[i] = len(payload), to, false
+	w.n++
+	return true
+}
+
+func setIovec(v *unix.Iovec, b []byte) {
+	v.Base = nil
+	if len(b) > 0 {
+		v.Base = &b[0]
+	}
+	v.SetLen(len(b))
+}
+
+func (w *udpWriter) size(i int) int { return int(w.iovs[2*i].Len + w.iovs[2*i+1].Len) }
+
+// flush sends what is queued. Afterwards result(i) tells, for each i <
+// len(), whether datagram i was sent; reset empties the batch.
+func (w *udpWriter) flush() {
+	from, gso := 0, w.gso
+	for from < w.n {
+		w.build(from, gso)
+		from = w.n
+		for w.off = 0; w.off < w.nmsg; {
+			w.errno = 0
+			if err := w.rc.Write(w.writeF); err != nil {
+				return // the socket is closed: the rest stay unsent
+			}
+			if w.errno == 0 {
+				continue
+			}
+			// sendmmsg fails only when the first message of the call
+			// cannot go.
+			first, next := w.first[w.off], w.first[w.off+1]
+			if next-first == 1 {
+				w.off++ // that datagram is dropped; the call resumes after it
+				continue
+			}
+			// A group failed: learn what GSO cannot do here, and send
+			// the rest of the batch one datagram per message.
+			switch {
+			case errors.Is(w.errno, unix.EIO):
+				w.gso = false // no checksum offload on the route's device
+			case errors.Is(w.errno, unix.EINVAL), errors.Is(w.errno, unix.EMSGSIZE):
+				w.gsoMax = min(w.gsoMax, w.size(first)-1) // over the MTU
+			}
+			from, gso = first, false
+			break
+		}
+	}
+}
+
+// build lays out the messages for datagrams from..n-1, grouping them for
+// GSO when gso is set.
+func (w *udpWriter) build(from int, gso bool) {
+	m := 0
+	for i := from; i < w.n; m++ {
+		j := i + 1
+		size := w.size(i)
+		if gso && size > 0 && size <= w.gsoMax {
+			// Datagrams of the same size to the same place join the
+			// group; one shorter datagram may end it.
+			total := size
+			for j < w.n && j-i < gsoMaxSegments && w.dsts[j] == w.dsts[i] {
+				s := w.size(j)
+				if s == 0 || s > size || total+s > gsoMaxBytes {
+					break
+				}
+				total += s
+				j++
+				if s < size {
+					break
+				}
+			}
+		}
+		h := &w.msgs[m].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&w.names[i]))
+		h.Namelen = w.namelens[i]
+		h.Iov = &w.iovs[2*i]
+		h.SetIovlen(2 * (j - i))
+		h.Control, h.Controllen = nil, 0
+		if j-i > 1 {
+			c := w.cmsgs[m*gsoCmsgSpace : (m+1)*gsoCmsgSpace]
+			ch := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+			ch.Level, ch.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+			ch.SetLen(unix.CmsgLen(2))
+			*(*uint16)(unsafe.Pointer(&c[unix.CmsgLen(0)])) = uint16(size)
+			h.Control = &c[0]
+			h.SetControllen(gsoCmsgSpace)
+		}
+		w.first[m] = i
+		i = j
+	}
+	w.first[m] = w.n
+	w.nmsg = m
+}
+
+// sendmmsg is the RawConn callback: false asks the poller to wait.
+func (w *udpWriter) sendmmsg(fd uintptr) bool {
+	for {
+		n, _, e := syscall.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.msgs[w.off])), uintptr(w.nmsg-w.off), 0, 0, 0)
+		switch e {
+		case 0:
+			for i := w.first[w.off]; i < w.first[w.off+int(n)]; i++ {
+				w.sent[i] = true
+			}
+			w.off += int(n)
+			return true
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			return false
+		default:
+			w.errno = e
+			return true
+		}
+	}
+}
+
+func (w *udpWriter) len() int { return w.n }
+
+// result is datagram i's payload length, destination and whether it was
+// sent by the last flush.
+func (w *udpWriter) result(i int) (int, netip.AddrPort, bool) {
+	return w.lens[i], w.dsts[i], w.sent[i]
+}
+
+func (w *udpWriter) reset() { w.n = 0 }
+
+// putSockaddr writes to as the socket's kind of address and returns its
+// length.
+func (w *udpWriter) putSockaddr(sa *unix.RawSockaddrInet6, to netip.AddrPort) (uint32, bool) {
+	ip := to.Addr()
+	if !w.inet6 {
+		ip = ip.Unmap()
+		if !ip.Is4() {
+			return 0, false
+		}
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		*sa4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: ip.As4()}
+		putPort(&sa4.Port, to.Port())
+		return unix.SizeofSockaddrInet4, true
+	}
+	if !ip.IsValid() {
+		return 0, false
+	}
+	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: ip.As16(), Scope_id: w.zones.lookup(ip.Zone())}
+	putPort(&sa.Port, to.Port())
+	return unix.SizeofSockaddrInet6, true
+}
