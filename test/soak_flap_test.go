@@ -160,7 +160,7 @@ func TestSoakFlap(t *testing.T) {
 	if n := aliceU.corrupt.Load() + aliceU.tunnelFails.Load() + aliceU.connectFails.Load(); n != 0 {
 		t.Errorf("alice: %d failures, want 0", n)
 	}
-	r.wantServerClean(t, true) // cut tunnels' server sides time out
+	st := r.wantServerClean(t, true) // cut tunnels' server sides time out
 	// alice's counters must match exactly; her flows are all "ok".
 	pm := r.wantMetricsMatch(t, l, func(u string) bool { return u != soakBob.name }, "interface_lost", "unreachable", "relay_error", "timeout")
 	for _, s := range pm.series("ifsocks_flows_total") {
@@ -176,7 +176,7 @@ func TestSoakFlap(t *testing.T) {
 	unreach, _ := pm.get("ifsocks_flows_total", map[string]string{"user": "bob", "interface": "wan2", "outcome": "unreachable"})
 	t.Logf("daemon: bob's flows interface_lost +%v, unreachable %v", lost-lost0, unreach)
 	logFlapStats(t, flaps)
-	r.logBytes(t, l, elapsed)
+	r.logBytes(t, l, st, elapsed)
 	r.checkBaseline(t, peak)
 }
 

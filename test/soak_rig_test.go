@@ -33,11 +33,15 @@ const (
 	soakMetrics   = "127.0.0.1:9810"
 )
 
-// A copy of the test binary started with soakReaperEnv is the soak
-// tests' reaper; it must not run TestMain (which would start tests).
+// Copies of the test binary started with soakReaperEnv or soakServerEnv
+// are the soak tests' reaper and pattern servers; they must not run
+// TestMain (which would start tests).
 func init() {
 	if pid := os.Getenv(soakReaperEnv); pid != "" {
 		os.Exit(soakReap(pid))
+	}
+	if spec := os.Getenv(soakServerEnv); spec != "" {
+		os.Exit(soakServerMain(spec))
 	}
 }
 
@@ -318,8 +322,8 @@ type soakDaemon struct {
 	err     error // Wait result, valid after done
 }
 
-// startSoakDaemon starts bin in P with cfg and a descriptor limit of
-// nofile, and waits until it accepts from C and both NICs are up in its
+// startSoakDaemon starts bin in P with cfg and a descriptor limit of at
+// least nofile, and waits until it accepts from C and both NICs are up in its
 // metrics. It is stopped with SIGTERM at the end of the test, after which
 // its log must hold no data race, no panic and no password.
 func startSoakDaemon(t *testing.T, topo *topology, bin, cfg string, nofile uint64) *soakDaemon {
@@ -344,13 +348,10 @@ func startSoakDaemon(t *testing.T, topo *topology, bin, cfg string, nofile uint6
 	}
 	go func() { d.err = d.cmd.Wait(); close(d.done) }()
 	t.Cleanup(d.stopAndCheck)
-	// Before any load: a 10,000-tunnel run needs ~20,000 descriptors.
-	lim := unix.Rlimit{Cur: nofile, Max: nofile}
-	if err := unix.Prlimit(d.pid(), unix.RLIMIT_NOFILE, &lim, nil); err != nil {
-		t.Fatalf("prlimit daemon NOFILE %d: %v", nofile, err)
-	}
-	if got := procLimit(t, d.pid(), "Max open files"); got != strconv.FormatUint(nofile, 10) {
-		t.Fatalf("daemon's Max open files is %q after prlimit, want %d", got, nofile)
+	// Before any load: two descriptors per tunnel.
+	ensureNoFile(t, d.pid(), nofile, "the daemon", 2)
+	if got, err := strconv.ParseUint(procLimit(t, d.pid(), "Max open files"), 10, 64); err != nil || got < nofile {
+		t.Fatalf("daemon's Max open files is %d (%v), want >= %d", got, err, nofile)
 	}
 	d.waitReady(t, 15*time.Second)
 	return d
@@ -654,21 +655,31 @@ func countStates(ss string) map[string]int {
 	return out
 }
 
-// raiseNoFile lifts this process's descriptor limit to at least n.
-func raiseNoFile(tb testing.TB, n uint64) {
+// ensureNoFile makes the soft RLIMIT_NOFILE of process pid (0: this one)
+// at least need, raising its hard limit too if it must and may. Without
+// CAP_SYS_RESOURCE a hard limit cannot grow, and the test fails saying
+// how many tunnels would fit.
+func ensureNoFile(tb testing.TB, pid int, need uint64, what string, perTunnel uint64) {
 	tb.Helper()
-	var lim unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		tb.Fatal(err)
+	var old unix.Rlimit
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
+		tb.Fatalf("RLIMIT_NOFILE of %s: %v", what, err)
 	}
-	if lim.Cur >= n {
+	if old.Cur >= need {
 		return
 	}
-	lim.Cur, lim.Max = n, max(lim.Max, n)
-	if err := unix.Setrlimit(unix.RLIMIT_NOFILE, &lim); err != nil {
-		tb.Fatalf("raising RLIMIT_NOFILE to %d: %v", n, err)
+	lim := unix.Rlimit{Cur: need, Max: max(old.Max, need)}
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+		tb.Fatalf("%s needs %d descriptors, RLIMIT_NOFILE is %d (hard %d) and cannot be raised here: %v; "+
+			"with %d per tunnel, about %d tunnels fit (set IFSOCKS_SOAK_TUNNELS), or run where the limit can be raised (CAP_SYS_RESOURCE)",
+			what, need, old.Cur, old.Max, err, perTunnel, (old.Max-soakFDSlack)/perTunnel)
 	}
 }
+
+// soakFDSlack is the descriptors a process needs besides the tunnels'
+// sockets: listeners, epoll, netlink, logs, handshakes in flight, a
+// flow's sockets still closing while its successor opens.
+const soakFDSlack = 100
 
 // scrapeTry is scrape without failing the test (used from goroutines).
 func scrapeTry(ns, addr string) (promMetrics, error) {

@@ -142,10 +142,11 @@ func (p soakParams) load() soakLoadParams {
 type soakRun struct {
 	p    soakParams
 	topo *topology
-	srv  *soakServer
+	srv  soakServers
 	d    *soakDaemon
 	base soakRes
-	pm0  promMetrics // after the warm-up, before the load
+	pm0  promMetrics     // after the warm-up, before the load
+	srv0 soakServerStats // the same
 }
 
 // newSoakRun builds the topology, the pattern server and the daemon
@@ -156,14 +157,20 @@ func newSoakRun(t *testing.T) *soakRun {
 	requireRoot(t)
 	p := soakParamsFromEnv(t)
 	t.Log(p)
-	// Per tunnel: the client's socket and the server's in this process;
-	// the server side of a cut tunnel lingers until its idle bound.
-	nofile := uint64(4*p.tunnels + 8192)
-	raiseNoFile(t, nofile)
+	// This process holds the clients' sockets (one per tunnel, and two
+	// descriptors per handshake in flight); the daemon two per tunnel.
+	ensureNoFile(t, 0, uint64(p.tunnels+soakFDSlack+2*p.openConc), "the test process", 1)
+	// The daemon starts with this process's hard limit: fail before
+	// building anything if it cannot have its two per tunnel.
+	daemonFDs := uint64(2*p.tunnels + soakFDSlack)
+	ensureNoFile(t, 0, daemonFDs, "the daemon", 2)
 	r := &soakRun{p: p, topo: newSoakTopology(t)}
-	r.srv = startSoakServer(t, r.topo.U, 3*p.interval+2*p.timeout, p.maxChunk)
+	// The server side of a tunnel the daemon cut while its NIC was down
+	// gets no FIN (until the NIC is back); it ends at the idle bound,
+	// which must exceed a tunnel's longest pause plus a slow exchange.
+	r.srv = startSoakServers(t, r.topo.U, 3*p.interval+p.timeout, p.maxChunk)
 	bin := soakBinary(t, p.race)
-	r.d = startSoakDaemon(t, r.topo, bin, soakConfig(t, "10s", "", soakAlice, soakBob), nofile)
+	r.d = startSoakDaemon(t, r.topo, bin, soakConfig(t, "10s", "", soakAlice, soakBob), daemonFDs)
 
 	warm := startSoakLoad(t, r.topo, soakLoadParams{tunnels: 0, interval: p.interval, maxChunk: p.maxChunk,
 		timeout: p.timeout, openConc: 1, maxBackof: p.maxBackoff})
@@ -177,6 +184,7 @@ func newSoakRun(t *testing.T) *soakRun {
 	warm.finish(t, time.Second)
 	r.base = r.d.settledResources(t, 20*time.Second)
 	r.pm0 = scrape(t, r.topo.P, soakMetrics)
+	r.srv0 = r.srv.stats(t)
 	t.Logf("daemon pid %d, baseline after warm-up: %v", r.d.pid(), r.base)
 	return r
 }
@@ -374,29 +382,33 @@ func (r *soakRun) wantMetricsMatch(t *testing.T, l *soakLoad, exact func(user st
 // allUsers is wantMetricsMatch's exact for a load without failures.
 func allUsers(string) bool { return true }
 
-// wantServerClean checks the pattern server saw no corruption and, unless
-// cuts are expected, no timeout or error either.
-func (r *soakRun) wantServerClean(t *testing.T, cutsExpected bool) {
+// wantServerClean checks the pattern servers saw no corruption and, unless
+// cuts are expected, no timeout or error either; it returns their counters
+// since the baseline.
+func (r *soakRun) wantServerClean(t *testing.T, cutsExpected bool) soakServerStats {
 	t.Helper()
-	s := r.srv
-	if n := s.corrupt.Load(); n > 0 {
-		t.Errorf("pattern server: %d corrupt streams (first error: %v)", n, s.firstErr.Load())
+	st := r.srv.stats(t)
+	if st.Corrupt > 0 {
+		t.Errorf("pattern servers: %d corrupt streams (first error: %s)", st.Corrupt, st.FirstErr)
 	}
-	if cutsExpected {
-		return
+	if !cutsExpected && st.Timeouts+st.OtherErrs > 0 {
+		t.Errorf("pattern servers: %d timeouts, %d other errors (first: %s), want none", st.Timeouts, st.OtherErrs, st.FirstErr)
 	}
-	if n, m := s.timeouts.Load(), s.otherErrs.Load(); n+m > 0 {
-		t.Errorf("pattern server: %d timeouts, %d other errors (first: %v), want none", n, m, s.firstErr.Load())
-	}
+	st.Accepted -= r.srv0.Accepted
+	st.CleanEnds -= r.srv0.CleanEnds
+	st.UpVerified -= r.srv0.UpVerified
+	st.DownSent -= r.srv0.DownSent
+	return st
 }
 
-func (r *soakRun) logBytes(t *testing.T, l *soakLoad, elapsed time.Duration) {
+func (r *soakRun) logBytes(t *testing.T, l *soakLoad, st soakServerStats, elapsed time.Duration) {
 	t.Helper()
 	opened, clean, exchanges, fails, connFails, corrupt, _, _, verDown := l.totals()
-	verUp := r.srv.upVerified.Load()
-	t.Logf("in %v: %d tunnels opened, %d ended cleanly, %d exchanges; verified %.1f MB up + %.1f MB down = %.1f MB; %d tunnel failures, %d handshake failures, %d corrupt",
-		elapsed.Round(time.Millisecond), opened, clean, exchanges, float64(verUp)/1e6, float64(verDown)/1e6,
-		float64(verUp+verDown)/1e6, fails, connFails, corrupt)
+	t.Logf("in %v: %d tunnels opened, %d ended cleanly, %d exchanges; verified %.1f MB up (server) + %.1f MB down (client) = %.1f MB; %d tunnel failures, %d handshake failures, %d corrupt",
+		elapsed.Round(time.Millisecond), opened, clean, exchanges, float64(st.UpVerified)/1e6, float64(verDown)/1e6,
+		float64(st.UpVerified+verDown)/1e6, fails, connFails, corrupt)
+	t.Logf("pattern servers: %d tunnels accepted, %d ended cleanly, %d timeouts, %d other errors, %d still open",
+		st.Accepted, st.CleanEnds, st.Timeouts, st.OtherErrs, st.Open)
 	l.report(t)
 }
 
@@ -422,9 +434,9 @@ func TestSoak(t *testing.T) {
 	if evs := l.eventsCopy(); len(evs) > 0 {
 		t.Errorf("load failures: %s", l.summarizeEvents(evs, 10))
 	}
-	r.wantServerClean(t, false)
+	st := r.wantServerClean(t, false)
 	r.wantMetricsMatch(t, l, allUsers)
-	r.logBytes(t, l, elapsed)
+	r.logBytes(t, l, st, elapsed)
 	r.checkBaseline(t, peak)
 }
 
@@ -548,7 +560,7 @@ func TestSoakReload(t *testing.T) {
 	if okN != valid || badN != broken {
 		t.Errorf("log: %d %q and %d %q lines, want %d and %d", okN, msgReloaded, badN, msgReloadFailed, valid, broken)
 	}
-	r.wantServerClean(t, false)
+	st := r.wantServerClean(t, false)
 	pm := r.wantMetricsMatch(t, l, allUsers)
 	wantMetric(t, pm, "ifsocks_config_reloads_total", map[string]string{"result": "success"}, float64(valid))
 	wantMetric(t, pm, "ifsocks_config_reloads_total", map[string]string{"result": "failure"}, float64(broken))
@@ -557,6 +569,6 @@ func TestSoakReload(t *testing.T) {
 		t.Logf("%d reloads (%d valid, %d broken) one per %v; SIGHUP to outcome line: median %v, max %v",
 			len(took), valid, broken, r.p.reloadEvery, took[len(took)/2].Round(time.Microsecond), took[len(took)-1].Round(time.Microsecond))
 	}
-	r.logBytes(t, l, elapsed)
+	r.logBytes(t, l, st, elapsed)
 	r.checkBaseline(t, peak)
 }
