@@ -14,6 +14,7 @@ import (
 type soakFlap struct {
 	down, restored, recovered time.Time
 	liveBob                   int           // bob's tunnels when wan2 went down
+	ipDown                    time.Duration // `ip link set wan2 down` itself
 	detectDown, detectUp      time.Duration // until the daemon logged the change
 	cutAll                    time.Duration // until every live bob tunnel had failed
 	cutFlows                  int           // flows the daemon said it closed
@@ -60,6 +61,7 @@ func TestSoakFlap(t *testing.T) {
 		if err := setWan2(r.topo, false); err != nil {
 			t.Fatal(err)
 		}
+		f.ipDown = time.Since(f.down)
 		f.detectDown = r.waitIfaceEvent(t, evIdx, "down", f.down)
 		// Every tunnel of bob that was live is cut: its slot moves on to
 		// a new tunnel (which fails while wan2 is down).
@@ -121,8 +123,8 @@ func TestSoakFlap(t *testing.T) {
 			}
 		}
 		flaps = append(flaps, f)
-		t.Logf("flap %d: %d bob tunnels live; daemon saw down after %v, cut %d flows; all cut (client) after %v; down for %v; up seen after %v; first bob tunnel back %v, all %d back %v after the routes",
-			i, f.liveBob, f.detectDown.Round(time.Millisecond), f.cutFlows, f.cutAll.Round(time.Millisecond),
+		t.Logf("flap %d at %s: %d bob tunnels live; ip link down took %v; daemon saw down after %v, cut %d flows; all cut (client) after %v; down for %v; up seen after %v; first bob tunnel back %v, all %d back %v after the routes",
+			i, f.down.Format("15:04:05.000"), f.liveBob, f.ipDown.Round(time.Millisecond), f.detectDown.Round(time.Millisecond), f.cutFlows, f.cutAll.Round(time.Millisecond),
 			f.restored.Sub(f.down).Round(time.Millisecond), f.detectUp.Round(time.Millisecond),
 			f.firstBack.Round(time.Millisecond), len(bobSlots), f.allBack.Round(time.Millisecond))
 	}

@@ -10,8 +10,8 @@ import (
 	"math/bits"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,13 +27,13 @@ import (
 // Client (in C).
 
 type soakLoadParams struct {
-	tunnels   int
-	interval  time.Duration // mean pause between exchanges of a tunnel
-	lifetime  time.Duration // mean life of a tunnel; 0: until the load stops
-	maxChunk  int
-	timeout   time.Duration // one exchange, one SOCKS handshake
-	openConc  int           // SOCKS handshakes at once
-	maxBackof time.Duration // after a failed tunnel or handshake
+	tunnels    int
+	interval   time.Duration // mean pause between exchanges of a tunnel
+	lifetime   time.Duration // mean life of a tunnel; 0: until the load stops
+	maxChunk   int
+	timeout    time.Duration // one exchange, one SOCKS handshake
+	openConc   int           // SOCKS handshakes at once
+	maxBackoff time.Duration // after a failed tunnel or handshake
 }
 
 // soakUserLoad is one user's share of the load and its counters.
@@ -84,6 +84,7 @@ type soakLoad struct {
 	// ends cleanly after living across one counts as crossed.
 	marks  atomic.Int64
 	probes atomic.Int64
+	stalls soakStalls // of this process
 
 	mu     sync.Mutex // guards events, texts and users (probes may add one)
 	events []soakEvent
@@ -102,6 +103,7 @@ func startSoakLoad(t *testing.T, topo *topology, p soakLoadParams, users ...soak
 	for _, u := range users {
 		l.users = append(l.users, &soakUserLoad{u: u})
 	}
+	l.wg.Go(func() { l.stalls.run(l.stop) })
 	for i := range p.tunnels {
 		s := &soakSlot{id: i, user: l.users[i%len(users)]}
 		l.slots = append(l.slots, s)
@@ -170,7 +172,7 @@ func (l *soakLoad) run(s *soakSlot) {
 		if !l.sleep(time.Duration(float64(backoff) * (0.5 + rng.Float64()))) {
 			return
 		}
-		backoff = min(2*backoff, l.p.maxBackof)
+		backoff = min(2*backoff, l.p.maxBackoff)
 	}
 }
 
@@ -184,9 +186,8 @@ func (l *soakLoad) open(s *soakSlot) (net.Conn, error) {
 	defer func() { <-l.sem }()
 	ctx, cancel := context.WithTimeout(l.ctx, l.p.timeout)
 	defer cancel()
-	target := net.JoinHostPort(svcV4, strconv.Itoa(soakPorts[s.id%len(soakPorts)]))
 	start := time.Now()
-	res, err := socksDo(ctx, l.topo.C, socksRequest{proxy: soakListen, user: s.user.u.name, pass: s.user.u.pass, target: target})
+	c, auth, reply, err := l.handshake(ctx, s.user.u, soakTarget(s.id))
 	if err != nil {
 		if l.stopping() {
 			return nil, nil
@@ -195,17 +196,80 @@ func (l *soakLoad) open(s *soakSlot) (net.Conn, error) {
 		l.event(s, "connect", err)
 		return nil, err
 	}
-	if res.authStatus != 0 || res.reply != 0 {
-		if res.conn != nil {
-			res.conn.Close()
-		}
-		err := fmt.Errorf("auth status %d, reply %d", res.authStatus, res.reply)
+	if c == nil {
+		err := fmt.Errorf("auth status %d, reply %d", auth, reply)
 		s.user.connectFails.Add(1)
 		l.event(s, "reply", err)
 		return nil, err
 	}
 	s.user.open.add(time.Since(start))
-	return res.conn, nil
+	return c, nil
+}
+
+func soakTarget(id int) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr(svcV4), uint16(soakPorts[id%len(soakPorts)]))
+}
+
+// handshake dials the proxy from C and performs the greeting, RFC 1929
+// authentication and a CONNECT to target, one step at a time (so that a
+// refusal is read before the server closes). It returns the tunnel, or nil
+// and the RFC 1929 status and reply code (-1 where not reached). Unlike
+// socksDo, every step including the TCP connect is bounded by ctx alone:
+// a host shared with other work can stall a process for seconds, and a
+// stall is not the proxy's failure.
+func (l *soakLoad) handshake(ctx context.Context, u soakUser, target netip.AddrPort) (net.Conn, int, int, error) {
+	c, err := nsDialer{ns: l.topo.C, timeout: l.p.timeout}.DialContext(ctx, "tcp4", soakListen)
+	if err != nil {
+		return nil, -1, -1, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Close()
+		}
+	}()
+	if d, has := ctx.Deadline(); has {
+		_ = c.SetDeadline(d)
+	}
+	var b [10]byte
+	if _, err := c.Write([]byte{5, 1, 2}); err != nil {
+		return nil, -1, -1, err
+	}
+	if _, err := io.ReadFull(c, b[:2]); err != nil || b[0] != 5 || b[1] != 2 {
+		return nil, -1, -1, fmt.Errorf("method selection % x: %v", b[:2], err)
+	}
+	msg := append([]byte{1, byte(len(u.name))}, u.name...)
+	msg = append(append(msg, byte(len(u.pass))), u.pass...)
+	if _, err := c.Write(msg); err != nil {
+		return nil, -1, -1, err
+	}
+	if _, err := io.ReadFull(c, b[:2]); err != nil || b[0] != 1 {
+		return nil, -1, -1, fmt.Errorf("auth status % x: %v", b[:2], err)
+	}
+	if b[1] != 0 {
+		return nil, int(b[1]), -1, nil
+	}
+	ip := target.Addr().As4()
+	msg = append(append([]byte{5, 1, 0, 1}, ip[:]...), byte(target.Port()>>8), byte(target.Port()))
+	if _, err := c.Write(msg); err != nil {
+		return nil, 0, -1, err
+	}
+	// An IPv4 BND.ADDR (the daemon's outbound socket) makes 10 bytes.
+	if _, err := io.ReadFull(c, b[:4]); err != nil || b[0] != 5 {
+		return nil, 0, -1, fmt.Errorf("connect reply % x: %v", b[:4], err)
+	}
+	if b[1] != 0 {
+		return nil, 0, int(b[1]), nil
+	}
+	if b[3] != 1 {
+		return nil, 0, 0, fmt.Errorf("connect reply address type %d, want 1 (IPv4)", b[3])
+	}
+	if _, err := io.ReadFull(c, b[4:10]); err != nil {
+		return nil, 0, 0, fmt.Errorf("connect reply address: %w", err)
+	}
+	_ = c.SetDeadline(time.Time{})
+	ok = true
+	return c, 0, 0, nil
 }
 
 // tunnel runs one tunnel of slot s from handshake to clean end. It returns
@@ -313,20 +377,13 @@ func (l *soakLoad) probe(u soakUser) (auth, reply int, err error) {
 	s := &soakSlot{id: 1<<24 + int(l.probes.Add(1)), user: l.userFor(u)}
 	ctx, cancel := context.WithTimeout(l.ctx, l.p.timeout)
 	defer cancel()
-	target := net.JoinHostPort(svcV4, strconv.Itoa(soakPorts[s.id%len(soakPorts)]))
 	start := time.Now()
-	res, err := socksDo(ctx, l.topo.C, socksRequest{proxy: soakListen, user: u.name, pass: u.pass, target: target})
-	if err != nil {
-		return res.authStatus, res.reply, err
-	}
-	if res.authStatus != 0 || res.reply != 0 {
-		if res.conn != nil {
-			res.conn.Close()
-		}
-		return res.authStatus, res.reply, nil
+	c, auth, reply, err := l.handshake(ctx, u, soakTarget(s.id))
+	if err != nil || c == nil {
+		return auth, reply, err
 	}
 	s.user.open.add(time.Since(start))
-	return 0, 0, l.drive(s, res.conn, rand.New(rand.NewPCG(uint64(s.id), 0x9b)), 1)
+	return 0, 0, l.drive(s, c, rand.New(rand.NewPCG(uint64(s.id), 0x9b)), 1)
 }
 
 // userFor returns the counters of u, adding them for a user of probes only.

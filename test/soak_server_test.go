@@ -87,6 +87,9 @@ type soakServerStats struct {
 	Open       int    `json:"open"`
 	FirstErr   string `json:"first_error,omitempty"`
 	Final      bool   `json:"final,omitempty"`
+	// The longest this process went unscheduled, and when.
+	MaxStall time.Duration `json:"max_stall"`
+	StallAt  time.Time     `json:"stall_at"`
 }
 
 func (a soakServerStats) add(b soakServerStats) soakServerStats {
@@ -101,13 +104,57 @@ func (a soakServerStats) add(b soakServerStats) soakServerStats {
 	if a.FirstErr == "" {
 		a.FirstErr = b.FirstErr
 	}
+	if b.MaxStall > a.MaxStall {
+		a.MaxStall, a.StallAt = b.MaxStall, b.StallAt
+	}
 	return a
+}
+
+// soakStalls measures how late a 100 ms ticker is served. A process, or
+// the whole host, that goes unscheduled for seconds shows up as a late
+// tick; the tests report it next to their latencies, so that a timeout
+// during a host-wide stall (a busy shared machine, a paused VM) can be
+// told from a failure of the proxy.
+type soakStalls struct {
+	mu  sync.Mutex
+	max time.Duration
+	at  time.Time
+}
+
+func (w *soakStalls) run(stop <-chan struct{}) {
+	const tick = 100 * time.Millisecond
+	tk := time.NewTicker(tick)
+	defer tk.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tk.C:
+		}
+		now := time.Now()
+		if late := now.Sub(last) - tick; late > 0 {
+			w.mu.Lock()
+			if late > w.max {
+				w.max, w.at = late, last
+			}
+			w.mu.Unlock()
+		}
+		last = now
+	}
+}
+
+func (w *soakStalls) get() (time.Duration, time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.max, w.at
 }
 
 // ---------------------------------------------------------------------
 // In the server process.
 
 type soakServer struct {
+	stalls   soakStalls
 	ls       []net.Listener
 	idle     time.Duration
 	maxChunk int
@@ -163,6 +210,9 @@ func soakServerMain(spec string) int {
 		s.ls = append(s.ls, l)
 		s.wg.Go(func() { s.accept(l) })
 	}
+	stopStalls := make(chan struct{})
+	defer close(stopStalls)
+	go s.stalls.run(stopStalls)
 	enc := json.NewEncoder(os.Stdout)
 	_ = enc.Encode(s.stats()) // the first line says: listening
 	tk := time.NewTicker(250 * time.Millisecond)
@@ -192,6 +242,7 @@ func (s *soakServer) stats() soakServerStats {
 		Timeouts: s.timeouts.Load(), OtherErrs: s.otherErrs.Load(), UpVerified: s.upVerified.Load(),
 		DownSent: s.downSent.Load(), Open: open}
 	st.FirstErr, _ = s.firstErr.Load().(string)
+	st.MaxStall, st.StallAt = s.stalls.get()
 	return st
 }
 
