@@ -34,7 +34,14 @@ import (
 //	IFSOCKS_SOAK_LOGDIR    keep the daemon logs there (default: a temp dir)
 //
 // The long run is best done with a test binary built without -race too:
-// 10,000 tunnels' worth of client and server run in the test process.
+// 10,000 tunnels' worth of clients run in the test process.
+//
+// Descriptors: the daemon holds two per tunnel, so 10,000 tunnels need a
+// RLIMIT_NOFILE of 20,100 for it (the test process one per tunnel, the two
+// pattern-server processes half each). The test raises the limits where it
+// may (CAP_SYS_RESOURCE); where the hard limit is lower and cannot be
+// raised it fails at once and says how many tunnels fit (9,950 under a
+// hard limit of 20,000: run with IFSOCKS_SOAK_TUNNELS=9900).
 
 type soakParams struct {
 	long        bool
