@@ -1,0 +1,348 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The soak tests' rig: a C/P/U topology of their own (names "ifss-<pid>-<n>-",
+// so they never meet the package's "ifst-" namespaces), a daemon built with
+// -race when asked, its log scanned line by line into a file instead of
+// memory (a long run writes hundreds of thousands of flow lines), and the
+// daemon's descriptors, goroutines and RSS.
+
+const (
+	soakPrefix    = "ifss-"
+	soakReaperEnv = "IFSS_REAPER_FOR_PID"
+	soakListen    = proxyListen4
+	soakMetrics   = "127.0.0.1:9810"
+)
+
+// Copies of the test binary started with soakReaperEnv or soakServerEnv
+// are the soak tests' reaper and pattern servers; they must not run
+// TestMain (which would start tests).
+func init() {
+	if pid := os.Getenv(soakReaperEnv); pid != "" {
+		os.Exit(soakReap(pid))
+	}
+	if spec := os.Getenv(soakServerEnv); spec != "" {
+		os.Exit(soakServerMain(spec))
+	}
+}
+
+// soakReap waits for EOF on stdin (its parent, the test process, exited
+// however it exited) and removes what the soak tests of that process left.
+func soakReap(pidStr string) int {
+	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	pid, err := strconv.Atoi(pidStr)
+	if err != nil {
+		return 2
+	}
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	if removeSoakOf(pid) != nil {
+		return 1
+	}
+	return 0
+}
+
+// removeSoakOf deletes the namespaces, /etc/netns directories and temporary
+// directories named for the soak tests of process pid.
+func removeSoakOf(pid int) error {
+	mine := fmt.Sprintf("%s%d-", soakPrefix, pid)
+	var errs []error
+	for _, dir := range []string{"/run/netns", "/etc/netns", os.TempDir()} {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if !strings.HasPrefix(e.Name(), mine) {
+				continue
+			}
+			if dir == "/run/netns" {
+				errs = append(errs, deleteNetns(e.Name()))
+			} else {
+				errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+var soakReaperOnce sync.Once
+
+// soakHousekeeping removes what dead soak runs left (their pid is in the
+// names) and starts this process's reaper, once.
+func soakHousekeeping(tb testing.TB) {
+	tb.Helper()
+	soakReaperOnce.Do(func() {
+		seen := map[int]bool{}
+		for _, dir := range []string{"/run/netns", "/etc/netns", os.TempDir()} {
+			entries, _ := os.ReadDir(dir)
+			for _, e := range entries {
+				rest, ok := strings.CutPrefix(e.Name(), soakPrefix)
+				if !ok {
+					continue
+				}
+				pidStr, _, _ := strings.Cut(rest, "-")
+				pid, err := strconv.Atoi(pidStr)
+				if err != nil || pid <= 0 || pid == os.Getpid() || pidAlive(pid) || seen[pid] {
+					continue
+				}
+				seen[pid] = true
+				if err := removeSoakOf(pid); err != nil {
+					tb.Logf("removing what soak run %d left: %v", pid, err)
+				}
+			}
+		}
+		startSoakReaper(tb)
+	})
+}
+
+// startSoakReaper starts the reaper on a pipe whose write end this process
+// holds until it exits (close-on-exec, so no child inherits it).
+func startSoakReaper(tb testing.TB) {
+	self, err := os.Executable()
+	if err != nil {
+		tb.Logf("no soak reaper: %v", err)
+		return
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		tb.Logf("no soak reaper: %v", err)
+		return
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), soakReaperEnv+"="+strconv.Itoa(os.Getpid()))
+	cmd.Stdin = r
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		tb.Logf("no soak reaper: %v", err)
+		r.Close()
+		w.Close()
+		return
+	}
+	r.Close()
+	soakReaperPipe = w // kept open, and reachable, for the life of the process
+	go func() { _ = cmd.Wait() }()
+}
+
+var soakReaperPipe *os.File
+
+// ---------------------------------------------------------------------
+// Topology.
+
+var soakSeq atomic.Int32
+
+// newSoakTopology builds a C/P/U triple like the package's (wan1 and wan2
+// in P, strict rp_filter in U) under soak names, removed at the end of
+// the test. Ports: C and P get a wide ephemeral range and tcp_tw_reuse,
+// since a long run opens hundreds of thousands of connections.
+func newSoakTopology(t *testing.T) *topology {
+	t.Helper()
+	soakHousekeeping(t)
+	base := fmt.Sprintf("%s%d-%d-", soakPrefix, os.Getpid(), soakSeq.Add(1))
+	topo := &topology{C: base + "c", P: base + "p", U: base + "u"}
+	t.Cleanup(func() {
+		if err := topo.destroy(); err != nil {
+			t.Errorf("soak topology teardown: %v", err)
+		}
+	})
+	if err := topo.build(); err != nil {
+		t.Fatalf("soak topology: %v", err)
+	}
+	for _, ns := range []string{topo.C, topo.P} {
+		if err := sysctl(ns, "net.ipv4.ip_local_port_range=10000 65535", "net.ipv4.tcp_tw_reuse=1",
+			"net.core.somaxconn=16384"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return topo
+}
+
+// setWan2 takes wan2 in P down, or brings it back with what an
+// administrative down removes: its IPv6 address and both default routes.
+func setWan2(topo *topology, up bool) error {
+	if !up {
+		_, err := ipCmd("-n", topo.P, "link", "set", "wan2", "down")
+		return err
+	}
+	for _, s := range [][]string{
+		{"-n", topo.P, "link", "set", "wan2", "up"},
+		{"-n", topo.P, "addr", "replace", "10.231.2.1/24", "dev", "wan2"},
+		{"-n", topo.P, "-6", "addr", "replace", "fd31:2::1/64", "dev", "wan2", "nodad"},
+		{"-n", topo.P, "route", "replace", "default", "via", "10.231.2.2", "dev", "wan2", "metric", "200"},
+		{"-n", topo.P, "-6", "route", "replace", "default", "via", "fd31:2::2", "dev", "wan2", "metric", "200"},
+	} {
+		if _, err := ipCmd(s...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------
+// The daemon binary.
+
+var (
+	soakBinMu sync.Mutex
+	soakBins  = map[bool]string{}
+)
+
+// soakBinary builds the daemon once per process and flavour (-race or
+// not) into a directory the reaper removes when the process exits.
+func soakBinary(t *testing.T, race bool) string {
+	t.Helper()
+	soakBinMu.Lock()
+	defer soakBinMu.Unlock()
+	if bin, ok := soakBins[race]; ok {
+		return bin
+	}
+	root, err := filepath.Abs("..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := openSources(root); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("%s%d-bin", soakPrefix, os.Getpid()))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = "/usr/local/go/bin/go"
+	}
+	args, bin := []string{"build"}, filepath.Join(dir, "ifsocks")
+	if race {
+		args, bin = append(args, "-race"), bin+"-race"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, goBin, append(args, "-o", bin, ".")...)
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go %s in %s: %v\n%s", strings.Join(args, " "), root, err, out)
+	}
+	// The race requirement rests on this binary really being instrumented.
+	out, err := exec.CommandContext(ctx, goBin, "version", "-m", bin).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go version -m %s: %v\n%s", bin, err, out)
+	}
+	if got := strings.Contains(string(out), "-race=true"); got != race {
+		t.Fatalf("%s: built with -race=%v, want %v (go version -m:\n%s)", bin, got, race, out)
+	}
+	t.Logf("built %s in %v", bin, time.Since(start).Round(time.Millisecond))
+	soakBins[race] = bin
+	return bin
+}
+
+// ---------------------------------------------------------------------
+// Configuration.
+
+// soakUser is a user of the soak daemon; passwords are unique so the log
+// can be searched for them.
+type soakUser struct {
+	name, pass, iface string
+	hashed            bool
+}
+
+var (
+	soakAlice = soakUser{name: "alice", pass: "soak-alice-Pw-6c1d42", iface: "wan1", hashed: true}
+	soakBob   = soakUser{name: "bob", pass: "soak-bob-Pw-93ae07", iface: "wan2"}
+	soakCarol = soakUser{name: "carol", pass: "soak-carol-Pw-0b7f5e", iface: "wan1"}
+	// bob's password in the broken files: if any of them were applied,
+	// every new tunnel of bob would be refused.
+	soakBobBroken = soakUser{name: "bob", pass: "soak-bob-Broken-Pw-51c9", iface: "wan2"}
+)
+
+var soakPasswords = []string{soakAlice.pass, soakBob.pass, soakCarol.pass, soakBobBroken.pass}
+
+// soakConfig is the text of a soak daemon's configuration: serverExtra
+// goes into [server]; users are written in order.
+func soakConfig(tb testing.TB, handshake string, serverExtra string, users ...soakUser) string {
+	tb.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "[server]\nlisten = [%q]\nhandshake_timeout = %q\nidle_timeout = \"5m\"\nconnect_timeout = \"5s\"\nshutdown_timeout = \"5s\"\n%s",
+		soakListen, handshake, serverExtra)
+	fmt.Fprintf(&b, "\n[metrics]\nlisten = %q\n\n[log]\nlevel = \"info\"\nformat = \"json\"\n", soakMetrics)
+	for _, u := range users {
+		fmt.Fprintf(&b, "\n[[users]]\nname = %q\n", u.name)
+		if u.hashed {
+			fmt.Fprintf(&b, "password_hash = %q\n", soakHash(tb, u.pass))
+		} else {
+			fmt.Fprintf(&b, "password = %q\n", u.pass)
+		}
+		fmt.Fprintf(&b, "interface = %q\n", u.iface)
+	}
+	return b.String()
+}
+
+var soakHashes sync.Map // password -> bcrypt hash (minimum cost)
+
+func soakHash(tb testing.TB, pass string) string {
+	tb.Helper()
+	if h, ok := soakHashes.Load(pass); ok {
+		return h.(string)
+	}
+	h, err := bcryptMin(pass)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	soakHashes.Store(pass, h)
+	return h
+}
+
+// ensureNoFile makes the soft RLIMIT_NOFILE of process pid (0: this one)
+// at least need, raising its hard limit too if it must and may. Without
+// CAP_SYS_RESOURCE a hard limit cannot grow, and the test fails saying
+// how many tunnels would fit.
+func ensureNoFile(tb testing.TB, pid int, need uint64, what string, perTunnel uint64) {
+	tb.Helper()
+	var old unix.Rlimit
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old); err != nil {
+		tb.Fatalf("RLIMIT_NOFILE of %s: %v", what, err)
+	}
+	if old.Cur >= need {
+		return
+	}
+	lim := unix.Rlimit{Cur: need, Max: max(old.Max, need)}
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+		tb.Fatalf("%s needs %d descriptors, RLIMIT_NOFILE is %d (hard %d) and cannot be raised here: %v; "+
+			"with %d per tunnel, about %d tunnels fit (set IFSOCKS_SOAK_TUNNELS), or run where the limit can be raised (CAP_SYS_RESOURCE)",
+			what, need, old.Cur, old.Max, err, perTunnel, (old.Max-soakFDSlack)/perTunnel)
+	}
+}
+
+// soakFDSlack is the descriptors a process needs besides the tunnels'
+// sockets: listeners, epoll, netlink, logs, handshakes in flight, a
+// flow's sockets still closing while its successor opens.
+const soakFDSlack = 100
+
+// scrapeTry is scrape without failing the test (used from goroutines).
+func scrapeTry(ns, addr string) (promMetrics, error) {
+	code, body, err := nsHTTP(ns, "http://"+addr+"/metrics")
+	if err != nil {
+		return nil, err
+	}
+	if code != 200 {
+		return nil, fmt.Errorf("GET /metrics: status %d", code)
+	}
+	return parseProm(body)
+}
