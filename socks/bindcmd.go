@@ -76,14 +76,9 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 // target would.
 func (sc *serverConn) bindListen(ctx context.Context, rec *record, eg *Egress, dst Addr) (*net.TCPListener, []netip.Addr, error) {
 	st := sc.st
-	key := dst.Name
-	if key == "" {
-		key = dst.IP.String()
-	}
-	p, err := st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), key, &sc.srv.turn)
+	p, err := sc.planFor(rec, eg, dst)
 	defer func() { rec.skipped = p.skipped }()
 	if err != nil {
-		rec.iface = failedInterface(err)
 		return nil, nil, err
 	}
 	type bound struct {

@@ -137,18 +137,29 @@ func (sc *serverConn) relayDone(rec *record, res relay.Result) {
 // denied) ends the attempt, since another interface would fare no better.
 func (sc *serverConn) dialTarget(ctx context.Context, rec *record, eg *Egress, dst Addr) (*net.TCPConn, bind.Dialer, error) {
 	st := sc.st
-	key := dst.Name
-	if key == "" {
-		key = dst.IP.String()
-	}
-	p, err := st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), key, &sc.srv.turn)
+	p, err := sc.planFor(rec, eg, dst)
 	defer func() { rec.skipped = p.skipped }()
 	if err != nil {
-		return nil, bind.Dialer{Interface: failedInterface(err)}, err
+		return nil, bind.Dialer{Interface: rec.iface}, err
 	}
 	return tryRoutes(st, &p, func(route bind.Dialer) (*net.TCPConn, error) {
 		return dialRoute(ctx, st, route, dst)
 	})
+}
+
+// planFor plans the egress of a flow to dst: hashed by the target host,
+// for ingress by the address the client connected to. When no route is
+// usable, rec.iface names the interface that failed.
+func (sc *serverConn) planFor(rec *record, eg *Egress, dst Addr) (plan, error) {
+	key := dst.Name
+	if key == "" {
+		key = dst.IP.String()
+	}
+	p, err := sc.st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), key, &sc.srv.turn)
+	if err != nil {
+		rec.iface = failedInterface(err)
+	}
+	return p, err
 }
 
 // dialRoute resolves dst through route when it is a name, drops addresses
