@@ -140,14 +140,7 @@ func (st *Settings) planEgress(eg *Egress, local netip.Addr, key string, turn *a
 		n := int((turn.Add(1) - 1) % uint64(len(usable)))
 		usable = append(usable[n:len(usable):len(usable)], usable[:n]...)
 	case Hash:
-		score := func(name string) uint64 {
-			h := fnv.New64a()
-			h.Write([]byte(key))
-			h.Write([]byte{0})
-			h.Write([]byte(name))
-			return h.Sum64()
-		}
-		slices.SortStableFunc(usable, func(a, b string) int { return cmp.Compare(score(b), score(a)) })
+		sortByScore(usable, key)
 	}
 	for _, name := range usable {
 		p.routes = append(p.routes, bind.Dialer{Interface: name, Mark: eg.Mark})
@@ -167,6 +160,27 @@ func tryRoutes[T any](st *Settings, p *plan, open func(bind.Dialer) (T, error)) 
 		p.skip(st, route.Interface, err)
 	}
 	panic("unreachable: a plan has at least one route")
+}
+
+// sortByScore orders names by their rendezvous score for key, highest
+// first; each score is computed once (FNV-1a of key, a zero byte, name).
+func sortByScore(names []string, key string) {
+	type scored struct {
+		name  string
+		score uint64
+	}
+	s := make([]scored, len(names))
+	for i, n := range names {
+		h := fnv.New64a()
+		h.Write([]byte(key))
+		h.Write([]byte{0})
+		h.Write([]byte(n))
+		s[i] = scored{n, h.Sum64()}
+	}
+	slices.SortStableFunc(s, func(a, b scored) int { return cmp.Compare(b.score, a.score) })
+	for i := range s {
+		names[i] = s[i].name
+	}
 }
 
 // egressFailure tells a failure of the way out (the interface cannot be
