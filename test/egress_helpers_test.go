@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -316,41 +315,13 @@ func egressConfig(listen []string, body string) string {
 // the end of the test.
 func startEgressDaemon(t *testing.T, topo *topology, cfg string, ready ...string) *opsDaemon {
 	t.Helper()
-	_, shared := getDaemon(t) // builds the binary once for the package
-	dir, err := os.MkdirTemp("", "ifse-daemon-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	od := &opsDaemon{
-		daemon:  &daemon{dir: dir, bin: shared.bin, logs: &syncBuffer{}, done: make(chan struct{})},
-		cfgPath: filepath.Join(dir, "ifsocks.toml"),
-		topo:    topo,
-	}
-	od.writeConfig(t, cfg)
-	od.cmd = exec.Command("ip", "netns", "exec", topo.P, od.bin, "-config", od.cfgPath)
-	od.cmd.Env = cleanEnv
-	od.cmd.Stdout, od.cmd.Stderr = od.logs, od.logs
-	od.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := od.cmd.Start(); err != nil {
-		os.RemoveAll(dir)
-		t.Fatal(err)
-	}
-	go func() { od.err = od.cmd.Wait(); close(od.done) }()
-	t.Cleanup(func() {
-		if err := od.stop(); err != nil {
-			t.Errorf("egress daemon: %v", err)
-		} else if od.err != nil {
-			t.Errorf("egress daemon exited with %v after SIGTERM, want status 0", od.err)
-		}
+	od := spawnDaemon(t, topo, "egress", cfg, nil, func(od *opsDaemon) {
 		for _, line := range strings.Split(od.logs.String(), "\n") {
 			for _, p := range egressPasswords {
 				if strings.Contains(line, p) {
 					t.Errorf("egress daemon log contains a password: %s", line)
 				}
 			}
-		}
-		if t.Failed() {
-			t.Logf("egress daemon log (last %d lines):\n%s", logTail, tail(od.logs.String(), logTail))
 		}
 	})
 	start := time.Now()

@@ -143,18 +143,35 @@ func startOpsDaemon(t *testing.T, cfg opsConfig, extraEnv ...string) *opsDaemon 
 // launchOpsDaemon is startOpsDaemon without waiting for the listeners.
 func launchOpsDaemon(t *testing.T, cfg opsConfig, extraEnv ...string) *opsDaemon {
 	t.Helper()
-	e, shared := getDaemon(t) // builds the binary once for the package
-	dir, err := os.MkdirTemp("", "ifst-ops-")
+	e, _ := getDaemon(t)
+	return spawnDaemon(t, e.topo, "ops", cfg.render(t), extraEnv, func(od *opsDaemon) {
+		if leaks := od.passwordLeaks(); len(leaks) > 0 {
+			t.Errorf("ops daemon log contains passwords:\n%s", strings.Join(leaks, "\n"))
+		}
+		if n := od.countMsg("sd_notify failed"); n > 0 {
+			t.Errorf("ops daemon logged %d \"sd_notify failed\" lines", n)
+		}
+	})
+}
+
+// spawnDaemon starts the package's ifsocks binary in topo's P with the
+// configuration text cfg and extraEnv added to its environment. At the end
+// of the test it is stopped with SIGTERM, which must suffice, and check
+// looks at its log; label names it in messages.
+func spawnDaemon(t *testing.T, topo *topology, label, cfg string, extraEnv []string, check func(*opsDaemon)) *opsDaemon {
+	t.Helper()
+	_, shared := getDaemon(t) // builds the binary once for the package
+	dir, err := os.MkdirTemp("", "ifst-"+label+"-")
 	if err != nil {
 		t.Fatal(err)
 	}
 	od := &opsDaemon{
 		daemon:  &daemon{dir: dir, bin: shared.bin, logs: &syncBuffer{}, done: make(chan struct{})},
 		cfgPath: filepath.Join(dir, "ifsocks.toml"),
-		topo:    e.topo,
+		topo:    topo,
 	}
-	od.writeConfig(t, cfg.render(t))
-	od.cmd = exec.Command("ip", "netns", "exec", e.topo.P, od.bin, "-config", od.cfgPath)
+	od.writeConfig(t, cfg)
+	od.cmd = exec.Command("ip", "netns", "exec", topo.P, od.bin, "-config", od.cfgPath)
 	od.cmd.Env = append(append([]string{}, cleanEnv...), extraEnv...)
 	od.cmd.Stdout, od.cmd.Stderr = od.logs, od.logs
 	od.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -165,18 +182,13 @@ func launchOpsDaemon(t *testing.T, cfg opsConfig, extraEnv ...string) *opsDaemon
 	go func() { od.err = od.cmd.Wait(); close(od.done) }()
 	t.Cleanup(func() {
 		if err := od.stop(); err != nil {
-			t.Errorf("ops daemon: %v", err)
+			t.Errorf("%s daemon: %v", label, err)
 		} else if od.err != nil {
-			t.Errorf("ops daemon exited with %v after SIGTERM, want status 0", od.err)
+			t.Errorf("%s daemon exited with %v after SIGTERM, want status 0", label, od.err)
 		}
-		if leaks := od.passwordLeaks(); len(leaks) > 0 {
-			t.Errorf("ops daemon log contains passwords:\n%s", strings.Join(leaks, "\n"))
-		}
-		if n := od.countMsg("sd_notify failed"); n > 0 {
-			t.Errorf("ops daemon logged %d \"sd_notify failed\" lines", n)
-		}
+		check(od)
 		if t.Failed() {
-			t.Logf("ops daemon log (last %d lines):\n%s", logTail, tail(od.logs.String(), logTail))
+			t.Logf("%s daemon log (last %d lines):\n%s", label, logTail, tail(od.logs.String(), logTail))
 		}
 	})
 	return od
