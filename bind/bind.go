@@ -137,7 +137,9 @@ func (d Dialer) netDialer(network string) (*net.Dialer, error) {
 	if err != nil {
 		return nil, err
 	}
-	nd := &net.Dialer{Control: d.control}
+	// Go's default keepalive costs four setsockopt calls per socket;
+	// callers set keepalive themselves when they want it.
+	nd := &net.Dialer{Control: d.control, KeepAlive: -1}
 	if la != nil {
 		nd.LocalAddr = la
 	}
@@ -187,7 +189,7 @@ func (d Dialer) ListenTCP(ctx context.Context, addr netip.Addr) (*net.TCPListene
 	if d.Source.IsValid() {
 		addr = d.Source
 	}
-	lc := net.ListenConfig{Control: d.control}
+	lc := net.ListenConfig{Control: d.control, KeepAlive: -1} // see netDialer
 	ln, err := lc.Listen(ctx, "tcp", netip.AddrPortFrom(addr, 0).String())
 	if err != nil {
 		return nil, err

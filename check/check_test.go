@@ -427,6 +427,17 @@ var checkCases = []checkCase{
 		},
 	},
 	{
+		name:   "no idle timeout and no keepalive",
+		config: "[server]\nidle_timeout = \"0s\"\n" + alice,
+		wantWarnings: []string{
+			`server.idle_timeout: "0s" with tcp_keepalive off: a flow whose client or target vanished without a FIN or RST stays open`,
+		},
+	},
+	{
+		name:   "no idle timeout, keepalive on",
+		config: "[server]\nidle_timeout = \"0s\"\ntcp_keepalive = \"60s\"\n" + alice,
+	},
+	{
 		name:   "allow_open with users is not open",
 		config: "[server]\nallow_open = true\n" + alice,
 	},

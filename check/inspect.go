@@ -73,6 +73,9 @@ func inspect(cfg *config.Config, path string, h host) *result {
 	if len(cfg.Users) == 0 && cfg.Server.AllowOpen {
 		r.open(cfg)
 	}
+	if cfg.Server.IdleTimeout == 0 && cfg.Server.TCPKeepAlive == 0 {
+		r.add(warning, "server.idle_timeout", `"0s" with tcp_keepalive off: a flow whose client or target vanished without a FIN or RST stays open, holding its descriptors, until the daemon stops; set tcp_keepalive (e.g. "60s") or an idle timeout`)
+	}
 	return r
 }
 

@@ -21,11 +21,13 @@ const (
 	DefaultConnectTimeout   = 10 * time.Second
 	DefaultShutdownTimeout  = 30 * time.Second
 	DefaultBindTimeout      = time.Minute
-	DefaultMaxAssociations  = 64
-	DefaultUDPMaxDatagram   = 8192
-	DefaultUDPReplyFilter   = "address-port"
-	DefaultLogLevel         = "info"
-	DefaultLogFormat        = "json"
+	// MaxTCPKeepAlive is the largest TCP_KEEPIDLE Linux accepts.
+	MaxTCPKeepAlive        = 32767 * time.Second
+	DefaultMaxAssociations = 64
+	DefaultUDPMaxDatagram  = 8192
+	DefaultUDPReplyFilter  = "address-port"
+	DefaultLogLevel        = "info"
+	DefaultLogFormat       = "json"
 	// DefaultPath is read when no -config flag is given and the file exists.
 	DefaultPath = "/etc/ifsocks/config.toml"
 )
@@ -152,6 +154,11 @@ type Server struct {
 	ShutdownTimeout  time.Duration
 	// BindTimeout is how long a BIND waits for the peer to connect.
 	BindTimeout time.Duration
+	// TCPKeepAlive, when not 0, turns on TCP keepalive on both sockets
+	// of a relayed TCP flow and the control connection of a UDP
+	// association: a probe after that much silence, then one every
+	// TCPKeepAlive, and the connection ends after three unanswered.
+	TCPKeepAlive time.Duration
 	// Deny lists destination prefixes refused for every user.
 	Deny []netip.Prefix
 	// DenyOwnAddresses refuses destinations that are addresses of this

@@ -97,6 +97,7 @@ func TestLoadExample(t *testing.T) {
 		{"idle_timeout", s.IdleTimeout, config.DefaultIdleTimeout},
 		{"connect_timeout", s.ConnectTimeout, config.DefaultConnectTimeout},
 		{"shutdown_timeout", s.ShutdownTimeout, config.DefaultShutdownTimeout},
+		{"tcp_keepalive", s.TCPKeepAlive, 0},
 	}
 	for _, d := range durations {
 		if d.got != d.want {
@@ -252,11 +253,11 @@ func TestParseValid(t *testing.T) {
 		},
 		{
 			name: "durations are parsed",
-			text: "[server]\nhandshake_timeout = \"1500ms\"\nidle_timeout = \"1h\"\nconnect_timeout = \"3s\"\nshutdown_timeout = \"1m30s\"\n",
+			text: "[server]\nhandshake_timeout = \"1500ms\"\nidle_timeout = \"1h\"\nconnect_timeout = \"3s\"\nshutdown_timeout = \"1m30s\"\ntcp_keepalive = \"45s\"\n",
 			check: func(t *testing.T, c *config.Config) {
 				s := c.Server
-				got := []time.Duration{s.HandshakeTimeout, s.IdleTimeout, s.ConnectTimeout, s.ShutdownTimeout}
-				want := []time.Duration{1500 * time.Millisecond, time.Hour, 3 * time.Second, 90 * time.Second}
+				got := []time.Duration{s.HandshakeTimeout, s.IdleTimeout, s.ConnectTimeout, s.ShutdownTimeout, s.TCPKeepAlive}
+				want := []time.Duration{1500 * time.Millisecond, time.Hour, 3 * time.Second, 90 * time.Second, 45 * time.Second}
 				if !slices.Equal(got, want) {
 					t.Errorf("durations = %v, want %v", got, want)
 				}
@@ -466,6 +467,24 @@ func TestParseErrors(t *testing.T) {
 			text: "[server]\nhandshake_timeout = \"0s\"\n",
 			want: []string{"server.handshake_timeout", `"0s"`, "greater than zero"},
 			key:  "server.handshake_timeout",
+		},
+		{
+			name: "negative keepalive",
+			text: "[server]\ntcp_keepalive = \"-15s\"\n",
+			want: []string{"server.tcp_keepalive", `"-15s"`, "greater than zero"},
+			key:  "server.tcp_keepalive",
+		},
+		{
+			name: "keepalive in fractions of a second",
+			text: "[server]\ntcp_keepalive = \"1500ms\"\n",
+			want: []string{"server.tcp_keepalive", `"1500ms"`, "whole seconds"},
+			key:  "server.tcp_keepalive",
+		},
+		{
+			name: "keepalive beyond the kernel's limit",
+			text: "[server]\ntcp_keepalive = \"10h\"\n",
+			want: []string{"server.tcp_keepalive", `"10h"`, "at most 9h6m7s"},
+			key:  "server.tcp_keepalive",
 		},
 		{
 			name: "negative idle timeout",

@@ -23,6 +23,7 @@ type file struct {
 		ConnectTimeout   string   `toml:"connect_timeout"`
 		ShutdownTimeout  string   `toml:"shutdown_timeout"`
 		BindTimeout      string   `toml:"bind_timeout"`
+		TCPKeepAlive     string   `toml:"tcp_keepalive"`
 		Deny             []string `toml:"deny"`
 		DenyOwnAddresses bool     `toml:"deny_own_addresses"`
 		AllowOpen        bool     `toml:"allow_open"`

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 
 	"golang.org/x/crypto/bcrypt"
@@ -59,6 +60,12 @@ func (v *validator) server(c *Config, f *file) {
 	v.duration(f, "connect_timeout", f.Server.ConnectTimeout, &s.ConnectTimeout, false)
 	v.duration(f, "shutdown_timeout", f.Server.ShutdownTimeout, &s.ShutdownTimeout, true)
 	v.duration(f, "bind_timeout", f.Server.BindTimeout, &s.BindTimeout, false)
+	v.duration(f, "tcp_keepalive", f.Server.TCPKeepAlive, &s.TCPKeepAlive, true)
+	if k := s.TCPKeepAlive; k%time.Second != 0 || k > MaxTCPKeepAlive {
+		// The kernel counts keepalive in whole seconds, up to 32767.
+		v.add("server.tcp_keepalive", f.Server.TCPKeepAlive, fmt.Sprintf("must be whole seconds, at most %v (the kernel's limit)", MaxTCPKeepAlive))
+		s.TCPKeepAlive = 0
+	}
 	if f.defined("server", "deny") {
 		s.Deny = make([]netip.Prefix, 0, len(f.Server.Deny))
 		for i, d := range f.Server.Deny {

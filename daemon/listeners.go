@@ -21,7 +21,9 @@ type listener struct {
 // that cannot listen where it was told should not go on half-way.
 func listen(ctx context.Context, addrs []string) (map[string]*listener, error) {
 	lns := make(map[string]*listener, len(addrs))
-	var lc net.ListenConfig
+	// Keepalive is set per relayed flow from the current settings
+	// (socks), not on every accepted connection.
+	lc := net.ListenConfig{KeepAlive: -1}
 	for _, a := range addrs {
 		ln, err := lc.Listen(ctx, listenNetwork(a), a)
 		if err != nil {

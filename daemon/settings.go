@@ -45,6 +45,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 		HandshakeTimeout: cfg.Server.HandshakeTimeout,
 		ConnectTimeout:   cfg.Server.ConnectTimeout,
 		BindTimeout:      cfg.Server.BindTimeout,
+		TCPKeepAlive:     cfg.Server.TCPKeepAlive,
 		IdleTimeout:      cfg.Server.IdleTimeout,
 		UDP: socks.UDPSettings{
 			PortMin:         cfg.Server.UDPPortMin,

@@ -23,28 +23,6 @@ const smallCopy = 16 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, smallCopy); return &b }}
 
-// copyConn copies src to dst until EOF (returned as nil) or an error.
-// Between bursts it waits for src to become readable holding nothing, then
-// moves exactly the bytes the kernel has queued.
-func copyConn(dst, src *net.TCPConn) (int64, error) {
-	rc, err := src.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var total int64
-	for {
-		avail, eof, err := waitReadable(rc)
-		if err != nil || eof {
-			return total, err
-		}
-		n, err := move(dst, src, avail)
-		total += n
-		if err != nil {
-			return total, err
-		}
-	}
-}
-
 // copyLimited is copyConn paced by lim: once src is readable it takes
 // tokens for what is queued (at most a burst), then moves exactly that
 // much by the same path as copyConn, splice included. Bytes waiting for

@@ -2,16 +2,16 @@
 // flow: both directions at once, half-close passed through, an idle
 // timeout, and byte counts.
 //
-// Payload moves between the concrete *net.TCPConn values so that Go uses
+// Payload moves between the sockets of the two *net.TCPConn values by
 // splice(2) on Linux: bulk data goes through the kernel and never through a
-// user-space buffer. Wrapping either connection (to count bytes or to
-// refresh deadlines) would silently turn that off, which is why idle time
-// is read from the kernel (TCP_INFO) instead of being tracked per read.
+// user-space buffer. The copy loops work on the raw descriptors and so
+// cannot count reads as they happen, which is why idle time is read from
+// the kernel (TCP_INFO) instead of being tracked per read.
 //
 // An idle flow holds no buffer and no pipe: each direction waits for its
-// socket to become readable first, then moves exactly what has arrived —
-// small amounts through a pooled buffer, larger ones by splice, whose pipe
-// goes back to Go's pool as soon as the bytes are across. A tunnel that sits
+// socket to become readable first, then takes a pooled buffer for a small
+// read and, when more is queued, a pooled pipe for splice, and gives both
+// back as soon as the socket has nothing queued. A tunnel that sits
 // idle for hours costs two parked goroutines and its two sockets.
 package relay
 

@@ -169,6 +169,57 @@ func TestBothDirections(t *testing.T) {
 	}
 }
 
+// TestBurstSizes sends bursts of different sizes in lockstep (each is
+// echoed back before the next is sent), so that the copy loop meets each
+// on its own: small ones go through its buffer, bulk ones through splice,
+// and the switches between the two must neither lose, reorder nor hold back
+// a byte, in either direction.
+func TestBurstSizes(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		sizes []int
+	}{
+		{"small only", []int{1, 64, 1500, 16<<10 - 1}},
+		{"exactly the buffer", []int{16 << 10, 16 << 10, 1}},
+		{"small then bulk then small", []int{10, 3 << 20, 100, 2, 1 << 20, 7}},
+		{"bulk back to back", []int{4 << 20, 64 << 10, 2 << 20}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := startRelay(t, 0)
+			for _, c := range []*net.TCPConn{f.client, f.upstream} {
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+			}
+			var up, down int64
+			for i, size := range tt.sizes {
+				msg := randomBytes(t, size)
+				// Client to upstream, then the same bytes back.
+				for _, dir := range []struct {
+					from, to *net.TCPConn
+					count    *int64
+				}{{f.client, f.upstream, &up}, {f.upstream, f.client, &down}} {
+					errc := make(chan error, 1)
+					go func() { _, err := dir.from.Write(msg); errc <- err }()
+					got := make([]byte, size)
+					_, rerr := io.ReadFull(dir.to, got)
+					if err := <-errc; err != nil {
+						t.Fatalf("burst %d (%d bytes): write: %v", i, size, err)
+					}
+					if rerr != nil || !bytes.Equal(got, msg) {
+						t.Fatalf("burst %d (%d bytes): read %v, identical %v", i, size, rerr, bytes.Equal(got, msg))
+					}
+					*dir.count += int64(size)
+				}
+			}
+			f.client.CloseWrite()
+			f.upstream.CloseWrite()
+			r := f.wait(t, 10*time.Second)
+			if want := (relay.Result{Up: up, Down: down}); r != want {
+				t.Errorf("Result = %+v, want %+v", r, want)
+			}
+		})
+	}
+}
+
 func TestHalfClose(t *testing.T) {
 	f := startRelay(t, 0)
 	for _, c := range []*net.TCPConn{f.client, f.upstream} {

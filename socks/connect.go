@@ -96,6 +96,10 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 		sc.logFlow(rec, zap.InfoLevel)
 		return false
 	}
+	if st.TCPKeepAlive > 0 {
+		keepAlive(client, st.TCPKeepAlive)
+		keepAlive(up, st.TCPKeepAlive)
+	}
 	// The relay's two goroutines own the flow from here; this goroutine,
 	// whose stack grew through the handshake and the dial, can end.
 	done := func(res relay.Result) {
@@ -273,4 +277,14 @@ func outcomeFor(rep byte) string {
 		return outcomeBadRequest
 	}
 	return outcomeError
+}
+
+// keepAliveProbes is how many unanswered keepalive probes end a connection.
+const keepAliveProbes = 3
+
+// keepAlive turns on TCP keepalive on c: the first probe after d of
+// silence, then one every d. It is best effort: a socket that refuses
+// still relays, and the idle timeout still ends it.
+func keepAlive(c *net.TCPConn, d time.Duration) {
+	_ = c.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: d, Interval: d, Count: keepAliveProbes})
 }

@@ -73,7 +73,9 @@ func startServer(tb testing.TB, st *Settings) *testEnv {
 	tb.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	srv := New(zap.New(core), st)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// As the daemon listens: keepalive is the server's choice per flow.
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -91,6 +91,10 @@ type Settings struct {
 	ConnectTimeout   time.Duration // resolution plus connect
 	BindTimeout      time.Duration // BIND: wait for the peer's connection; 0 disables
 	IdleTimeout      time.Duration // 0 disables
+	// TCPKeepAlive is the keepalive idle time and probe interval of
+	// relayed TCP sockets and UDP control connections; 0 leaves
+	// keepalive off.
+	TCPKeepAlive time.Duration
 
 	UDP UDPSettings
 

@@ -117,6 +117,11 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 		sc.logFlow(rec, zap.InfoLevel)
 		return
 	}
+	if tc, ok := sc.conn.(*net.TCPConn); ok && st.TCPKeepAlive > 0 {
+		// The control connection is the association's lifetime:
+		// keepalive finds a client that vanished without a FIN.
+		keepAlive(tc, st.TCPKeepAlive)
+	}
 	st.Metrics.FlowActive(rec.user, rec.iface, 1)
 	a.run()
 	st.Metrics.FlowActive(rec.user, rec.iface, -1)

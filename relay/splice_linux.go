@@ -1,0 +1,251 @@
+package relay
+
+import (
+	"errors"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// pipeSize is the capacity asked for each splice pipe, and so the most one
+// splice call moves: the default fs.pipe-max-size, which an unprivileged
+// process may use. Where the per-user pipe budget refuses it the pipe keeps
+// the 64 KiB default and still works, only with more calls.
+const pipeSize = 1 << 20
+
+// copyConn copies src to dst until EOF (returned as nil) or an error.
+//
+// While a flow carries requests and replies, each burst is one read of up
+// to smallCopy bytes through a pooled buffer, taken only once src is
+// readable and returned before the copy parks again, and one write. A read
+// that fills the buffer means bulk data is queued: the rest of the burst
+// goes by splice(2) through a pooled pipe for as long as data keeps
+// arriving, and the pipe goes back the moment src has nothing queued.
+// From then on the flow counts as bulk: each new burst first asks the
+// kernel how much is queued, so that bulk bytes do not pass through the
+// buffer, until a burst turns out small again.
+func copyConn(dst, src *net.TCPConn) (int64, error) {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	wc, err := dst.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	bulk := false
+	for {
+		if bulk {
+			avail, eof, err := waitReadable(rc)
+			if err != nil || eof {
+				return total, err
+			}
+			if avail < smallCopy {
+				n, err := copySmall(dst, src, avail)
+				total += n
+				if err != nil {
+					return total, err
+				}
+				bulk = false
+				continue
+			}
+		} else {
+			n, err := copyBurstStart(dst, rc)
+			total += int64(n)
+			if err != nil || n == 0 { // n == 0: EOF
+				return total, err
+			}
+			if n < smallCopy {
+				continue
+			}
+		}
+		m, eof, err := spliceBurst(wc, rc)
+		total += m
+		if errors.Is(err, errNoPipe) {
+			// Out of descriptors: go on through the buffer.
+			bulk = false
+			continue
+		}
+		if err != nil || eof {
+			return total, err
+		}
+		bulk = true
+	}
+}
+
+// copyBurstStart waits until src is readable, reads up to smallCopy bytes
+// and writes them to dst. It returns 0 and no error at EOF.
+func copyBurstStart(dst *net.TCPConn, rc syscall.RawConn) (int, error) {
+	var (
+		bp   *[]byte
+		n    int
+		serr error
+	)
+	cerr := rc.Read(func(fd uintptr) bool {
+		bp = bufPool.Get().(*[]byte)
+		for {
+			n, serr = unix.Read(int(fd), *bp)
+			if serr != unix.EINTR {
+				break
+			}
+		}
+		if serr == unix.EAGAIN {
+			// Nothing queued: give the buffer back before parking.
+			bufPool.Put(bp)
+			bp = nil
+			return false
+		}
+		return true
+	})
+	if bp != nil {
+		defer bufPool.Put(bp)
+	}
+	switch {
+	case cerr != nil:
+		return 0, cerr
+	case serr != nil:
+		return 0, os.NewSyscallError("read", serr)
+	case n > 0:
+		if _, err := dst.Write((*bp)[:n]); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
+}
+
+// spliceBurst moves src to dst through a pooled pipe until src has nothing
+// queued, reaches EOF (eof true) or fails. Without a pipe (descriptor
+// limit) it says so with errNoPipe and nothing moved.
+func spliceBurst(dst, src syscall.RawConn) (moved int64, eof bool, err error) {
+	p, err := getPipe()
+	if err != nil {
+		return 0, false, errNoPipe
+	}
+	for {
+		n, drained, err := spliceIn(src, p)
+		if err != nil {
+			p.put()
+			return moved, false, err
+		}
+		if drained || n == 0 {
+			p.put()
+			return moved, n == 0 && !drained, nil
+		}
+		m, err := spliceOut(dst, p, n)
+		moved += int64(m)
+		if err != nil {
+			// Bytes may be left in the pipe: it must not be reused.
+			p.close()
+			return moved, false, err
+		}
+	}
+}
+
+// spliceIn moves what src has queued, up to the pipe's size, into the
+// empty pipe p. drained reports that src had nothing queued; n == 0 without
+// drained is EOF. Because the pipe starts empty, EAGAIN can only mean the
+// socket is empty.
+func spliceIn(src syscall.RawConn, p *pipe) (n int, drained bool, err error) {
+	var serr error
+	cerr := src.Read(func(fd uintptr) bool {
+		for {
+			var m int64
+			m, serr = unix.Splice(int(fd), nil, p.w, nil, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			n = int(m)
+			if serr != unix.EINTR {
+				break
+			}
+		}
+		if serr == unix.EAGAIN {
+			n, serr, drained = 0, nil, true
+		}
+		return true
+	})
+	if cerr != nil {
+		return 0, false, cerr
+	}
+	if serr != nil {
+		return 0, false, os.NewSyscallError("splice", serr)
+	}
+	return n, drained, nil
+}
+
+// spliceOut moves the n bytes in p to dst, parking while dst's send buffer
+// is full.
+func spliceOut(dst syscall.RawConn, p *pipe, n int) (int, error) {
+	var (
+		done int
+		serr error
+	)
+	cerr := dst.Write(func(fd uintptr) bool {
+		for done < n {
+			m, e := unix.Splice(p.r, nil, int(fd), nil, n-done, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			switch {
+			case e == unix.EINTR:
+				continue
+			case e == unix.EAGAIN:
+				return false
+			case e != nil:
+				serr = os.NewSyscallError("splice", e)
+				return true
+			case m == 0:
+				serr = errShortSplice
+				return true
+			}
+			done += int(m)
+		}
+		return true
+	})
+	if cerr != nil {
+		return done, cerr
+	}
+	return done, serr
+}
+
+var (
+	errShortSplice = errors.New("splice moved no bytes to the socket")
+	errNoPipe      = errors.New("no pipe for splice")
+)
+
+// pipe is a kernel pipe used as the buffer of splice bursts. Pooled pipes
+// are empty; one whose burst failed is closed instead.
+type pipe struct {
+	r, w    int
+	cleanup runtime.Cleanup
+}
+
+// pipePool holds empty pipes. sync.Pool drops items at GC without closing
+// them, so each pipe carries a cleanup that closes its descriptors then.
+var pipePool sync.Pool
+
+func getPipe() (*pipe, error) {
+	if p, ok := pipePool.Get().(*pipe); ok {
+		return p, nil
+	}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return nil, os.NewSyscallError("pipe2", err)
+	}
+	// Best effort: see pipeSize.
+	_, _ = unix.FcntlInt(uintptr(fds[0]), unix.F_SETPIPE_SZ, pipeSize)
+	p := &pipe{r: fds[0], w: fds[1]}
+	p.cleanup = runtime.AddCleanup(p, closePipe, fds)
+	return p, nil
+}
+
+func (p *pipe) put() { pipePool.Put(p) }
+
+func (p *pipe) close() {
+	p.cleanup.Stop()
+	closePipe([2]int{p.r, p.w})
+}
+
+func closePipe(fds [2]int) {
+	unix.Close(fds[0])
+	unix.Close(fds[1])
+}
