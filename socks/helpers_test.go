@@ -73,6 +73,13 @@ func startServer(tb testing.TB, st *Settings) *testEnv {
 	tb.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	srv := New(zap.New(core), st)
+	return &testEnv{srv: srv, addr: serveLoopback(tb, srv), logs: logs}
+}
+
+// serveLoopback runs srv on a loopback port until cleanup and returns the
+// address.
+func serveLoopback(tb testing.TB, srv *Server) string {
+	tb.Helper()
 	// As the daemon listens: keepalive is the server's choice per flow.
 	lc := net.ListenConfig{KeepAlive: -1}
 	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
@@ -87,7 +94,7 @@ func startServer(tb testing.TB, st *Settings) *testEnv {
 			tb.Errorf("Serve returned %v, want ErrServerClosed", err)
 		}
 	})
-	return &testEnv{srv: srv, addr: ln.Addr().String(), logs: logs}
+	return ln.Addr().String()
 }
 
 // echoServer accepts connections on loopback and echoes until EOF, then

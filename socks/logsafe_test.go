@@ -3,7 +3,6 @@ package socks
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"net"
 	"strconv"
 	"strings"
@@ -53,19 +52,7 @@ func startLoggedServer(tb testing.TB, st *Settings, enc zapcore.Encoder) (addr s
 	tb.Helper()
 	logs = new(syncBuffer)
 	srv := New(zap.New(zapcore.NewCore(enc, logs, zapcore.DebugLevel)), st)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	tb.Cleanup(func() {
-		srv.Close()
-		if err := <-done; !errors.Is(err, ErrServerClosed) {
-			tb.Errorf("Serve returned %v, want ErrServerClosed", err)
-		}
-	})
-	return ln.Addr().String(), logs
+	return serveLoopback(tb, srv), logs
 }
 
 // TestLogSafety sends hostile user names (failed logins) and target names
