@@ -31,7 +31,8 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	}
 	listeners := make(map[string]*socks.Listener, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
-		listeners[l.Address] = &socks.Listener{NoAuth: l.NoAuth, AllowClients: l.AllowClients, Egress: egress(l.Egress)}
+		listeners[l.Address] = &socks.Listener{NoAuth: l.NoAuth, AllowClients: l.AllowClients, Egress: egress(l.Egress),
+			Protocols: protocols(l.Protocols)}
 	}
 	store, err := auth.NewStore(accounts, auth.Options{})
 	if err != nil {
@@ -42,6 +43,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 		Users:            users,
 		Listeners:        listeners,
 		Policy:           policy.New(cfg.Server.Deny, cfg.Server.DenyOwnAddresses),
+		Protocols:        protocols(cfg.Server.Protocols),
 		HandshakeTimeout: cfg.Server.HandshakeTimeout,
 		ConnectTimeout:   cfg.Server.ConnectTimeout,
 		BindTimeout:      cfg.Server.BindTimeout,
@@ -91,6 +93,21 @@ var strategies = map[string]socks.Strategy{
 	config.StrategyFailover:   socks.Failover,
 	config.StrategyRoundRobin: socks.RoundRobin,
 	config.StrategyHash:       socks.Hash,
+}
+
+// protocols converts a configured protocol set.
+func protocols(p config.Protocols) socks.Protocols {
+	var out socks.Protocols
+	if p.SOCKS5 {
+		out |= socks.ProtoSOCKS5
+	}
+	if p.HTTP {
+		out |= socks.ProtoHTTP
+	}
+	if p.SOCKS4 {
+		out |= socks.ProtoSOCKS4
+	}
+	return out
 }
 
 // userRate is u's rate limit; config has checked and defaulted it.

@@ -52,12 +52,13 @@ func cutOutcome(reason error) string {
 // logFlow counts the flow in the metrics and writes its line (in that
 // order: whoever sees the line can rely on the counters).
 func (sc *serverConn) logFlow(r *record, lvl zapcore.Level) {
-	sc.st.Metrics.FlowDone(r.user, r.iface, r.outcome, r.up, r.down)
+	sc.st.Metrics.FlowDone(r.protocol, r.user, r.iface, r.outcome, r.up, r.down)
 	r.log(sc.srv.log, lvl)
 }
 
 // record accumulates what the flow log line reports.
 type record struct {
+	protocol string // protoSOCKS5 and the others of protocols.go
 	start    time.Time
 	client   netip.AddrPort
 	user     string
@@ -70,6 +71,11 @@ type record struct {
 	reply    byte
 	outcome  string
 	err      error
+
+	// A forwarded HTTP request (protocol http) also logs its method and
+	// the status the client got.
+	method string
+	status int
 }
 
 func (r *record) finish(rep byte, outcome string, err error) {
@@ -82,6 +88,7 @@ func (r *record) finish(rep byte, outcome string, err error) {
 // the network (user, target name) go through logSafe.
 func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 	fields := []zap.Field{
+		zap.String("protocol", r.protocol),
 		zap.String("user", logSafe(r.user)),
 		zap.Stringer("client", r.client),
 		zap.String("target", logSafe(r.target.String())),
@@ -91,6 +98,9 @@ func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 		zap.Duration("duration", time.Since(r.start)),
 		zap.String("outcome", r.outcome),
 		zap.Uint8("reply", r.reply),
+	}
+	if r.method != "" {
+		fields = append(fields, zap.String("method", logSafe(r.method)), zap.Int("status", r.status))
 	}
 	if r.remote.IsValid() {
 		fields = append(fields, zap.Stringer("remote", r.remote))

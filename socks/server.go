@@ -13,6 +13,7 @@ package socks
 import (
 	"context"
 	"errors"
+	"log"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -44,6 +45,9 @@ type Server struct {
 	wg        sync.WaitGroup // one per connection goroutine
 
 	lim limitState // abuse limits (limits.go); has its own locks
+
+	httpLogOnce sync.Once
+	httpLog     *log.Logger // net/http's complaints, as debug lines (http.go)
 }
 
 // New returns a server using st for new connections.

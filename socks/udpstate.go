@@ -97,7 +97,7 @@ func (a *association) log(sc *serverConn, rec *record, bnd netip.AddrPort) {
 		outcome = outcomeIdle
 	}
 	// Bytes are already counted by the per-datagram counters.
-	sc.st.Metrics.FlowDone(rec.user, a.dialer.Interface, outcome, 0, 0)
+	sc.st.Metrics.FlowDone(protoSOCKS5, rec.user, a.dialer.Interface, outcome, 0, 0)
 	sc.srv.log.Log(lvl, "udp association",
 		zap.String("user", rec.user),
 		zap.Stringer("client", rec.client),
