@@ -26,6 +26,9 @@ const (
 	DefaultMaxAssociations = 64
 	DefaultUDPMaxDatagram  = 8192
 	DefaultUDPReplyFilter  = "address-port"
+	// DefaultUDPRequirePort is off: many clients (curl, most libraries)
+	// send DST.PORT 0 because they learn their own port only later.
+	DefaultUDPRequirePort = false
 	DefaultLogLevel        = "info"
 	DefaultLogFormat       = "json"
 	// DefaultPath is read when no -config flag is given and the file exists.
@@ -210,6 +213,11 @@ type Server struct {
 	// client: "address-port" (only from destinations the client sent to),
 	// "address" (any port of those addresses) or "none".
 	UDPReplyFilter string
+	// UDPRequirePort refuses UDP ASSOCIATE requests whose DST.PORT is 0
+	// (reply 0x02). Without it such an association takes the port of
+	// the first datagram from the client's IP, which another program on
+	// the client's host can send first.
+	UDPRequirePort bool
 
 	// MaxHandshakesPerIP caps the connections one client IP (IPv6: one
 	// /64) may have in their handshake at once; 0 disables the cap.

@@ -295,6 +295,15 @@ func TestParseValid(t *testing.T) {
 			},
 		},
 		{
+			name: "udp_require_port",
+			text: "[server]\nudp_require_port = true\n",
+			check: func(t *testing.T, c *config.Config) {
+				if !c.Server.UDPRequirePort {
+					t.Errorf("UDPRequirePort = false, want true")
+				}
+			},
+		},
+		{
 			name: "empty deny replaces the default list",
 			text: "[server]\ndeny = []\ndeny_own_addresses = false\n",
 			check: func(t *testing.T, c *config.Config) {

@@ -54,6 +54,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 			MaxAssociations: cfg.Server.MaxAssociations,
 			MaxDatagram:     cfg.Server.UDPMaxDatagram,
 			ReplyFilter:     replyFilters[cfg.Server.UDPReplyFilter],
+			RequirePort:     cfg.Server.UDPRequirePort,
 		},
 		Limits: socks.Limits{
 			MaxHandshakesPerIP: cfg.Server.MaxHandshakesPerIP,
