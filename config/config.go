@@ -29,8 +29,8 @@ const (
 	// DefaultUDPRequirePort is off: many clients (curl, most libraries)
 	// send DST.PORT 0 because they learn their own port only later.
 	DefaultUDPRequirePort = false
-	DefaultLogLevel        = "info"
-	DefaultLogFormat       = "json"
+	DefaultLogLevel       = "info"
+	DefaultLogFormat      = "json"
 	// DefaultPath is read when no -config flag is given and the file exists.
 	DefaultPath = "/etc/ifsocks/config.toml"
 )
