@@ -23,9 +23,25 @@ var ErrDenied = errors.New("destination not allowed")
 type DeniedError struct {
 	Addr   netip.Addr
 	Reason string // the matching prefix, or "address of this host"
+	// Key is the configuration setting that refused it (server.deny or
+	// server.deny_own_addresses), named in the message so that whoever
+	// reads the log line knows what to change.
+	Key string
 }
 
+// Setting names of the rules, as in the configuration file.
+const (
+	KeyDeny    = "server.deny"
+	KeyDenyOwn = "server.deny_own_addresses"
+)
+
 func (e *DeniedError) Error() string {
+	switch e.Key {
+	case KeyDeny:
+		return fmt.Sprintf("destination %s not allowed: %s, listed in %s (the default list unless set; set it without this prefix to allow it)", e.Addr, e.Reason, e.Key)
+	case KeyDenyOwn:
+		return fmt.Sprintf("destination %s not allowed: %s (%s = true, the default; set it to false to allow it)", e.Addr, e.Reason, e.Key)
+	}
 	return fmt.Sprintf("destination %s not allowed: %s", e.Addr, e.Reason)
 }
 
@@ -74,32 +90,33 @@ func (p *Policy) Check(addr netip.Addr) error {
 	if !a.IsValid() {
 		return &DeniedError{Addr: addr, Reason: "no address"}
 	}
-	if reason := p.judge(a); reason != "" {
-		return &DeniedError{Addr: addr, Reason: reason}
+	if reason, key := p.judge(a); reason != "" {
+		return &DeniedError{Addr: addr, Reason: reason, Key: key}
 	}
 	if a.Is4() {
 		return nil
 	}
 	emb, n := embedded(a)
 	for _, e := range emb[:n] {
-		if reason := p.judge(e.ipv4); reason != "" {
-			return &DeniedError{Addr: addr, Reason: reason + " (IPv4 " + e.ipv4.String() + " embedded by " + e.scheme + ")"}
+		if reason, key := p.judge(e.ipv4); reason != "" {
+			return &DeniedError{Addr: addr, Reason: reason + " (IPv4 " + e.ipv4.String() + " embedded by " + e.scheme + ")", Key: key}
 		}
 	}
 	return nil
 }
 
-// judge returns why a (unmapped, without zone) is refused, or "".
-func (p *Policy) judge(a netip.Addr) string {
+// judge returns why a (unmapped, without zone) is refused and the setting
+// that refuses it, or "".
+func (p *Policy) judge(a netip.Addr) (reason, key string) {
 	for _, pfx := range p.deny {
 		if pfx.Contains(a) {
-			return "in " + pfx.String()
+			return "in " + pfx.String(), KeyDeny
 		}
 	}
 	if p.denyOwn && p.isOwn(a) {
-		return "address of this host"
+		return "address of this host", KeyDenyOwn
 	}
-	return ""
+	return "", ""
 }
 
 // Translation prefixes whose addresses carry an IPv4 address.
