@@ -39,6 +39,7 @@ func (sc *serverConn) serveHTTP(hs *hsReader, rec *record) bool {
 	if hc.requests > 0 {
 		sc.srv.log.Info("http connection",
 			zap.Stringer("client", rec.client),
+			sc.listenerField(), sc.listenerNameField(),
 			zap.Int("requests", hc.requests),
 			zap.Int64("bytes_up", hc.up),
 			zap.Int64("bytes_down", hc.down),
@@ -226,7 +227,9 @@ func (h *httpConn) Forwarded(ex *httpproxy.Exchange) {
 		}
 		rec.finish(rep, outcome, ex.Err)
 	default:
-		rec.finish(RepSucceeded, outcomeReset, ex.Err)
+		// The origin's answer was not HTTP or broke off, or the client
+		// left mid-answer: the peers' doing, as a reset is in a relay.
+		rec.finish(RepSucceeded, outcomePeerReset, ex.Err)
 	}
 	h.sc.logFlow(rec, lvl)
 }
