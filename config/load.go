@@ -229,9 +229,6 @@ func applyDefaults(c *Config, f *file) {
 	c.Server.MaxAssociations = DefaultMaxAssociations
 	c.Server.UDPMaxDatagram = DefaultUDPMaxDatagram
 	c.Server.UDPReplyFilter = DefaultUDPReplyFilter
-	if f.defined("server", "udp_reply_filter") {
-		c.Server.UDPReplyFilter = f.Server.UDPReplyFilter
-	}
 	c.Server.MaxHandshakesPerIP = DefaultMaxHandshakesPerIP
 	c.Server.AuthFailLimit = DefaultAuthFailLimit
 	c.Server.AuthFailWindow = DefaultAuthFailWindow

@@ -11,20 +11,17 @@ import (
 	"syscall"
 
 	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/config"
 )
 
-// Strategy picks among several egress interfaces.
-type Strategy int
+// Strategy picks among several egress interfaces; config parses it.
+type Strategy = config.Strategy
 
+// The strategies, under the names this package's code and tests use.
 const (
-	// Failover uses the first usable interface, in the order given.
-	Failover Strategy = iota
-	// RoundRobin uses the usable interfaces in turn.
-	RoundRobin
-	// Hash sends the same target by the same interface while it is
-	// usable (rendezvous hashing: losing an interface moves only the
-	// targets it had).
-	Hash
+	Failover   = config.StrategyFailover
+	RoundRobin = config.StrategyRoundRobin
+	Hash       = config.StrategyHash
 )
 
 // Egress says where the outbound sockets of a flow leave. The zero value
