@@ -32,6 +32,7 @@ type file struct {
 		MaxAssociations  int      `toml:"max_associations"`
 		UDPMaxDatagram   int      `toml:"udp_max_datagram"`
 		UDPReplyFilter   string   `toml:"udp_reply_filter"`
+		UDPRequirePort   bool     `toml:"udp_require_port"`
 
 		ReloadClosesRemoved bool `toml:"reload_closes_removed"`
 
@@ -230,6 +231,10 @@ func applyDefaults(c *Config, f *file) {
 	c.Server.MaxAssociations = DefaultMaxAssociations
 	c.Server.UDPMaxDatagram = DefaultUDPMaxDatagram
 	c.Server.UDPReplyFilter = DefaultUDPReplyFilter
+	c.Server.UDPRequirePort = DefaultUDPRequirePort
+	if f.defined("server", "udp_require_port") {
+		c.Server.UDPRequirePort = f.Server.UDPRequirePort
+	}
 	c.Server.MaxHandshakesPerIP = DefaultMaxHandshakesPerIP
 	c.Server.AuthFailLimit = DefaultAuthFailLimit
 	c.Server.AuthFailWindow = DefaultAuthFailWindow

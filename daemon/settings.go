@@ -52,6 +52,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 			MaxAssociations: cfg.Server.MaxAssociations,
 			MaxDatagram:     cfg.Server.UDPMaxDatagram,
 			ReplyFilter:     cfg.Server.UDPReplyFilter,
+			RequirePort:     cfg.Server.UDPRequirePort,
 		},
 		Limits: socks.Limits{
 			MaxHandshakesPerIP: cfg.Server.MaxHandshakesPerIP,

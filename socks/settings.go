@@ -51,6 +51,10 @@ type UDPSettings struct {
 	// MaxDatagram is the largest payload relayed either way.
 	MaxDatagram int
 	ReplyFilter ReplyFilter
+	// RequirePort refuses requests with DST.PORT 0 (reply 0x02): such an
+	// association would take the port of the first datagram from the
+	// client's IP, whoever sends it.
+	RequirePort bool
 }
 
 // Settings are the rules for new connections. A Settings value must not be
