@@ -169,21 +169,21 @@ func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error
 	defer cancel()
 	stop := context.AfterFunc(sc.srv.ctx, cancel)
 	defer stop()
-	var rec record
 	start := time.Now()
-	up, route, err := sc.dialTarget(ctx, &rec, eg, dst)
-	st.Metrics.Dial(route.Interface, time.Since(start), err == nil)
+	up, use, err := sc.dialTarget(ctx, eg, dst)
+	iface := use.route.Interface
+	st.Metrics.Dial(iface, time.Since(start), err == nil)
 	if err != nil {
-		return nil, &dialError{iface: rec.iface, skipped: rec.skipped, err: err}
+		return nil, &dialError{iface: iface, skipped: use.skipped, err: err}
 	}
-	if !sc.srv.setEgress(sc, route.Interface, up) {
+	if !sc.srv.setEgress(sc, iface, up) {
 		cut := sc.srv.endReason(sc)
 		if cut == nil {
 			cut = errors.New("server is shutting down")
 		}
-		return nil, &dialError{iface: route.Interface, err: cut}
+		return nil, &dialError{iface: iface, err: cut}
 	}
-	return &upstream{TCPConn: up, iface: route.Interface, skipped: rec.skipped}, nil
+	return &upstream{TCPConn: up, iface: iface, skipped: use.skipped}, nil
 }
 
 func (h *httpConn) Status(err error) int {
