@@ -20,8 +20,17 @@ var errNoMethod = errors.New("no acceptable authentication method")
 type serverConn struct {
 	srv  *Server
 	conn net.Conn  // a *net.TCPConn from Serve; net.Pipe in fuzz tests
-	st   *Settings // snapshot taken at accept; reloads do not change it
-	lis  *Listener // the listener's settings; nil for a plain Serve
+	// st are the settings in force for the connection's next step:
+	// taken at accept, and taken again (refresh) when the greeting and
+	// the credentials arrive and at the end of the handshake, so a
+	// reload in between applies to authentication, the user's egress
+	// and the destination policy. Written by the connection's own
+	// goroutine only.
+	st  *Settings
+	lis *Listener // the listener's settings; nil for a plain Serve
+	// lisKey is the listener's key in Settings.Listeners ("" for a
+	// plain Serve), to find its settings again after a reload.
+	lisKey string
 	// lisAddr and lisName identify the listener in every log line of
 	// the connection (listener, listener_name); lisName may be empty.
 	lisAddr, lisName string
@@ -56,6 +65,21 @@ func (sc *serverConn) close() {
 	if sc.upstream != nil {
 		sc.upstream.Close()
 	}
+}
+
+// refresh takes the settings current now for the steps that follow. A
+// listener the reload removed keeps the settings it had (the daemon
+// closes it; its connections in handshake finish under them).
+func (sc *serverConn) refresh() *Settings {
+	st := sc.srv.settings.Load()
+	if st == sc.st {
+		return st
+	}
+	sc.st = st
+	if l := st.Listeners[sc.lisKey]; sc.lisKey != "" && l != nil {
+		sc.lis = l
+	}
+	return st
 }
 
 // serve runs the connection from greeting to the end of its flow. It
@@ -96,11 +120,13 @@ func (sc *serverConn) serve() (handedOff bool) {
 		return false
 	}
 	sc.conn.SetDeadline(time.Time{})
+	// The end of the handshake: the user, its egress and the policy are
+	// those of the settings current now, not at accept.
+	st = sc.refresh()
 	user, ok := st.Users[name]
 	if name != "" && !ok {
-		// Auth accepted a name the egress map lacks: a bug in how the
-		// settings were built. Refuse rather than use kernel routing.
-		sc.refuse(rec, RepGeneralFailure, outcomeError, fmt.Errorf("user %q has no egress settings", name))
+		// Authenticated, then removed by a reload before its request.
+		sc.refuseRemoved(rec)
 		return false
 	}
 	if name == "" {
@@ -129,6 +155,14 @@ func (sc *serverConn) serve() (handedOff bool) {
 	return false
 }
 
+// refuseRemoved refuses the request of a user that a reload has removed
+// since it authenticated.
+func (sc *serverConn) refuseRemoved(rec *record) {
+	writeReply(sc.conn, RepNotAllowed, netip.AddrPort{})
+	rec.finish(RepNotAllowed, outcomeRemoved, ErrUserRemoved)
+	sc.logFlow(rec, zap.WarnLevel)
+}
+
 // refuse replies rep with no bound address, and logs the flow.
 func (sc *serverConn) refuse(rec *record, rep byte, outcome string, err error) {
 	writeReply(sc.conn, rep, netip.AddrPort{})
@@ -147,6 +181,7 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	sc.refresh() // a reload may have added or removed users since accept
 	want := byte(methodNoAuth)
 	if sc.st.Auth != nil && sc.st.Auth.Len() > 0 && (sc.lis == nil || !sc.lis.NoAuth) {
 		want = methodUserPass
@@ -168,6 +203,9 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
 		return "", err
 	}
+	// Checked against the users and passwords current now: a reload
+	// while the client typed may have removed the user or changed it.
+	sc.refresh()
 	// A blocked client gets the reply of a wrong password, without the
 	// bcrypt (RFC 1929 has no other failure status).
 	if sc.srv.lim.guard.blocked(rec.client.Addr(), sc.st.Limits.AuthFail, time.Now()) {

@@ -42,7 +42,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, eg *Egress, earl
 	if !sc.srv.setEgress(sc, route.Interface, up) {
 		cut := sc.srv.endReason(sc)
 		if cut == nil {
-			cut = errors.New("server is shutting down")
+			cut = errShuttingDown
 		}
 		sc.refuse(rec, RepGeneralFailure, cutOutcome(cut), cut)
 		return false
@@ -59,11 +59,24 @@ func (sc *serverConn) beginTCPFlow(rec *record) (*net.TCPConn, bool) {
 		sc.refuse(rec, RepGeneralFailure, outcomeError, errors.New("client connection is not TCP"))
 		return nil, false
 	}
-	if !sc.srv.beginFlow(sc, rec.user) {
-		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
+	if !sc.beginFlow(rec) {
 		return nil, false
 	}
 	return client, true
+}
+
+// beginFlow starts sc's flow (Server.beginFlow), or refuses it: 0x01 when
+// the server is stopping, 0x02 when a reload removed the user.
+func (sc *serverConn) beginFlow(rec *record) bool {
+	switch err := sc.srv.beginFlow(sc, rec.user); {
+	case errors.Is(err, ErrUserRemoved):
+		sc.refuseRemoved(rec)
+		return false
+	case err != nil:
+		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, err)
+		return false
+	}
+	return true
 }
 
 // refuseErr refuses with the reply code and outcome err calls for.

@@ -33,6 +33,12 @@ var errUDPPortRequired = errors.New("UDP ASSOCIATE with DST.PORT 0 refused (udp_
 // unconnected outbound socket per address family bound to the user's
 // interface, and the TCP control connection whose end ends it all.
 type association struct {
+	srv *Server
+	// st are the settings at the association's start: its sockets,
+	// limits and timeouts. The destination policy is read from the
+	// server's current settings for every batch of datagrams instead,
+	// so a reload that denies an address stops running associations
+	// from sending there.
 	st      *Settings
 	dialer  bind.Dialer // the association's egress
 	control net.Conn
@@ -81,8 +87,7 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 		sc.logFlow(rec, zap.WarnLevel)
 		return
 	}
-	if !sc.srv.beginFlow(sc, rec.user) {
-		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
+	if !sc.beginFlow(rec) {
 		return
 	}
 	key, limit := "user:"+name, st.UDP.MaxAssociations
@@ -105,7 +110,7 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 		a.closeSockets()
 		err = sc.srv.endReason(sc)
 		if err == nil {
-			err = errors.New("server is shutting down")
+			err = errShuttingDown
 		}
 	}
 	if errors.Is(err, errNoUDPPort) {
@@ -162,6 +167,7 @@ func (sc *serverConn) openAssociation(rec *record, eg *Egress, req Addr) (*assoc
 func (sc *serverConn) newAssociation(route bind.Dialer, req Addr, clientIP netip.Addr) (*association, error) {
 	st := sc.st
 	a := &association{
+		srv:      sc.srv,
 		st:       st,
 		dialer:   route,
 		control:  sc.conn,
