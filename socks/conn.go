@@ -19,7 +19,7 @@ var errNoMethod = errors.New("no acceptable authentication method")
 // serverConn is one accepted client connection.
 type serverConn struct {
 	srv  *Server
-	conn net.Conn  // a *net.TCPConn from Serve; net.Pipe in fuzz tests
+	conn net.Conn // a *net.TCPConn from Serve; net.Pipe in fuzz tests
 	// st are the settings in force for the connection's next step:
 	// taken at accept, and taken again (refresh) when the greeting and
 	// the credentials arrive and at the end of the handshake, so a
