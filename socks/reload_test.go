@@ -9,6 +9,7 @@ import (
 	"github.com/ifsocks/ifsocks/auth"
 	"github.com/ifsocks/ifsocks/policy"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // reloaded returns settings as a reload would build them from st's file
@@ -17,7 +18,15 @@ import (
 func reloaded(tb testing.TB, st *Settings, drop string, deny []netip.Prefix) *Settings {
 	tb.Helper()
 	nst := *st
-	accounts := []auth.Account{{Name: "bob", Password: bobPass}, {Name: "carol", Password: "carol-pw"}, {Name: "alice", Password: alicePass}}
+	// alice keeps a bcrypt hash of the lowest cost, as in testSettings:
+	// the store's dummy check for unknown users takes the highest cost
+	// configured (the default cost without any hash), too slow for a
+	// loaded machine running -race.
+	h, err := bcrypt.GenerateFromPassword([]byte(alicePass), bcrypt.MinCost)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	accounts := []auth.Account{{Name: "bob", Password: bobPass}, {Name: "carol", Password: "carol-pw"}, {Name: "alice", Hash: string(h)}}
 	nst.Users = make(map[string]User)
 	var keep []auth.Account
 	for _, a := range accounts {
@@ -35,6 +44,14 @@ func reloaded(tb testing.TB, st *Settings, drop string, deny []netip.Prefix) *Se
 		nst.Policy = policy.New(deny, false)
 	}
 	return &nst
+}
+
+// slowSettings are testSettings with a handshake timeout that a loaded
+// machine running -race cannot reach while a test reloads mid-handshake.
+func slowSettings(tb testing.TB) *Settings {
+	st := testSettings(tb)
+	st.HandshakeTimeout = time.Minute
+	return st
 }
 
 var denyLoopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
@@ -90,12 +107,13 @@ func TestReloadRemovesUserInHandshake(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st := testSettings(t)
+			st := slowSettings(t)
+			next := reloaded(t, st, "bob", nil) // built first: it costs a bcrypt
 			env := startServer(t, st)
 			r := dialRaw(t, env.addr)
 			tt.before(r)
 			waitFor(t, 2*time.Second, "connection accepted", func() bool { return env.srv.ActiveConns() == 1 })
-			env.srv.Update(reloaded(t, st, "bob", nil))
+			env.srv.Update(next)
 			env.srv.CloseUsers(map[string]bool{"bob": true})
 			tt.after(t, r, env)
 			// alice, in the same file, is untouched.
@@ -112,11 +130,12 @@ func TestReloadRemovesUserInHandshake(t *testing.T) {
 // request of a client that logged in before it.
 func TestReloadDenyInHandshake(t *testing.T) {
 	echo := echoServer(t)
-	st := testSettings(t)
+	st := slowSettings(t)
+	next := reloaded(t, st, "", denyLoopback)
 	env := startServer(t, st)
 	r := dialRaw(t, env.addr)
 	r.login("alice", alicePass)
-	env.srv.Update(reloaded(t, st, "", denyLoopback))
+	env.srv.Update(next)
 	if rep, _ := r.connect(echo); rep != RepNotAllowed {
 		t.Fatalf("CONNECT to %s after the reload denied it: reply %#x, want %#x", echo, rep, RepNotAllowed)
 	}
