@@ -25,7 +25,7 @@ const (
 	MaxTCPKeepAlive        = 32767 * time.Second
 	DefaultMaxAssociations = 64
 	DefaultUDPMaxDatagram  = 8192
-	DefaultUDPReplyFilter  = "address-port"
+	DefaultUDPReplyFilter  = ReplyAddressPort
 	// DefaultUDPRequirePort is off: many clients (curl, most libraries)
 	// send DST.PORT 0 because they learn their own port only later.
 	DefaultUDPRequirePort = false
@@ -110,15 +110,9 @@ type Config struct {
 	Listeners []Listener
 }
 
-// Egress strategies for several interfaces.
-const (
-	StrategyFailover   = "failover"    // first usable interface, in order
-	StrategyRoundRobin = "round-robin" // usable interfaces in turn
-	StrategyHash       = "hash"        // same target, same interface
-	// Ingress, as an interface name, means the interface that holds the
-	// address the client connected to.
-	Ingress = "ingress"
-)
+// Ingress, as an interface name, means the interface that holds the
+// address the client connected to.
+const Ingress = "ingress"
 
 // Egress says where flows leave: by one interface, by one of several, by
 // the interface a client came in on, or from a source address.
@@ -128,8 +122,8 @@ type Egress struct {
 	Interface string
 	// Interfaces are several interfaces picked by Strategy.
 	Interfaces []string
-	// Strategy is one of the Strategy constants; set when Interfaces is.
-	Strategy string
+	// Strategy picks among Interfaces.
+	Strategy Strategy
 	// SourceIP is bound as the source address, on the interface that
 	// holds it.
 	SourceIP netip.Addr
@@ -213,9 +207,8 @@ type Server struct {
 	// dropped.
 	UDPMaxDatagram int
 	// UDPReplyFilter says which datagrams from the network go back to the
-	// client: "address-port" (only from destinations the client sent to),
-	// "address" (any port of those addresses) or "none".
-	UDPReplyFilter string
+	// client.
+	UDPReplyFilter ReplyFilter
 	// UDPRequirePort refuses UDP ASSOCIATE requests whose DST.PORT is 0
 	// (reply 0x02). Without it such an association takes the port of
 	// the first datagram from the client's IP, which another program on

@@ -231,9 +231,6 @@ func applyDefaults(c *Config, f *file) {
 	c.Server.MaxAssociations = DefaultMaxAssociations
 	c.Server.UDPMaxDatagram = DefaultUDPMaxDatagram
 	c.Server.UDPReplyFilter = DefaultUDPReplyFilter
-	if f.defined("server", "udp_reply_filter") {
-		c.Server.UDPReplyFilter = f.Server.UDPReplyFilter
-	}
 	c.Server.UDPRequirePort = DefaultUDPRequirePort
 	if f.defined("server", "udp_require_port") {
 		c.Server.UDPRequirePort = f.Server.UDPRequirePort
