@@ -173,6 +173,7 @@ func (sc *serverConn) acceptPeer(ln *net.TCPListener, expect []netip.Addr, wait 
 	gone := make(chan struct{})
 	go func() {
 		defer close(gone)
+		defer sc.srv.recoverConn(sc, panicBindWait)
 		var b [1]byte
 		if _, err := sc.conn.Read(b[:]); !isTimeout(err) {
 			ln.Close()

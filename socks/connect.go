@@ -116,9 +116,10 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 	// The relay's two goroutines own the flow from here; this goroutine,
 	// whose stack grew through the handshake and the dial, can end.
 	done := func(res relay.Result) {
+		defer sc.srv.connDone(sc) // even after a panic below
+		defer sc.srv.recoverConn(sc, panicRelayDone)
 		st.Metrics.FlowActive(rec.user, rec.iface, -1)
 		sc.relayDone(rec, res)
-		sc.srv.connDone(sc)
 	}
 	if lim := sc.relayLimits(user); lim != (relay.Limits{}) {
 		relay.StartLimited(sc.srv.flowContext(sc), client, up, st.IdleTimeout, lim, done)
@@ -132,6 +133,15 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 func (sc *serverConn) relayDone(rec *record, res relay.Result) {
 	rec.up += res.Up
 	rec.down = res.Down
+	var pe *relay.PanicError
+	if errors.As(res.Err, &pe) {
+		// A bug in the relay: logged with its stack and counted like
+		// a panic of any other goroutine of the connection.
+		sc.srv.panicked(sc, panicRelay, pe.Value, pe.Stack)
+		rec.finish(RepSucceeded, outcomeError, res.Err)
+		sc.logFlow(rec, zap.ErrorLevel)
+		return
+	}
 	switch cut := sc.srv.endReason(sc); {
 	case cut != nil:
 		rec.finish(RepSucceeded, cutOutcome(cut), cut)

@@ -182,9 +182,16 @@ func (s *Server) startConn(c net.Conn, listener, addr string) {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go func() {
-		if !sc.serve() {
-			s.connDone(sc)
-		}
+		handedOff := false
+		defer func() {
+			if !handedOff {
+				s.connDone(sc)
+			}
+		}()
+		// Runs first: a panic in serve ends sc (closed, not handed
+		// off), then connDone gives back its slots as for any end.
+		defer s.recoverConn(sc, panicConn)
+		handedOff = sc.serve()
 	}()
 }
 

@@ -33,7 +33,8 @@ var errUDPPortRequired = errors.New("UDP ASSOCIATE with DST.PORT 0 refused (udp_
 // unconnected outbound socket per address family bound to the user's
 // interface, and the TCP control connection whose end ends it all.
 type association struct {
-	srv *Server
+	srv   *Server
+	owner *serverConn // the control connection's; a panic ends it
 	// st are the settings at the association's start: its sockets,
 	// limits and timeouts. The destination policy is read from the
 	// server's current settings for every batch of datagrams instead,
@@ -160,6 +161,7 @@ func (sc *serverConn) newAssociation(route bind.Dialer, req Addr, clientIP netip
 	st := sc.st
 	a := &association{
 		srv:      sc.srv,
+		owner:    sc,
 		st:       st,
 		dialer:   route,
 		control:  sc.conn,
@@ -249,14 +251,16 @@ func openRelay(local netip.Addr, min, max uint16) (*net.UDPConn, error) {
 func (a *association) run() {
 	var wg sync.WaitGroup
 	wg.Go(func() {
+		defer a.closeAll()
+		defer a.srv.recoverConn(a.owner, panicUDPUpstream)
 		a.upstream()
-		a.closeAll()
 	})
 	for _, c := range a.out {
 		if c != nil {
 			wg.Go(func() {
+				defer a.closeAll()
+				defer a.srv.recoverConn(a.owner, panicUDPDownstream)
 				a.downstream(c)
-				a.closeAll()
 			})
 		}
 	}
