@@ -55,7 +55,7 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 		// Cut while waiting (its user removed by a reload): say so,
 		// rather than blame the client for the closed connection; a
 		// warning, as for a cut CONNECT.
-		writeReply(sc.conn, RepGeneralFailure, netip.AddrPort{})
+		sc.answerRefusal(RepGeneralFailure, cut)
 		rec.finish(RepGeneralFailure, cutOutcome(cut), cut)
 		sc.logFlow(rec, zap.WarnLevel)
 		return false

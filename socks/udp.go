@@ -83,7 +83,7 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 	if req.Port == 0 && st.UDP.RequirePort {
 		// Warn: a client mistake the operator may want to see, since
 		// it breaks the client until it names its port.
-		writeReply(sc.conn, RepNotAllowed, netip.AddrPort{})
+		sc.answerRefusal(RepNotAllowed, errUDPPortRequired)
 		rec.finish(RepNotAllowed, outcomeDenied, errUDPPortRequired)
 		sc.logFlow(rec, zap.WarnLevel)
 		return
