@@ -34,6 +34,7 @@ func (v *validator) egress(key func(string) string, fe fileEgress) Egress {
 			e.SourceIP = ip.Unmap()
 		}
 	}
+	v.sourceIPs(key, fe, &e)
 	switch m := fe.Mark; {
 	case m < 0 || m > math.MaxUint32:
 		v.add(key("mark"), strconv.FormatInt(m, 10), "must be 1-4294967295 (or unset)")
@@ -106,6 +107,9 @@ func (v *validator) listeners(c *Config, f *file) {
 			}
 		case "none":
 			l.NoAuth = true
+			if l.Rotation == RotationSession {
+				v.add(key("source_rotation"), RotationSession, "needs auth = \"password\": the session key is part of the user name")
+			}
 		default:
 			v.add(key("auth"), fl.Auth, "must be password or none")
 		}

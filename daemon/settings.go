@@ -10,6 +10,7 @@ package daemon
 
 import (
 	"fmt"
+	"net/netip"
 	"sync/atomic"
 
 	"github.com/ifsocks/ifsocks/auth"
@@ -17,6 +18,7 @@ import (
 	"github.com/ifsocks/ifsocks/config"
 	"github.com/ifsocks/ifsocks/policy"
 	"github.com/ifsocks/ifsocks/socks"
+	"github.com/ifsocks/ifsocks/source"
 	"go.uber.org/zap"
 )
 
@@ -71,11 +73,19 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 // position, so users do not disturb each other's turns.
 func egress(e config.Egress) socks.Egress {
 	out := socks.Egress{
-		Interfaces: e.Interfaces,
-		Strategy:   strategies[e.Strategy],
-		Ingress:    e.Interface == config.Ingress,
-		Source:     e.SourceIP,
-		Mark:       e.Mark,
+		Interfaces:       e.Interfaces,
+		Strategy:         strategies[e.Strategy],
+		Ingress:          e.Interface == config.Ingress,
+		Mark:             e.Mark,
+		Rotation:         rotations[e.Rotation],
+		SessionSeparator: e.SessionSeparator,
+	}
+	switch {
+	case len(e.SourceIPs) > 0:
+		out.Sources = source.New(e.SourceIPs)
+	case e.SourceIP.IsValid():
+		// One egress path: a source_ip is a pool of one address.
+		out.Sources = source.New([]netip.Prefix{netip.PrefixFrom(e.SourceIP, e.SourceIP.BitLen())})
 	}
 	if out.Strategy == socks.RoundRobin {
 		out.Turn = new(atomic.Uint64)
@@ -84,6 +94,13 @@ func egress(e config.Egress) socks.Egress {
 		out.Interfaces = []string{e.Interface}
 	}
 	return out
+}
+
+var rotations = map[string]source.Rotation{
+	"":                     source.Flow,
+	config.RotationFlow:    source.Flow,
+	config.RotationUser:    source.User,
+	config.RotationSession: source.Session,
 }
 
 var strategies = map[string]socks.Strategy{

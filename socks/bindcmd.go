@@ -121,14 +121,23 @@ func (sc *serverConn) bindRoute(ctx context.Context, route bind.Dialer, dst Addr
 	return ln, expect, nil
 }
 
-// bindAddr picks the address to listen on: the route's source address; else
-// the one the interface would use towards the named peer; else (the client
-// named no peer) the interface's first address of the family the client
-// used, or, with kernel routing, the address the client connected to.
+// bindAddr picks the address to listen on: the route's source address of
+// the named peer's family (of the other when the route has only that one);
+// else the one the interface would use towards the named peer; else (the
+// client named no peer) the interface's first address of the family the
+// client used, or, with kernel routing, the address the client connected
+// to.
 func (sc *serverConn) bindAddr(ctx context.Context, route bind.Dialer, dst Addr, expect []netip.Addr) (netip.Addr, error) {
 	switch {
-	case route.Source.IsValid():
-		return route.Source, nil
+	case route.HasSource():
+		want4 := dst.Name != "" || dst.IP.Is4()
+		if len(expect) > 0 {
+			want4 = expect[0].Is4()
+		}
+		if a := route.SourceFor(want4); a.IsValid() {
+			return a, nil
+		}
+		return route.SourceFor(!want4), nil
 	case len(expect) > 0:
 		return route.SourceAddr(ctx, expect[0])
 	case route.Interface == "":

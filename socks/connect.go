@@ -159,7 +159,8 @@ func (sc *serverConn) planFor(rec *record, eg *Egress, dst Addr) (plan, error) {
 	if key == "" {
 		key = dst.IP.String()
 	}
-	p, err := sc.st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), key, &sc.srv.turn)
+	p, err := sc.st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), key, &sc.srv.turn, rec.flowID())
+	rec.noteRotation(eg)
 	if err != nil {
 		rec.iface = failedInterface(err)
 	}
@@ -185,8 +186,8 @@ func dialRoute(ctx context.Context, st *Settings, route bind.Dialer, dst Addr) (
 			denied = err
 			continue
 		}
-		if route.Source.IsValid() && route.Source.Is4() != a.Is4() {
-			denied = fmt.Errorf("source %s cannot reach %s: %w", route.Source, a, syscall.ENETUNREACH)
+		if route.HasSource() && !route.SourceFor(a.Is4()).IsValid() {
+			denied = fmt.Errorf("no source address of %s's family (source_ip, source_ips): %w", a, syscall.ENETUNREACH)
 			continue
 		}
 		allowed = append(allowed, a)

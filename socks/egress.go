@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/source"
 )
 
 // Strategy picks among several egress interfaces.
@@ -36,9 +37,16 @@ type Egress struct {
 	// Ingress: leave by the interface holding the address the client
 	// connected to (decided per flow, so it follows address moves).
 	Ingress bool
-	// Source is bound as the source address, on the interface holding
-	// it (decided per flow).
-	Source netip.Addr
+	// Sources is the pool of source addresses (source_ips; a source_ip
+	// is a pool of one); each flow binds the address of its family that
+	// Rotation picks. With one of Interfaces, the flows leave by it, with
+	// IP_FREEBIND, and each picked address must be local by a route
+	// (pool.go); else by the interface holding the picked address.
+	Sources  *source.Pool
+	Rotation source.Rotation
+	// SessionSeparator splits login names of session rotation
+	// ("alice-session-k1"); set when Rotation is source.Session.
+	SessionSeparator string
 	// Mark is set as SO_MARK on every outbound socket when non-zero.
 	Mark uint32
 	// Turn is the round-robin position, shared by the flows of this
@@ -48,7 +56,7 @@ type Egress struct {
 
 // IsZero reports whether e is kernel routing.
 func (e *Egress) IsZero() bool {
-	return len(e.Interfaces) == 0 && !e.Ingress && !e.Source.IsValid() && e.Mark == 0
+	return len(e.Interfaces) == 0 && !e.Ingress && e.Sources == nil && e.Mark == 0
 }
 
 // plan is the routes a flow may take, best first, and the interfaces
@@ -87,12 +95,20 @@ func skipReason(err error) string {
 }
 
 // planEgress decides the routes of a flow. local is the address the
-// client connected to (for Ingress); key identifies the target (for Hash).
-// Unusable interfaces are left out and noted; when none is usable the
-// error says why the first was not.
-func (st *Settings) planEgress(eg *Egress, local netip.Addr, key string, turn *atomic.Uint64) (plan, error) {
+// client connected to (for Ingress); key identifies the target (for Hash);
+// id is whose flow it is (for a pool's rotation). Unusable interfaces are
+// left out and noted; when none is usable the error says why the first
+// was not.
+func (st *Settings) planEgress(eg *Egress, local netip.Addr, key string, turn *atomic.Uint64, id flowID) (plan, error) {
 	var p plan
 	switch {
+	case eg.Sources != nil:
+		route, err := st.planPool(eg, id)
+		if err != nil {
+			return p, err
+		}
+		p.routes = []bind.Dialer{route}
+		return p, nil
 	case eg.Ingress:
 		name, ok := st.addrOwner(local)
 		if !ok {
@@ -102,16 +118,6 @@ func (st *Settings) planEgress(eg *Egress, local netip.Addr, key string, turn *a
 			return p, err
 		}
 		p.routes = []bind.Dialer{{Interface: name, Mark: eg.Mark}}
-		return p, nil
-	case eg.Source.IsValid():
-		name, ok := st.addrOwner(eg.Source)
-		if !ok {
-			return p, &bind.Error{Err: fmt.Errorf("source %s: %w", eg.Source, bind.ErrNoSource)}
-		}
-		if err := st.checkInterface(name); err != nil {
-			return p, err
-		}
-		p.routes = []bind.Dialer{{Interface: name, Source: eg.Source, Mark: eg.Mark}}
 		return p, nil
 	case len(eg.Interfaces) == 0:
 		p.routes = []bind.Dialer{{Mark: eg.Mark}}

@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/ifsocks/ifsocks/source"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -65,11 +66,26 @@ type record struct {
 	remote   netip.AddrPort
 	iface    string
 	skipped  []string // egress interfaces passed over, with why
+	// session is the session key of a "USER<sep>KEY" login: only its
+	// hash is logged. rotation is the source rotation of a pool of
+	// several addresses, "" otherwise.
+	session  string
+	rotation string
 	local    netip.AddrPort
 	up, down int64
 	reply    byte
 	outcome  string
 	err      error
+}
+
+func (r *record) flowID() flowID { return flowID{user: r.user, session: r.session} }
+
+// noteRotation records the rotation of eg's pool for the log, when the
+// pool has addresses to rotate among.
+func (r *record) noteRotation(eg *Egress) {
+	if eg.Sources != nil && eg.Sources.Several() {
+		r.rotation = eg.Rotation.String()
+	}
 }
 
 func (r *record) finish(rep byte, outcome string, err error) {
@@ -97,6 +113,12 @@ func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 	}
 	if r.local.IsValid() {
 		fields = append(fields, zap.Stringer("local", r.local))
+	}
+	if r.rotation != "" {
+		fields = append(fields, zap.String("rotation", r.rotation))
+	}
+	if r.session != "" {
+		fields = append(fields, zap.String("session", source.KeyHash(r.session)))
 	}
 	if len(r.skipped) > 0 {
 		fields = append(fields, skippedField(r.skipped))

@@ -134,7 +134,8 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 // interface.
 func (sc *serverConn) openAssociation(rec *record, eg *Egress, req Addr) (*association, error) {
 	st := sc.st
-	p, err := st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), rec.client.Addr().String(), &sc.srv.turn)
+	p, err := st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), rec.client.Addr().String(), &sc.srv.turn, rec.flowID())
+	rec.noteRotation(eg)
 	defer func() { rec.skipped = p.skipped }()
 	if err != nil {
 		rec.iface = failedInterface(err)
