@@ -59,13 +59,13 @@ func (sc *serverConn) logFlow(r *record, lvl zapcore.Level) {
 
 // record accumulates what the flow log line reports.
 type record struct {
-	start    time.Time
-	client   netip.AddrPort
-	user     string
-	target   Addr
-	remote   netip.AddrPort
-	iface    string
-	skipped  []string // egress interfaces passed over, with why
+	start   time.Time
+	client  netip.AddrPort
+	user    string
+	target  Addr
+	remote  netip.AddrPort
+	iface   string
+	skipped []string // egress interfaces passed over, with why
 	// session is the session key of a "USER<sep>KEY" login: only its
 	// hash is logged. rotation is the source rotation of a pool of
 	// several addresses, "" otherwise.

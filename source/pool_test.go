@@ -29,7 +29,9 @@ func TestPickStaysInPool(t *testing.T) {
 	}{
 		{name: "single v4", pool: []string{"172.31.0.14/32"}, is4: true},
 		{name: "v4 /28 without network and broadcast", pool: []string{"172.31.0.32/28"}, is4: true,
-			bad: func(a netip.Addr) bool { return a == netip.MustParseAddr("172.31.0.32") || a == netip.MustParseAddr("172.31.0.47") }},
+			bad: func(a netip.Addr) bool {
+				return a == netip.MustParseAddr("172.31.0.32") || a == netip.MustParseAddr("172.31.0.47")
+			}},
 		{name: "v4 /31 keeps both", pool: []string{"10.0.0.0/31"}, is4: true},
 		{name: "v6 /80 without anycast", pool: []string{"2001:db8:1:2::/80"},
 			bad: func(a netip.Addr) bool { return a == netip.MustParseAddr("2001:db8:1:2::") }},
