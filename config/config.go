@@ -139,6 +139,9 @@ func (e Egress) Names() []string {
 type Listener struct {
 	// Address is "IP:port", canonical.
 	Address string
+	// Name labels the listener in logs (listener_name), unique among
+	// [[listeners]]; empty when not set.
+	Name string
 	// NoAuth is auth = "none": no authentication, flows leave by Egress.
 	// Otherwise clients authenticate as [[users]], and a user's own
 	// egress wins over the listener's.

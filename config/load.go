@@ -81,6 +81,7 @@ type fileUser struct {
 }
 
 type fileListener struct {
+	Name         string   `toml:"name"`
 	Address      string   `toml:"address"`
 	Auth         string   `toml:"auth"`
 	AllowClients []string `toml:"allow_clients"`

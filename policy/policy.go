@@ -23,9 +23,25 @@ var ErrDenied = errors.New("destination not allowed")
 type DeniedError struct {
 	Addr   netip.Addr
 	Reason string // the matching prefix, or "address of this host"
+	// Key is the configuration setting that refused it (server.deny or
+	// server.deny_own_addresses), named in the message so that whoever
+	// reads the log line knows what to change.
+	Key string
 }
 
+// Setting names of the rules, as in the configuration file.
+const (
+	KeyDeny    = "server.deny"
+	KeyDenyOwn = "server.deny_own_addresses"
+)
+
 func (e *DeniedError) Error() string {
+	switch e.Key {
+	case KeyDeny:
+		return fmt.Sprintf("destination %s not allowed: %s, listed in %s (the default list unless set; set it without this prefix to allow it)", e.Addr, e.Reason, e.Key)
+	case KeyDenyOwn:
+		return fmt.Sprintf("destination %s not allowed: %s (%s = true, the default; set it to false to allow it)", e.Addr, e.Reason, e.Key)
+	}
 	return fmt.Sprintf("destination %s not allowed: %s", e.Addr, e.Reason)
 }
 
@@ -71,11 +87,11 @@ func (p *Policy) Check(addr netip.Addr) error {
 	}
 	for _, pfx := range p.deny {
 		if pfx.Contains(a) {
-			return &DeniedError{Addr: addr, Reason: "in " + pfx.String()}
+			return &DeniedError{Addr: addr, Reason: "in " + pfx.String(), Key: KeyDeny}
 		}
 	}
 	if p.denyOwn && p.isOwn(a) {
-		return &DeniedError{Addr: addr, Reason: "address of this host"}
+		return &DeniedError{Addr: addr, Reason: "address of this host", Key: KeyDenyOwn}
 	}
 	return nil
 }

@@ -111,6 +111,9 @@ type Settings struct {
 
 // Listener is how one listener serves its clients.
 type Listener struct {
+	// Name is the listener's name in log lines (listener_name); may be
+	// empty.
+	Name string
 	// NoAuth serves clients without authentication, even when Auth has
 	// users; their flows leave by Egress.
 	NoAuth bool

@@ -113,7 +113,7 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 		bnd = netip.AddrPortFrom(st.UDP.Advertise, bnd.Port())
 	}
 	if err := writeReply(sc.conn, RepSucceeded, bnd); err != nil {
-		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write reply: %w", err))
+		rec.finish(RepSucceeded, relayOutcome(err), fmt.Errorf("write reply: %w", err))
 		sc.logFlow(rec, zap.InfoLevel)
 		return
 	}
