@@ -255,13 +255,15 @@ func replyFor(err error) byte {
 // ourFault tells a failure of this host (a bind refused for lack of
 // privilege, say) from the usual failures of the network: it is logged as an
 // error so the operator sees it. A missing or down interface, or a source
-// address no interface holds (yet), is the host's state, which may change
-// (a hot-plugged ENI, an address assigned later): the flow is unreachable.
+// address no interface holds (yet), or a pool prefix without a local route,
+// is the host's state, which may change (a hot-plugged ENI, an address
+// assigned later, a route added): the flow is unreachable.
 func ourFault(err error) bool {
 	var bindErr *bind.Error
 	return errors.As(err, &bindErr) &&
 		!errors.Is(err, bind.ErrNoInterface) && !errors.Is(err, bind.ErrInterfaceDown) &&
-		!errors.Is(err, bind.ErrNoSource)
+		!errors.Is(err, bind.ErrNoSource) && !errors.Is(err, bind.ErrNoLocalRoute) &&
+		!errors.Is(err, bind.ErrPoolSpread)
 }
 
 func outcomeFor(rep byte) string {

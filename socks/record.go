@@ -115,6 +115,25 @@ func (r *record) noteRotation(eg *Egress) {
 	}
 }
 
+// rotationField is the source rotation of the flow's pool, when it has
+// several addresses.
+func (r *record) rotationField() zap.Field {
+	if r.rotation == "" {
+		return zap.Skip()
+	}
+	return zap.String("rotation", r.rotation)
+}
+
+// sessionField is a hash of the session key (source.KeyHash), never the
+// key: it tells a session's flows apart without handing the key, which
+// picks the address, to whoever reads the log.
+func (r *record) sessionField() zap.Field {
+	if r.session == "" {
+		return zap.Skip()
+	}
+	return zap.String("session", source.KeyHash(r.session))
+}
+
 func (r *record) finish(rep byte, outcome string, err error) {
 	r.reply = rep
 	r.outcome = outcome
@@ -144,10 +163,10 @@ func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 		fields = append(fields, zap.Stringer("local", r.local))
 	}
 	if r.rotation != "" {
-		fields = append(fields, zap.String("rotation", r.rotation))
+		fields = append(fields, r.rotationField())
 	}
 	if r.session != "" {
-		fields = append(fields, zap.String("session", source.KeyHash(r.session)))
+		fields = append(fields, r.sessionField())
 	}
 	if len(r.skipped) > 0 {
 		fields = append(fields, skippedField(r.skipped))

@@ -115,6 +115,8 @@ func (a *association) log(sc *serverConn, rec *record, bnd netip.AddrPort) {
 		zap.String("interface", a.dialer.Interface),
 		zap.Stringer("relay", bnd),
 		zap.String("local", strings.Join(locals, ",")),
+		rec.rotationField(),
+		rec.sessionField(),
 		zap.Int64("dgrams_up", a.stats.dgramsUp.Load()),
 		zap.Int64("bytes_up", a.stats.bytesUp.Load()),
 		zap.Int64("dgrams_down", a.stats.dgramsDown.Load()),
