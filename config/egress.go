@@ -11,7 +11,7 @@ import (
 
 // egress validates the egress keys of a [[users]] or [[listeners]] entry.
 func (v *validator) egress(key func(string) string, fe fileEgress) Egress {
-	e := Egress{Interface: fe.Interface, Strategy: fe.Strategy}
+	e := Egress{Interface: fe.Interface}
 	if fe.Interface != "" && fe.Interface != Ingress {
 		if err := checkInterfaceName(fe.Interface); err != nil {
 			v.add(key("interface"), fe.Interface, err.Error())
@@ -69,12 +69,12 @@ func (v *validator) interfaces(key func(string) string, fe fileEgress, e *Egress
 		seen[n] = i
 	}
 	e.Interfaces = fe.Interfaces
-	switch fe.Strategy {
-	case "":
-		e.Strategy = StrategyFailover
-	case StrategyFailover, StrategyRoundRobin, StrategyHash:
-	default:
-		v.add(key("strategy"), fe.Strategy, "must be failover, round-robin or hash")
+	if fe.Strategy != "" {
+		s, ok := parseEnum(strategyNames, fe.Strategy)
+		if !ok {
+			v.add(key("strategy"), fe.Strategy, mustBe(strategyNames))
+		}
+		e.Strategy = Strategy(s)
 	}
 }
 
@@ -124,7 +124,7 @@ func (v *validator) listeners(c *Config, f *file) {
 		case "none":
 			l.NoAuth = true
 			if l.Rotation == RotationSession {
-				v.add(key("source_rotation"), RotationSession, "needs auth = \"password\": the session key is part of the user name")
+				v.add(key("source_rotation"), RotationSession.String(), "needs auth = \"password\": the session key is part of the user name")
 			}
 		default:
 			v.add(key("auth"), fl.Auth, "must be password or none")

@@ -8,18 +8,29 @@ import (
 	"unicode/utf8"
 )
 
-// Source rotations: how a flow picks its address from source_ips.
+// Rotation says how a flow picks its address from source_ips. It is
+// parsed here, once; package socks uses it as it is.
+type Rotation int
+
 const (
 	// RotationFlow: a uniformly random address per connection and per
-	// UDP association.
-	RotationFlow = "flow"
+	// UDP association (the default).
+	RotationFlow Rotation = iota
 	// RotationUser: one address per user name, by a hash of the name.
-	RotationUser = "user"
+	RotationUser
 	// RotationSession: one address per session key, which the client
 	// appends to its user name ("alice-session-k1"); a plain name gets
 	// RotationFlow behaviour.
-	RotationSession = "session"
+	RotationSession
 )
+
+var rotationNames = []string{
+	RotationFlow:    "flow",
+	RotationUser:    "user",
+	RotationSession: "session",
+}
+
+func (r Rotation) String() string { return enumName(rotationNames, int(r)) }
 
 // Defaults of the address pool keys.
 const (
@@ -85,13 +96,13 @@ func (v *validator) sourceIPs(key func(string) string, fe fileEgress, e *Egress)
 		return a.Bits() - b.Bits()
 	})
 	e.SourceIPs = pool
-	e.Rotation = fe.SourceRotation
-	switch fe.SourceRotation {
-	case "":
-		e.Rotation = DefaultSourceRotation
-	case RotationFlow, RotationUser, RotationSession:
-	default:
-		v.add(key("source_rotation"), fe.SourceRotation, "must be flow, user or session")
+	e.Rotation = DefaultSourceRotation
+	if fe.SourceRotation != "" {
+		r, ok := parseEnum(rotationNames, fe.SourceRotation)
+		if !ok {
+			v.add(key("source_rotation"), fe.SourceRotation, mustBe(rotationNames))
+		}
+		e.Rotation = Rotation(r)
 	}
 	if e.Rotation != RotationSession {
 		if fe.SessionSeparator != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/config"
 	"github.com/ifsocks/ifsocks/source"
 )
 
@@ -22,9 +23,9 @@ type flowID struct {
 // seed is the pool seed of id's flow under eg's rotation.
 func (eg *Egress) seed(id flowID) source.Seed {
 	switch {
-	case eg.Rotation == source.User && id.user != "":
+	case eg.Rotation == config.RotationUser && id.user != "":
 		return source.KeySeed(id.user, "")
-	case eg.Rotation == source.Session && id.session != "":
+	case eg.Rotation == config.RotationSession && id.session != "":
 		return source.KeySeed(id.user, id.session)
 	}
 	return source.FlowSeed()
@@ -93,7 +94,7 @@ type sessionIndex struct {
 func (st *Settings) sessionSeparators() []string {
 	st.sessions.once.Do(func() {
 		add := func(eg *Egress) {
-			if eg.Rotation == source.Session && eg.Sources != nil && !slices.Contains(st.sessions.seps, eg.SessionSeparator) {
+			if eg.Rotation == config.RotationSession && eg.Sources != nil && !slices.Contains(st.sessions.seps, eg.SessionSeparator) {
 				st.sessions.seps = append(st.sessions.seps, eg.SessionSeparator)
 			}
 		}
@@ -127,7 +128,7 @@ func (st *Settings) splitSession(lis *Listener, name string) (user, key string) 
 			if k == "" {
 				continue
 			}
-			if eg, ok := st.userEgress(lis, u); ok && eg.Rotation == source.Session && eg.Sources != nil && eg.SessionSeparator == sep {
+			if eg, ok := st.userEgress(lis, u); ok && eg.Rotation == config.RotationSession && eg.Sources != nil && eg.SessionSeparator == sep {
 				user, key, best = u, k, i
 				break
 			}

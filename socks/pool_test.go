@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/config"
 	"github.com/ifsocks/ifsocks/source"
 )
 
@@ -73,7 +74,7 @@ func TestPlanPool(t *testing.T) {
 func TestRotationSeeds(t *testing.T) {
 	st := fakeHost(nil, nil)
 	st.IsLocal = func(netip.Addr) bool { return true }
-	pick := func(rot source.Rotation, id flowID) netip.Addr {
+	pick := func(rot config.Rotation, id flowID) netip.Addr {
 		eg := Egress{Interfaces: []string{"eth1"}, Sources: pool(t, "2001:db8::/80"), Rotation: rot}
 		p, err := st.planEgress(&eg, netip.Addr{}, "t", nil, id)
 		if err != nil {
@@ -81,37 +82,37 @@ func TestRotationSeeds(t *testing.T) {
 		}
 		return p.routes[0].Source6
 	}
-	distinct := func(rot source.Rotation, id flowID) int {
+	distinct := func(rot config.Rotation, id flowID) int {
 		seen := map[netip.Addr]bool{}
 		for range 20 {
 			seen[pick(rot, id)] = true
 		}
 		return len(seen)
 	}
-	if n := distinct(source.User, flowID{user: "alice"}); n != 1 {
+	if n := distinct(config.RotationUser, flowID{user: "alice"}); n != 1 {
 		t.Errorf("user rotation: %d addresses for one user", n)
 	}
-	if n := distinct(source.Session, flowID{user: "alice", session: "a"}); n != 1 {
+	if n := distinct(config.RotationSession, flowID{user: "alice", session: "a"}); n != 1 {
 		t.Errorf("session rotation: %d addresses for one session", n)
 	}
-	if n := distinct(source.Session, flowID{user: "alice"}); n < 19 {
+	if n := distinct(config.RotationSession, flowID{user: "alice"}); n < 19 {
 		t.Errorf("session rotation without a key: %d addresses in 20 flows, want flow behaviour", n)
 	}
-	if n := distinct(source.Flow, flowID{user: "alice"}); n < 19 {
+	if n := distinct(config.RotationFlow, flowID{user: "alice"}); n < 19 {
 		t.Errorf("flow rotation: %d addresses in 20 flows", n)
 	}
-	if pick(source.User, flowID{user: "alice"}) == pick(source.User, flowID{user: "bob"}) {
+	if pick(config.RotationUser, flowID{user: "alice"}) == pick(config.RotationUser, flowID{user: "bob"}) {
 		t.Error("two users share an address of a /80")
 	}
-	if pick(source.Session, flowID{user: "alice", session: "a"}) == pick(source.Session, flowID{user: "alice", session: "b"}) {
+	if pick(config.RotationSession, flowID{user: "alice", session: "a"}) == pick(config.RotationSession, flowID{user: "alice", session: "b"}) {
 		t.Error("two sessions share an address of a /80")
 	}
 }
 
 // TestSplitSession: which login names carry a session key.
 func TestSplitSession(t *testing.T) {
-	sess := Egress{Sources: pool(t, "2001:db8::/80"), Rotation: source.Session, SessionSeparator: "-session-"}
-	own := Egress{Sources: pool(t, "2001:db8::/80"), Rotation: source.Session, SessionSeparator: "+"}
+	sess := Egress{Sources: pool(t, "2001:db8::/80"), Rotation: config.RotationSession, SessionSeparator: "-session-"}
+	own := Egress{Sources: pool(t, "2001:db8::/80"), Rotation: config.RotationSession, SessionSeparator: "+"}
 	st := &Settings{
 		Users: map[string]User{
 			"alice":           {Egress: sess},

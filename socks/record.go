@@ -54,15 +54,6 @@ func peerEnded(err error) bool {
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ENOTCONN)
 }
 
-// skippedField lists the egress interfaces passed over; nothing when none
-// was.
-func skippedField(s []string) zap.Field {
-	if len(s) == 0 {
-		return zap.Skip()
-	}
-	return zap.Strings("skipped", s)
-}
-
 // cutOutcome names a flow the server ended on purpose.
 func cutOutcome(reason error) string {
 	switch {
@@ -107,31 +98,11 @@ type record struct {
 
 func (r *record) flowID() flowID { return flowID{user: r.user, session: r.session} }
 
-// noteRotation records the rotation of eg's pool for the log, when the
-// pool has addresses to rotate among.
-func (r *record) noteRotation(eg *Egress) {
-	if eg.Sources != nil && eg.Sources.Several() {
-		r.rotation = eg.Rotation.String()
-	}
-}
-
-// rotationField is the source rotation of the flow's pool, when it has
-// several addresses.
-func (r *record) rotationField() zap.Field {
-	if r.rotation == "" {
-		return zap.Skip()
-	}
-	return zap.String("rotation", r.rotation)
-}
-
-// sessionField is a hash of the session key (source.KeyHash), never the
-// key: it tells a session's flows apart without handing the key, which
-// picks the address, to whoever reads the log.
-func (r *record) sessionField() zap.Field {
-	if r.session == "" {
-		return zap.Skip()
-	}
-	return zap.String("session", source.KeyHash(r.session))
+// tookEgress notes how the flow's egress came out.
+func (r *record) tookEgress(u egressUse) {
+	r.iface = u.route.Interface
+	r.skipped = u.skipped
+	r.rotation = u.rotation
 }
 
 func (r *record) finish(rep byte, outcome string, err error) {
@@ -140,41 +111,56 @@ func (r *record) finish(rep byte, outcome string, err error) {
 	r.err = err
 }
 
-// log writes the one line a flow gets at its end. Strings that came from
-// the network (user, target name) go through logSafe.
+// log writes the one line a CONNECT or BIND flow gets at its end.
 func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
-	fields := []zap.Field{
+	own := make([]zap.Field, 0, 4)
+	own = append(own, zap.String("target", logSafe(r.target.String())), zap.Uint8("reply", r.reply))
+	if r.remote.IsValid() {
+		own = append(own, zap.Stringer("remote", r.remote))
+	}
+	if r.local.IsValid() {
+		own = append(own, zap.Stringer("local", r.local))
+	}
+	r.write(l, lvl, "flow", own)
+}
+
+// write writes a flow's one line: the fields every flow has whatever its
+// protocol (user, client, listener, interface, bytes each way, duration,
+// outcome, a pool's rotation and session hash, the interfaces skipped,
+// the error), and the protocol's own. It
+// is the only writer of those fields, so TCP and UDP lines name them alike.
+// Strings that came from the network (user, target name) go through
+// logSafe.
+func (r *record) write(l *zap.Logger, lvl zapcore.Level, msg string, own []zap.Field) {
+	fields := make([]zap.Field, 0, 11+len(own))
+	fields = append(fields,
 		zap.String("user", logSafe(r.user)),
 		zap.Stringer("client", r.client),
 		zap.String("listener", r.listener),
 		listenerNameField(r.listenerName),
-		zap.String("target", logSafe(r.target.String())),
 		zap.String("interface", r.iface),
 		zap.Int64("bytes_up", r.up),
 		zap.Int64("bytes_down", r.down),
 		zap.Duration("duration", time.Since(r.start)),
 		zap.String("outcome", r.outcome),
-		zap.Uint8("reply", r.reply),
-	}
-	if r.remote.IsValid() {
-		fields = append(fields, zap.Stringer("remote", r.remote))
-	}
-	if r.local.IsValid() {
-		fields = append(fields, zap.Stringer("local", r.local))
-	}
+	)
+	fields = append(fields, own...)
 	if r.rotation != "" {
-		fields = append(fields, r.rotationField())
+		fields = append(fields, zap.String("rotation", r.rotation))
 	}
 	if r.session != "" {
-		fields = append(fields, r.sessionField())
+		// A hash of the key, never the key: it tells a session's flows
+		// apart without handing the key, which picks the address, to
+		// whoever reads the log.
+		fields = append(fields, zap.String("session", source.KeyHash(r.session)))
 	}
 	if len(r.skipped) > 0 {
-		fields = append(fields, skippedField(r.skipped))
+		fields = append(fields, zap.Strings("skipped", r.skipped))
 	}
 	if r.err != nil {
 		fields = append(fields, zap.Error(r.err))
 	}
-	l.Log(lvl, "flow", fields...)
+	l.Log(lvl, msg, fields...)
 }
 
 // logSafe returns a string from the network ready for a log field: as it

@@ -45,7 +45,7 @@ type entry struct {
 	exact  bool
 	offset uint64
 	weight uint64
-	local  localCache
+	local  *localCache // shared by copies of the entry
 }
 
 // New builds a pool from prefixes (single addresses as /32 or /128). The
@@ -56,7 +56,7 @@ func New(prefixes []netip.Prefix) *Pool {
 	for _, pr := range prefixes {
 		pr = pr.Masked()
 		f := &p.fam[famIndex(pr.Addr().Is4())]
-		e := entry{prefix: pr, hostBits: pr.Addr().BitLen() - pr.Bits()}
+		e := entry{prefix: pr, hostBits: pr.Addr().BitLen() - pr.Bits(), local: new(localCache)}
 		e.weight, e.offset, e.exact = usable(pr.Addr().Is4(), e.hostBits)
 		var start uint64
 		if n := len(f.ends); n > 0 {

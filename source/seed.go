@@ -8,29 +8,6 @@ import (
 	"time"
 )
 
-// Rotation says how a flow's seed is chosen.
-type Rotation int
-
-const (
-	// Flow: a random seed per connection or UDP association.
-	Flow Rotation = iota
-	// User: the seed is a hash of the user name.
-	User
-	// Session: the seed is a hash of the user name and the session key
-	// the client appended to it; without a key, as Flow.
-	Session
-)
-
-func (r Rotation) String() string {
-	switch r {
-	case User:
-		return "user"
-	case Session:
-		return "session"
-	}
-	return "flow"
-}
-
 // Seed selects an address from a pool (Pool.Pick).
 type Seed uint64
 
@@ -102,7 +79,7 @@ const localTTL = 2 * time.Second
 // the entry is older than localTTL. An address inside a prefix stands for
 // the whole prefix: a local route covers all of it or none.
 func (p *Pool) Local(a netip.Addr, i int, now time.Time, isLocal func(netip.Addr) bool) bool {
-	c := &p.fam[famIndex(a.Is4())].entries[i].local
+	c := p.fam[famIndex(a.Is4())].entries[i].local
 	t := now.UnixNano()
 	if last := c.checked.Load(); last != 0 && t-last < int64(localTTL) {
 		return c.ok.Load()
