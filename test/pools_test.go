@@ -162,6 +162,45 @@ func TestPools(t *testing.T) {
 		}
 	})
 
+	// The HTTP proxy on the same port: the same plan, the same split of
+	// session names (curl, forwarded requests and CONNECT).
+	t.Run("HTTP proxy sessions", func(t *testing.T) {
+		viaCurl := func(login string, connect bool) netip.Addr {
+			t.Helper()
+			args := []string{"netns", "exec", topo.C, "curl", "-sS", "-g", "--max-time", "10",
+				"-x", "http://" + login + ":" + poolSess.pass + "@" + poolListen}
+			if connect {
+				args = append(args, "-p")
+			}
+			cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
+			defer ccancel()
+			out, stderr, err := run(cctx, nil, "ip", append(args, "http://"+target6+"/")...)
+			if err != nil {
+				t.Fatalf("curl as %s (CONNECT %v): %v %s", login, connect, err, stderr)
+			}
+			a, dev := seenAddr(t, strings.TrimSpace(out))
+			if !prefix.Contains(a) || dev != poolArriveOn {
+				t.Fatalf("curl as %s: upstream saw %q", login, out)
+			}
+			return a
+		}
+		socksA := fetchAddr(t, ctx, topo, "alice-session-a", poolSess.pass, target6)
+		for _, connect := range []bool{false, true} {
+			if a := viaCurl("alice-session-a", connect); a != socksA {
+				t.Errorf("HTTP (CONNECT %v) session a left from %s, SOCKS from %s", connect, a, socksA)
+			}
+			if c := viaCurl("alice-session-c", connect); c == socksA {
+				t.Errorf("HTTP (CONNECT %v) sessions a and c share %s", connect, c)
+			}
+		}
+		line := od.waitFlow(t, 3*time.Second, func(m map[string]any) bool {
+			return m["protocol"] == "http" && m["user"] == poolSess.name && m["session"] != nil
+		})
+		if line["rotation"] != "session" {
+			t.Errorf("HTTP flow line %s: want rotation session", jsonLine(line))
+		}
+	})
+
 	t.Run("prefix without a local route", func(t *testing.T) {
 		res, err := socksDo(ctx, topo.C, socksRequest{proxy: poolListen, user: poolNone.name, pass: poolNone.pass, target: target6})
 		if res.conn != nil {
