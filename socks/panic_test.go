@@ -44,40 +44,45 @@ func TestPanicIsolation(t *testing.T) {
 		name  string
 		where string
 		// trigger makes alice's connection panic.
-		trigger func(t *testing.T, env *testEnv, st *Settings)
+		trigger func(t *testing.T, env *testEnv, settings func(testing.TB) *Settings)
 	}{
-		{"handshake", panicConn, func(t *testing.T, env *testEnv, _ *Settings) {
+		{"handshake", panicConn, func(t *testing.T, env *testEnv, _ func(testing.TB) *Settings) {
 			r := dialRaw(t, env.addr)
 			r.login("alice", alicePass)
 			r.send(append([]byte{5, cmdConnect, 0}, appendAddr(nil, echo)...)...)
 			r.expectClosed()
 		}},
-		{"udp upstream", panicUDPUpstream, func(t *testing.T, env *testEnv, st *Settings) {
+		{"udp upstream", panicUDPUpstream, func(t *testing.T, env *testEnv, settings func(testing.TB) *Settings) {
 			u := associate(t, env, "bob", bobPass)
 			u.send(udpEcho.addr(), []byte("fine"))
 			if got := <-udpEcho.got; string(got) != "fine" {
 				t.Fatalf("echo got %q", got)
 			}
-			broken := *st
+			broken := settings(t)
 			broken.Policy = nil
-			env.srv.Update(&broken)
+			env.srv.Update(broken)
 			u.send(udpEcho.addr(), []byte("boom"))
 			u.ctl.expectClosed()
-			env.srv.Update(st)
+			env.srv.Update(settings(t))
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			st := udpSettings(t)
-			st.Metrics = metrics.New()
-			// alice leaves by "boom0", whose check panics.
-			st.Users["alice"] = User{Egress: Egress{Interfaces: []string{"boom0"}}}
-			st.CheckInterface = func(name string) error {
-				if name == "boom0" {
-					panic("injected panic for " + name)
+			m := metrics.New()
+			settings := func(testing.TB) *Settings {
+				st := udpSettings(t)
+				st.Metrics = m
+				// alice leaves by "boom0", whose check panics.
+				st.Users["alice"] = User{Egress: Egress{Interfaces: []string{"boom0"}}}
+				st.CheckInterface = func(name string) error {
+					if name == "boom0" {
+						panic("injected panic for " + name)
+					}
+					return bind.CheckInterface(name)
 				}
-				return bind.CheckInterface(name)
+				return st
 			}
+			st := settings(t)
 			env := startServer(t, st)
 
 			// bob has a flow running through the panic.
@@ -89,7 +94,7 @@ func TestPanicIsolation(t *testing.T) {
 			running.send('a')
 			running.expect('a')
 
-			tt.trigger(t, env, st)
+			tt.trigger(t, env, settings)
 
 			f := env.panicLine(t)
 			if f["where"] != tt.where {
@@ -101,7 +106,7 @@ func TestPanicIsolation(t *testing.T) {
 			if p, _ := f["panic"].(string); p == "" {
 				t.Error("panic line does not carry the panic value")
 			}
-			if n := metricValue(t, st.Metrics, "ifsocks_panics_total", `where="`+tt.where+`"`); n != 1 {
+			if n := metricValue(t, m, "ifsocks_panics_total", `where="`+tt.where+`"`); n != 1 {
 				t.Errorf("ifsocks_panics_total{where=%q} = %v, want 1", tt.where, n)
 			}
 

@@ -12,12 +12,13 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// reloaded returns settings as a reload would build them from st's file
-// with the user drop removed (from the store and the egress map) and, when
-// deny is not nil, a new deny list.
-func reloaded(tb testing.TB, st *Settings, drop string, deny []netip.Prefix) *Settings {
+// reloaded returns settings as a reload would build them from the file
+// base builds, with the user drop removed (from the store and the egress
+// map) and, when deny is not nil, a new deny list.
+func reloaded(tb testing.TB, base func(testing.TB) *Settings, drop string, deny []netip.Prefix) *Settings {
 	tb.Helper()
-	nst := *st
+	nst := base(tb)
+	users := nst.Users
 	// alice keeps a bcrypt hash of the lowest cost, as in testSettings:
 	// the store's dummy check for unknown users takes the highest cost
 	// configured (the default cost without any hash), too slow for a
@@ -32,7 +33,7 @@ func reloaded(tb testing.TB, st *Settings, drop string, deny []netip.Prefix) *Se
 	for _, a := range accounts {
 		if a.Name != drop {
 			keep = append(keep, a)
-			nst.Users[a.Name] = st.Users[a.Name]
+			nst.Users[a.Name] = users[a.Name]
 		}
 	}
 	store, err := auth.NewStore(keep, auth.Options{})
@@ -43,7 +44,7 @@ func reloaded(tb testing.TB, st *Settings, drop string, deny []netip.Prefix) *Se
 	if deny != nil {
 		nst.Policy = policy.New(deny, false)
 	}
-	return &nst
+	return nst
 }
 
 // slowSettings are testSettings with a handshake timeout that a loaded
@@ -108,7 +109,7 @@ func TestReloadRemovesUserInHandshake(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			st := slowSettings(t)
-			next := reloaded(t, st, "bob", nil) // built first: it costs a bcrypt
+			next := reloaded(t, slowSettings, "bob", nil) // built first: it costs a bcrypt
 			env := startServer(t, st)
 			r := dialRaw(t, env.addr)
 			tt.before(r)
@@ -131,7 +132,7 @@ func TestReloadRemovesUserInHandshake(t *testing.T) {
 func TestReloadDenyInHandshake(t *testing.T) {
 	echo := echoServer(t)
 	st := slowSettings(t)
-	next := reloaded(t, st, "", denyLoopback)
+	next := reloaded(t, slowSettings, "", denyLoopback)
 	env := startServer(t, st)
 	r := dialRaw(t, env.addr)
 	r.login("alice", alicePass)
@@ -152,7 +153,7 @@ func TestReloadDenyRunningUDP(t *testing.T) {
 	if got := <-echo.got; string(got) != "before" {
 		t.Fatalf("echo got %q", got)
 	}
-	env.srv.Update(reloaded(t, st, "", denyLoopback))
+	env.srv.Update(reloaded(t, udpSettings, "", denyLoopback))
 	for range 5 {
 		u.send(echo.addr(), []byte("after"))
 	}
@@ -190,7 +191,7 @@ func TestReloadClosesRemovedUDPAndBind(t *testing.T) {
 		}
 		return n == 2
 	})
-	env.srv.Update(reloaded(t, st, "bob", nil))
+	env.srv.Update(reloaded(t, udpSettings, "bob", nil))
 	if n := env.srv.CloseUsers(map[string]bool{"bob": true}); n != 2 {
 		t.Fatalf("CloseUsers closed %d flows, want 2 (the association and the BIND wait)", n)
 	}
@@ -227,7 +228,7 @@ func TestReloadRunningTCPKeepsTarget(t *testing.T) {
 	if rep, _ := r.connect(echo); rep != RepSucceeded {
 		t.Fatalf("CONNECT reply %#x", rep)
 	}
-	env.srv.Update(reloaded(t, st, "", denyLoopback))
+	env.srv.Update(reloaded(t, testSettings, "", denyLoopback))
 	r.send('p', 'i', 'n', 'g')
 	r.expect('p', 'i', 'n', 'g')
 	n := dialRaw(t, env.addr)
