@@ -26,8 +26,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	users := make(map[string]socks.User, len(cfg.Users))
 	for _, u := range cfg.Users {
 		accounts = append(accounts, auth.Account{Name: u.Name, Hash: u.PasswordHash, Password: u.Password})
-		users[u.Name] = socks.User{Egress: egress(u.Egress), MaxAssociations: u.MaxAssociations,
-			MaxConnections: u.MaxConnections, Rate: userRate(u)}
+		users[u.Name] = userOf(u)
 	}
 	listeners := make(map[string]*socks.Listener, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
@@ -65,6 +64,13 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 			MaxConnections: cfg.Server.MaxConnections,
 		},
 	}, nil
+}
+
+// userOf converts a user's settings, from [[users]] or an auth backend's
+// answer.
+func userOf(u config.User) socks.User {
+	return socks.User{Egress: egress(u.Egress), MaxAssociations: u.MaxAssociations,
+		MaxConnections: u.MaxConnections, Rate: userRate(u)}
 }
 
 // egress converts a configured egress. A round-robin one gets its own
@@ -111,7 +117,7 @@ var replyFilters = map[string]socks.ReplyFilter{
 // reportHost warns about what will make flows fail or is unsafe, without
 // refusing to start: an interface may appear later (a hot-plugged ENI).
 func reportHost(cfg *config.Config, log *zap.Logger) {
-	if len(cfg.Users) == 0 {
+	if !cfg.HasUsers() {
 		log.Warn("no users configured: accepting clients without authentication",
 			zap.Strings("listen", cfg.Server.Listen))
 	}

@@ -71,7 +71,7 @@ func (sc *serverConn) serve() (handedOff bool) {
 		sc.conn.SetDeadline(rec.start.Add(st.HandshakeTimeout))
 	}
 	hs := newHSReader(sc.conn)
-	name, err := sc.negotiate(hs, rec)
+	name, user, err := sc.negotiate(hs, rec)
 	if err != nil {
 		hs.detach()
 		sc.logHandshake(rec, err)
@@ -93,13 +93,6 @@ func (sc *serverConn) serve() (handedOff bool) {
 		return false
 	}
 	sc.conn.SetDeadline(time.Time{})
-	user, ok := st.Users[name]
-	if name != "" && !ok {
-		// Auth accepted a name the egress map lacks: a bug in how the
-		// settings were built. Refuse rather than use kernel routing.
-		sc.refuse(rec, RepGeneralFailure, outcomeError, fmt.Errorf("user %q has no egress settings", name))
-		return false
-	}
 	if name == "" {
 		user = st.NoAuthUser
 		if sc.lis != nil {
@@ -138,52 +131,86 @@ func (sc *serverConn) refuse(rec *record, rep byte, outcome string, err error) {
 }
 
 // negotiate runs method selection and, when users are configured, RFC 1929
-// authentication. It returns the user name, "" without authentication.
-func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
+// authentication. It returns the user name, "" without authentication,
+// and the user's settings.
+func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, User, error) {
 	methods, err := readGreeting(hs)
 	if err != nil {
-		return "", err
+		return "", User{}, err
 	}
 	want := byte(methodNoAuth)
-	if sc.st.Auth != nil && sc.st.Auth.Len() > 0 && (sc.lis == nil || !sc.lis.NoAuth) {
+	if sc.st.authenticates() && (sc.lis == nil || !sc.lis.NoAuth) {
 		want = methodUserPass
 	}
 	if !bytes.Contains(methods, []byte{want}) {
 		sc.st.Metrics.AuthFailure("no_method")
 		sc.conn.Write([]byte{socks5Version, methodNoAccept})
-		return "", errNoMethod
+		return "", User{}, errNoMethod
 	}
 	if _, err := sc.conn.Write([]byte{socks5Version, want}); err != nil {
-		return "", fmt.Errorf("write method selection: %w", err)
+		return "", User{}, fmt.Errorf("write method selection: %w", err)
 	}
 	if want == methodNoAuth {
-		return "", nil
+		return "", User{}, nil
 	}
 	name, pass, err := readUserPass(hs)
 	rec.user = name
 	if err != nil {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
-		return "", err
+		return "", User{}, err
 	}
 	// A blocked client gets the reply of a wrong password, without the
 	// bcrypt (RFC 1929 has no other failure status).
 	if sc.srv.lim.guard.blocked(rec.client.Addr(), sc.st.Limits.AuthFail, time.Now()) {
 		sc.st.Metrics.AuthFailure("blocked")
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
-		return "", errAuthBlocked
+		return "", User{}, errAuthBlocked
 	}
-	if err := sc.st.Auth.Verify(name, pass); err != nil {
-		sc.st.Metrics.AuthFailure("bad_credentials")
-		// Recorded before the reply, so a client that retries at
-		// once already finds itself blocked.
-		sc.authFailed(rec.client.Addr())
+	user, err := sc.authenticate(name, pass, rec)
+	if err != nil {
+		if errors.Is(err, auth.ErrUnavailable) {
+			// The backend's failure, not the client's: refused, but
+			// not counted against the client.
+			sc.st.Metrics.AuthFailure("backend_unavailable")
+		} else {
+			sc.st.Metrics.AuthFailure("bad_credentials")
+			// Recorded before the reply, so a client that retries at
+			// once already finds itself blocked.
+			sc.authFailed(rec.client.Addr())
+		}
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
-		return "", err
+		return "", User{}, err
 	}
 	if _, err := sc.conn.Write([]byte{userPassVersion, authStatusOK}); err != nil {
-		return "", fmt.Errorf("write auth status: %w", err)
+		return "", User{}, fmt.Errorf("write auth status: %w", err)
 	}
-	return name, nil
+	return name, user, nil
+}
+
+// authenticate checks a login: against Users when the name is there (or
+// there is no backend), else against the backend, whose answer carries the
+// user's settings.
+func (sc *serverConn) authenticate(name, pass string, rec *record) (User, error) {
+	st := sc.st
+	u, local := st.Users[name]
+	if local || st.Backend == nil {
+		if err := st.Auth.Verify(name, pass); err != nil {
+			return User{}, err
+		}
+		if !local {
+			// Auth accepted a name the egress map lacks: a bug in
+			// how the settings were built. Refuse rather than use
+			// kernel routing.
+			return User{}, fmt.Errorf("user %q has no egress settings", name)
+		}
+		return u, nil
+	}
+	bu, err := st.Backend.Authenticate(sc.srv.ctx, auth.Request{User: name, Password: pass,
+		Client: rec.client, Listener: addrPortOf(sc.conn.LocalAddr()), Protocol: "socks5"})
+	if err != nil {
+		return User{}, err
+	}
+	return *bu, nil
 }
 
 // logHandshake logs a connection that ended before a request could be
@@ -193,7 +220,7 @@ func (sc *serverConn) logHandshake(rec *record, err error) {
 	lvl := zap.WarnLevel
 	msg := "handshake failed"
 	switch {
-	case errors.Is(err, auth.ErrBadCredentials):
+	case errors.Is(err, auth.ErrBadCredentials), errors.Is(err, auth.ErrUnavailable):
 		msg = "authentication failed"
 	case errors.Is(err, io.EOF):
 		lvl = zap.DebugLevel
