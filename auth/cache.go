@@ -18,8 +18,8 @@ import (
 // past size entries.
 type cache struct {
 	keyer
-	ttl    time.Duration
-	size   int
+	ttl  time.Duration
+	size int
 
 	mu      sync.Mutex
 	entries map[[32]byte]time.Time // expiry
