@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -273,4 +275,71 @@ func TestUserFromAttributes(t *testing.T) {
 			t.Errorf("%s: error %v, want one with key %q", name, err, tt.key)
 		}
 	}
+}
+
+// TestExampleAuth: config.toml.example documents the [auth] defaults, and
+// its commented backend tables are valid once uncommented.
+func TestExampleAuth(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "config.toml.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Parse(data, "example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.Auth
+	if a.Backend != config.DefaultAuthBackend || a.CacheTTL != config.DefaultAuthCacheTTL ||
+		a.NegativeCacheTTL != config.DefaultNegativeCacheTTL || a.StaleIfError != config.DefaultStaleIfError ||
+		a.MaxConcurrent != config.DefaultAuthConcurrent {
+		t.Errorf("example [auth] = %+v, want the defaults", a)
+	}
+	text := string(data)
+	i := strings.Index(text, "\n[auth]\n")
+	if i < 0 {
+		t.Fatal("no [auth] in the example")
+	}
+	// Uncomment the settings of one backend at a time (keys and table
+	// headers, not the prose).
+	for _, b := range []struct{ backend, table, skip string }{
+		{"http", "[auth.http]", "[auth.ldap]"},
+		{"ldap", "[auth.ldap]", ""},
+	} {
+		var out []string
+		on := false
+		for _, line := range strings.Split(text[i:], "\n") {
+			body, commented := strings.CutPrefix(line, "# ")
+			switch {
+			case commented && body == b.table:
+				on = true
+			case commented && body == b.skip && b.skip != "":
+				on = false
+			}
+			// In the LDAP table, bind_dn is the alternative to
+			// the search keys: keep the search.
+			if on && commented && exampleSetting(body) && !strings.HasPrefix(body, "bind_dn") {
+				line = body
+			}
+			out = append(out, line)
+		}
+		cfg := strings.Replace(strings.Join(out, "\n"), "backend = \"file\"", "backend = \""+b.backend+"\"", 1)
+		bc, err := config.Parse([]byte(cfg), "example-"+b.backend)
+		if err != nil {
+			t.Errorf("example with [auth] backend = %s uncommented: %v\n%s", b.backend, err, cfg)
+			continue
+		}
+		if string(bc.Auth.Backend) != b.backend {
+			t.Errorf("backend = %q, want %q", bc.Auth.Backend, b.backend)
+		}
+	}
+}
+
+// exampleSetting reports whether a commented example line is a setting
+// (key = value, or a table header) rather than prose.
+func exampleSetting(s string) bool {
+	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
+		return true
+	}
+	k, _, ok := strings.Cut(s, " = ")
+	return ok && !strings.Contains(k, " ") && k != "" && k != "stale_if_error"
 }
