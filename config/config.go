@@ -165,6 +165,9 @@ type Listener struct {
 	// AllowClients, when not empty, are the only client addresses
 	// accepted.
 	AllowClients []netip.Prefix
+	// Protocols are the protocols served; [server] protocols when the
+	// listener does not set its own.
+	Protocols Protocols
 	Egress
 }
 
@@ -177,7 +180,10 @@ type Metrics struct {
 
 // Server is the [server] table.
 type Server struct {
-	Listen           []string
+	Listen []string
+	// Protocols are the protocols served on Listen (and on [[listeners]]
+	// that do not set their own).
+	Protocols        Protocols
 	HandshakeTimeout time.Duration
 	IdleTimeout      time.Duration
 	ConnectTimeout   time.Duration

@@ -133,6 +133,12 @@ func (v *validator) listeners(c *Config, f *file) {
 			}
 			l.AllowClients = append(l.AllowClients, p)
 		}
+		l.Protocols = c.Server.Protocols
+		if fl.Protocols != nil {
+			l.Protocols = v.protocols(key("protocols"), fl.Protocols, !l.NoAuth)
+		} else if l.Protocols.SOCKS4 && !l.NoAuth {
+			v.add(key("protocols"), c.Server.Protocols.String(), "inherited from server.protocols: SOCKS4 carries no password; set protocols for this listener")
+		}
 		if l.NoAuth && len(fl.AllowClients) == 0 && l.Address != "" && !isLoopback(l.Address) {
 			v.add(key("allow_clients"), "[]", "required with auth = \"none\" on a non-loopback address: without it this is an open proxy")
 		}

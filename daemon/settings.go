@@ -28,7 +28,8 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	}
 	listeners := make(map[string]*socks.Listener, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
-		listeners[l.Address] = &socks.Listener{Name: l.Name, NoAuth: l.NoAuth, AllowClients: l.AllowClients, Egress: egress(l.Egress)}
+		listeners[l.Address] = &socks.Listener{Name: l.Name, NoAuth: l.NoAuth, AllowClients: l.AllowClients, Egress: egress(l.Egress),
+			Protocols: protocols(l.Protocols)}
 	}
 	store, err := auth.NewStore(accounts, auth.Options{})
 	if err != nil {
@@ -39,6 +40,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 		Users:            users,
 		Listeners:        listeners,
 		Policy:           policy.New(cfg.Server.Deny, cfg.Server.DenyOwnAddresses),
+		Protocols:        protocols(cfg.Server.Protocols),
 		HandshakeTimeout: cfg.Server.HandshakeTimeout,
 		ConnectTimeout:   cfg.Server.ConnectTimeout,
 		BindTimeout:      cfg.Server.BindTimeout,
@@ -87,6 +89,21 @@ func egress(e config.Egress) socks.Egress {
 	}
 	if e.Interface != "" && !out.Ingress {
 		out.Interfaces = []string{e.Interface}
+	}
+	return out
+}
+
+// protocols converts a configured protocol set.
+func protocols(p config.Protocols) socks.Protocols {
+	var out socks.Protocols
+	if p.SOCKS5 {
+		out |= socks.ProtoSOCKS5
+	}
+	if p.HTTP {
+		out |= socks.ProtoHTTP
+	}
+	if p.SOCKS4 {
+		out |= socks.ProtoSOCKS4
 	}
 	return out
 }

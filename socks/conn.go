@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/ifsocks/ifsocks/auth"
@@ -34,7 +35,10 @@ type serverConn struct {
 	iface    string
 	ended    error
 	upstream net.Conn // the target connection of a CONNECT, once dialled
-	stop     func()   // cancels a paced relay's context (flowlimit.go); set once, under srv.mu
+	// ans answers requests in a protocol other than SOCKS5 (nil:
+	// SOCKS5); set by that protocol's serve before any flow starts.
+	ans  answerer
+	stop func() // cancels a paced relay's context (flowlimit.go); set once, under srv.mu
 
 	// Limit bookkeeping (limits.go, flowlimit.go), used by the connection's own
 	// goroutines only: the client key holding a handshake slot (invalid
@@ -42,6 +46,14 @@ type serverConn struct {
 	hsKey    netip.Addr
 	flow     *userFlows
 	flowName string
+
+	// proto is the protocol the client speaks (sniff), for the auth
+	// backend's request.
+	proto Protocols
+	// remote is the auth backend's answer for the user logged in on the
+	// connection; an HTTP client may log in again per request, and its
+	// dials run on other goroutines, hence the atomic.
+	remote atomic.Pointer[remoteUser]
 }
 
 // close closes the client connection and, if there is one, the upstream
@@ -74,7 +86,21 @@ func (sc *serverConn) serve() (handedOff bool) {
 		sc.conn.SetDeadline(rec.start.Add(st.HandshakeTimeout))
 	}
 	hs := newHSReader(sc.conn)
-	name, user, err := sc.negotiate(hs, rec)
+	proto, err := sc.sniff(hs)
+	sc.proto = proto
+	if err != nil {
+		hs.detach()
+		sc.logHandshake(rec, err)
+		return false
+	}
+	switch proto {
+	case ProtoHTTP:
+		return sc.serveHTTP(hs, rec)
+	case ProtoSOCKS4:
+		return sc.serveSOCKS4(hs, rec)
+	}
+	rec.protocol = protoSOCKS5
+	name, err := sc.negotiate(hs, rec)
 	if err != nil {
 		hs.detach()
 		sc.logHandshake(rec, err)
@@ -96,15 +122,9 @@ func (sc *serverConn) serve() (handedOff bool) {
 		return false
 	}
 	sc.conn.SetDeadline(time.Time{})
-	if name == "" {
-		user = st.NoAuthUser
-		if sc.lis != nil {
-			user = User{Egress: sc.lis.Egress}
-		}
-	}
-	eg := &user.Egress
-	if eg.IsZero() && sc.lis != nil {
-		eg = &sc.lis.Egress
+	user, eg, ok := sc.flowUser(rec, name)
+	if !ok {
+		return false
 	}
 	if req.Cmd <= cmdUDPAssociate && req.Cmd >= cmdConnect && !sc.acquireFlow(rec, name, user) {
 		return false
@@ -122,9 +142,24 @@ func (sc *serverConn) serve() (handedOff bool) {
 	return false
 }
 
+// flowUser returns the user a flow runs as (name; "" without
+// authentication) and the egress it leaves by. When the settings lack the
+// user it refuses the flow and reports false.
+func (sc *serverConn) flowUser(rec *record, name string) (User, *Egress, bool) {
+	user, ok := sc.userOf(name)
+	if name != "" && !ok {
+		// Auth accepted a name the egress map lacks: a bug in how the
+		// settings were built. Refuse rather than use kernel routing.
+		sc.refuse(rec, RepGeneralFailure, outcomeError, fmt.Errorf("user %q has no egress settings", name))
+		return user, nil, false
+	}
+	eg := sc.egressOf(name, &user)
+	return user, eg, true
+}
+
 // refuse replies rep with no bound address, and logs the flow.
 func (sc *serverConn) refuse(rec *record, rep byte, outcome string, err error) {
-	writeReply(sc.conn, rep, netip.AddrPort{})
+	sc.answerRefusal(rep, err)
 	rec.finish(rep, outcome, err)
 	lvl := zap.InfoLevel
 	if outcome == outcomeError {
@@ -134,86 +169,120 @@ func (sc *serverConn) refuse(rec *record, rep byte, outcome string, err error) {
 }
 
 // negotiate runs method selection and, when users are configured, RFC 1929
-// authentication. It returns the user name, "" without authentication,
-// and the user's settings.
-func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, User, error) {
+// authentication. It returns the user name, "" without authentication.
+func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 	methods, err := readGreeting(hs)
 	if err != nil {
-		return "", User{}, err
+		return "", err
 	}
 	want := byte(methodNoAuth)
-	if sc.st.authenticates() && (sc.lis == nil || !sc.lis.NoAuth) {
+	if sc.needsPassword() {
 		want = methodUserPass
 	}
 	if !bytes.Contains(methods, []byte{want}) {
 		sc.st.Metrics.AuthFailure("no_method")
 		sc.conn.Write([]byte{socks5Version, methodNoAccept})
-		return "", User{}, errNoMethod
+		return "", errNoMethod
 	}
 	if _, err := sc.conn.Write([]byte{socks5Version, want}); err != nil {
-		return "", User{}, fmt.Errorf("write method selection: %w", err)
+		return "", fmt.Errorf("write method selection: %w", err)
 	}
 	if want == methodNoAuth {
-		return "", User{}, nil
+		return "", nil
 	}
 	name, pass, err := readUserPass(hs)
 	rec.user = name
 	if err != nil {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
-		return "", User{}, err
+		return "", err
 	}
-	// A blocked client gets the reply of a wrong password, without the
-	// bcrypt (RFC 1929 has no other failure status).
-	if sc.srv.lim.guard.blocked(rec.client.Addr(), sc.st.Limits.AuthFail, time.Now()) {
-		sc.st.Metrics.AuthFailure("blocked")
+	// A blocked client gets the reply of a wrong password (RFC 1929 has
+	// no other failure status).
+	if err := sc.login(rec.client.Addr(), name, pass); err != nil {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
-		return "", User{}, errAuthBlocked
+		return "", err
 	}
-	user, err := sc.authenticate(name, pass, rec)
-	if err != nil {
+	if _, err := sc.conn.Write([]byte{userPassVersion, authStatusOK}); err != nil {
+		return "", fmt.Errorf("write auth status: %w", err)
+	}
+	return name, nil
+}
+
+// login checks the credentials of sc's client, for every protocol that
+// has them. A client in its auth_fail_cooldown is refused unchecked,
+// without the bcrypt; a wrong name or password counts toward the block,
+// and is recorded before the caller replies, so a client that retries at
+// once already finds itself blocked.
+func (sc *serverConn) login(client netip.Addr, name, pass string) error {
+	if sc.srv.lim.guard.blocked(client, sc.st.Limits.AuthFail, time.Now()) {
+		sc.st.Metrics.AuthFailure("blocked")
+		return errAuthBlocked
+	}
+	if err := sc.authenticate(client, name, pass); err != nil {
 		if errors.Is(err, auth.ErrUnavailable) {
 			// The backend's failure, not the client's: refused, but
 			// not counted against the client.
 			sc.st.Metrics.AuthFailure("backend_unavailable")
-		} else {
-			sc.st.Metrics.AuthFailure("bad_credentials")
-			// Recorded before the reply, so a client that retries at
-			// once already finds itself blocked.
-			sc.authFailed(rec.client.Addr())
+			return err
 		}
-		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
-		return "", User{}, err
+		sc.st.Metrics.AuthFailure("bad_credentials")
+		sc.authFailed(client)
+		return err
 	}
-	if _, err := sc.conn.Write([]byte{userPassVersion, authStatusOK}); err != nil {
-		return "", User{}, fmt.Errorf("write auth status: %w", err)
-	}
-	return name, user, nil
+	return nil
 }
 
-// authenticate checks a login: against Users when the name is there (or
-// there is no backend), else against the backend, whose answer carries the
-// user's settings.
-func (sc *serverConn) authenticate(name, pass string, rec *record) (User, error) {
+// authenticate checks a login against Users when the name is there (or
+// there is no backend), else against the backend, whose answer, the
+// user's settings, it keeps for the connection's flows (userOf).
+func (sc *serverConn) authenticate(client netip.Addr, name, pass string) error {
 	st := sc.st
-	u, local := st.Users[name]
-	if local || st.Backend == nil {
-		if err := st.Auth.Verify(name, pass); err != nil {
-			return User{}, err
-		}
-		if !local {
-			// Auth accepted a name the egress map lacks: a bug in
-			// how the settings were built. Refuse rather than use
-			// kernel routing.
-			return User{}, fmt.Errorf("user %q has no egress settings", name)
-		}
-		return u, nil
+	if _, local := st.Users[name]; local || st.Backend == nil {
+		return st.Auth.Verify(name, pass)
 	}
-	bu, err := st.Backend.Authenticate(sc.srv.ctx, auth.Request{User: name, Password: pass,
-		Client: rec.client, Listener: addrPortOf(sc.conn.LocalAddr()), Protocol: "socks5"})
+	u, err := st.Backend.Authenticate(sc.srv.ctx, auth.Request{User: name, Password: pass,
+		Client: netip.AddrPortFrom(client, sc.clientAddr().Port()), Listener: addrPortOf(sc.conn.LocalAddr()),
+		Protocol: protocolName(sc.proto)})
 	if err != nil {
-		return User{}, err
+		return err
 	}
-	return *bu, nil
+	sc.remote.Store(&remoteUser{name: name, user: u})
+	return nil
+}
+
+// protocolName names p in an auth backend's request.
+func protocolName(p Protocols) string {
+	switch p {
+	case ProtoHTTP:
+		return protoHTTP
+	case ProtoSOCKS4:
+		return protoSOCKS4
+	}
+	return protoSOCKS5
+}
+
+// remoteUser is a user the auth backend accepted on this connection.
+type remoteUser struct {
+	name string
+	user *User
+}
+
+// userOf returns the settings of the user name, from Users or, for a user
+// of the auth backend, from the answer that accepted its login on this
+// connection.
+func (sc *serverConn) userOf(name string) (User, bool) {
+	if u, ok := sc.st.Users[name]; ok {
+		return u, true
+	}
+	if r := sc.remote.Load(); r != nil && r.name == name {
+		return *r.user, true
+	}
+	return User{}, false
+}
+
+// needsPassword reports whether sc's clients must authenticate.
+func (sc *serverConn) needsPassword() bool {
+	return sc.st.authenticates() && (sc.lis == nil || !sc.lis.NoAuth)
 }
 
 // logHandshake logs a connection that ended before a request could be
@@ -225,7 +294,7 @@ func (sc *serverConn) logHandshake(rec *record, err error) {
 	switch {
 	case errors.Is(err, auth.ErrBadCredentials), errors.Is(err, auth.ErrUnavailable):
 		msg = "authentication failed"
-	case errors.Is(err, io.EOF):
+	case errors.Is(err, io.EOF), errors.Is(err, errNoFirstByte):
 		lvl = zap.DebugLevel
 	case errors.Is(err, errAuthBlocked):
 		// The block itself was logged once, as a warning.

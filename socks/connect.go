@@ -84,7 +84,8 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 	// Counted before the reply, so a client that has its reply sees
 	// itself in the gauge.
 	st.Metrics.FlowActive(rec.user, rec.iface, 1)
-	err := writeReply(sc.conn, RepSucceeded, bnd)
+	more, err := sc.answerSuccess(bnd)
+	early = append(early, more...)
 	if err == nil && len(early) > 0 {
 		_, err = up.Write(early)
 		rec.up = int64(len(early))

@@ -67,14 +67,15 @@ func cutOutcome(reason error) string {
 // logFlow counts the flow in the metrics and writes its line (in that
 // order: whoever sees the line can rely on the counters).
 func (sc *serverConn) logFlow(r *record, lvl zapcore.Level) {
-	sc.st.Metrics.FlowDone(r.user, r.iface, r.outcome, r.up, r.down)
+	sc.st.Metrics.FlowDone(r.protocol, r.user, r.iface, r.outcome, r.up, r.down)
 	r.log(sc.srv.log, lvl)
 }
 
 // record accumulates what the flow log line reports.
 type record struct {
-	start  time.Time
-	client netip.AddrPort
+	protocol string // protoSOCKS5 and the others of protocols.go
+	start    time.Time
+	client   netip.AddrPort
 	// listener and listenerName identify the listener the client came
 	// in by (listenerName may be empty).
 	listener, listenerName string
@@ -88,6 +89,11 @@ type record struct {
 	reply                  byte
 	outcome                string
 	err                    error
+
+	// A forwarded HTTP request (protocol http) also logs its method and
+	// the status the client got.
+	method string
+	status int
 }
 
 // tookEgress notes how the flow's egress came out.
@@ -104,13 +110,16 @@ func (r *record) finish(rep byte, outcome string, err error) {
 
 // log writes the one line a CONNECT or BIND flow gets at its end.
 func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
-	own := make([]zap.Field, 0, 4)
+	own := make([]zap.Field, 0, 6)
 	own = append(own, zap.String("target", logSafe(r.target.String())), zap.Uint8("reply", r.reply))
 	if r.remote.IsValid() {
 		own = append(own, zap.Stringer("remote", r.remote))
 	}
 	if r.local.IsValid() {
 		own = append(own, zap.Stringer("local", r.local))
+	}
+	if r.method != "" {
+		own = append(own, zap.String("method", logSafe(r.method)), zap.Int("status", r.status))
 	}
 	r.write(l, lvl, "flow", own)
 }
@@ -122,8 +131,9 @@ func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 // Strings that came from the network (user, target name) go through
 // logSafe.
 func (r *record) write(l *zap.Logger, lvl zapcore.Level, msg string, own []zap.Field) {
-	fields := make([]zap.Field, 0, 11+len(own))
+	fields := make([]zap.Field, 0, 12+len(own))
 	fields = append(fields,
+		zap.String("protocol", r.protocol),
 		zap.String("user", logSafe(r.user)),
 		zap.Stringer("client", r.client),
 		zap.String("listener", r.listener),

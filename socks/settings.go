@@ -76,6 +76,9 @@ type Settings struct {
 	// Server.ServeListener, by the name given there.
 	Listeners map[string]*Listener
 	Policy    *policy.Policy
+	// Protocols are what listeners without their own serve; zero means
+	// SOCKS5 only.
+	Protocols Protocols
 
 	// Metrics records what the server does; nil records nothing. It is
 	// the same object in every Settings of a server.
@@ -135,6 +138,8 @@ type Listener struct {
 	// Egress applies to the listener's flows without authentication, and
 	// to users whose own Egress is zero.
 	Egress Egress
+	// Protocols are the protocols served; zero means Settings.Protocols.
+	Protocols Protocols
 }
 
 // allows reports whether client may use the listener.
