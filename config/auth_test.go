@@ -200,6 +200,12 @@ func TestUserFromAnswer(t *testing.T) {
 				t.Errorf("SourceIP = %v", u.SourceIP)
 			}
 		}},
+		{"address pool (issue 14 keys)", `{"source_ips":["10.0.0.10","10.0.0.16/30"],"source_rotation":"user","interface":"eth1"}`,
+			func(t *testing.T, u config.User) {
+				if len(u.SourceIPs) != 2 || u.Rotation != config.RotationUser {
+					t.Errorf("Egress = %+v, want the pool with user rotation", u.Egress)
+				}
+			}},
 		{"empty: kernel routing", `{}`, func(t *testing.T, u config.User) {
 			if !u.Egress.IsZero() {
 				t.Errorf("Egress = %+v", u.Egress)
@@ -229,6 +235,7 @@ func TestUserFromAnswer(t *testing.T) {
 		{"mark as string", `{"mark":"7"}`, "egress"},
 		{"bad rate", `{"rate_limit":"fast"}`, "egress.rate_limit"},
 		{"source not an ip", `{"source_ip":"eth1"}`, "egress.source_ip"},
+		{"bad rotation", `{"source_ips":["10.0.0.10"],"source_rotation":"hourly"}`, "egress.source_rotation"},
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {

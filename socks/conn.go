@@ -191,6 +191,9 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 		return "", nil
 	}
 	name, pass, err := readUserPass(hs)
+	// "USER-session-KEY" authenticates as USER; the key only picks the
+	// source address, and only its hash is ever logged.
+	name, rec.session = sc.st.splitSession(sc.lis, name)
 	rec.user = name
 	if err != nil {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})

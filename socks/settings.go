@@ -93,6 +93,11 @@ type Settings struct {
 	// ingress and source-address egress. Nil means bind.AddrOwner (a
 	// netlink dump per flow); the daemon passes its netlink watcher's.
 	AddrOwner func(netip.Addr) (string, bool)
+	// IsLocal tells whether the host takes an address as its own
+	// (assigned, or inside a local route), for source pools bound with
+	// FREEBIND. Nil means bind.IsLocal; each pool entry caches the
+	// answer for a short while (source.Pool.Local).
+	IsLocal func(netip.Addr) bool
 
 	HandshakeTimeout time.Duration // greeting to request, inclusive
 	ConnectTimeout   time.Duration // resolution plus connect
@@ -107,6 +112,8 @@ type Settings struct {
 
 	// Limits are the server's abuse limits (limits.go).
 	Limits Limits
+
+	sessions sessionIndex // pool.go
 }
 
 // Backend authenticates users that Settings.Users does not hold against a
