@@ -34,6 +34,7 @@ type Metrics struct {
 	lastReload   prometheus.Gauge
 	limits       limitMetrics
 	authBackend  authBackendMetrics
+	panics       *prometheus.CounterVec
 }
 
 // New creates the metrics, with the Go runtime and process collectors.
@@ -86,6 +87,7 @@ func New() *Metrics {
 	})
 	m.newLimits(f)
 	m.newAuthBackend(f)
+	m.newPanics(f)
 	for _, c := range []prometheus.Collector{m.flows, m.active, m.bytes, m.authFailures, m.dial,
 		m.ifaceUp, m.udpDgrams, m.udpDrops, m.reloads, m.lastReload,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {

@@ -20,9 +20,18 @@ var errNoMethod = errors.New("no acceptable authentication method")
 // serverConn is one accepted client connection.
 type serverConn struct {
 	srv  *Server
-	conn net.Conn  // a *net.TCPConn from Serve; net.Pipe in fuzz tests
-	st   *Settings // snapshot taken at accept; reloads do not change it
-	lis  *Listener // the listener's settings; nil for a plain Serve
+	conn net.Conn // a *net.TCPConn from Serve; net.Pipe in fuzz tests
+	// st are the settings in force for the connection's next step:
+	// taken at accept, and taken again (refresh) when the greeting and
+	// the credentials arrive and at the end of the handshake, so a
+	// reload in between applies to authentication, the user's egress
+	// and the destination policy. Written by the connection's own
+	// goroutine only.
+	st  *Settings
+	lis *Listener // the listener's settings; nil for a plain Serve
+	// lisKey is the listener's key in Settings.Listeners ("" for a
+	// plain Serve), to find its settings again after a reload.
+	lisKey string
 	// lisAddr and lisName identify the listener in every log line of
 	// the connection (listener, listener_name); lisName may be empty.
 	lisAddr, lisName string
@@ -68,6 +77,21 @@ func (sc *serverConn) close() {
 	if sc.upstream != nil {
 		sc.upstream.Close()
 	}
+}
+
+// refresh takes the settings current now for the steps that follow. A
+// listener the reload removed keeps the settings it had (the daemon
+// closes it; its connections in handshake finish under them).
+func (sc *serverConn) refresh() *Settings {
+	st := sc.srv.settings.Load()
+	if st == sc.st {
+		return st
+	}
+	sc.st = st
+	if l := st.Listeners[sc.lisKey]; sc.lisKey != "" && l != nil {
+		sc.lis = l
+	}
+	return st
 }
 
 // serve runs the connection from greeting to the end of its flow. It
@@ -142,15 +166,24 @@ func (sc *serverConn) serve() (handedOff bool) {
 	return false
 }
 
+// refuseRemoved refuses the request of a user that a reload has removed
+// since it authenticated.
+func (sc *serverConn) refuseRemoved(rec *record) {
+	sc.answerRefusal(RepNotAllowed, ErrUserRemoved)
+	rec.finish(RepNotAllowed, outcomeRemoved, ErrUserRemoved)
+	sc.logFlow(rec, zap.WarnLevel)
+}
+
 // flowUser returns the user a flow runs as (name; "" without
-// authentication) and the egress it leaves by. When the settings lack the
-// user it refuses the flow and reports false.
+// authentication) and the egress it leaves by, from the settings current
+// now: the end of the handshake, for every protocol. When a reload has
+// removed the user since it authenticated, it refuses the flow and
+// reports false.
 func (sc *serverConn) flowUser(rec *record, name string) (User, *Egress, bool) {
-	user, ok := sc.userOf(name)
+	st := sc.refresh()
+	user, ok := sc.userOf(st, name)
 	if name != "" && !ok {
-		// Auth accepted a name the egress map lacks: a bug in how the
-		// settings were built. Refuse rather than use kernel routing.
-		sc.refuse(rec, RepGeneralFailure, outcomeError, fmt.Errorf("user %q has no egress settings", name))
+		sc.refuseRemoved(rec)
 		return user, nil, false
 	}
 	eg := sc.egressOf(name, &user)
@@ -175,6 +208,7 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	sc.refresh() // a reload may have added or removed users since accept
 	want := byte(methodNoAuth)
 	if sc.needsPassword() {
 		want = methodUserPass
@@ -217,6 +251,10 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 // and is recorded before the caller replies, so a client that retries at
 // once already finds itself blocked.
 func (sc *serverConn) login(client netip.Addr, name, pass string) error {
+	// Checked against the users and passwords current now: a reload
+	// since accept (while the client typed) may have removed or changed
+	// the user.
+	sc.refresh()
 	if sc.srv.lim.guard.blocked(client, sc.st.Limits.AuthFail, time.Now()) {
 		sc.st.Metrics.AuthFailure("blocked")
 		return errAuthBlocked
@@ -273,11 +311,12 @@ type remoteUser struct {
 // userOf returns the settings of the user name, from Users or, for a user
 // of the auth backend, from the answer that accepted its login on this
 // connection.
-func (sc *serverConn) userOf(name string) (User, bool) {
-	if u, ok := sc.st.Users[name]; ok {
+// A reload that drops the backend drops its users with it.
+func (sc *serverConn) userOf(st *Settings, name string) (User, bool) {
+	if u, ok := st.Users[name]; ok {
 		return u, true
 	}
-	if r := sc.remote.Load(); r != nil && r.name == name {
+	if r := sc.remote.Load(); r != nil && r.name == name && st.Backend != nil {
 		return *r.user, true
 	}
 	return User{}, false

@@ -129,8 +129,7 @@ func (h *httpConn) Admit(user, target, method string, rep httpproxy.Reply) bool 
 			return false
 		}
 	}
-	if !sc.srv.beginFlow(sc, rec.user) {
-		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
+	if !sc.beginFlow(rec) {
 		return false
 	}
 	return true
@@ -166,7 +165,7 @@ func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error
 		return nil, &dialError{err: err}
 	}
 	name, session := st.splitSession(sc.lis, user)
-	u, ok := sc.userOf(name)
+	u, ok := sc.userOf(st, name)
 	if name != "" && !ok {
 		return nil, &dialError{err: fmt.Errorf("user %q has no egress settings", name)}
 	}
