@@ -157,3 +157,26 @@ func straceBytes(t *testing.T, file string) map[string]int64 {
 	}
 	return out
 }
+
+// rate_limit holds for the HTTP proxy too, forwarding included: a user at
+// 1 MiB/s cannot fetch 4 MiB in under 3 s whichever way it asks.
+func TestHTTPProxyRateLimit(t *testing.T) {
+	topo := newEgressTopology(t)
+	startHTTPUpstream(t, topo)
+	startEgressDaemon(t, topo, egressConfig([]string{egHTTPListen},
+		userBlock(egFo, "interface = \"wan1\"\nrate_limit = \"1MiB\"")), egHTTPListen)
+	const size = 4 << 20
+	url := fmt.Sprintf("http://%s/bytes?n=%d&seed=7", net2(egSvc, egHTTPUpPort), size)
+	want := expectedSHA256(7, size)
+	for _, flag := range []string{"", "--proxytunnel"} {
+		start := time.Now()
+		if sum := curlSHA256(t, topo.C, flag, url); sum != want {
+			t.Fatalf("%q: sha256 %s, want %s", flag, sum, want)
+		}
+		took := time.Since(start)
+		t.Logf("%q: 4 MiB in %v", flag, took)
+		if took < 3*time.Second {
+			t.Errorf("%q: 4 MiB in %v at 1 MiB/s: the rate limit did not hold", flag, took)
+		}
+	}
+}
