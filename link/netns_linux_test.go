@@ -54,7 +54,7 @@ func TestWatcherInNamespace(t *testing.T) {
 			t.Fatalf("no change within 5s, want %v", want)
 		}
 	}
-	expect(change{"wat0", Missing, Up})            // from the initial listing
+	expect(change{"wat0", Missing, Up})                   // from the initial listing
 	nstest.IP(t, "-n", ns, "link", "set", "wat1", "down") // peer down: carrier lost
 	expect(change{"wat0", Up, Down})
 	nstest.IP(t, "-n", ns, "link", "set", "wat1", "up")
