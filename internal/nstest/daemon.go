@@ -20,11 +20,12 @@ import (
 // BinaryEnv names a prebuilt ifsocks binary to use instead of building one.
 const BinaryEnv = "IFSOCKS_BIN"
 
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
+// builds holds the binaries of this process: [0] plain, [1] with -race.
+var builds [2]struct {
+	once sync.Once
+	path string
+	err  error
+}
 
 // Binary is the path of an ifsocks binary built from this module once per
 // test process (or $IFSOCKS_BIN). Builds of processes that are gone are
@@ -39,15 +40,40 @@ func Binary(tb testing.TB) string {
 }
 
 // BinaryErr is Binary returning the error.
-func BinaryErr() (string, error) {
-	binOnce.Do(func() { binPath, binErr = build() })
-	return binPath, binErr
+func BinaryErr() (string, error) { return binary(false) }
+
+// RaceBinary is Binary built with -race (never $IFSOCKS_BIN): a data race
+// in the daemon then ends it with a report in its log. It is checked to
+// be instrumented.
+func RaceBinary(tb testing.TB) string {
+	tb.Helper()
+	p, err := binary(true)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+func binary(race bool) (string, error) {
+	i := 0
+	if race {
+		i = 1
+	}
+	b := &builds[i]
+	b.once.Do(func() { b.path, b.err = build(race) })
+	return b.path, b.err
 }
 
 const binDirPrefix = "ifsocks-nstest-"
 
-func build() (string, error) {
-	if bin := os.Getenv(BinaryEnv); bin != "" {
+// RemoveBinaries removes this process's builds; for TestMain, after the
+// tests. (Builds of dead processes are removed by the next build anyway.)
+func RemoveBinaries() {
+	os.RemoveAll(filepath.Join(os.TempDir(), fmt.Sprintf("%s%d", binDirPrefix, os.Getpid())))
+}
+
+func build(race bool) (string, error) {
+	if bin := os.Getenv(BinaryEnv); bin != "" && !race {
 		if f, err := os.Open(bin); err == nil { // tracked by the test cache
 			f.Close()
 		}
@@ -69,13 +95,24 @@ func build() (string, error) {
 	if err != nil {
 		goBin = "/usr/local/go/bin/go"
 	}
-	bin := filepath.Join(dir, "ifsocks")
+	args, bin := []string{"build"}, filepath.Join(dir, "ifsocks")
+	if race {
+		args, bin = append(args, "-race"), bin+"-race"
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, ".")
+	cmd := exec.CommandContext(ctx, goBin, append(args, "-o", bin, ".")...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build in %s: %w\n%s", root, err, out)
+		return "", fmt.Errorf("go %s in %s: %w\n%s", strings.Join(args, " "), root, err, out)
+	}
+	// A race requirement rests on the binary really being instrumented.
+	out, err := exec.CommandContext(ctx, goBin, "version", "-m", bin).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go version -m %s: %w\n%s", bin, err, out)
+	}
+	if got := strings.Contains(string(out), "-race=true"); got != race {
+		return "", fmt.Errorf("%s: built with -race=%v, want %v", bin, got, race)
 	}
 	return bin, nil
 }
@@ -85,7 +122,7 @@ func removeStaleBuilds() {
 	entries, _ := os.ReadDir(os.TempDir())
 	for _, e := range entries {
 		pid, ok := OwnerPid(strings.TrimSuffix(binDirPrefix, "-"), e.Name())
-		if ok && pid != os.Getpid() && !pidAlive(pid) {
+		if ok && pid != os.Getpid() && !PidAlive(pid) {
 			os.RemoveAll(filepath.Join(os.TempDir(), e.Name()))
 		}
 	}

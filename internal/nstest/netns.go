@@ -93,6 +93,17 @@ func DeleteNamed(name string) error {
 // directories whose process PID no longer exists (a run killed before its
 // cleanup).
 func RemoveStale(prefix string) error {
+	return removeWhere(prefix, func(pid int) bool { return pid != os.Getpid() && !PidAlive(pid) })
+}
+
+// RemoveOwned deletes the namespaces PREFIX-PID-... of process pid and
+// their /etc/netns directories: for a reaper process that outlives the
+// test process pid.
+func RemoveOwned(prefix string, pid int) error {
+	return removeWhere(prefix, func(p int) bool { return p == pid })
+}
+
+func removeWhere(prefix string, remove func(pid int) bool) error {
 	var errs []error
 	for _, dir := range []string{"/run/netns", "/etc/netns"} {
 		entries, err := os.ReadDir(dir)
@@ -101,7 +112,7 @@ func RemoveStale(prefix string) error {
 		}
 		for _, e := range entries {
 			pid, ok := OwnerPid(prefix, e.Name())
-			if !ok || pid == os.Getpid() || pidAlive(pid) {
+			if !ok || !remove(pid) {
 				continue
 			}
 			if dir == "/run/netns" {
@@ -125,7 +136,8 @@ func OwnerPid(prefix, name string) (int, bool) {
 	return pid, err == nil && pid > 0
 }
 
-func pidAlive(pid int) bool {
+// PidAlive reports whether process pid exists.
+func PidAlive(pid int) bool {
 	err := unix.Kill(pid, 0)
 	return err == nil || errors.Is(err, unix.EPERM)
 }
@@ -146,8 +158,11 @@ func (ns *NS) IPErr(args ...string) (string, error) {
 }
 
 // Sysctl sets "key=value" settings inside the namespace.
-func (ns *NS) Sysctl(settings ...string) error {
-	_, err := IPErr(append([]string{"netns", "exec", ns.Name, "sysctl", "-q", "-w"}, settings...)...)
+func (ns *NS) Sysctl(settings ...string) error { return Sysctl(ns.Name, settings...) }
+
+// Sysctl sets "key=value" settings inside the namespace ns.
+func Sysctl(ns string, settings ...string) error {
+	_, err := IPErr(append([]string{"netns", "exec", ns, "sysctl", "-q", "-w"}, settings...)...)
 	return err
 }
 
@@ -181,8 +196,13 @@ func (ns *NS) Run(ctx context.Context, stdin []byte, name string, args ...string
 
 // ListenErr opens a stream listener inside the namespace.
 func (ns *NS) ListenErr(network, addr string) (net.Listener, error) {
+	return ListenIn(ns.Name, network, addr)
+}
+
+// ListenIn opens a stream listener inside the namespace ns.
+func ListenIn(ns, network, addr string) (net.Listener, error) {
 	var l net.Listener
-	err := ns.Do(func() error {
+	err := Enter(ns, func() error {
 		var err error
 		l, err = net.Listen(network, addr)
 		return err
@@ -203,8 +223,13 @@ func (ns *NS) Listen(tb testing.TB, network, addr string) net.Listener {
 
 // ListenPacketErr opens a packet socket inside the namespace.
 func (ns *NS) ListenPacketErr(network, addr string) (net.PacketConn, error) {
+	return ListenPacketIn(ns.Name, network, addr)
+}
+
+// ListenPacketIn opens a packet socket inside the namespace ns.
+func ListenPacketIn(ns, network, addr string) (net.PacketConn, error) {
 	var pc net.PacketConn
-	err := ns.Do(func() error {
+	err := Enter(ns, func() error {
 		var err error
 		pc, err = net.ListenPacket(network, addr)
 		return err
