@@ -35,7 +35,7 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 		return false
 	}
 	ctx, cancel := context.WithTimeout(sc.srv.ctx, st.ConnectTimeout)
-	ln, expect, use, err := sc.bindListen(ctx, eg, dst)
+	ln, expect, use, err := sc.bindListen(ctx, eg, dst, rec.flowID())
 	cancel()
 	rec.tookEgress(use)
 	if err != nil {
@@ -75,12 +75,12 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 // that can listen, and returns it with the peer addresses to accept (none:
 // any). The named peer must pass the destination policy, as a CONNECT
 // target would.
-func (sc *serverConn) bindListen(ctx context.Context, eg *Egress, dst Addr) (*net.TCPListener, []netip.Addr, egressUse, error) {
+func (sc *serverConn) bindListen(ctx context.Context, eg *Egress, dst Addr, id flowID) (*net.TCPListener, []netip.Addr, egressUse, error) {
 	type bound struct {
 		ln     *net.TCPListener
 		expect []netip.Addr
 	}
-	b, use, err := openEgress(sc.st, eg, sc.localIP(), targetKey(dst), &sc.srv.turn, func(route bind.Dialer) (bound, error) {
+	b, use, err := openEgress(sc.st, eg, sc.localIP(), targetKey(dst), &sc.srv.turn, id, func(route bind.Dialer) (bound, error) {
 		ln, expect, err := sc.bindRoute(ctx, route, dst)
 		return bound{ln, expect}, err
 	})
@@ -115,14 +115,23 @@ func (sc *serverConn) bindRoute(ctx context.Context, route bind.Dialer, dst Addr
 	return ln, expect, nil
 }
 
-// bindAddr picks the address to listen on: the route's source address; else
-// the one the interface would use towards the named peer; else (the client
-// named no peer) the interface's first address of the family the client
-// used, or, with kernel routing, the address the client connected to.
+// bindAddr picks the address to listen on: the route's source address of
+// the named peer's family (of the other when the route has only that one);
+// else the one the interface would use towards the named peer; else (the
+// client named no peer) the interface's first address of the family the
+// client used, or, with kernel routing, the address the client connected
+// to.
 func (sc *serverConn) bindAddr(ctx context.Context, route bind.Dialer, dst Addr, expect []netip.Addr) (netip.Addr, error) {
 	switch {
-	case route.Source.IsValid():
-		return route.Source, nil
+	case route.HasSource():
+		want4 := dst.Name != "" || dst.IP.Is4()
+		if len(expect) > 0 {
+			want4 = expect[0].Is4()
+		}
+		if a := route.SourceFor(want4); a.IsValid() {
+			return a, nil
+		}
+		return route.SourceFor(!want4), nil
 	case len(expect) > 0:
 		return route.SourceAddr(ctx, expect[0])
 	case route.Interface == "":

@@ -29,7 +29,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, eg *Egress, earl
 	}
 	ctx, cancel := context.WithTimeout(sc.srv.ctx, st.ConnectTimeout)
 	start := time.Now()
-	up, use, err := sc.dialTarget(ctx, eg, dst)
+	up, use, err := sc.dialTarget(ctx, eg, dst, rec.flowID())
 	cancel()
 	st.Metrics.Dial(use.route.Interface, time.Since(start), err == nil)
 	rec.tookEgress(use)
@@ -84,7 +84,8 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 	// Counted before the reply, so a client that has its reply sees
 	// itself in the gauge.
 	st.Metrics.FlowActive(rec.user, rec.iface, 1)
-	err := writeReply(sc.conn, RepSucceeded, bnd)
+	more, err := sc.answerSuccess(bnd)
+	early = append(early, more...)
 	if err == nil && len(early) > 0 {
 		_, err = up.Write(early)
 		rec.up = int64(len(early))
@@ -138,9 +139,9 @@ func (sc *serverConn) relayDone(rec *record, res relay.Result) {
 // that works (see openEgress): a route whose interface cannot be bound or
 // has no route to the network is passed over; any other failure (refused,
 // timeout, denied) ends the attempt.
-func (sc *serverConn) dialTarget(ctx context.Context, eg *Egress, dst Addr) (*net.TCPConn, egressUse, error) {
+func (sc *serverConn) dialTarget(ctx context.Context, eg *Egress, dst Addr, id flowID) (*net.TCPConn, egressUse, error) {
 	st := sc.st
-	return openEgress(st, eg, sc.localIP(), targetKey(dst), &sc.srv.turn, func(route bind.Dialer) (*net.TCPConn, error) {
+	return openEgress(st, eg, sc.localIP(), targetKey(dst), &sc.srv.turn, id, func(route bind.Dialer) (*net.TCPConn, error) {
 		return dialRoute(ctx, st, route, dst)
 	})
 }
@@ -176,8 +177,8 @@ func dialRoute(ctx context.Context, st *Settings, route bind.Dialer, dst Addr) (
 			denied = err
 			continue
 		}
-		if route.Source.IsValid() && route.Source.Is4() != a.Is4() {
-			denied = fmt.Errorf("source %s cannot reach %s: %w", route.Source, a, syscall.ENETUNREACH)
+		if route.HasSource() && !route.SourceFor(a.Is4()).IsValid() {
+			denied = fmt.Errorf("no source address of %s's family (source_ip, source_ips): %w", a, syscall.ENETUNREACH)
 			continue
 		}
 		allowed = append(allowed, a)
@@ -245,13 +246,15 @@ func replyFor(err error) byte {
 // ourFault tells a failure of this host (a bind refused for lack of
 // privilege, say) from the usual failures of the network: it is logged as an
 // error so the operator sees it. A missing or down interface, or a source
-// address no interface holds (yet), is the host's state, which may change
-// (a hot-plugged ENI, an address assigned later): the flow is unreachable.
+// address no interface holds (yet), or a pool prefix without a local route,
+// is the host's state, which may change (a hot-plugged ENI, an address
+// assigned later, a route added): the flow is unreachable.
 func ourFault(err error) bool {
 	var bindErr *bind.Error
 	return errors.As(err, &bindErr) &&
 		!errors.Is(err, bind.ErrNoInterface) && !errors.Is(err, bind.ErrInterfaceDown) &&
-		!errors.Is(err, bind.ErrNoSource)
+		!errors.Is(err, bind.ErrNoSource) && !errors.Is(err, bind.ErrNoLocalRoute) &&
+		!errors.Is(err, bind.ErrPoolSpread)
 }
 
 func outcomeFor(rep byte) string {

@@ -73,6 +73,9 @@ type Settings struct {
 	// Server.ServeListener, by the name given there.
 	Listeners map[string]*Listener
 	Policy    *policy.Policy
+	// Protocols are what listeners without their own serve; zero means
+	// SOCKS5 only.
+	Protocols Protocols
 
 	// Metrics records what the server does; nil records nothing. It is
 	// the same object in every Settings of a server.
@@ -87,6 +90,11 @@ type Settings struct {
 	// ingress and source-address egress. Nil means bind.AddrOwner (a
 	// netlink dump per flow); the daemon passes its netlink watcher's.
 	AddrOwner func(netip.Addr) (string, bool)
+	// IsLocal tells whether the host takes an address as its own
+	// (assigned, or inside a local route), for source pools bound with
+	// FREEBIND. Nil means bind.IsLocal; each pool entry caches the
+	// answer for a short while (source.Pool.Local).
+	IsLocal func(netip.Addr) bool
 
 	HandshakeTimeout time.Duration // greeting to request, inclusive
 	ConnectTimeout   time.Duration // resolution plus connect
@@ -101,6 +109,8 @@ type Settings struct {
 
 	// Limits are the server's abuse limits (limits.go).
 	Limits Limits
+
+	sessions sessionIndex // pool.go
 }
 
 // Listener is how one listener serves its clients.
@@ -117,6 +127,8 @@ type Listener struct {
 	// Egress applies to the listener's flows without authentication, and
 	// to users whose own Egress is zero.
 	Egress Egress
+	// Protocols are the protocols served; zero means Settings.Protocols.
+	Protocols Protocols
 }
 
 // allows reports whether client may use the listener.

@@ -100,7 +100,7 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 	}
 	defer sc.srv.releaseAssoc(key)
 
-	a, use, err := sc.openAssociation(rec.client.Addr(), eg, req)
+	a, use, err := sc.openAssociation(rec.client.Addr(), eg, req, rec.flowID())
 	rec.tookEgress(use)
 	if err == nil && !sc.srv.setEgress(sc, use.route.Interface, nil) {
 		a.closeSockets()
@@ -145,8 +145,8 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 // the egress plan whose outbound sockets can be bound. Routes are planned
 // by the client's address, so a hash strategy keeps a client on one
 // interface.
-func (sc *serverConn) openAssociation(client netip.Addr, eg *Egress, req Addr) (*association, egressUse, error) {
-	return openEgress(sc.st, eg, sc.localIP(), client.String(), &sc.srv.turn, func(route bind.Dialer) (*association, error) {
+func (sc *serverConn) openAssociation(client netip.Addr, eg *Egress, req Addr, id flowID) (*association, egressUse, error) {
+	return openEgress(sc.st, eg, sc.localIP(), client.String(), &sc.srv.turn, id, func(route bind.Dialer) (*association, error) {
 		return sc.newAssociation(route, req, client)
 	})
 }
