@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -8,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // The HTTP proxy on the SOCKS port (issue 13): real clients (curl, Python's
@@ -43,7 +47,7 @@ func curlHTTP(t *testing.T, ns, proxy string, args ...string) (string, string, i
 	all := append([]string{"netns", "exec", ns, "curl", "-sS", "-g", "--max-time", "20", "-x", proxy}, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	out, errOut, err := run(ctx, nil, "ip", all...)
+	out, errOut, err := nstest.Run(ctx, nil, "ip", all...)
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
@@ -154,7 +158,7 @@ func TestHTTPProxyCurl(t *testing.T) {
 	t.Run("not a proxy request", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		out, _, err := run(ctx, nil, "ip", "netns", "exec", topo.C, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+		out, _, err := nstest.Run(ctx, nil, "ip", "netns", "exec", topo.C, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
 			"http://"+egHTTPListen+"/")
 		if err != nil || out != "400" {
 			t.Errorf("origin-form GET to the proxy: %q %v, want 400", out, err)
