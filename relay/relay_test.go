@@ -419,17 +419,6 @@ func TestIdleTimeoutDisabled(t *testing.T) {
 	}
 }
 
-// quietClock is a quiet() function driven by the test.
-type quietClock struct {
-	q     atomic.Int64 // nanoseconds returned by quiet()
-	calls atomic.Int32
-}
-
-func (c *quietClock) quiet() time.Duration {
-	c.calls.Add(1)
-	return time.Duration(c.q.Load())
-}
-
 func TestIdleTimer(t *testing.T) {
 	const d = 100 * time.Millisecond
 	tests := []struct {
