@@ -51,9 +51,18 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 	}
 	peer, err := sc.acceptPeer(ln, expect, st.BindTimeout)
 	ln.Close()
+	if cut := sc.srv.endReason(sc); err != nil && cut != nil {
+		// Cut while waiting (its user removed by a reload): say so,
+		// rather than blame the client for the closed connection; a
+		// warning, as for a cut CONNECT.
+		sc.answerRefusal(RepGeneralFailure, cut)
+		rec.finish(RepGeneralFailure, cutOutcome(cut), cut)
+		sc.logFlow(rec, zap.WarnLevel)
+		return false
+	}
 	if err == nil && !sc.srv.setEgress(sc, use.route.Interface, peer) {
 		if err = sc.srv.endReason(sc); err == nil {
-			err = errors.New("server is shutting down")
+			err = errShuttingDown
 		}
 		sc.refuse(rec, RepGeneralFailure, cutOutcome(err), err)
 		return false
@@ -173,6 +182,7 @@ func (sc *serverConn) acceptPeer(ln *net.TCPListener, expect []netip.Addr, wait 
 	gone := make(chan struct{})
 	go func() {
 		defer close(gone)
+		defer sc.srv.recoverConn(sc, panicBindWait)
 		var b [1]byte
 		if _, err := sc.conn.Read(b[:]); !isTimeout(err) {
 			ln.Close()
@@ -199,7 +209,9 @@ func (sc *serverConn) acceptPeer(ln *net.TCPListener, expect []netip.Addr, wait 
 			c.Close()
 			continue
 		}
-		if err := sc.st.Policy.Check(from); err != nil {
+		// The policy current at the peer's arrival: a reload during
+		// the wait may have denied it.
+		if err := sc.srv.Settings().Policy.Check(from); err != nil {
 			c.Close()
 			continue
 		}

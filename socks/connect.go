@@ -42,7 +42,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, eg *Egress, earl
 	if !sc.srv.setEgress(sc, use.route.Interface, up) {
 		cut := sc.srv.endReason(sc)
 		if cut == nil {
-			cut = errors.New("server is shutting down")
+			cut = errShuttingDown
 		}
 		sc.refuse(rec, RepGeneralFailure, cutOutcome(cut), cut)
 		return false
@@ -59,11 +59,24 @@ func (sc *serverConn) beginTCPFlow(rec *record) (*net.TCPConn, bool) {
 		sc.refuse(rec, RepGeneralFailure, outcomeError, errors.New("client connection is not TCP"))
 		return nil, false
 	}
-	if !sc.srv.beginFlow(sc, rec.user) {
-		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
+	if !sc.beginFlow(rec) {
 		return nil, false
 	}
 	return client, true
+}
+
+// beginFlow starts sc's flow (Server.beginFlow), or refuses it: 0x01 when
+// the server is stopping, 0x02 when a reload removed the user.
+func (sc *serverConn) beginFlow(rec *record) bool {
+	switch err := sc.srv.beginFlow(sc, rec.user); {
+	case errors.Is(err, ErrUserRemoved):
+		sc.refuseRemoved(rec)
+		return false
+	case err != nil:
+		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, err)
+		return false
+	}
+	return true
 }
 
 // refuseErr refuses with the reply code and outcome err calls for.
@@ -104,9 +117,10 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 	// The relay's two goroutines own the flow from here; this goroutine,
 	// whose stack grew through the handshake and the dial, can end.
 	done := func(res relay.Result) {
+		defer sc.srv.connDone(sc) // even after a panic below
+		defer sc.srv.recoverConn(sc, panicRelayDone)
 		st.Metrics.FlowActive(rec.user, rec.iface, -1)
 		sc.relayDone(rec, res)
-		sc.srv.connDone(sc)
 	}
 	if lim := sc.relayLimits(user); lim != (relay.Limits{}) {
 		relay.StartLimited(sc.srv.flowContext(sc), client, up, st.IdleTimeout, lim, done)
@@ -120,6 +134,15 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 func (sc *serverConn) relayDone(rec *record, res relay.Result) {
 	rec.up += res.Up
 	rec.down = res.Down
+	var pe *relay.PanicError
+	if errors.As(res.Err, &pe) {
+		// A bug in the relay: logged with its stack and counted like
+		// a panic of any other goroutine of the connection.
+		sc.srv.panicked(sc, panicRelay, pe.Value, pe.Stack)
+		rec.finish(RepSucceeded, outcomeError, res.Err)
+		sc.logFlow(rec, zap.ErrorLevel)
+		return
+	}
 	switch cut := sc.srv.endReason(sc); {
 	case cut != nil:
 		rec.finish(RepSucceeded, cutOutcome(cut), cut)

@@ -129,8 +129,7 @@ func (h *httpConn) Admit(user, target, method string, rep httpproxy.Reply) bool 
 			return false
 		}
 	}
-	if !sc.srv.beginFlow(sc, rec.user) {
-		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
+	if !sc.beginFlow(rec) {
 		return false
 	}
 	return true

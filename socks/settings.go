@@ -57,8 +57,8 @@ type UDPSettings struct {
 	RequirePort bool
 }
 
-// Settings are the rules for new connections. A Settings value must not be
-// modified once passed to the server; replace it with Server.Update.
+// Settings are the server's rules. A Settings value must not be modified
+// once passed to the server; replace it with Server.Update.
 type Settings struct {
 	// Auth verifies credentials. Nil or empty means no authentication
 	// (method 0x00); otherwise only username/password (0x02) is accepted.
