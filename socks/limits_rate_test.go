@@ -40,8 +40,8 @@ func TestRateLimit(t *testing.T) {
 	}
 	// No load makes a token bucket faster: 3 MiB at 1 MiB/s less the
 	// burst take at least paced. Load only makes things slower, so the
-	// upper bounds are generous, and bob is judged against alice, who
-	// ran at the same time on the same machine.
+	// upper bounds are generous, and bob, unlimited, must finish sooner
+	// than any paced flow could.
 	paced := pacedAtLeast(size, mib)
 	for dir, d := range map[string]time.Duration{"up": ra.up, "down": ra.down} {
 		if d < paced || d > 4*paced {
@@ -49,8 +49,8 @@ func TestRateLimit(t *testing.T) {
 		}
 	}
 	for dir, d := range map[string]time.Duration{"up": rb.up, "down": rb.down} {
-		if d > min(ra.up, ra.down)/2 {
-			t.Errorf("bob (unlimited) %s took %v, not under half of alice's paced %v", dir, d, min(ra.up, ra.down))
+		if d >= paced {
+			t.Errorf("bob (unlimited) %s took %v, as long as alice's rate must take (%v)", dir, d, paced)
 		}
 	}
 
