@@ -248,6 +248,10 @@ func TestPools(t *testing.T) {
 		if e := fmt.Sprint(line["error"]); !strings.Contains(e, "no local route") || !strings.Contains(e, poolNoRoute) {
 			t.Errorf("flow error %q: want it to name %s and the missing local route", e, poolNoRoute)
 		}
+		// Warned about at start, naming the entry.
+		if m := od.lastMsg("source_ips entry has no local route; its flows will fail with 0x03 until one is added (ip route add local PREFIX dev lo)"); m == nil || m["entry"] != poolNoRoute || m["user"] != poolNone.name {
+			t.Errorf("start-up warning about %s: %v", poolNoRoute, m)
+		}
 		// The host's state, which may change (a route added later), as
 		// for a source_ip not on the host: info, unreachable.
 		if line["outcome"] != "unreachable" || line["level"] != "info" {
