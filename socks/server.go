@@ -125,7 +125,8 @@ func (s *Server) ServeListener(ln net.Listener, name string) error {
 			// net/http does, instead of spinning on the error.
 			if ne, ok := err.(net.Error); ok && !errors.Is(err, net.ErrClosed) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; retrying", zap.String("listener", addr), zap.Error(ne), zap.Duration("backoff", backoff))
+				s.log.Warn("accept failed; retrying", zap.String("listener", addr), listenerNameField(s.listenerName(name)),
+					zap.Error(ne), zap.Duration("backoff", backoff))
 				time.Sleep(backoff)
 				continue
 			}
@@ -138,6 +139,14 @@ func (s *Server) ServeListener(ln net.Listener, name string) error {
 		}
 		s.startConn(c, name, addr)
 	}
+}
+
+// listenerName is the name of the listener served as key, if it has one.
+func (s *Server) listenerName(key string) string {
+	if l := s.settings.Load().Listeners[key]; l != nil {
+		return l.Name
+	}
+	return ""
 }
 
 func (s *Server) trackListener(ln net.Listener, add bool) bool {

@@ -83,6 +83,9 @@ func TestAcceptEMFILE(t *testing.T) {
 	if e, _ := first["error"].(string); !strings.Contains(e, unix.EMFILE.Error()) {
 		t.Errorf("first %q line: error %q, want it to contain %q", msgAcceptFail, e, unix.EMFILE.Error())
 	}
+	if first["listener"] != proxy {
+		t.Errorf("first %q line: listener %v, want %s", msgAcceptFail, first["listener"], proxy)
+	}
 	// The limit caps descriptor numbers, not their count (a descriptor
 	// inherited from our caller may sit above it): EMFILE means every
 	// number below the limit is taken.
