@@ -22,11 +22,11 @@ type cache struct {
 	size   int
 
 	mu      sync.Mutex
-	entries map[[32]byte]time.Time // expiry
+	entries map[Key]time.Time // expiry
 }
 
 func newCache(ttl time.Duration, size int) *cache {
-	c := &cache{ttl: ttl, size: size, entries: make(map[[32]byte]time.Time)}
+	c := &cache{ttl: ttl, size: size, entries: make(map[Key]time.Time)}
 	if _, err := rand.Read(c.secret[:]); err != nil {
 		// crypto/rand does not fail on Linux since 3.17 (getrandom);
 		// a zero key would make the cache keys guessable, so stop.
@@ -35,19 +35,19 @@ func newCache(ttl time.Duration, size int) *cache {
 	return c
 }
 
-func (c *cache) key(name, password string) [32]byte {
+func (c *cache) key(name, password string) Key {
 	// The name goes in with its length so that no two (name, password)
 	// pairs give the same input: both may contain any byte.
 	m := hmac.New(sha256.New, c.secret[:])
 	m.Write([]byte{byte(len(name) >> 8), byte(len(name))})
 	m.Write([]byte(name))
 	m.Write([]byte(password))
-	var k [32]byte
+	var k Key
 	m.Sum(k[:0])
 	return k
 }
 
-func (c *cache) hit(k [32]byte) bool {
+func (c *cache) hit(k Key) bool {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -59,7 +59,7 @@ func (c *cache) hit(k [32]byte) bool {
 	return ok
 }
 
-func (c *cache) put(k [32]byte) {
+func (c *cache) put(k Key) {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -2,6 +2,7 @@ package socks
 
 import (
 	"io"
+	"maps"
 	"net/netip"
 	"slices"
 	"syscall"
@@ -102,55 +103,87 @@ func TestAuthBlock(t *testing.T) {
 	}
 }
 
-// TestAuthUnknownUserSameAsWrongPassword: an unknown user and a wrong
-// password get the same bytes back and cost the same at a realistic bcrypt
-// cost: the medians of 9 tries of each, interleaved in alternating order,
-// within 10 %. What is compared is the CPU time the process
-// spent on each try (the client here only waits): on a shared, busy
-// machine wall-clock times swing by more than that margin, because of
-// waiting for a CPU, not because of the work done. Wall-clock figures are
-// logged too.
-func TestAuthUnknownUserSameAsWrongPassword(t *testing.T) {
-	const tries = 9
-	st := costSettings(t, realisticCost())
-	env := startServer(t, st)
-	creds := []struct{ user, pass string }{{"mallory", "guess"}, {"alice", "guess"}}
-	var wall, cpu [2][]time.Duration
-	var replies [2][]byte
+// TestAuthFailuresCostTheSame: every failed login gets the same bytes
+// back and costs the same at realistic bcrypt costs — an unknown user, a
+// wrong password of a user with the cheapest hash and of one with the
+// dearest (users' hashes of costs 2 apart differ 4-fold in work). For each
+// case, the medians of several tries of each credential, interleaved in
+// rotating order, are within 10 % of each other. What is compared is
+// the CPU time the process spent on each try (the client here only
+// waits): on a shared, busy machine wall-clock times swing by more than
+// that margin, because of waiting for a CPU, not because of the work
+// done. Wall-clock figures are logged too.
+func TestAuthFailuresCostTheSame(t *testing.T) {
+	c := realisticCost()
+	tests := []struct {
+		name  string
+		costs map[string]int
+		tries int
+	}{
+		{"one cost", map[string]int{"alice": c}, 9},
+		{"mixed costs", map[string]int{"alice": c, "carol": c + 2}, 7},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := costSettingsUsers(t, tt.costs)
+			env := startServer(t, st)
+			users := slices.Sorted(maps.Keys(tt.costs))
+			creds := []string{"mallory"}
+			for _, u := range users {
+				creds = append(creds, u)
+			}
+			cpu, wall, replies := failedLoginCosts(t, env, creds, tt.tries)
+			for j, u := range creds {
+				t.Logf("%s (cost %d), wrong password: reply % x, CPU median %v, wall median %v (fastest %v)",
+					u, tt.costs[u], replies[j], median(cpu[j]), median(wall[j]), slices.Min(wall[j]))
+				if replies[j] != "\x01\x01" {
+					t.Errorf("%s: reply % x, want 01 01", u, replies[j])
+				}
+			}
+			for j := 1; j < len(creds); j++ {
+				ratio := float64(median(cpu[0])) / float64(median(cpu[j]))
+				t.Logf("unknown user / %s: CPU ratio %.2f", creds[j], ratio)
+				if ratio < 0.9 || ratio > 1.1 {
+					t.Errorf("an unknown user costs %.2f times a wrong password of %s (cost %d), want 0.9-1.1",
+						ratio, creds[j], tt.costs[creds[j]])
+				}
+			}
+		})
+	}
+}
+
+// failedLoginCosts logs in tries times as each of users with a wrong
+// password, in rotating order, and returns the CPU and wall-clock time
+// each attempt cost and each user's reply (always the same, or it fails).
+func failedLoginCosts(t *testing.T, env *testEnv, users []string, tries int) (cpu, wall [][]time.Duration, replies []string) {
+	t.Helper()
+	cpu, wall = make([][]time.Duration, len(users)), make([][]time.Duration, len(users))
+	replies = make([]string, len(users))
 	for i := range tries {
-		for k := range creds {
-			j := (i + k) % len(creds) // alternate which goes first
-			c := creds[j]
+		for k := range users {
+			j := (i + k) % len(users) // rotate which goes first
+			user, pass := users[j], "guess"
 			r := dialRaw(t, env.addr)
 			r.send(5, 1, methodUserPass)
 			r.expect(5, methodUserPass)
-			msg := append([]byte{1, byte(len(c.user))}, c.user...)
-			msg = append(append(msg, byte(len(c.pass))), c.pass...)
+			msg := append([]byte{1, byte(len(user))}, user...)
+			msg = append(append(msg, byte(len(pass))), pass...)
 			start, cpuStart := time.Now(), cpuTime(t)
 			r.send(msg...)
 			got, err := io.ReadAll(r.c) // the reply, then the close
 			wall[j] = append(wall[j], time.Since(start))
 			cpu[j] = append(cpu[j], cpuTime(t)-cpuStart)
 			if err != nil && !isReset(err) {
-				t.Fatalf("%s: %v", c.user, err)
+				t.Fatalf("%s: %v", user, err)
 			}
 			if i == 0 {
-				replies[j] = got
-			} else if string(got) != string(replies[j]) {
-				t.Fatalf("%s: reply % x, earlier % x", c.user, got, replies[j])
+				replies[j] = string(got)
+			} else if string(got) != replies[j] {
+				t.Fatalf("%s: reply % x, earlier % x", user, got, replies[j])
 			}
 		}
 	}
-	if string(replies[0]) != string(replies[1]) || string(replies[0]) != "\x01\x01" {
-		t.Errorf("unknown user got % x, wrong password % x; want both 01 01", replies[0], replies[1])
-	}
-	ratio := float64(median(cpu[0])) / float64(median(cpu[1]))
-	t.Logf("bcrypt cost %d: unknown user: CPU median %v, wall median %v (fastest %v); wrong password: CPU median %v, wall median %v (fastest %v); CPU ratio %.2f",
-		realisticCost(), median(cpu[0]), median(wall[0]), slices.Min(wall[0]),
-		median(cpu[1]), median(wall[1]), slices.Min(wall[1]), ratio)
-	if ratio < 0.9 || ratio > 1.1 {
-		t.Errorf("an unknown user costs %.2f times a wrong password, want 0.9-1.1", ratio)
-	}
+	return cpu, wall, replies
 }
 
 // cpuTime is the CPU time this process has used, user and system.

@@ -36,17 +36,30 @@ func realisticCost() int {
 // real metrics.
 func costSettings(tb testing.TB, cost int) *Settings {
 	tb.Helper()
-	h, err := bcrypt.GenerateFromPassword([]byte(alicePass), cost)
-	if err != nil {
-		tb.Fatal(err)
+	return costSettingsUsers(tb, map[string]int{"alice": cost})
+}
+
+// costSettingsUsers has the named users, each with a bcrypt hash of its
+// cost and the password alicePass, egressing by "lo", and real metrics.
+func costSettingsUsers(tb testing.TB, costs map[string]int) *Settings {
+	tb.Helper()
+	var accounts []auth.Account
+	users := map[string]User{}
+	for name, cost := range costs {
+		h, err := bcrypt.GenerateFromPassword([]byte(alicePass), cost)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		accounts = append(accounts, auth.Account{Name: name, Hash: string(h)})
+		users[name] = User{Egress: Egress{Interfaces: []string{"lo"}}}
 	}
-	store, err := auth.NewStore([]auth.Account{{Name: "alice", Hash: string(h)}}, auth.Options{})
+	store, err := auth.NewStore(accounts, auth.Options{})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return &Settings{
 		Auth:             store,
-		Users:            map[string]User{"alice": {Egress: Egress{Interfaces: []string{"lo"}}}},
+		Users:            users,
 		Policy:           policy.New(nil, false),
 		Metrics:          metrics.New(),
 		HandshakeTimeout: 5 * time.Second,
