@@ -14,6 +14,7 @@ type limitMetrics struct {
 
 	blockedMu sync.Mutex
 	blockedFn func() int
+	checksFn  func() int
 }
 
 func (m *Metrics) newLimits(register func(prometheus.Collector)) {
@@ -24,11 +25,11 @@ func (m *Metrics) newLimits(register func(prometheus.Collector)) {
 	}, []string{"reason"})
 	l.authBlocks = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ifsocks_auth_blocks_total",
-		Help: "Times a client IP (IPv6: /64) was blocked after auth_fail_limit failed authentications; its refused attempts count in ifsocks_auth_failures_total{reason=\"blocked\"}.",
+		Help: "Blocks begun: a client IP (IPv6: /64) with one user name after auth_fail_limit failed authentications, or with any names after auth_fail_limit_ip; refused attempts count in ifsocks_auth_failures_total{reason=\"blocked\"}.",
 	})
 	blocked := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ifsocks_auth_blocked_clients",
-		Help: "Client IPs (IPv6: /64) currently refused authentication for auth_fail_cooldown.",
+		Help: "Blocks in force: client IPs (IPv6: /64), and client IPs with one user name, refused authentication for auth_fail_cooldown.",
 	}, func() float64 {
 		l.blockedMu.Lock()
 		fn := l.blockedFn
@@ -38,9 +39,22 @@ func (m *Metrics) newLimits(register func(prometheus.Collector)) {
 		}
 		return float64(fn())
 	})
+	checks := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ifsocks_auth_checks_running",
+		Help: "Password checks (bcrypt) running now; at most 2 per core server-wide and 4 per client IP, more wait.",
+	}, func() float64 {
+		l.blockedMu.Lock()
+		fn := l.checksFn
+		l.blockedMu.Unlock()
+		if fn == nil {
+			return 0
+		}
+		return float64(fn())
+	})
 	register(l.connRefused)
 	register(l.authBlocks)
 	register(blocked)
+	register(checks)
 	l.connRefused.WithLabelValues("handshakes_per_ip")
 }
 
@@ -71,4 +85,15 @@ func (m *Metrics) AuthBlockedClients(fn func() int) {
 	m.limits.blockedMu.Lock()
 	defer m.limits.blockedMu.Unlock()
 	m.limits.blockedFn = fn
+}
+
+// AuthChecksRunning sets the source of ifsocks_auth_checks_running: fn is
+// called at each scrape.
+func (m *Metrics) AuthChecksRunning(fn func() int) {
+	if m == nil {
+		return
+	}
+	m.limits.blockedMu.Lock()
+	defer m.limits.blockedMu.Unlock()
+	m.limits.checksFn = fn
 }

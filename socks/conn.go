@@ -32,6 +32,8 @@ type serverConn struct {
 	ended    error
 	upstream net.Conn // the target connection of a CONNECT, once dialled
 	stop     func()   // cancels a paced relay's context (flowlimit.go); set once, under srv.mu
+	// cancelWait ends a wait of the handshake (login.go), if one is on.
+	cancelWait func()
 
 	// Limit bookkeeping (limits.go, flowlimit.go), used by the connection's own
 	// goroutines only: the client key holding a handshake slot (invalid
@@ -48,6 +50,9 @@ type serverConn struct {
 func (sc *serverConn) close() {
 	if sc.stop != nil {
 		sc.stop()
+	}
+	if sc.cancelWait != nil {
+		sc.cancelWait()
 	}
 	sc.conn.Close()
 	if sc.upstream != nil {
@@ -165,19 +170,14 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
 		return "", err
 	}
-	// A blocked client gets the reply of a wrong password, without the
-	// bcrypt (RFC 1929 has no other failure status).
-	if sc.srv.lim.guard.blocked(rec.client.Addr(), sc.st.Limits.AuthFail, time.Now()) {
-		sc.st.Metrics.AuthFailure("blocked")
-		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
-		return "", errAuthBlocked
-	}
-	if err := sc.st.Auth.Verify(name, pass); err != nil {
-		sc.st.Metrics.AuthFailure("bad_credentials")
-		// Recorded before the reply, so a client that retries at
-		// once already finds itself blocked.
-		sc.authFailed(rec.client.Addr())
-		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
+	// A refused login gets the reply of a wrong password (RFC 1929 has
+	// no other failure status). A failure is recorded before the reply,
+	// so a client that retries at once already finds itself blocked.
+	if err := sc.authenticate(rec.client.Addr(), rec.start, name, pass); err != nil {
+		if reason := authMetric(err); reason != "" {
+			sc.st.Metrics.AuthFailure(reason)
+			sc.conn.Write([]byte{userPassVersion, authStatusFailed})
+		}
 		return "", err
 	}
 	if _, err := sc.conn.Write([]byte{userPassVersion, authStatusOK}); err != nil {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/time/rate"
 )
 
@@ -23,13 +24,19 @@ type Limits struct {
 	MaxConnections int
 }
 
-// AuthFailLimit: Max failed authentications from one client within Window
-// make the server refuse that client's attempts, unchecked, for Cooldown.
+// AuthFailLimit: Max failed authentications from one client with one user
+// name, or MaxClient from one client whatever the names, within Window make
+// the server refuse that pair's (or that client's) attempts, unchecked, for
+// Cooldown. Checks in flight count as failures until they end.
 type AuthFailLimit struct {
-	Max      int // 0 disables
-	Window   time.Duration
-	Cooldown time.Duration
+	Max       int // per (client, user name); 0: no limit
+	MaxClient int // per client; 0: no limit
+	Window    time.Duration
+	Cooldown  time.Duration
 }
+
+// enabled reports whether failures are counted at all.
+func (l AuthFailLimit) enabled() bool { return l.Max > 0 || l.MaxClient > 0 }
 
 // Rate paces a user's traffic: BytesPerSec in each direction, shared by
 // all the user's flows, with bursts of up to Burst bytes. The zero value
@@ -71,7 +78,11 @@ type limitState struct {
 	refusedLog rate.Sometimes
 	refused    atomic.Int64
 
-	guard authGuard
+	guard  authGuard
+	checks *semaphore.Weighted // password checks running (login.go)
+	// checksRunning counts the password checks past both bounds, for
+	// the metrics gauge and tests.
+	checksRunning atomic.Int64
 
 	flowMu sync.Mutex
 	flows  int                   // all flows of the server
@@ -81,7 +92,10 @@ type limitState struct {
 // initLimits prepares the limit bookkeeping of a new server.
 func (s *Server) initLimits(st *Settings) {
 	s.lim.refusedLog = rate.Sometimes{Interval: time.Second}
+	s.lim.guard.log, s.lim.guard.metrics = s.log, st.Metrics
+	s.lim.checks = semaphore.NewWeighted(maxChecks())
 	st.Metrics.AuthBlockedClients(func() int { return s.lim.guard.blockedCount(time.Now()) })
+	st.Metrics.AuthChecksRunning(func() int { return int(s.lim.checksRunning.Load()) })
 }
 
 // admit takes a handshake slot for sc's client, or reports false when the
@@ -137,4 +151,15 @@ func (s *Server) endHandshake(sc *serverConn) {
 	}
 	l.hsMu.Unlock()
 	sc.hsKey = netip.Addr{}
+}
+
+// ClearAuthBlocks lifts every authentication block and forgets every
+// counted failure (a reload does this: the operator's way to let a client
+// in again). It logs what it lifted and returns the number of blocks.
+func (s *Server) ClearAuthBlocks() int {
+	blocks, refused := s.lim.guard.clear()
+	if blocks > 0 {
+		s.log.Warn("authentication blocks lifted by reload", zap.Int("blocks", blocks), zap.Int("refused", refused))
+	}
+	return blocks
 }

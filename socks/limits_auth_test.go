@@ -1,6 +1,7 @@
 package socks
 
 import (
+	"context"
 	"io"
 	"maps"
 	"net/netip"
@@ -9,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ifsocks/ifsocks/auth"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
 
@@ -100,6 +103,19 @@ func TestAuthBlock(t *testing.T) {
 	}
 	if got := metricValue(t, st.Metrics, "ifsocks_auth_blocked_clients", ""); got != 0 {
 		t.Errorf("ifsocks_auth_blocked_clients = %v after the cool-down, want 0", got)
+	}
+	// Each refused attempt has its debug line; the end of the block a
+	// warning that says how many were refused.
+	refusals := env.logs.FilterMessage("authentication refused").All()
+	if len(refusals) != 3 || refusals[0].Level != zapcore.DebugLevel {
+		t.Errorf("%d \"authentication refused\" lines (first %v), want 3 at debug", len(refusals), refusals)
+	}
+	ended := env.logs.FilterMessage("authentication block ended").All()
+	if len(ended) != 1 {
+		t.Fatalf("%d block-ended lines, want 1: %v", len(ended), ended)
+	}
+	if f := ended[0].ContextMap(); ended[0].Level != zapcore.WarnLevel || f["client"] != attacker || f["user"] != "alice" || f["refused"] != int64(3) {
+		t.Errorf("block-ended line %v %v, want warn naming %s and alice with refused 3", ended[0].Level, f, attacker)
 	}
 }
 
@@ -195,47 +211,54 @@ func cpuTime(tb testing.TB) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// TestAuthGuardBounded: the table of remembered clients never exceeds
+// TestAuthGuardBounded: the table of remembered entries never exceeds
 // authTableSize, whatever the number of addresses; IPv6 clients are
-// counted by /64.
+// counted by /64; (client, user) pairs and clients are blocked apart.
 func TestAuthGuardBounded(t *testing.T) {
-	var g authGuard
-	lim := AuthFailLimit{Max: 3, Window: time.Minute, Cooldown: time.Minute}
-	now := time.Now()
-	for i := range authTableSize + 1000 {
+	g := authGuard{log: zap.NewNop()}
+	lim := AuthFailLimit{Max: 3, MaxClient: 5, Window: time.Minute, Cooldown: time.Minute}
+	for i := range authTableSize/2 + 1000 {
 		ip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
-		g.failed(ip, lim, now)
+		guardFail(t, &g, ip.String(), "alice", lim)
 	}
 	if n := g.tracked(); n != authTableSize {
-		t.Errorf("tracking %d clients, want the cap %d", n, authTableSize)
-	}
-	// Stale entries make room before live ones are evicted.
-	later := now.Add(2 * time.Minute)
-	g.failed(netip.MustParseAddr("192.0.2.1"), lim, later)
-	if n := g.tracked(); n != 1 {
-		t.Errorf("tracking %d clients after all others went stale, want 1", n)
+		t.Errorf("tracking %d entries, want the cap %d", n, authTableSize)
 	}
 
 	tests := []struct {
 		name    string
-		ips     []string
-		blocked string
-		want    bool
+		fails   [][2]string // client, user
+		client  string
+		user    string
+		blocked bool
 	}{
-		{"IPv6 /64 counts as one client", []string{"2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"}, "2001:db8:1:2::99", true},
-		{"other /64 not blocked", []string{"2001:db8:1:3::1", "2001:db8:1:3::2", "2001:db8:1:3::3"}, "2001:db8:1:4::1", false},
-		{"IPv4 addresses are separate", []string{"192.0.2.10", "192.0.2.11", "192.0.2.12"}, "192.0.2.10", false},
-		{"IPv4-mapped is IPv4", []string{"::ffff:192.0.2.20", "192.0.2.20", "::ffff:192.0.2.20"}, "192.0.2.20", true},
+		{"IPv6 /64 counts as one client", [][2]string{{"2001:db8:1:2::1", "a"}, {"2001:db8:1:2::2", "a"}, {"2001:db8:1:2:ffff::3", "a"}}, "2001:db8:1:2::99", "a", true},
+		{"other /64 not blocked", [][2]string{{"2001:db8:1:3::1", "a"}, {"2001:db8:1:3::2", "a"}, {"2001:db8:1:3::3", "a"}}, "2001:db8:1:4::1", "a", false},
+		{"IPv4 addresses are separate", [][2]string{{"192.0.2.10", "a"}, {"192.0.2.11", "a"}, {"192.0.2.12", "a"}}, "192.0.2.10", "a", false},
+		{"IPv4-mapped is IPv4", [][2]string{{"::ffff:192.0.2.20", "a"}, {"192.0.2.20", "a"}, {"::ffff:192.0.2.20", "a"}}, "192.0.2.20", "a", true},
+		{"one user's failures leave the others", [][2]string{{"192.0.2.30", "a"}, {"192.0.2.30", "a"}, {"192.0.2.30", "a"}}, "192.0.2.30", "b", false},
+		{"under the client limit", [][2]string{{"192.0.2.40", "a"}, {"192.0.2.40", "b"}, {"192.0.2.40", "c"}, {"192.0.2.40", "d"}}, "192.0.2.40", "e", false},
+		{"client limit across names", [][2]string{{"192.0.2.50", "a"}, {"192.0.2.50", "b"}, {"192.0.2.50", "c"}, {"192.0.2.50", "d"}, {"192.0.2.50", "e"}}, "192.0.2.50", "f", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var g authGuard
-			for _, ip := range tt.ips {
-				g.failed(netip.MustParseAddr(ip), lim, now)
+			g := authGuard{log: zap.NewNop()}
+			for _, f := range tt.fails {
+				guardFail(t, &g, f[0], f[1], lim)
 			}
-			if got := g.blocked(netip.MustParseAddr(tt.blocked), lim, now); got != tt.want {
-				t.Errorf("blocked(%s) = %v, want %v", tt.blocked, got, tt.want)
+			if got := g.refuse(netip.MustParseAddr(tt.client), tt.user, lim, time.Now()); got != tt.blocked {
+				t.Errorf("refuse(%s, %s) = %v, want %v", tt.client, tt.user, got, tt.blocked)
 			}
 		})
 	}
+}
+
+// guardFail runs one failed check of user from client through g.
+func guardFail(tb testing.TB, g *authGuard, client, user string, lim AuthFailLimit) error {
+	tb.Helper()
+	tk, err := g.begin(context.Background(), netip.MustParseAddr(client), user, auth.Key{}, lim)
+	if err != nil {
+		return err
+	}
+	return g.finish(tk, auth.ErrBadCredentials, lim)
 }

@@ -210,6 +210,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.wg.Wait()
 		close(done)
 	}()
+	defer s.lim.guard.stop()
 	select {
 	case <-done:
 		s.cancel()
@@ -227,6 +228,7 @@ func (s *Server) Close() error {
 	s.closeListeners()
 	s.forceClose()
 	s.wg.Wait()
+	s.lim.guard.stop()
 	return nil
 }
 

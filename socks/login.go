@@ -1,0 +1,87 @@
+package socks
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"runtime"
+	"time"
+
+	"github.com/ifsocks/ifsocks/auth"
+)
+
+// checksPerCPU bounds the password checks (bcrypt, one core each for tens
+// of milliseconds) running at once in the whole server to this many per
+// core: a flood of logins from many addresses then leaves the relays CPU,
+// and its checks queue instead.
+const checksPerCPU = 2
+
+func maxChecks() int64 { return int64(checksPerCPU * runtime.GOMAXPROCS(0)) }
+
+// authenticate decides a login of name from sc's client. A blocked client
+// (or client and name) is refused before anything is checked; credentials
+// verified recently pass at once; otherwise the check waits for its turn
+// (authGuard.begin, then the server-wide bound) and its result is counted.
+// It returns nil, auth.ErrBadCredentials, errAuthBlocked, or the error
+// that ended the wait (the handshake timed out, the server is closing).
+func (sc *serverConn) authenticate(client netip.Addr, start time.Time, name, pass string) error {
+	st := sc.st
+	lim := st.Limits.AuthFail
+	g := &sc.srv.lim.guard
+	if g.refuse(client, name, lim, time.Now()) {
+		return errAuthBlocked
+	}
+	key, ok := st.Auth.Lookup(name, pass)
+	if ok {
+		return nil
+	}
+	ctx, cancel := sc.waitContext(start)
+	defer cancel()
+	t, err := g.begin(ctx, client, name, key, lim)
+	if err != nil {
+		return err
+	}
+	if t.leader {
+		err = sc.srv.lim.checks.Acquire(ctx, 1)
+		if err == nil {
+			sc.srv.lim.checksRunning.Add(1)
+			err = st.Auth.Check(key, name, pass)
+			sc.srv.lim.checksRunning.Add(-1)
+			sc.srv.lim.checks.Release(1)
+		}
+	}
+	return g.finish(t, err, lim)
+}
+
+// waitContext is the context of a wait in sc's handshake: it ends at the
+// handshake's deadline, when the server is closed, and when sc is closed
+// (Shutdown closes connections still in their handshake). The returned
+// function must be called when the wait is over.
+func (sc *serverConn) waitContext(start time.Time) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(sc.srv.ctx)
+	if d := sc.st.HandshakeTimeout; d > 0 {
+		ctx, cancel = context.WithDeadline(sc.srv.ctx, start.Add(d))
+	}
+	s := sc.srv
+	s.mu.Lock()
+	sc.cancelWait = cancel
+	s.mu.Unlock()
+	return ctx, func() {
+		s.mu.Lock()
+		sc.cancelWait = nil
+		s.mu.Unlock()
+		cancel()
+	}
+}
+
+// authMetric is the ifsocks_auth_failures_total reason of a failed login,
+// or "" for an error that is not one (the handshake ended while waiting).
+func authMetric(err error) string {
+	switch {
+	case errors.Is(err, errAuthBlocked):
+		return "blocked"
+	case errors.Is(err, auth.ErrBadCredentials):
+		return "bad_credentials"
+	}
+	return ""
+}
