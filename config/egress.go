@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -76,6 +77,10 @@ func (v *validator) interfaces(key func(string) string, fe fileEgress, e *Egress
 	}
 }
 
+// listenerName is what a listener's name may be: it goes into log lines
+// and, for accounting, into labels, so it stays short and plain.
+var listenerName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
 // listeners validates [[listeners]]: each address is new, its
 // authentication is possible, and a listener without authentication on a
 // reachable address names the clients it serves.
@@ -84,9 +89,20 @@ func (v *validator) listeners(c *Config, f *file) {
 	for i, a := range c.Server.Listen {
 		taken[a] = fmt.Sprintf("server.listen[%d]", i)
 	}
+	names := map[string]int{}
 	for i, fl := range f.Listeners {
 		key := func(k string) string { return fmt.Sprintf("listeners[%d].%s", i, k) }
 		l := Listener{Egress: v.egress(key, fl.fileEgress)}
+		if fl.Name != "" {
+			if !listenerName.MatchString(fl.Name) {
+				v.add(key("name"), fl.Name, "must be 1-64 letters, digits, '.', '_' or '-'")
+			} else if j, dup := names[fl.Name]; dup {
+				v.add(key("name"), fl.Name, fmt.Sprintf("same name as listeners[%d]", j))
+			} else {
+				names[fl.Name] = i
+				l.Name = fl.Name
+			}
+		}
 		canon, err := canonicalListen(fl.Address)
 		switch {
 		case fl.Address == "":

@@ -74,7 +74,7 @@ func (v *validator) server(c *Config, f *file) {
 				v.add(fmt.Sprintf("server.deny[%d]", i), d, err.Error())
 				continue
 			}
-			s.Deny = append(s.Deny, p)
+			s.Deny = append(s.Deny, unmapPrefix(p))
 		}
 	}
 	v.udp(s, f)
@@ -162,6 +162,16 @@ func canonicalListen(a string) (string, error) {
 
 // parsePrefix accepts a CIDR or a single address (taken as /32 or /128).
 // A CIDR with host bits set is refused: it usually hides a typo.
+// unmapPrefix turns an IPv4-mapped prefix (::ffff:10.0.0.0/104) into the
+// IPv4 prefix it stands for (10.0.0.0/8). The policy judges a mapped
+// destination as IPv4, so a mapped entry would otherwise never match.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p
+}
+
 func parsePrefix(s string) (netip.Prefix, error) {
 	if !strings.Contains(s, "/") {
 		ip, err := netip.ParseAddr(s)

@@ -31,7 +31,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	}
 	listeners := make(map[string]*socks.Listener, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
-		listeners[l.Address] = &socks.Listener{NoAuth: l.NoAuth, AllowClients: l.AllowClients, Egress: egress(l.Egress)}
+		listeners[l.Address] = &socks.Listener{Name: l.Name, NoAuth: l.NoAuth, AllowClients: l.AllowClients, Egress: egress(l.Egress)}
 	}
 	store, err := auth.NewStore(accounts, auth.Options{})
 	if err != nil {
@@ -54,6 +54,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 			MaxAssociations: cfg.Server.MaxAssociations,
 			MaxDatagram:     cfg.Server.UDPMaxDatagram,
 			ReplyFilter:     replyFilters[cfg.Server.UDPReplyFilter],
+			RequirePort:     cfg.Server.UDPRequirePort,
 		},
 		Limits: socks.Limits{
 			MaxHandshakesPerIP: cfg.Server.MaxHandshakesPerIP,

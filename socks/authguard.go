@@ -233,7 +233,9 @@ func (g *authGuard) begin(ctx context.Context, ip netip.Addr, user string, key a
 // leader's), or waits for the leader's and takes that. A failure counts
 // against the client and the pair and may start a block; a success is
 // refused (errAuthBlocked) if a block began while it was being checked.
-func (g *authGuard) finish(t *authTicket, err error, lim AuthFailLimit) error {
+// The fields are added to the line of a block that begins (the listener of
+// the attempt).
+func (g *authGuard) finish(t *authTicket, err error, lim AuthFailLimit, fields ...zap.Field) error {
 	if t.leader {
 		g.mu.Lock()
 		t.check.err = err
@@ -261,15 +263,15 @@ func (g *authGuard) finish(t *authTicket, err error, lim AuthFailLimit) error {
 		}
 		return nil
 	}
-	g.failed(t.user, lim.Max, lim, now)
-	g.failed(t.client, lim.MaxClient, lim, now)
+	g.failed(t.user, lim.Max, lim, now, fields)
+	g.failed(t.client, lim.MaxClient, lim, now, fields)
 	return err
 }
 
 // failed counts a failure in e and, when it is the one that reaches max
 // within the window, blocks e for the cool-down: one warning, with the
 // number of failures. Failures while e is blocked change nothing.
-func (g *authGuard) failed(e *authEntry, max int, lim AuthFailLimit, now time.Time) {
+func (g *authGuard) failed(e *authEntry, max int, lim AuthFailLimit, now time.Time, extra []zap.Field) {
 	if max <= 0 || e.isBlocked(now) {
 		return
 	}
@@ -285,8 +287,8 @@ func (g *authGuard) failed(e *authEntry, max int, lim AuthFailLimit, now time.Ti
 		e.timer = time.AfterFunc(lim.Cooldown, func() { g.expire(e) })
 	}
 	g.metrics.AuthBlocked()
-	fields := []zap.Field{zap.String("client", clientName(e.key.client)), zap.Int("failures", e.fails),
-		zap.Duration("window", lim.Window), zap.Duration("cooldown", lim.Cooldown)}
+	fields := append([]zap.Field{zap.String("client", clientName(e.key.client)), zap.Int("failures", e.fails),
+		zap.Duration("window", lim.Window), zap.Duration("cooldown", lim.Cooldown)}, extra...)
 	if e.key.perUser {
 		fields = append(fields, zap.String("user", logSafe(e.key.user)), zap.String("scope", "user"))
 	} else {

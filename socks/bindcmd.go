@@ -44,7 +44,7 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 	rec.local = addrPortOf(ln.Addr())
 	if err := writeReply(sc.conn, RepSucceeded, rec.local); err != nil {
 		ln.Close()
-		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write first reply: %w", err))
+		rec.finish(RepSucceeded, relayOutcome(err), fmt.Errorf("write first reply: %w", err))
 		sc.logFlow(rec, zap.InfoLevel)
 		return false
 	}
@@ -59,7 +59,7 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 	}
 	if errors.Is(err, errBindClient) {
 		// The client's mistake or departure, not a failure of ours.
-		sc.refuse(rec, RepGeneralFailure, outcomeReset, err)
+		sc.refuse(rec, RepGeneralFailure, outcomePeerReset, err)
 		return false
 	}
 	if err != nil {
@@ -191,6 +191,7 @@ func (sc *serverConn) acceptPeer(ln *net.TCPListener, expect []netip.Addr, wait 
 		from := addrPortOf(c.RemoteAddr()).Addr()
 		if len(expect) > 0 && !slices.Contains(expect, from) {
 			sc.srv.log.Debug("BIND: connection from an address the client did not name; closed",
+				zap.Stringer("client", sc.clientAddr()), sc.listenerField(), sc.listenerNameField(),
 				zap.Stringer("from", from), zap.Error(errBindPeer))
 			c.Close()
 			continue

@@ -92,7 +92,7 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 	if err != nil {
 		up.Close()
 		st.Metrics.FlowActive(rec.user, rec.iface, -1)
-		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write reply or early data: %w", err))
+		rec.finish(RepSucceeded, relayOutcome(err), fmt.Errorf("write reply or early data: %w", err))
 		sc.logFlow(rec, zap.InfoLevel)
 		return false
 	}
@@ -127,7 +127,7 @@ func (sc *serverConn) relayDone(rec *record, res relay.Result) {
 	case res.Idle:
 		rec.finish(RepSucceeded, outcomeIdle, nil)
 	case res.Err != nil:
-		rec.finish(RepSucceeded, outcomeReset, res.Err)
+		rec.finish(RepSucceeded, relayOutcome(res.Err), res.Err)
 	default:
 		rec.finish(RepSucceeded, outcomeOK, nil)
 	}

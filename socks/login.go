@@ -50,7 +50,7 @@ func (sc *serverConn) authenticate(client netip.Addr, start time.Time, name, pas
 			sc.srv.lim.checks.Release(1)
 		}
 	}
-	return g.finish(t, err, lim)
+	return g.finish(t, err, lim, sc.listenerField(), sc.listenerNameField())
 }
 
 // waitContext is the context of a wait in sc's handshake: it ends at the

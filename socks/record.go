@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -16,7 +17,8 @@ import (
 const (
 	outcomeOK         = "ok"             // relayed; both sides closed normally
 	outcomeIdle       = "idle"           // relayed; ended by the idle timeout
-	outcomeReset      = "relay_error"    // relayed; ended by an error on a side
+	outcomePeerReset  = "reset"          // a client or target reset its connection, or left early
+	outcomeRelayError = "relay_error"    // relayed; ended by a failure of this host's side
 	outcomeDenied     = "denied"         // refused by the destination policy
 	outcomeUnreach    = "unreachable"    // interface, network or host unreachable
 	outcomeRefused    = "refused"        // target refused the connection
@@ -28,6 +30,28 @@ const (
 	outcomeIfaceLost  = "interface_lost" // cut: the egress interface went down or away
 	outcomeRemoved    = "user_removed"   // cut: user removed by a reload
 )
+
+// relayOutcome names a flow that err ended after its success reply (or
+// while the reply was sent): a peer that resets its connection — a client
+// that sets SO_LINGER 0 and closes once it has read its answer, a target
+// that aborts — or that is gone when we write or half-close, ends the flow
+// as that peer chose, which is no failure here: outcome reset. Anything
+// else is ours to look at: relay_error.
+func relayOutcome(err error) string {
+	if peerEnded(err) {
+		return outcomePeerReset
+	}
+	return outcomeRelayError
+}
+
+// peerEnded reports whether err is the kernel telling that the other end
+// of a socket reset or closed it: ECONNRESET on a read or write,
+// ECONNABORTED, EPIPE on a write after the peer's close, ENOTCONN from a
+// half-close (shutdown) of a socket already reset.
+func peerEnded(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNABORTED) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ENOTCONN)
+}
 
 // skippedField lists the egress interfaces passed over; nothing when none
 // was.
@@ -58,18 +82,21 @@ func (sc *serverConn) logFlow(r *record, lvl zapcore.Level) {
 
 // record accumulates what the flow log line reports.
 type record struct {
-	start    time.Time
-	client   netip.AddrPort
-	user     string
-	target   Addr
-	remote   netip.AddrPort
-	iface    string
-	skipped  []string // egress interfaces passed over, with why
-	local    netip.AddrPort
-	up, down int64
-	reply    byte
-	outcome  string
-	err      error
+	start  time.Time
+	client netip.AddrPort
+	// listener and listenerName identify the listener the client came
+	// in by (listenerName may be empty).
+	listener, listenerName string
+	user                   string
+	target                 Addr
+	remote                 netip.AddrPort
+	iface                  string
+	skipped                []string // egress interfaces passed over, with why
+	local                  netip.AddrPort
+	up, down               int64
+	reply                  byte
+	outcome                string
+	err                    error
 }
 
 func (r *record) finish(rep byte, outcome string, err error) {
@@ -84,6 +111,8 @@ func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 	fields := []zap.Field{
 		zap.String("user", logSafe(r.user)),
 		zap.Stringer("client", r.client),
+		zap.String("listener", r.listener),
+		listenerNameField(r.listenerName),
 		zap.String("target", logSafe(r.target.String())),
 		zap.String("interface", r.iface),
 		zap.Int64("bytes_up", r.up),

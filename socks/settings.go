@@ -54,6 +54,10 @@ type UDPSettings struct {
 	// MaxDatagram is the largest payload relayed either way.
 	MaxDatagram int
 	ReplyFilter ReplyFilter
+	// RequirePort refuses requests with DST.PORT 0 (reply 0x02): such an
+	// association would take the port of the first datagram from the
+	// client's IP, whoever sends it.
+	RequirePort bool
 }
 
 // Settings are the rules for new connections. A Settings value must not be
@@ -104,6 +108,9 @@ type Settings struct {
 
 // Listener is how one listener serves its clients.
 type Listener struct {
+	// Name is the listener's name in log lines (listener_name); may be
+	// empty.
+	Name string
 	// NoAuth serves clients without authentication, even when Auth has
 	// users; their flows leave by Egress.
 	NoAuth bool

@@ -25,6 +25,10 @@ var errNoUDPPort = errors.New("no free port in udp_ports")
 // already has max_associations open.
 var errAssocLimit = errors.New("too many UDP associations (max_associations)")
 
+// errUDPPortRequired: the request named port 0 while udp_require_port is
+// set.
+var errUDPPortRequired = errors.New("UDP ASSOCIATE with DST.PORT 0 refused (udp_require_port): the client must name the port it sends from")
+
 // association is one UDP ASSOCIATE: a client-facing relay socket, one
 // unconnected outbound socket per address family bound to the user's
 // interface, and the TCP control connection whose end ends it all.
@@ -69,6 +73,14 @@ type association struct {
 // life: its outbound sockets are bound to it.
 func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, name string) {
 	st := sc.st
+	if req.Port == 0 && st.UDP.RequirePort {
+		// Warn: a client mistake the operator may want to see, since
+		// it breaks the client until it names its port.
+		writeReply(sc.conn, RepNotAllowed, netip.AddrPort{})
+		rec.finish(RepNotAllowed, outcomeDenied, errUDPPortRequired)
+		sc.logFlow(rec, zap.WarnLevel)
+		return
+	}
 	if !sc.srv.beginFlow(sc, rec.user) {
 		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
 		return
@@ -113,7 +125,7 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 		bnd = netip.AddrPortFrom(st.UDP.Advertise, bnd.Port())
 	}
 	if err := writeReply(sc.conn, RepSucceeded, bnd); err != nil {
-		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write reply: %w", err))
+		rec.finish(RepSucceeded, relayOutcome(err), fmt.Errorf("write reply: %w", err))
 		sc.logFlow(rec, zap.InfoLevel)
 		return
 	}

@@ -82,11 +82,20 @@ func (s *udpStats) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 
 // log writes the association's one line at its end.
 func (a *association) log(sc *serverConn, rec *record, bnd netip.AddrPort) {
+	// Every open outbound socket is listed: with the source address the
+	// kernel picked for its datagrams when that is known, else as the
+	// socket is bound (unspecified address, its port), so the line
+	// always says which sockets the datagrams left from.
 	var locals []string
 	for i, c := range a.out {
-		if c != nil && a.source[i].IsValid() {
-			locals = append(locals, netip.AddrPortFrom(a.source[i], addrPortOfUDP(c.LocalAddr()).Port()).String())
+		if c == nil {
+			continue
 		}
+		l := addrPortOfUDP(c.LocalAddr())
+		if a.source[i].IsValid() {
+			l = netip.AddrPortFrom(a.source[i], l.Port())
+		}
+		locals = append(locals, l.String())
 	}
 	outcome, lvl := outcomeOK, zap.InfoLevel
 	cut := sc.srv.endReason(sc)
@@ -101,6 +110,8 @@ func (a *association) log(sc *serverConn, rec *record, bnd netip.AddrPort) {
 	sc.srv.log.Log(lvl, "udp association",
 		zap.String("user", rec.user),
 		zap.Stringer("client", rec.client),
+		zap.String("listener", rec.listener),
+		listenerNameField(rec.listenerName),
 		zap.String("interface", a.dialer.Interface),
 		zap.Stringer("relay", bnd),
 		zap.String("local", strings.Join(locals, ",")),
