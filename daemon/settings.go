@@ -59,9 +59,10 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 		Limits: socks.Limits{
 			MaxHandshakesPerIP: cfg.Server.MaxHandshakesPerIP,
 			AuthFail: socks.AuthFailLimit{
-				Max:      cfg.Server.AuthFailLimit,
-				Window:   cfg.Server.AuthFailWindow,
-				Cooldown: cfg.Server.AuthFailCooldown,
+				Max:       cfg.Server.AuthFailLimit,
+				MaxClient: cfg.Server.AuthFailLimitIP,
+				Window:    cfg.Server.AuthFailWindow,
+				Cooldown:  cfg.Server.AuthFailCooldown,
 			},
 			MaxConnections: cfg.Server.MaxConnections,
 		},

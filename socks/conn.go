@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/ifsocks/ifsocks/auth"
@@ -15,6 +16,10 @@ import (
 
 // errNoMethod: the client offered no method the server accepts.
 var errNoMethod = errors.New("no acceptable authentication method")
+
+// errEvicted: the connection was closed in its handshake to make room for
+// a new one (a handshake cap was reached).
+var errEvicted = errors.New("closed in its handshake to make room for a new connection (handshake cap)")
 
 // serverConn is one accepted client connection.
 type serverConn struct {
@@ -38,10 +43,15 @@ type serverConn struct {
 	// cancelWait ends a wait of the handshake (login.go), if one is on.
 	cancelWait func()
 
-	// Limit bookkeeping (limits.go, flowlimit.go), used by the connection's own
-	// goroutines only: the client key holding a handshake slot (invalid
-	// once given back), and the user's running flows once counted.
-	hsKey    netip.Addr
+	// Handshake caps (handshakes.go): the groups holding a slot of sc
+	// and its place in their lists, under srv.lim.hsMu; the state is
+	// written under it and may be read without.
+	hsGroups [levels]*hsGroup
+	hsLinks  [levels]hsLink
+	hsState  atomic.Uint32
+
+	// Flow limits (flowlimit.go), used by the connection's own
+	// goroutines only: the user's running flows once counted.
 	flow     *userFlows
 	flowName string
 }
@@ -79,6 +89,9 @@ func (sc *serverConn) serve() (handedOff bool) {
 		sc.conn.SetDeadline(rec.start.Add(st.HandshakeTimeout))
 	}
 	hs := newHSReader(sc.conn)
+	if sc.hsState.Load() != hsNone {
+		hs.owner = sc
+	}
 	name, err := sc.negotiate(hs, rec)
 	if err != nil {
 		hs.detach()
@@ -173,6 +186,11 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
 		return "", err
 	}
+	// The client has sent all it can; from here its handshake is not
+	// evicted (unless it was a moment ago).
+	if !sc.srv.hsProtect(sc) {
+		return "", errEvicted
+	}
 	// A refused login gets the reply of a wrong password (RFC 1929 has
 	// no other failure status). A failure is recorded before the reply,
 	// so a client that retries at once already finds itself blocked.
@@ -196,6 +214,10 @@ func (sc *serverConn) logHandshake(rec *record, err error) {
 	lvl := zap.WarnLevel
 	msg := "handshake failed"
 	switch {
+	case evictedConn(sc):
+		// Counted, and logged at most once a second, by admit.
+		lvl = zap.DebugLevel
+		msg = "handshake evicted"
 	case errors.Is(err, auth.ErrBadCredentials):
 		msg = "authentication failed"
 	case errors.Is(err, io.EOF):

@@ -15,6 +15,9 @@ type hsReader struct {
 	c    net.Conn
 	buf  *[hsBufSize]byte
 	r, w int
+	// owner, when set, is told of every read that brought bytes (the
+	// handshake caps order evictions by it).
+	owner *serverConn
 }
 
 // hsBufSize holds any greeting or request and most authentications in one
@@ -33,6 +36,9 @@ func (h *hsReader) Read(p []byte) (int, error) {
 		h.r, h.w = 0, n
 		if n == 0 {
 			return 0, err
+		}
+		if h.owner != nil {
+			h.owner.srv.hsProgress(h.owner)
 		}
 	}
 	n := copy(p, h.buf[h.r:h.w])
