@@ -94,7 +94,8 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	d.metrics.Loaded()
 	notify(d.log, notifyReady)
-	d.log.Info("ifsocks started", zap.String("config", cfg.Source), zap.Int("users", len(cfg.Users)))
+	d.log.Info("ifsocks started", zap.String("config", cfg.Source), zap.Int("users", len(cfg.Users)),
+		zap.Int("max_handshakes", st.Limits.MaxHandshakes), zap.Uint64("nofile", noFileLimit()))
 
 	runErr := d.loop(ctx)
 

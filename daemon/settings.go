@@ -58,6 +58,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 		},
 		Limits: socks.Limits{
 			MaxHandshakesPerIP: cfg.Server.MaxHandshakesPerIP,
+			MaxHandshakes:      handshakeCap(cfg.Server.MaxHandshakes),
 			AuthFail: socks.AuthFailLimit{
 				Max:       cfg.Server.AuthFailLimit,
 				MaxClient: cfg.Server.AuthFailLimitIP,
@@ -67,6 +68,17 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 			MaxConnections: cfg.Server.MaxConnections,
 		},
 	}, nil
+}
+
+// handshakeCap is max_handshakes as configured or, when unset, the share
+// of the descriptor limit (RLIMIT_NOFILE, read now: at start and at each
+// reload) that clients in their handshake may hold.
+func handshakeCap(n int) int {
+	if n != config.MaxHandshakesFromNoFile {
+		return n
+	}
+	lim := noFileLimit() / config.NoFileShareForHandshakes
+	return int(min(lim, 1<<30))
 }
 
 // egress converts a configured egress. A round-robin one gets its own
@@ -116,6 +128,16 @@ func reportHost(cfg *config.Config, log *zap.Logger) {
 	if len(cfg.Users) == 0 {
 		log.Warn("no users configured: accepting clients without authentication",
 			zap.Strings("listen", cfg.Server.Listen))
+	}
+	hashes := make([]string, 0, len(cfg.Users))
+	for _, u := range cfg.Users {
+		if u.PasswordHash != "" {
+			hashes = append(hashes, u.PasswordHash)
+		}
+	}
+	if lo, hi := auth.Costs(hashes); lo != hi {
+		log.Warn("users' bcrypt costs differ: every failed login costs as much as the highest, so the cheaper hashes are easier to crack offline for the same CPU; rehash them at one cost",
+			zap.Int("lowest_cost", lo), zap.Int("highest_cost", hi))
 	}
 	for i, u := range cfg.Users {
 		if u.Password != "" {
