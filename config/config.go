@@ -25,7 +25,7 @@ const (
 	MaxTCPKeepAlive        = 32767 * time.Second
 	DefaultMaxAssociations = 64
 	DefaultUDPMaxDatagram  = 8192
-	DefaultUDPReplyFilter  = "address-port"
+	DefaultUDPReplyFilter  = ReplyAddressPort
 	// DefaultUDPRequirePort is off: many clients (curl, most libraries)
 	// send DST.PORT 0 because they learn their own port only later.
 	DefaultUDPRequirePort = false
@@ -122,15 +122,9 @@ type Config struct {
 	Listeners []Listener
 }
 
-// Egress strategies for several interfaces.
-const (
-	StrategyFailover   = "failover"    // first usable interface, in order
-	StrategyRoundRobin = "round-robin" // usable interfaces in turn
-	StrategyHash       = "hash"        // same target, same interface
-	// Ingress, as an interface name, means the interface that holds the
-	// address the client connected to.
-	Ingress = "ingress"
-)
+// Ingress, as an interface name, means the interface that holds the
+// address the client connected to.
+const Ingress = "ingress"
 
 // Egress says where flows leave: by one interface, by one of several, by
 // the interface a client came in on, or from a source address.
@@ -140,8 +134,8 @@ type Egress struct {
 	Interface string
 	// Interfaces are several interfaces picked by Strategy.
 	Interfaces []string
-	// Strategy is one of the Strategy constants; set when Interfaces is.
-	Strategy string
+	// Strategy picks among Interfaces.
+	Strategy Strategy
 	// SourceIP is bound as the source address, on the interface that
 	// holds it.
 	SourceIP netip.Addr
@@ -177,6 +171,9 @@ type Listener struct {
 	// AllowClients, when not empty, are the only client addresses
 	// accepted.
 	AllowClients []netip.Prefix
+	// Protocols are the protocols served; [server] protocols when the
+	// listener does not set its own.
+	Protocols Protocols
 	Egress
 }
 
@@ -189,7 +186,10 @@ type Metrics struct {
 
 // Server is the [server] table.
 type Server struct {
-	Listen           []string
+	Listen []string
+	// Protocols are the protocols served on Listen (and on [[listeners]]
+	// that do not set their own).
+	Protocols        Protocols
 	HandshakeTimeout time.Duration
 	IdleTimeout      time.Duration
 	ConnectTimeout   time.Duration
@@ -225,9 +225,8 @@ type Server struct {
 	// dropped.
 	UDPMaxDatagram int
 	// UDPReplyFilter says which datagrams from the network go back to the
-	// client: "address-port" (only from destinations the client sent to),
-	// "address" (any port of those addresses) or "none".
-	UDPReplyFilter string
+	// client.
+	UDPReplyFilter ReplyFilter
 	// UDPRequirePort refuses UDP ASSOCIATE requests whose DST.PORT is 0
 	// (reply 0x02). Without it such an association takes the port of
 	// the first datagram from the client's IP, which another program on

@@ -11,7 +11,7 @@ import (
 
 // egress validates the egress keys of a [[users]] or [[listeners]] entry.
 func (v *validator) egress(key func(string) string, fe fileEgress) Egress {
-	e := Egress{Interface: fe.Interface, Strategy: fe.Strategy}
+	e := Egress{Interface: fe.Interface}
 	if fe.Interface != "" && fe.Interface != Ingress {
 		if err := checkInterfaceName(fe.Interface); err != nil {
 			v.add(key("interface"), fe.Interface, err.Error())
@@ -68,12 +68,12 @@ func (v *validator) interfaces(key func(string) string, fe fileEgress, e *Egress
 		seen[n] = i
 	}
 	e.Interfaces = fe.Interfaces
-	switch fe.Strategy {
-	case "":
-		e.Strategy = StrategyFailover
-	case StrategyFailover, StrategyRoundRobin, StrategyHash:
-	default:
-		v.add(key("strategy"), fe.Strategy, "must be failover, round-robin or hash")
+	if fe.Strategy != "" {
+		s, ok := parseEnum(strategyNames, fe.Strategy)
+		if !ok {
+			v.add(key("strategy"), fe.Strategy, mustBe(strategyNames))
+		}
+		e.Strategy = Strategy(s)
 	}
 }
 
@@ -132,6 +132,12 @@ func (v *validator) listeners(c *Config, f *file) {
 				continue
 			}
 			l.AllowClients = append(l.AllowClients, p)
+		}
+		l.Protocols = c.Server.Protocols
+		if fl.Protocols != nil {
+			l.Protocols = v.protocols(key("protocols"), fl.Protocols, !l.NoAuth)
+		} else if l.Protocols.SOCKS4 && !l.NoAuth {
+			v.add(key("protocols"), c.Server.Protocols.String(), "inherited from server.protocols: SOCKS4 carries no password; set protocols for this listener")
 		}
 		if l.NoAuth && len(fl.AllowClients) == 0 && l.Address != "" && !isLoopback(l.Address) {
 			v.add(key("allow_clients"), "[]", "required with auth = \"none\" on a non-loopback address: without it this is an open proxy")

@@ -18,6 +18,7 @@ import (
 type file struct {
 	Server struct {
 		Listen           []string `toml:"listen"`
+		Protocols        []string `toml:"protocols"`
 		HandshakeTimeout string   `toml:"handshake_timeout"`
 		IdleTimeout      string   `toml:"idle_timeout"`
 		ConnectTimeout   string   `toml:"connect_timeout"`
@@ -84,6 +85,7 @@ type fileListener struct {
 	Address      string   `toml:"address"`
 	Auth         string   `toml:"auth"`
 	AllowClients []string `toml:"allow_clients"`
+	Protocols    []string `toml:"protocols"`
 	fileEgress
 }
 
@@ -117,6 +119,7 @@ func Parse(data []byte, name string) (*Config, error) {
 	v.log(c)
 	v.metrics(c)
 	v.users(c, &f)
+	v.serverProtocols(c, &f)
 	v.listeners(c, &f)
 	v.openRelay(c)
 	if len(v.errs) > 0 {
@@ -217,6 +220,7 @@ func applyDefaults(c *Config, f *file) {
 	if len(f.Server.Listen) > 0 || f.defined("server", "listen") {
 		c.Server.Listen = f.Server.Listen
 	}
+	c.Server.Protocols = DefaultProtocols
 	c.Server.HandshakeTimeout = DefaultHandshakeTimeout
 	c.Server.IdleTimeout = DefaultIdleTimeout
 	c.Server.ConnectTimeout = DefaultConnectTimeout
@@ -233,9 +237,6 @@ func applyDefaults(c *Config, f *file) {
 	c.Server.MaxAssociations = DefaultMaxAssociations
 	c.Server.UDPMaxDatagram = DefaultUDPMaxDatagram
 	c.Server.UDPReplyFilter = DefaultUDPReplyFilter
-	if f.defined("server", "udp_reply_filter") {
-		c.Server.UDPReplyFilter = f.Server.UDPReplyFilter
-	}
 	c.Server.UDPRequirePort = DefaultUDPRequirePort
 	if f.defined("server", "udp_require_port") {
 		c.Server.UDPRequirePort = f.Server.UDPRequirePort

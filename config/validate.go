@@ -112,10 +112,12 @@ func (v *validator) udp(s *Server, f *file) {
 		}
 		s.UDPMaxDatagram = f.Server.UDPMaxDatagram
 	}
-	switch s.UDPReplyFilter {
-	case "address-port", "address", "none":
-	default:
-		v.add("server.udp_reply_filter", s.UDPReplyFilter, "must be address-port, address or none")
+	if f.defined("server", "udp_reply_filter") {
+		rf, ok := parseEnum(replyFilterNames, f.Server.UDPReplyFilter)
+		if !ok {
+			v.add("server.udp_reply_filter", f.Server.UDPReplyFilter, mustBe(replyFilterNames))
+		}
+		s.UDPReplyFilter = ReplyFilter(rf)
 	}
 }
 

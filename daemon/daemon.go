@@ -138,6 +138,9 @@ func (d *daemon) settings(cfg *config.Config) (*socks.Settings, error) {
 		return nil, err
 	}
 	st.Metrics = d.metrics
+	if cfg.Server.MaxHandshakes == config.MaxHandshakesFromNoFile {
+		st.Limits.MaxHandshakes = handshakeCap()
+	}
 	if d.watcher != nil && d.watcher.Primed() {
 		st.CheckInterface = d.checkInterface
 		st.AddrOwner = d.watcher.Owner

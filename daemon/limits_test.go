@@ -64,14 +64,9 @@ rate_burst = "1MB"
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Unset, max_handshakes is a quarter of RLIMIT_NOFILE.
-	var nofile syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &nofile); err != nil {
-		t.Fatal(err)
-	}
 	wantDefault := socks.Limits{
 		MaxHandshakesPerIP: config.DefaultMaxHandshakesPerIP,
-		MaxHandshakes:      int(nofile.Cur / 4),
+		MaxHandshakes:      0, // unset: the daemon derives it from the host
 		AuthFail: socks.AuthFailLimit{Max: config.DefaultAuthFailLimit, MaxClient: 5 * config.DefaultAuthFailLimit,
 			Window: config.DefaultAuthFailWindow, Cooldown: config.DefaultAuthFailCooldown},
 		MaxConnections: config.DefaultMaxConnections,
@@ -81,7 +76,8 @@ rate_burst = "1MB"
 	}
 }
 
-// TestReloadLiftsAuthBlocks: a user blocked after auth_fail_limit failures
+// TestReloadLiftsAuthBlocks: the start-up line names max_handshakes,
+// derived from RLIMIT_NOFILE; a user blocked after auth_fail_limit failures
 // is refused even with the right password until a reload (SIGHUP), which
 // lifts the block and says so in its line; the start-up log warns about
 // users whose bcrypt costs differ.
@@ -103,6 +99,15 @@ name = "frank"
 password_hash = %q
 `, addr, bcryptHashCost(t, "erin-pw", 4), bcryptHashCost(t, "frank-pw", 5))
 	d := startFileDaemon(t, text)
+	// Unset, max_handshakes is a quarter of RLIMIT_NOFILE.
+	var nofile syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &nofile); err != nil {
+		t.Fatal(err)
+	}
+	started := d.logs.FilterMessage("ifsocks started").All()
+	if len(started) != 1 || started[0].ContextMap()["max_handshakes"] != int64(nofile.Cur/4) {
+		t.Errorf("start lines %v, want max_handshakes %d (RLIMIT_NOFILE %d / 4)", started, nofile.Cur/4, nofile.Cur)
+	}
 	costs := d.logs.FilterMessageSnippet("bcrypt costs differ").All()
 	if len(costs) != 1 || costs[0].Level != zapcore.WarnLevel || costs[0].ContextMap()["lowest_cost"] != int64(4) || costs[0].ContextMap()["highest_cost"] != int64(5) {
 		t.Errorf("cost warnings %v, want one warning naming costs 4 and 5", costs)

@@ -314,7 +314,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	for _, want := range []string{
 		`ifsocks_bytes_total{direction="up",interface="",user="frank"} 1000`,
 		`ifsocks_bytes_total{direction="down",interface="",user="frank"} 1000`,
-		`ifsocks_flows_total{interface="",outcome="ok",user="frank"} 1`,
+		`ifsocks_flows_total{interface="",outcome="ok",protocol="socks5",user="frank"} 1`,
 		`ifsocks_auth_failures_total{reason="bad_credentials"} 1`,
 		`ifsocks_active_flows{interface="",user="frank"} 0`,
 		`ifsocks_config_reloads_total{result="failure"} 0`,

@@ -13,11 +13,9 @@ import (
 	"sync/atomic"
 
 	"github.com/ifsocks/ifsocks/auth"
-	"github.com/ifsocks/ifsocks/bind"
 	"github.com/ifsocks/ifsocks/config"
 	"github.com/ifsocks/ifsocks/policy"
 	"github.com/ifsocks/ifsocks/socks"
-	"go.uber.org/zap"
 )
 
 // Settings builds the server settings for cfg.
@@ -31,7 +29,8 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	}
 	listeners := make(map[string]*socks.Listener, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
-		listeners[l.Address] = &socks.Listener{Name: l.Name, NoAuth: l.NoAuth, AllowClients: l.AllowClients, Egress: egress(l.Egress)}
+		listeners[l.Address] = &socks.Listener{Name: l.Name, NoAuth: l.NoAuth, AllowClients: l.AllowClients, Egress: egress(l.Egress),
+			Protocols: protocols(l.Protocols)}
 	}
 	store, err := auth.NewStore(accounts, auth.Options{})
 	if err != nil {
@@ -42,6 +41,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 		Users:            users,
 		Listeners:        listeners,
 		Policy:           policy.New(cfg.Server.Deny, cfg.Server.DenyOwnAddresses),
+		Protocols:        protocols(cfg.Server.Protocols),
 		HandshakeTimeout: cfg.Server.HandshakeTimeout,
 		ConnectTimeout:   cfg.Server.ConnectTimeout,
 		BindTimeout:      cfg.Server.BindTimeout,
@@ -53,12 +53,14 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 			Advertise:       cfg.Server.UDPAdvertise,
 			MaxAssociations: cfg.Server.MaxAssociations,
 			MaxDatagram:     cfg.Server.UDPMaxDatagram,
-			ReplyFilter:     replyFilters[cfg.Server.UDPReplyFilter],
+			ReplyFilter:     cfg.Server.UDPReplyFilter,
 			RequirePort:     cfg.Server.UDPRequirePort,
 		},
 		Limits: socks.Limits{
 			MaxHandshakesPerIP: cfg.Server.MaxHandshakesPerIP,
-			MaxHandshakes:      handshakeCap(cfg.Server.MaxHandshakes),
+			// Unset (MaxHandshakesFromNoFile), the daemon derives it
+			// from the host (daemon.settings, host.go).
+			MaxHandshakes: max(cfg.Server.MaxHandshakes, 0),
 			AuthFail: socks.AuthFailLimit{
 				Max:       cfg.Server.AuthFailLimit,
 				MaxClient: cfg.Server.AuthFailLimitIP,
@@ -70,23 +72,12 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	}, nil
 }
 
-// handshakeCap is max_handshakes as configured or, when unset, the share
-// of the descriptor limit (RLIMIT_NOFILE, read now: at start and at each
-// reload) that clients in their handshake may hold.
-func handshakeCap(n int) int {
-	if n != config.MaxHandshakesFromNoFile {
-		return n
-	}
-	lim := noFileLimit() / config.NoFileShareForHandshakes
-	return int(min(lim, 1<<30))
-}
-
 // egress converts a configured egress. A round-robin one gets its own
 // position, so users do not disturb each other's turns.
 func egress(e config.Egress) socks.Egress {
 	out := socks.Egress{
 		Interfaces: e.Interfaces,
-		Strategy:   strategies[e.Strategy],
+		Strategy:   e.Strategy,
 		Ingress:    e.Interface == config.Ingress,
 		Source:     e.SourceIP,
 		Mark:       e.Mark,
@@ -100,11 +91,19 @@ func egress(e config.Egress) socks.Egress {
 	return out
 }
 
-var strategies = map[string]socks.Strategy{
-	"":                        socks.Failover,
-	config.StrategyFailover:   socks.Failover,
-	config.StrategyRoundRobin: socks.RoundRobin,
-	config.StrategyHash:       socks.Hash,
+// protocols converts a configured protocol set.
+func protocols(p config.Protocols) socks.Protocols {
+	var out socks.Protocols
+	if p.SOCKS5 {
+		out |= socks.ProtoSOCKS5
+	}
+	if p.HTTP {
+		out |= socks.ProtoHTTP
+	}
+	if p.SOCKS4 {
+		out |= socks.ProtoSOCKS4
+	}
+	return out
 }
 
 // userRate is u's rate limit; config has checked and defaulted it.
@@ -113,48 +112,4 @@ func userRate(u config.User) socks.Rate {
 		return socks.Rate{}
 	}
 	return socks.Rate{BytesPerSec: u.RateLimit, Burst: int(u.RateBurst)}
-}
-
-// replyFilters maps the udp_reply_filter values config accepts.
-var replyFilters = map[string]socks.ReplyFilter{
-	"address-port": socks.FilterAddressPort,
-	"address":      socks.FilterAddress,
-	"none":         socks.FilterNone,
-}
-
-// reportHost warns about what will make flows fail or is unsafe, without
-// refusing to start: an interface may appear later (a hot-plugged ENI).
-func reportHost(cfg *config.Config, log *zap.Logger) {
-	if len(cfg.Users) == 0 {
-		log.Warn("no users configured: accepting clients without authentication",
-			zap.Strings("listen", cfg.Server.Listen))
-	}
-	hashes := make([]string, 0, len(cfg.Users))
-	for _, u := range cfg.Users {
-		if u.PasswordHash != "" {
-			hashes = append(hashes, u.PasswordHash)
-		}
-	}
-	if lo, hi := auth.Costs(hashes); lo != hi {
-		log.Warn("users' bcrypt costs differ: every failed login costs as much as the highest, so the cheaper hashes are easier to crack offline for the same CPU; rehash them at one cost",
-			zap.Int("lowest_cost", lo), zap.Int("highest_cost", hi))
-	}
-	for i, u := range cfg.Users {
-		if u.Password != "" {
-			log.Warn("user has a plaintext password; use password_hash (ifsocks hash-password)",
-				zap.String("user", u.Name), zap.Int("index", i))
-		}
-		for _, n := range u.Egress.Names() {
-			if err := bind.CheckInterface(n); err != nil {
-				log.Warn("egress interface not usable; the user's flows will fail over or fail with 0x03 until it is",
-					zap.String("user", u.Name), zap.String("interface", n), zap.Error(err))
-			}
-		}
-		if ip := u.SourceIP; ip.IsValid() {
-			if _, ok := bind.AddrOwner(ip); !ok {
-				log.Warn("source_ip is not an address of this host; the user's flows will fail with 0x03 until it is",
-					zap.String("user", u.Name), zap.Stringer("source_ip", ip))
-			}
-		}
-	}
 }

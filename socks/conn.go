@@ -39,8 +39,11 @@ type serverConn struct {
 	iface    string
 	ended    error
 	upstream net.Conn // the target connection of a CONNECT, once dialled
-	stop     func()   // cancels a paced relay's context (flowlimit.go); set once, under srv.mu
-	// cancelWait ends a wait of the handshake (login.go), if one is on.
+	// ans answers requests in a protocol other than SOCKS5 (nil:
+	// SOCKS5); set by that protocol's serve before any flow starts.
+	ans  answerer
+	stop func() // cancels a paced relay's context (flowlimit.go); set once, under srv.mu
+	// cancelWait ends a wait for a password check (login.go), if one is on.
 	cancelWait func()
 
 	// Handshake caps (handshakes.go): the groups holding a slot of sc
@@ -92,6 +95,19 @@ func (sc *serverConn) serve() (handedOff bool) {
 	if sc.hsState.Load() != hsNone {
 		hs.owner = sc
 	}
+	proto, err := sc.sniff(hs)
+	if err != nil {
+		hs.detach()
+		sc.logHandshake(rec, err)
+		return false
+	}
+	switch proto {
+	case ProtoHTTP:
+		return sc.serveHTTP(hs, rec)
+	case ProtoSOCKS4:
+		return sc.serveSOCKS4(hs, rec)
+	}
+	rec.protocol = protoSOCKS5
 	name, err := sc.negotiate(hs, rec)
 	if err != nil {
 		hs.detach()
@@ -114,22 +130,9 @@ func (sc *serverConn) serve() (handedOff bool) {
 		return false
 	}
 	sc.conn.SetDeadline(time.Time{})
-	user, ok := st.Users[name]
-	if name != "" && !ok {
-		// Auth accepted a name the egress map lacks: a bug in how the
-		// settings were built. Refuse rather than use kernel routing.
-		sc.refuse(rec, RepGeneralFailure, outcomeError, fmt.Errorf("user %q has no egress settings", name))
+	user, eg, ok := sc.flowUser(rec, name)
+	if !ok {
 		return false
-	}
-	if name == "" {
-		user = st.NoAuthUser
-		if sc.lis != nil {
-			user = User{Egress: sc.lis.Egress}
-		}
-	}
-	eg := &user.Egress
-	if eg.IsZero() && sc.lis != nil {
-		eg = &sc.lis.Egress
 	}
 	if req.Cmd <= cmdUDPAssociate && req.Cmd >= cmdConnect && !sc.acquireFlow(rec, name, user) {
 		return false
@@ -147,9 +150,25 @@ func (sc *serverConn) serve() (handedOff bool) {
 	return false
 }
 
+// flowUser returns the user a flow runs as (name; "" without
+// authentication) and the egress it leaves by. When the settings lack the
+// user it refuses the flow and reports false.
+func (sc *serverConn) flowUser(rec *record, name string) (User, *Egress, bool) {
+	st := sc.st
+	user, ok := st.Users[name]
+	if name != "" && !ok {
+		// Auth accepted a name the egress map lacks: a bug in how the
+		// settings were built. Refuse rather than use kernel routing.
+		sc.refuse(rec, RepGeneralFailure, outcomeError, fmt.Errorf("user %q has no egress settings", name))
+		return user, nil, false
+	}
+	eg := sc.egressOf(name, &user)
+	return user, eg, true
+}
+
 // refuse replies rep with no bound address, and logs the flow.
 func (sc *serverConn) refuse(rec *record, rep byte, outcome string, err error) {
-	writeReply(sc.conn, rep, netip.AddrPort{})
+	sc.answerRefusal(rep, err)
 	rec.finish(rep, outcome, err)
 	lvl := zap.InfoLevel
 	if outcome == outcomeError {
@@ -166,7 +185,7 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 		return "", err
 	}
 	want := byte(methodNoAuth)
-	if sc.st.Auth != nil && sc.st.Auth.Len() > 0 && (sc.lis == nil || !sc.lis.NoAuth) {
+	if sc.needsPassword() {
 		want = methodUserPass
 	}
 	if !bytes.Contains(methods, []byte{want}) {
@@ -186,25 +205,39 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
 		return "", err
 	}
-	// The client has sent all it can; from here its handshake is not
-	// evicted (unless it was a moment ago).
-	if !sc.srv.hsProtect(sc) {
-		return "", errEvicted
-	}
 	// A refused login gets the reply of a wrong password (RFC 1929 has
-	// no other failure status). A failure is recorded before the reply,
-	// so a client that retries at once already finds itself blocked.
-	if err := sc.authenticate(rec.client.Addr(), rec.start, name, pass); err != nil {
-		if reason := authMetric(err); reason != "" {
-			sc.st.Metrics.AuthFailure(reason)
-			sc.conn.Write([]byte{userPassVersion, authStatusFailed})
-		}
+	// no other failure status).
+	if err := sc.login(rec.client.Addr(), name, pass); err != nil {
+		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
 		return "", err
 	}
 	if _, err := sc.conn.Write([]byte{userPassVersion, authStatusOK}); err != nil {
 		return "", fmt.Errorf("write auth status: %w", err)
 	}
 	return name, nil
+}
+
+// login checks the credentials of sc's client, for every protocol that
+// has them. A client in its auth_fail_cooldown is refused unchecked,
+// without the bcrypt; a wrong name or password counts toward the block,
+// and is recorded before the caller replies, so a client that retries at
+// once already finds itself blocked.
+func (sc *serverConn) login(client netip.Addr, name, pass string) error {
+	// The client has sent all it can: from here its handshake is not
+	// evicted (unless it was a moment ago).
+	if !sc.srv.hsProtect(sc) {
+		return errEvicted
+	}
+	err := sc.authenticate(client, name, pass)
+	if reason := authMetric(err); reason != "" {
+		sc.st.Metrics.AuthFailure(reason)
+	}
+	return err
+}
+
+// needsPassword reports whether sc's clients must authenticate.
+func (sc *serverConn) needsPassword() bool {
+	return sc.st.Auth != nil && sc.st.Auth.Len() > 0 && (sc.lis == nil || !sc.lis.NoAuth)
 }
 
 // logHandshake logs a connection that ended before a request could be
@@ -220,7 +253,7 @@ func (sc *serverConn) logHandshake(rec *record, err error) {
 		msg = "handshake evicted"
 	case errors.Is(err, auth.ErrBadCredentials):
 		msg = "authentication failed"
-	case errors.Is(err, io.EOF):
+	case errors.Is(err, io.EOF), errors.Is(err, errNoFirstByte):
 		lvl = zap.DebugLevel
 	case errors.Is(err, errAuthBlocked):
 		// The block itself was logged once, as a warning.

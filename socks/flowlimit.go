@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 
 	"github.com/ifsocks/ifsocks/relay"
 	"go.uber.org/zap"
@@ -36,7 +35,7 @@ func (sc *serverConn) acquireFlow(rec *record, name string, u User) bool {
 		if errors.Is(err, errServerConns) {
 			rep = RepGeneralFailure
 		}
-		writeReply(sc.conn, rep, netip.AddrPort{})
+		sc.answerRefusal(rep, err)
 		rec.finish(rep, outcomeLimit, err)
 		sc.logFlow(rec, zap.WarnLevel)
 		return false

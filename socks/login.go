@@ -24,7 +24,7 @@ func maxChecks() int64 { return int64(checksPerCPU * runtime.GOMAXPROCS(0)) }
 // (authGuard.begin, then the server-wide bound) and its result is counted.
 // It returns nil, auth.ErrBadCredentials, errAuthBlocked, or the error
 // that ended the wait (the handshake timed out, the server is closing).
-func (sc *serverConn) authenticate(client netip.Addr, start time.Time, name, pass string) error {
+func (sc *serverConn) authenticate(client netip.Addr, name, pass string) error {
 	st := sc.st
 	lim := st.Limits.AuthFail
 	g := &sc.srv.lim.guard
@@ -35,7 +35,7 @@ func (sc *serverConn) authenticate(client netip.Addr, start time.Time, name, pas
 	if ok {
 		return nil
 	}
-	ctx, cancel := sc.waitContext(start)
+	ctx, cancel := sc.waitContext(time.Now())
 	defer cancel()
 	t, err := g.begin(ctx, client, name, key, lim)
 	if err != nil {
@@ -53,8 +53,8 @@ func (sc *serverConn) authenticate(client netip.Addr, start time.Time, name, pas
 	return g.finish(t, err, lim, sc.listenerField(), sc.listenerNameField())
 }
 
-// waitContext is the context of a wait in sc's handshake: it ends at the
-// handshake's deadline, when the server is closed, and when sc is closed
+// waitContext is the context of a wait for a password check: it ends
+// handshake_timeout after start, when the server is closed, and when sc is closed
 // (Shutdown closes connections still in their handshake). The returned
 // function must be called when the wait is over.
 func (sc *serverConn) waitContext(start time.Time) (context.Context, context.CancelFunc) {

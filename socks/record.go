@@ -53,15 +53,6 @@ func peerEnded(err error) bool {
 		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ENOTCONN)
 }
 
-// skippedField lists the egress interfaces passed over; nothing when none
-// was.
-func skippedField(s []string) zap.Field {
-	if len(s) == 0 {
-		return zap.Skip()
-	}
-	return zap.Strings("skipped", s)
-}
-
 // cutOutcome names a flow the server ended on purpose.
 func cutOutcome(reason error) string {
 	switch {
@@ -76,14 +67,15 @@ func cutOutcome(reason error) string {
 // logFlow counts the flow in the metrics and writes its line (in that
 // order: whoever sees the line can rely on the counters).
 func (sc *serverConn) logFlow(r *record, lvl zapcore.Level) {
-	sc.st.Metrics.FlowDone(r.user, r.iface, r.outcome, r.up, r.down)
+	sc.st.Metrics.FlowDone(r.protocol, r.user, r.iface, r.outcome, r.up, r.down)
 	r.log(sc.srv.log, lvl)
 }
 
 // record accumulates what the flow log line reports.
 type record struct {
-	start  time.Time
-	client netip.AddrPort
+	protocol string // protoSOCKS5 and the others of protocols.go
+	start    time.Time
+	client   netip.AddrPort
 	// listener and listenerName identify the listener the client came
 	// in by (listenerName may be empty).
 	listener, listenerName string
@@ -97,6 +89,17 @@ type record struct {
 	reply                  byte
 	outcome                string
 	err                    error
+
+	// A forwarded HTTP request (protocol http) also logs its method and
+	// the status the client got.
+	method string
+	status int
+}
+
+// tookEgress notes how the flow's egress came out.
+func (r *record) tookEgress(u egressUse) {
+	r.iface = u.route.Interface
+	r.skipped = u.skipped
 }
 
 func (r *record) finish(rep byte, outcome string, err error) {
@@ -105,35 +108,50 @@ func (r *record) finish(rep byte, outcome string, err error) {
 	r.err = err
 }
 
-// log writes the one line a flow gets at its end. Strings that came from
-// the network (user, target name) go through logSafe.
+// log writes the one line a CONNECT or BIND flow gets at its end.
 func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
-	fields := []zap.Field{
+	own := make([]zap.Field, 0, 6)
+	own = append(own, zap.String("target", logSafe(r.target.String())), zap.Uint8("reply", r.reply))
+	if r.remote.IsValid() {
+		own = append(own, zap.Stringer("remote", r.remote))
+	}
+	if r.local.IsValid() {
+		own = append(own, zap.Stringer("local", r.local))
+	}
+	if r.method != "" {
+		own = append(own, zap.String("method", logSafe(r.method)), zap.Int("status", r.status))
+	}
+	r.write(l, lvl, "flow", own)
+}
+
+// write writes a flow's one line: the fields every flow has whatever its
+// protocol (user, client, listener, interface, bytes each way, duration,
+// outcome, the interfaces skipped, the error), and the protocol's own. It
+// is the only writer of those fields, so TCP and UDP lines name them alike.
+// Strings that came from the network (user, target name) go through
+// logSafe.
+func (r *record) write(l *zap.Logger, lvl zapcore.Level, msg string, own []zap.Field) {
+	fields := make([]zap.Field, 0, 12+len(own))
+	fields = append(fields,
+		zap.String("protocol", r.protocol),
 		zap.String("user", logSafe(r.user)),
 		zap.Stringer("client", r.client),
 		zap.String("listener", r.listener),
 		listenerNameField(r.listenerName),
-		zap.String("target", logSafe(r.target.String())),
 		zap.String("interface", r.iface),
 		zap.Int64("bytes_up", r.up),
 		zap.Int64("bytes_down", r.down),
 		zap.Duration("duration", time.Since(r.start)),
 		zap.String("outcome", r.outcome),
-		zap.Uint8("reply", r.reply),
-	}
-	if r.remote.IsValid() {
-		fields = append(fields, zap.Stringer("remote", r.remote))
-	}
-	if r.local.IsValid() {
-		fields = append(fields, zap.Stringer("local", r.local))
-	}
+	)
+	fields = append(fields, own...)
 	if len(r.skipped) > 0 {
-		fields = append(fields, skippedField(r.skipped))
+		fields = append(fields, zap.Strings("skipped", r.skipped))
 	}
 	if r.err != nil {
 		fields = append(fields, zap.Error(r.err))
 	}
-	l.Log(lvl, "flow", fields...)
+	l.Log(lvl, msg, fields...)
 }
 
 // logSafe returns a string from the network ready for a log field: as it

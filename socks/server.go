@@ -1,7 +1,14 @@
-// Package socks is the SOCKS5 server of ifsocks: RFC 1928 negotiation,
+// Package socks is the proxy server of ifsocks: RFC 1928 negotiation,
 // RFC 1929 username/password authentication, and the CONNECT and UDP
 // ASSOCIATE commands, with every outbound socket of a user — DNS queries
 // included — bound to that user's interface.
+//
+// It is also the core every protocol of a listen address goes through: it
+// accepts, tells the protocol by the first byte (SOCKS5, SOCKS4/4a, or HTTP,
+// whose protocol handling is package httpproxy's), authenticates, and runs
+// the one egress plan, policy check, limits check, relay and flow record
+// that every flow takes, whatever protocol asked for it (answerer is the
+// only part that differs).
 //
 // The protocol is written from the RFCs. The server is shaped like
 // net/http.Server: Serve(listener), Shutdown(ctx), Close. It does not open
@@ -13,6 +20,7 @@ package socks
 import (
 	"context"
 	"errors"
+	"log"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -44,6 +52,9 @@ type Server struct {
 	wg        sync.WaitGroup // one per connection goroutine
 
 	lim limitState // abuse limits (limits.go); has its own locks
+
+	httpLogOnce sync.Once
+	httpLog     *log.Logger // net/http's complaints, as debug lines (http.go)
 }
 
 // New returns a server using st for new connections.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/ifsocks/ifsocks/auth"
 	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/config"
 	"github.com/ifsocks/ifsocks/metrics"
 	"github.com/ifsocks/ifsocks/policy"
 )
@@ -26,18 +27,14 @@ type User struct {
 }
 
 // ReplyFilter says which datagrams from the network a UDP association
-// passes back to its client.
-type ReplyFilter int
+// passes back to its client; config parses it.
+type ReplyFilter = config.ReplyFilter
 
+// The reply filters; the zero value is FilterAddressPort.
 const (
-	// FilterAddressPort passes datagrams only from an address and port
-	// the client has sent to (the default; like a port-restricted NAT).
-	FilterAddressPort ReplyFilter = iota
-	// FilterAddress passes datagrams from any port of an address the
-	// client has sent to.
-	FilterAddress
-	// FilterNone passes every datagram (like a full-cone NAT).
-	FilterNone
+	FilterAddressPort = config.ReplyAddressPort
+	FilterAddress     = config.ReplyAddress
+	FilterNone        = config.ReplyNone
 )
 
 // UDPSettings govern UDP ASSOCIATE (RFC 1928 section 7).
@@ -76,6 +73,9 @@ type Settings struct {
 	// Server.ServeListener, by the name given there.
 	Listeners map[string]*Listener
 	Policy    *policy.Policy
+	// Protocols are what listeners without their own serve; zero means
+	// SOCKS5 only.
+	Protocols Protocols
 
 	// Metrics records what the server does; nil records nothing. It is
 	// the same object in every Settings of a server.
@@ -120,6 +120,8 @@ type Listener struct {
 	// Egress applies to the listener's flows without authentication, and
 	// to users whose own Egress is zero.
 	Egress Egress
+	// Protocols are the protocols served; zero means Settings.Protocols.
+	Protocols Protocols
 }
 
 // allows reports whether client may use the listener.

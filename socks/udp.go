@@ -100,8 +100,9 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 	}
 	defer sc.srv.releaseAssoc(key)
 
-	a, err := sc.openAssociation(rec, eg, req)
-	if err == nil && !sc.srv.setEgress(sc, rec.iface, nil) {
+	a, use, err := sc.openAssociation(rec.client.Addr(), eg, req)
+	rec.tookEgress(use)
+	if err == nil && !sc.srv.setEgress(sc, use.route.Interface, nil) {
 		a.closeSockets()
 		err = sc.srv.endReason(sc)
 		if err == nil {
@@ -144,19 +145,10 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 // the egress plan whose outbound sockets can be bound. Routes are planned
 // by the client's address, so a hash strategy keeps a client on one
 // interface.
-func (sc *serverConn) openAssociation(rec *record, eg *Egress, req Addr) (*association, error) {
-	st := sc.st
-	p, err := st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), rec.client.Addr().String(), &sc.srv.turn)
-	defer func() { rec.skipped = p.skipped }()
-	if err != nil {
-		rec.iface = failedInterface(err)
-		return nil, err
-	}
-	a, route, err := tryRoutes(st, &p, func(route bind.Dialer) (*association, error) {
-		return sc.newAssociation(route, req, rec.client.Addr())
+func (sc *serverConn) openAssociation(client netip.Addr, eg *Egress, req Addr) (*association, egressUse, error) {
+	return openEgress(sc.st, eg, sc.localIP(), client.String(), &sc.srv.turn, func(route bind.Dialer) (*association, error) {
+		return sc.newAssociation(route, req, client)
 	})
-	rec.iface = route.Interface
-	return a, err
 }
 
 func (sc *serverConn) newAssociation(route bind.Dialer, req Addr, clientIP netip.Addr) (*association, error) {

@@ -106,25 +106,16 @@ func (a *association) log(sc *serverConn, rec *record, bnd netip.AddrPort) {
 		outcome = outcomeIdle
 	}
 	// Bytes are already counted by the per-datagram counters.
-	sc.st.Metrics.FlowDone(rec.user, a.dialer.Interface, outcome, 0, 0)
-	sc.srv.log.Log(lvl, "udp association",
-		zap.String("user", rec.user),
-		zap.Stringer("client", rec.client),
-		zap.String("listener", rec.listener),
-		listenerNameField(rec.listenerName),
-		zap.String("interface", a.dialer.Interface),
+	sc.st.Metrics.FlowDone(rec.protocol, rec.user, rec.iface, outcome, 0, 0)
+	rec.up, rec.down = a.stats.bytesUp.Load(), a.stats.bytesDown.Load()
+	rec.finish(RepSucceeded, outcome, cut)
+	rec.write(sc.srv.log, lvl, "udp association", []zap.Field{
 		zap.Stringer("relay", bnd),
 		zap.String("local", strings.Join(locals, ",")),
 		zap.Int64("dgrams_up", a.stats.dgramsUp.Load()),
-		zap.Int64("bytes_up", a.stats.bytesUp.Load()),
 		zap.Int64("dgrams_down", a.stats.dgramsDown.Load()),
-		zap.Int64("bytes_down", a.stats.bytesDown.Load()),
 		zap.Object("dropped", &a.stats),
-		zap.Duration("duration", time.Since(rec.start)),
-		skippedField(rec.skipped),
-		zap.String("outcome", outcome),
-		zap.Error(cut),
-	)
+	})
 }
 
 // Bounds on per-association state, so a client cannot grow it without
