@@ -32,13 +32,8 @@ func newHSReader(c net.Conn) *hsReader {
 
 func (h *hsReader) Read(p []byte) (int, error) {
 	if h.r == h.w {
-		n, err := h.c.Read(h.buf[:])
-		h.r, h.w = 0, n
-		if n == 0 {
+		if n, err := h.fill(); n == 0 {
 			return 0, err
-		}
-		if h.owner != nil {
-			h.owner.srv.hsProgress(h.owner)
 		}
 	}
 	n := copy(p, h.buf[h.r:h.w])
@@ -62,11 +57,19 @@ func (h *hsReader) detach() []byte {
 // from the connection if none is buffered.
 func (h *hsReader) peekByte() (byte, error) {
 	for h.r == h.w {
-		n, err := h.c.Read(h.buf[:])
-		h.r, h.w = 0, n
-		if n == 0 && err != nil {
+		if n, err := h.fill(); n == 0 && err != nil {
 			return 0, err
 		}
 	}
 	return h.buf[h.r], nil
+}
+
+// fill reads what the connection has into the (consumed) buffer.
+func (h *hsReader) fill() (int, error) {
+	n, err := h.c.Read(h.buf[:])
+	h.r, h.w = 0, n
+	if n > 0 && h.owner != nil {
+		h.owner.srv.hsProgress(h.owner)
+	}
+	return n, err
 }
