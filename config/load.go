@@ -65,6 +65,10 @@ type fileEgress struct {
 	Strategy   string   `toml:"strategy"`
 	SourceIP   string   `toml:"source_ip"`
 	Mark       int64    `toml:"mark"`
+
+	SourceIPs        []string `toml:"source_ips"`
+	SourceRotation   string   `toml:"source_rotation"`
+	SessionSeparator *string  `toml:"session_separator"`
 }
 
 type fileUser struct {

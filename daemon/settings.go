@@ -10,12 +10,14 @@ package daemon
 
 import (
 	"fmt"
+	"net/netip"
 	"sync/atomic"
 
 	"github.com/ifsocks/ifsocks/auth"
 	"github.com/ifsocks/ifsocks/config"
 	"github.com/ifsocks/ifsocks/policy"
 	"github.com/ifsocks/ifsocks/socks"
+	"github.com/ifsocks/ifsocks/source"
 )
 
 // Settings builds the server settings for cfg.
@@ -76,11 +78,19 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 // position, so users do not disturb each other's turns.
 func egress(e config.Egress) socks.Egress {
 	out := socks.Egress{
-		Interfaces: e.Interfaces,
-		Strategy:   e.Strategy,
-		Ingress:    e.Interface == config.Ingress,
-		Source:     e.SourceIP,
-		Mark:       e.Mark,
+		Interfaces:       e.Interfaces,
+		Strategy:         e.Strategy,
+		Ingress:          e.Interface == config.Ingress,
+		Mark:             e.Mark,
+		Rotation:         e.Rotation,
+		SessionSeparator: e.SessionSeparator,
+	}
+	switch {
+	case len(e.SourceIPs) > 0:
+		out.Sources = source.New(e.SourceIPs)
+	case e.SourceIP.IsValid():
+		// One egress path: a source_ip is a pool of one address.
+		out.Sources = source.New([]netip.Prefix{netip.PrefixFrom(e.SourceIP, e.SourceIP.BitLen())})
 	}
 	if out.Strategy == socks.RoundRobin {
 		out.Turn = new(atomic.Uint64)

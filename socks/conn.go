@@ -24,9 +24,18 @@ var errEvicted = errors.New("closed in its handshake to make room for a new conn
 // serverConn is one accepted client connection.
 type serverConn struct {
 	srv  *Server
-	conn net.Conn  // a *net.TCPConn from Serve; net.Pipe in fuzz tests
-	st   *Settings // snapshot taken at accept; reloads do not change it
-	lis  *Listener // the listener's settings; nil for a plain Serve
+	conn net.Conn // a *net.TCPConn from Serve; net.Pipe in fuzz tests
+	// st are the settings in force for the connection's next step:
+	// taken at accept, and taken again (refresh) when the greeting and
+	// the credentials arrive and at the end of the handshake, so a
+	// reload in between applies to authentication, the user's egress
+	// and the destination policy. Written by the connection's own
+	// goroutine only.
+	st  *Settings
+	lis *Listener // the listener's settings; nil for a plain Serve
+	// lisKey is the listener's key in Settings.Listeners ("" for a
+	// plain Serve), to find its settings again after a reload.
+	lisKey string
 	// lisAddr and lisName identify the listener in every log line of
 	// the connection (listener, listener_name); lisName may be empty.
 	lisAddr, lisName string
@@ -74,6 +83,21 @@ func (sc *serverConn) close() {
 	if sc.upstream != nil {
 		sc.upstream.Close()
 	}
+}
+
+// refresh takes the settings current now for the steps that follow. A
+// listener the reload removed keeps the settings it had (the daemon
+// closes it; its connections in handshake finish under them).
+func (sc *serverConn) refresh() *Settings {
+	st := sc.srv.settings.Load()
+	if st == sc.st {
+		return st
+	}
+	sc.st = st
+	if l := st.Listeners[sc.lisKey]; sc.lisKey != "" && l != nil {
+		sc.lis = l
+	}
+	return st
 }
 
 // serve runs the connection from greeting to the end of its flow. It
@@ -150,16 +174,24 @@ func (sc *serverConn) serve() (handedOff bool) {
 	return false
 }
 
+// refuseRemoved refuses the request of a user that a reload has removed
+// since it authenticated.
+func (sc *serverConn) refuseRemoved(rec *record) {
+	sc.answerRefusal(RepNotAllowed, ErrUserRemoved)
+	rec.finish(RepNotAllowed, outcomeRemoved, ErrUserRemoved)
+	sc.logFlow(rec, zap.WarnLevel)
+}
+
 // flowUser returns the user a flow runs as (name; "" without
-// authentication) and the egress it leaves by. When the settings lack the
-// user it refuses the flow and reports false.
+// authentication) and the egress it leaves by, from the settings current
+// now: the end of the handshake, for every protocol. When a reload has
+// removed the user since it authenticated, it refuses the flow and
+// reports false.
 func (sc *serverConn) flowUser(rec *record, name string) (User, *Egress, bool) {
-	st := sc.st
+	st := sc.refresh()
 	user, ok := st.Users[name]
 	if name != "" && !ok {
-		// Auth accepted a name the egress map lacks: a bug in how the
-		// settings were built. Refuse rather than use kernel routing.
-		sc.refuse(rec, RepGeneralFailure, outcomeError, fmt.Errorf("user %q has no egress settings", name))
+		sc.refuseRemoved(rec)
 		return user, nil, false
 	}
 	eg := sc.egressOf(name, &user)
@@ -184,6 +216,7 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	sc.refresh() // a reload may have added or removed users since accept
 	want := byte(methodNoAuth)
 	if sc.needsPassword() {
 		want = methodUserPass
@@ -200,6 +233,9 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 		return "", nil
 	}
 	name, pass, err := readUserPass(hs)
+	// "USER-session-KEY" authenticates as USER; the key only picks the
+	// source address, and only its hash is ever logged.
+	name, rec.session = sc.st.splitSession(sc.lis, name)
 	rec.user = name
 	if err != nil {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
@@ -218,16 +254,20 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 }
 
 // login checks the credentials of sc's client, for every protocol that
-// has them. A client in its auth_fail_cooldown is refused unchecked,
-// without the bcrypt; a wrong name or password counts toward the block,
-// and is recorded before the caller replies, so a client that retries at
-// once already finds itself blocked.
+// has them (login.go). A blocked client is refused unchecked, without the
+// bcrypt; a wrong name or password counts toward the block, and is
+// recorded before the caller replies, so a client that retries at once
+// already finds itself blocked.
 func (sc *serverConn) login(client netip.Addr, name, pass string) error {
 	// The client has sent all it can: from here its handshake is not
 	// evicted (unless it was a moment ago).
 	if !sc.srv.hsProtect(sc) {
 		return errEvicted
 	}
+	// Checked against the users and passwords current now: a reload
+	// since accept (while the client typed) may have removed or changed
+	// the user.
+	sc.refresh()
 	err := sc.authenticate(client, name, pass)
 	if reason := authMetric(err); reason != "" {
 		sc.st.Metrics.AuthFailure(reason)

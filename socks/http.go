@@ -70,10 +70,13 @@ type httpConn struct {
 }
 
 // record starts the flow record of one request.
+// user is the login name: "USER-session-KEY" is split as SOCKS5 does
+// (splitSession), so the record has USER and the session key.
 func (h *httpConn) record(proto, user, method string) *record {
 	rec := h.base
 	rec.start = time.Now()
-	rec.protocol, rec.user, rec.method = proto, user, method
+	rec.protocol, rec.method = proto, method
+	rec.user, rec.session = h.sc.st.splitSession(h.sc.lis, user)
 	return &rec
 }
 
@@ -86,10 +89,11 @@ func (h *httpConn) Started() {
 }
 
 func (h *httpConn) Login(user, pass string) error {
-	err := h.sc.login(h.base.client.Addr(), user, pass)
+	name, _ := h.sc.st.splitSession(h.sc.lis, user)
+	err := h.sc.login(h.base.client.Addr(), name, pass)
 	if err != nil {
 		rec := h.base
-		rec.user = user
+		rec.user = name
 		h.sc.logHandshake(&rec, err)
 	}
 	return err
@@ -104,7 +108,7 @@ func (h *httpConn) Connect(user, target string, rep httpproxy.Reply) bool {
 		h.sc.refuse(rec, RepAddrUnsupported, outcomeBadRequest, err)
 		return false
 	}
-	return h.sc.startConnect(rec, user, dst, nil)
+	return h.sc.startConnect(rec, rec.user, dst, nil)
 }
 
 func (h *httpConn) Admit(user, target, method string, rep httpproxy.Reply) bool {
@@ -120,13 +124,12 @@ func (h *httpConn) Admit(user, target, method string, rep httpproxy.Reply) bool 
 	// The connection holds one flow of max_connections from its first
 	// forwarded request to its end, however many requests it carries.
 	if sc.flow == nil {
-		u, _, ok := sc.flowUser(rec, user)
-		if !ok || !sc.acquireFlow(rec, user, u) {
+		u, _, ok := sc.flowUser(rec, rec.user)
+		if !ok || !sc.acquireFlow(rec, rec.user, u) {
 			return false
 		}
 	}
-	if !sc.srv.beginFlow(sc, user) {
-		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
+	if !sc.beginFlow(rec) {
 		return false
 	}
 	return true
@@ -136,8 +139,9 @@ func (h *httpConn) Admit(user, target, method string, rep httpproxy.Reply) bool 
 // their flow records need of how it was opened.
 type upstream struct {
 	*net.TCPConn
-	iface   string
-	skipped []string
+	iface    string
+	skipped  []string
+	rotation string
 }
 
 // dialError is a failure to open an upstream connection, with the
@@ -160,17 +164,18 @@ func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error
 	if err != nil {
 		return nil, &dialError{err: err}
 	}
-	u, ok := st.Users[user]
-	if user != "" && !ok {
-		return nil, &dialError{err: fmt.Errorf("user %q has no egress settings", user)}
+	name, session := st.splitSession(sc.lis, user)
+	u, ok := st.Users[name]
+	if name != "" && !ok {
+		return nil, &dialError{err: fmt.Errorf("user %q has no egress settings", name)}
 	}
-	eg := sc.egressOf(user, &u)
+	eg := sc.egressOf(name, &u)
 	ctx, cancel := context.WithTimeout(ctx, st.ConnectTimeout)
 	defer cancel()
 	stop := context.AfterFunc(sc.srv.ctx, cancel)
 	defer stop()
 	start := time.Now()
-	up, use, err := sc.dialTarget(ctx, eg, dst)
+	up, use, err := sc.dialTarget(ctx, eg, dst, flowID{user: name, session: session})
 	iface := use.route.Interface
 	st.Metrics.Dial(iface, time.Since(start), err == nil)
 	if err != nil {
@@ -183,7 +188,7 @@ func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error
 		}
 		return nil, &dialError{iface: iface, err: cut}
 	}
-	return &upstream{TCPConn: up, iface: iface, skipped: use.skipped}, nil
+	return &upstream{TCPConn: up, iface: iface, skipped: use.skipped, rotation: use.rotation}, nil
 }
 
 func (h *httpConn) Status(err error) int {
@@ -205,7 +210,7 @@ func (h *httpConn) Forwarded(ex *httpproxy.Exchange) {
 	rec.status = ex.Status
 	rec.up, rec.down = ex.Up, ex.Down
 	if up, ok := ex.Conn.(*upstream); ok {
-		rec.iface, rec.skipped = up.iface, up.skipped
+		rec.iface, rec.skipped, rec.rotation = up.iface, up.skipped, up.rotation
 		rec.remote, rec.local = addrPortOf(up.RemoteAddr()), addrPortOf(up.LocalAddr())
 	}
 	var de *dialError

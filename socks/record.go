@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/ifsocks/ifsocks/source"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -84,11 +85,16 @@ type record struct {
 	remote                 netip.AddrPort
 	iface                  string
 	skipped                []string // egress interfaces passed over, with why
-	local                  netip.AddrPort
-	up, down               int64
-	reply                  byte
-	outcome                string
-	err                    error
+	// session is the session key of a "USER<sep>KEY" login: only its
+	// hash is logged. rotation is the source rotation of a pool of
+	// several addresses, "" otherwise.
+	session  string
+	rotation string
+	local    netip.AddrPort
+	up, down int64
+	reply    byte
+	outcome  string
+	err      error
 
 	// A forwarded HTTP request (protocol http) also logs its method and
 	// the status the client got.
@@ -96,10 +102,13 @@ type record struct {
 	status int
 }
 
+func (r *record) flowID() flowID { return flowID{user: r.user, session: r.session} }
+
 // tookEgress notes how the flow's egress came out.
 func (r *record) tookEgress(u egressUse) {
 	r.iface = u.route.Interface
 	r.skipped = u.skipped
+	r.rotation = u.rotation
 }
 
 func (r *record) finish(rep byte, outcome string, err error) {
@@ -126,7 +135,8 @@ func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 
 // write writes a flow's one line: the fields every flow has whatever its
 // protocol (user, client, listener, interface, bytes each way, duration,
-// outcome, the interfaces skipped, the error), and the protocol's own. It
+// outcome, a pool's rotation and session hash, the interfaces skipped,
+// the error), and the protocol's own. It
 // is the only writer of those fields, so TCP and UDP lines name them alike.
 // Strings that came from the network (user, target name) go through
 // logSafe.
@@ -145,6 +155,15 @@ func (r *record) write(l *zap.Logger, lvl zapcore.Level, msg string, own []zap.F
 		zap.String("outcome", r.outcome),
 	)
 	fields = append(fields, own...)
+	if r.rotation != "" {
+		fields = append(fields, zap.String("rotation", r.rotation))
+	}
+	if r.session != "" {
+		// A hash of the key, never the key: it tells a session's flows
+		// apart without handing the key, which picks the address, to
+		// whoever reads the log.
+		fields = append(fields, zap.String("session", source.KeyHash(r.session)))
+	}
 	if len(r.skipped) > 0 {
 		fields = append(fields, zap.Strings("skipped", r.skipped))
 	}

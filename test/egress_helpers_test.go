@@ -191,7 +191,11 @@ func restoreWan(topo *topology, wan string) error {
 // removeStaleEgress deletes ifse-<pid>-* namespaces and /etc/netns
 // directories whose test process is gone (a run killed before its
 // cleanups), like removeStale does for the package's own ifst- ones.
-func removeStaleEgress() {
+func removeStaleEgress() { removeStalePrefix(egPrefix) }
+
+// removeStalePrefix deletes the namespaces and /etc/netns directories
+// named prefix<pid>-* whose test process is gone.
+func removeStalePrefix(egPrefix string) {
 	for _, dir := range []string{"/run/netns", "/etc/netns"} {
 		entries, err := os.ReadDir(dir)
 		if err != nil {

@@ -3,7 +3,9 @@ package test
 import (
 	"context"
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -166,5 +168,83 @@ func TestHTTPProxyCurl(t *testing.T) {
 	})
 	if leaks := od.passwordLeaks(); len(leaks) > 0 {
 		t.Errorf("passwords in the log: %v", leaks)
+	}
+}
+
+// proxyServer is Chromium's --proxy-server value: proxy as given when it
+// names a scheme, else a SOCKS5 proxy.
+func proxyServer(proxy string) string {
+	if strings.Contains(proxy, "://") {
+		return proxy
+	}
+	return "socks5://" + proxy
+}
+
+// The no-auth listener speaks SOCKS4a and HTTP besides SOCKS5: curl
+// --socks4a and Chromium through it as an HTTP proxy leave by wan2.
+func TestHTTPProxyNoAuthListener(t *testing.T) {
+	topo := newEgressTopology(t)
+	startEgressWhoami(t, topo)
+	cfg := egressConfig([]string{egHTTPListen}, userBlock(egFo, `interface = "wan1"`)+anonListenerConfig+
+		`protocols = ["socks5", "http", "socks4"]`+"\n")
+	od := startEgressDaemon(t, topo, cfg, egHTTPListen, egAnonListen)
+	url := "http://" + egTarget + "/"
+
+	t.Run("curl socks4a", func(t *testing.T) {
+		for _, flag := range []string{"--socks4a", "--socks4"} {
+			mark := od.mark()
+			out, errOut, code := curlHTTP(t, topo.C, "", flag, egAnonListen, url)
+			if code != 0 || strings.TrimSpace(out) != seenWan2 {
+				t.Fatalf("curl %s: exit %d %q %s, want %q", flag, code, out, errOut, seenWan2)
+			}
+			wantFields(t, od.waitLineSince(t, mark, "flow"), map[string]any{"protocol": "socks4", "user": "", "interface": "wan2", "outcome": "ok"})
+		}
+	})
+	t.Run("socks4 refused on the password address", func(t *testing.T) {
+		// Not enabled there: closed without a reply, nothing dialled.
+		_, _, code := curlHTTP(t, topo.C, "", "--socks4a", egHTTPListen, url)
+		if code == 0 {
+			t.Fatalf("curl --socks4a through %s (socks5, http only) succeeded", egHTTPListen)
+		}
+	})
+	t.Run("curl http without credentials", func(t *testing.T) {
+		out, _, code := curlHTTP(t, topo.C, proxyURL(egAnon, egAnonListen), url)
+		if code != 0 || strings.TrimSpace(out) != seenWan2 {
+			t.Fatalf("exit %d %q, want %q", code, out, seenWan2)
+		}
+	})
+	t.Run("chromium http proxy", func(t *testing.T) {
+		bin := chromiumPath(t)
+		dom, stderr, err := chromiumDumpDOM(t, bin, topo.C, "http://"+egAnonListen, url+"page", 60*time.Second)
+		if err != nil {
+			t.Fatalf("chromium: %v\n%s", err, tail(stderr, 20))
+		}
+		if want := `<p id="seen">` + seenWan2 + `</p>`; !strings.Contains(dom, want) {
+			t.Fatalf("chromium's DOM lacks %s:\n%s", want, dom)
+		}
+		line := od.waitFlow(t, 5*time.Second, func(m map[string]any) bool { return m["target"] == egTarget && m["protocol"] == "http" })
+		wantFields(t, line, map[string]any{"user": "", "interface": "wan2", "status": float64(200)})
+	})
+}
+
+// A password listener with socks4 is a configuration the daemon refuses
+// to start with, naming the key.
+func TestHTTPProxySOCKS4ConfigRefused(t *testing.T) {
+	_, shared := getDaemon(t)
+	path := filepath.Join(t.TempDir(), "ifsocks.toml")
+	text := "[server]\nlisten = [\"127.0.0.1:0\"]\n" + userBlock(egFo, "") +
+		"\n[[listeners]]\naddress = \"127.0.0.1:1\"\nprotocols = [\"socks5\", \"socks4\"]\n"
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, errOut, err := run(ctx, nil, shared.bin, "-config", path)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+		t.Fatalf("daemon with socks4 on a password listener: %v, want a failed start\n%s%s", err, out, errOut)
+	}
+	if msg := out + errOut; !strings.Contains(msg, "listeners[0].protocols[1]") || !strings.Contains(msg, "socks4") {
+		t.Errorf("error does not name the key and value:\n%s", msg)
 	}
 }
