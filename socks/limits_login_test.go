@@ -25,6 +25,7 @@ func TestAuthParallelGuesses(t *testing.T) {
 	)
 	st := costSettings(t, realisticCost())
 	st.Limits.AuthFail = AuthFailLimit{Max: limit, MaxClient: 5 * limit, Window: time.Minute, Cooldown: time.Minute}
+	st.HandshakeTimeout = time.Minute // the attempts wait their turn, on a busy machine
 	env := startServer(t, st)
 
 	// The CPU of one check, from another address (which keeps a
