@@ -159,7 +159,7 @@ func (s *Store) Len() int { return len(s.users) }
 // Key identifies a name and password without holding either: an HMAC
 // with a key made when the store was built. Attempts with the same Key are
 // the same check.
-type Key [32]byte
+type Key = [32]byte
 
 // Verify checks name and password. It returns nil or ErrBadCredentials.
 func (s *Store) Verify(name, password string) error {

@@ -118,7 +118,7 @@ func (v *validator) listeners(c *Config, f *file) {
 		}
 		switch fl.Auth {
 		case "", "password":
-			if len(c.Users) == 0 {
+			if !c.HasUsers() {
 				v.add(key("auth"), "password", "no [[users]] to authenticate; add users or set auth = \"none\"")
 			}
 		case "none":

@@ -43,6 +43,7 @@ type daemon struct {
 	metrics *metrics.Metrics
 	watcher *link.Watcher
 	lns     map[string]*listener // by address as written in the config
+	backend *remoteBackend       // the auth backend in force; nil for file users
 
 	wg       sync.WaitGroup // Serve loops, the watcher, the metrics server
 	serveErr chan error     // a listener failed on its own
@@ -61,10 +62,14 @@ func Run(ctx context.Context, opts Options) error {
 		serveErr: make(chan error, 1),
 	}
 	d.watcher = d.newWatcher(cfg)
-	st, err := d.settings(cfg)
+	st, backend, err := d.settings(cfg)
 	if err != nil {
 		return err
 	}
+	d.backend = backend
+	// After the server's connections are gone (below, in order): no
+	// login is still asking.
+	defer func() { d.backend.close() }()
 	reportHost(cfg, d.log)
 	lns, err := listen(ctx, cfg.ListenAddresses())
 	if err != nil {
@@ -95,6 +100,7 @@ func Run(ctx context.Context, opts Options) error {
 	d.metrics.Loaded()
 	notify(d.log, notifyReady)
 	d.log.Info("ifsocks started", zap.String("config", cfg.Source), zap.Int("users", len(cfg.Users)),
+		zap.String("auth_backend", string(cfg.Auth.Backend)),
 		zap.Int("max_handshakes", st.Limits.MaxHandshakes), zap.Uint64("nofile", noFileLimit()))
 
 	runErr := d.loop(ctx)
@@ -131,11 +137,12 @@ func (d *daemon) loop(ctx context.Context) error {
 }
 
 // settings builds the server settings for cfg, with this daemon's
-// metrics.
-func (d *daemon) settings(cfg *config.Config) (*socks.Settings, error) {
+// metrics and cfg's auth backend (nil for file users), which the caller
+// closes when the settings are replaced.
+func (d *daemon) settings(cfg *config.Config) (*socks.Settings, *remoteBackend, error) {
 	st, err := Settings(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	st.Metrics = d.metrics
 	if cfg.Server.MaxHandshakes == config.MaxHandshakesFromNoFile {
@@ -145,7 +152,23 @@ func (d *daemon) settings(cfg *config.Config) (*socks.Settings, error) {
 		st.CheckInterface = d.checkInterface
 		st.AddrOwner = d.watcher.Owner
 	}
-	return st, nil
+	b, err := newBackend(cfg, d.metrics, d.interfaceExists)
+	if err != nil {
+		return nil, nil, err
+	}
+	if b != nil {
+		st.Backend = b.auth
+	}
+	return st, b, nil
+}
+
+// interfaceExists reports whether the host has an interface called name,
+// from the watcher's state when it has one.
+func (d *daemon) interfaceExists(name string) bool {
+	if d.watcher != nil && d.watcher.Primed() {
+		return d.watcher.State(name) != link.Missing
+	}
+	return !errors.Is(bind.CheckInterface(name), bind.ErrNoInterface)
 }
 
 // serve runs the accept loop of l in a goroutine the daemon waits for.

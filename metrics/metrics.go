@@ -33,6 +33,7 @@ type Metrics struct {
 	reloads      *prometheus.CounterVec
 	lastReload   prometheus.Gauge
 	limits       limitMetrics
+	authBackend  authBackendMetrics
 	panics       *prometheus.CounterVec
 }
 
@@ -59,7 +60,7 @@ func New() *Metrics {
 	}, []string{"user", "interface", "direction"})
 	m.authFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ifsocks_auth_failures_total",
-		Help: "Failed authentications: bad_credentials (unknown user or wrong password), no_method, or blocked (refused unchecked: the client IP is in its auth_fail_cooldown).",
+		Help: "Failed authentications: bad_credentials (unknown user or wrong password, or refused by the auth backend), backend_unavailable (the auth backend gave no usable answer), no_method, or blocked (refused unchecked: the client IP is in its auth_fail_cooldown).",
 	}, []string{"reason"})
 	m.dial = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "ifsocks_dial_duration_seconds",
@@ -85,6 +86,7 @@ func New() *Metrics {
 		Help: "Unix time of the last successful configuration load (start or reload).",
 	})
 	m.newLimits(f)
+	m.newAuthBackend(f)
 	m.newPanics(f)
 	for _, c := range []prometheus.Collector{m.flows, m.active, m.bytes, m.authFailures, m.dial,
 		m.ifaceUp, m.udpDgrams, m.udpDrops, m.reloads, m.lastReload,

@@ -3,6 +3,7 @@ package socks
 import (
 	"container/list"
 	"context"
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"sync"
@@ -62,6 +63,17 @@ type authGuard struct {
 	byKey   map[authKey]*list.Element // of *authEntry
 	lru     list.List                 // front: most recently seen
 	stopped bool
+	unique  uint64 // last uniqueKey
+}
+
+// uniqueKey is a check key that no other attempt has.
+func (g *authGuard) uniqueKey() auth.Key {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.unique++
+	var k auth.Key
+	binary.BigEndian.PutUint64(k[:], g.unique)
+	return k
 }
 
 type authEntry struct {

@@ -2,6 +2,7 @@ package socks
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -66,6 +67,14 @@ type serverConn struct {
 	// goroutines only: the user's running flows once counted.
 	flow     *userFlows
 	flowName string
+
+	// proto is the protocol the client speaks (sniff), for the auth
+	// backend's request.
+	proto Protocols
+	// remote is the auth backend's answer for the user logged in on the
+	// connection; an HTTP client may log in again per request, and its
+	// dials run on other goroutines, hence the atomic.
+	remote atomic.Pointer[remoteUser]
 }
 
 // close closes the client connection and, if there is one, the upstream
@@ -120,6 +129,7 @@ func (sc *serverConn) serve() (handedOff bool) {
 		hs.owner = sc
 	}
 	proto, err := sc.sniff(hs)
+	sc.proto = proto
 	if err != nil {
 		hs.detach()
 		sc.logHandshake(rec, err)
@@ -189,7 +199,7 @@ func (sc *serverConn) refuseRemoved(rec *record) {
 // reports false.
 func (sc *serverConn) flowUser(rec *record, name string) (User, *Egress, bool) {
 	st := sc.refresh()
-	user, ok := st.Users[name]
+	user, ok := sc.userOf(st, name)
 	if name != "" && !ok {
 		sc.refuseRemoved(rec)
 		return user, nil, false
@@ -275,9 +285,55 @@ func (sc *serverConn) login(client netip.Addr, name, pass string) error {
 	return err
 }
 
+// remoteLogin checks a login of a name Users lacks against the auth
+// backend, whose answer, the user's settings, it keeps for the
+// connection's flows (userOf).
+func (sc *serverConn) remoteLogin(ctx context.Context, client netip.Addr, name, pass string) error {
+	st := sc.st
+	u, err := st.Backend.Authenticate(ctx, auth.Request{User: name, Password: pass,
+		Client: netip.AddrPortFrom(client, sc.clientAddr().Port()), Listener: addrPortOf(sc.conn.LocalAddr()),
+		Protocol: protocolName(sc.proto)})
+	if err != nil {
+		return err
+	}
+	sc.remote.Store(&remoteUser{name: name, user: u})
+	return nil
+}
+
+// protocolName names p in an auth backend's request.
+func protocolName(p Protocols) string {
+	switch p {
+	case ProtoHTTP:
+		return protoHTTP
+	case ProtoSOCKS4:
+		return protoSOCKS4
+	}
+	return protoSOCKS5
+}
+
+// remoteUser is a user the auth backend accepted on this connection.
+type remoteUser struct {
+	name string
+	user *User
+}
+
+// userOf returns the settings of the user name, from Users or, for a user
+// of the auth backend, from the answer that accepted its login on this
+// connection.
+// A reload that drops the backend drops its users with it.
+func (sc *serverConn) userOf(st *Settings, name string) (User, bool) {
+	if u, ok := st.Users[name]; ok {
+		return u, true
+	}
+	if r := sc.remote.Load(); r != nil && r.name == name && st.Backend != nil {
+		return *r.user, true
+	}
+	return User{}, false
+}
+
 // needsPassword reports whether sc's clients must authenticate.
 func (sc *serverConn) needsPassword() bool {
-	return sc.st.Auth != nil && sc.st.Auth.Len() > 0 && (sc.lis == nil || !sc.lis.NoAuth)
+	return sc.st.authenticates() && (sc.lis == nil || !sc.lis.NoAuth)
 }
 
 // logHandshake logs a connection that ended before a request could be
@@ -291,7 +347,7 @@ func (sc *serverConn) logHandshake(rec *record, err error) {
 		// Counted, and logged at most once a second, by admit.
 		lvl = zap.DebugLevel
 		msg = "handshake evicted"
-	case errors.Is(err, auth.ErrBadCredentials):
+	case errors.Is(err, auth.ErrBadCredentials), errors.Is(err, auth.ErrUnavailable):
 		msg = "authentication failed"
 	case errors.Is(err, io.EOF), errors.Is(err, errNoFirstByte):
 		lvl = zap.DebugLevel

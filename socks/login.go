@@ -20,10 +20,12 @@ func maxChecks() int64 { return int64(checksPerCPU * runtime.GOMAXPROCS(0)) }
 
 // authenticate decides a login of name from sc's client. A blocked client
 // (or client and name) is refused before anything is checked; credentials
-// verified recently pass at once; otherwise the check waits for its turn
-// (authGuard.begin, then the server-wide bound) and its result is counted.
-// It returns nil, auth.ErrBadCredentials, errAuthBlocked, or the error
-// that ended the wait (the handshake timed out, the server is closing).
+// verified recently pass at once; otherwise the check (bcrypt for the
+// users of the file, a request for the auth backend's) waits for its turn
+// (authGuard.begin; bcrypt also for the server-wide bound) and its result
+// is counted. It returns nil, an error wrapping auth.ErrBadCredentials or
+// auth.ErrUnavailable, errAuthBlocked, or the error that ended the wait
+// (the handshake timed out, the server is closing).
 func (sc *serverConn) authenticate(client netip.Addr, name, pass string) error {
 	st := sc.st
 	lim := st.Limits.AuthFail
@@ -31,9 +33,16 @@ func (sc *serverConn) authenticate(client netip.Addr, name, pass string) error {
 	if g.refuse(client, name, lim, time.Now()) {
 		return errAuthBlocked
 	}
-	key, ok := st.Auth.Lookup(name, pass)
-	if ok {
-		return nil
+	_, local := st.Users[name]
+	local = local || st.Backend == nil
+	var key auth.Key
+	if st.Auth != nil {
+		var ok bool
+		if key, ok = st.Auth.Lookup(name, pass); ok && local {
+			return nil
+		}
+	} else {
+		key = g.uniqueKey() // no store to key with: attempts share nothing
 	}
 	ctx, cancel := sc.waitContext(time.Now())
 	defer cancel()
@@ -41,7 +50,8 @@ func (sc *serverConn) authenticate(client netip.Addr, name, pass string) error {
 	if err != nil {
 		return err
 	}
-	if t.leader {
+	switch {
+	case t.leader && local:
 		err = sc.srv.lim.checks.Acquire(ctx, 1)
 		if err == nil {
 			sc.srv.lim.checksRunning.Add(1)
@@ -49,8 +59,16 @@ func (sc *serverConn) authenticate(client netip.Addr, name, pass string) error {
 			sc.srv.lim.checksRunning.Add(-1)
 			sc.srv.lim.checks.Release(1)
 		}
+	case t.leader:
+		err = sc.remoteLogin(ctx, client, name, pass)
 	}
-	return g.finish(t, err, lim, sc.listenerField(), sc.listenerNameField())
+	err = g.finish(t, err, lim, sc.listenerField(), sc.listenerNameField())
+	if err == nil && !t.leader && !local {
+		// The backend's answer went to the leader's connection; this
+		// one asks too, answered from the backend's cache.
+		err = sc.remoteLogin(ctx, client, name, pass)
+	}
+	return err
 }
 
 // waitContext is the context of a wait for a password check: it ends
@@ -82,6 +100,10 @@ func authMetric(err error) string {
 		return "blocked"
 	case errors.Is(err, auth.ErrBadCredentials):
 		return "bad_credentials"
+	case errors.Is(err, auth.ErrUnavailable):
+		// The backend's failure, not the client's: refused, but not
+		// counted against the client (authGuard.finish).
+		return "backend_unavailable"
 	}
 	return ""
 }
