@@ -1,6 +1,6 @@
 // Package socks is the proxy server of ifsocks: RFC 1928 negotiation,
-// RFC 1929 username/password authentication, and the CONNECT and UDP
-// ASSOCIATE commands, with every outbound socket of a user — DNS queries
+// RFC 1929 username/password authentication, and the CONNECT, BIND and
+// UDP ASSOCIATE commands, with every outbound socket of a user — DNS queries
 // included — bound to that user's interface.
 //
 // It is also the core every protocol of a listen address goes through: it
@@ -16,6 +16,9 @@
 // does that and hands the server its Settings, which can be replaced at any
 // time (reload): they govern every step taken from then on (Update),
 // without cutting running flows.
+//
+// It is part of the ifsocks program, not a public API: exported names
+// serve the other packages of this module and change with them.
 package socks
 
 import (
