@@ -228,7 +228,7 @@ func TestRemoteCache(t *testing.T) {
 // fail closed after the wait.
 func TestRemoteConcurrency(t *testing.T) {
 	s := start(t, false)
-	c := client(t, hook.Options{URL: s.url, MaxConns: 2})
+	c := client(t, hook.Options{URL: s.url, MaxConns: 2, Timeout: 10 * time.Second})
 	block := make(chan struct{})
 	s.mu.Lock()
 	s.block = block
