@@ -8,7 +8,8 @@
 //	                           check the configuration against this host
 //	                           (and the auth backend, with a dry login)
 //	ifsocks hash-password      read a password on stdin, print a bcrypt hash
-//	ifsocks -version
+//	ifsocks -version           the version, module version and VCS revision
+//	ifsocks -h                 this usage, with every subcommand
 package main
 
 import (
@@ -40,19 +41,20 @@ var version = "dev"
 
 func main() {
 	if err := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "ifsocks:", err)
-		}
+		fmt.Fprintln(os.Stderr, "ifsocks:", err)
 		os.Exit(1)
 	}
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "hash-password" {
-		return hashPassword(args[1:], stdin, stdout, stderr)
+	if len(args) > 0 {
+		if c, ok := findSubcommand(args[0]); ok {
+			return c.run(args[1:], stdin, stdout, stderr)
+		}
 	}
 	fs := flag.NewFlagSet("ifsocks", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {} // written below, to stdout when asked for
 	cfgPath := fs.String("config", "", "configuration file (default "+config.DefaultPath+" if it exists, else built-in defaults)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this IP:port (profiling; keep it on loopback)")
@@ -60,13 +62,18 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	checkOnly := fs.Bool("check", false, "check the configuration against this host (interfaces, addresses, routes, file mode), print a report and exit; exit status 1 if it finds errors")
 	checkUser := fs.String("check-user", "", "with -check: also ask the auth backend ([auth] http or ldap) about this user's login, with the password read from stdin, and print the egress it would get")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(stdout, fs) // asked for: not an error
+			return nil
+		}
+		usage(stderr, fs)
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return fmt.Errorf("unknown subcommand %q (subcommands: %s; see -h)", fs.Arg(0), subcommandNames())
 	}
 	if *showVersion {
-		fmt.Fprintln(stdout, "ifsocks", version)
+		fmt.Fprintln(stdout, versionString())
 		return nil
 	}
 	if *checkUser != "" && !*checkOnly {
@@ -195,8 +202,15 @@ func newLogger(lc config.Log, w io.Writer) (*zap.Logger, zap.AtomicLevel, error)
 func hashPassword(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ifsocks hash-password", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {}
 	cost := fs.Int("cost", bcrypt.DefaultCost, "bcrypt cost (4-31); each step doubles the time per check")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stdout, "Usage: ifsocks hash-password [-cost N] < password")
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return nil
+		}
 		return err
 	}
 	if fs.NArg() > 0 {

@@ -123,8 +123,8 @@ func (v *validator) listeners(c *Config, f *file) {
 			}
 		case "none":
 			l.NoAuth = true
-			if l.Rotation == RotationSession {
-				v.add(key("source_rotation"), RotationSession.String(), "needs auth = \"password\": the session key is part of the user name")
+			if len(l.SourceIPs) > 0 && l.Rotation != RotationFlow {
+				v.add(key("source_rotation"), l.Rotation.String(), "needs auth = \"password\": it picks the address by the user name")
 			}
 		default:
 			v.add(key("auth"), fl.Auth, "must be password or none")

@@ -60,6 +60,14 @@ cmp systemd/ifsocks.service /lib/systemd/system/ifsocks.service ||
 [ -f /usr/share/man/man8/ifsocks.8.gz ] && [ -f /usr/lib/sysusers.d/ifsocks.conf ] ||
 	fail "man page or sysusers.d file missing"
 
+# Installing again (as an upgrade does) keeps a changed configuration and
+# its group and mode.
+echo "# changed by the package test" >>/etc/ifsocks/config.toml
+dpkg -i --force-confold "$deb" >/dev/null
+grep -q "^# changed by the package test" /etc/ifsocks/config.toml || fail "reinstall replaced the changed configuration"
+perm=$(stat -c '%U:%G %a' /etc/ifsocks/config.toml)
+[ "$perm" = "root:ifsocks 640" ] || fail "after reinstall /etc/ifsocks/config.toml is $perm"
+
 # The proxy's namespace has loopback (where the installed configuration
 # listens) and a veth to the upstream's namespace.
 ip netns add "$px"

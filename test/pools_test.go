@@ -1,15 +1,20 @@
+//go:build linux
+
 package test
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Egress address pools (source_ips, source_rotation): what the upstream
@@ -174,7 +179,7 @@ func TestPools(t *testing.T) {
 			}
 			cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
 			defer ccancel()
-			out, stderr, err := run(cctx, nil, "ip", append(args, "http://"+target6+"/")...)
+			out, stderr, err := nstest.Run(cctx, nil, "ip", append(args, "http://"+target6+"/")...)
 			if err != nil {
 				t.Fatalf("curl as %s (CONNECT %v): %v %s", login, connect, err, stderr)
 			}
@@ -201,6 +206,40 @@ func TestPools(t *testing.T) {
 		}
 	})
 
+	// BIND listens on a pool address (bound with FREEBIND on wan2); a
+	// peer in U reaches it through the routed prefix.
+	t.Run("BIND on a pool address", func(t *testing.T) {
+		res, err := socksDo(ctx, topo.C, socksRequest{proxy: poolListen, user: poolFlow.name, pass: poolFlow.pass, target: "[::]:0", cmd: 2})
+		if err != nil || res.reply != 0 {
+			t.Fatalf("BIND: reply %d err %v", res.reply, err)
+		}
+		defer res.conn.Close()
+		if !prefix.Contains(res.bound.Addr()) || res.bound.Port() == 0 {
+			t.Fatalf("BND %v, want an address of %s with a port", res.bound, prefix)
+		}
+		var peer net.Conn
+		if err := nstest.Enter(topo.U, func() error {
+			var err error
+			peer, err = net.DialTimeout("tcp", res.bound.String(), 5*time.Second)
+			return err
+		}); err != nil {
+			t.Fatalf("peer to %v: %v", res.bound, err)
+		}
+		defer peer.Close()
+		_ = res.conn.SetDeadline(time.Now().Add(10 * time.Second))
+		second := make([]byte, 22) // VER REP RSV ATYP(4) ADDR(16) PORT
+		if _, err := io.ReadFull(res.conn, second); err != nil || second[1] != 0 {
+			t.Fatalf("second BIND reply %x: %v", second, err)
+		}
+		if _, err := peer.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 4)
+		if _, err := io.ReadFull(res.conn, got); err != nil || string(got) != "ping" {
+			t.Fatalf("relayed %q, %v", got, err)
+		}
+	})
+
 	t.Run("prefix without a local route", func(t *testing.T) {
 		res, err := socksDo(ctx, topo.C, socksRequest{proxy: poolListen, user: poolNone.name, pass: poolNone.pass, target: target6})
 		if res.conn != nil {
@@ -213,6 +252,10 @@ func TestPools(t *testing.T) {
 		if e := fmt.Sprint(line["error"]); !strings.Contains(e, "no local route") || !strings.Contains(e, poolNoRoute) {
 			t.Errorf("flow error %q: want it to name %s and the missing local route", e, poolNoRoute)
 		}
+		// Warned about at start, naming the entry.
+		if m := od.lastMsg("source_ips entry has no local route; its flows will fail with 0x03 until one is added (ip route add local PREFIX dev lo)"); m == nil || m["entry"] != poolNoRoute || m["user"] != poolNone.name {
+			t.Errorf("start-up warning about %s: %v", poolNoRoute, m)
+		}
 		// The host's state, which may change (a route added later), as
 		// for a source_ip not on the host: info, unreachable.
 		if line["outcome"] != "unreachable" || line["level"] != "info" {
@@ -223,7 +266,7 @@ func TestPools(t *testing.T) {
 	t.Run("check", func(t *testing.T) {
 		cctx, ccancel := context.WithTimeout(ctx, time.Minute)
 		defer ccancel()
-		out, _, err := run(cctx, nil, "ip", "netns", "exec", topo.P, od.bin, "-check", "-config", od.cfgPath)
+		out, _, err := nstest.Run(cctx, nil, "ip", "netns", "exec", topo.P, od.bin, "-check", "-config", od.cfgPath)
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() == 0 {
 			t.Errorf("-check: %v, want a non-zero exit for the prefix without a local route\n%s", err, out)
