@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ifsocks/ifsocks/internal/nstest"
 	"github.com/ifsocks/ifsocks/internal/slapdtest"
 )
 
@@ -66,7 +67,7 @@ func TestAuthLDAP(t *testing.T) {
 	topo := newEgressTopology(t)
 	startEgressWhoami(t, topo)
 	srv := slapdtest.Start(t, slapdtest.Options{LDIF: ldapPeople, Netns: topo.P,
-		Dial: nsDialer{ns: topo.P, timeout: time.Second}.Dial})
+		Dial: nstest.Dialer{NS: topo.P, Timeout: time.Second}.Dial})
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "svc"), []byte("svc-Pw-e8a4\n"), 0o600); err != nil {
 		t.Fatal(err)
