@@ -15,6 +15,7 @@ import (
 
 	"github.com/ifsocks/ifsocks/bind"
 	"github.com/ifsocks/ifsocks/httpproxy"
+	"github.com/ifsocks/ifsocks/relay"
 	"go.uber.org/zap"
 )
 
@@ -136,12 +137,56 @@ func (h *httpConn) Admit(user, target, method string, rep httpproxy.Reply) bool 
 }
 
 // upstream is an upstream connection of forwarded requests, with what
-// their flow records need of how it was opened.
+// their flow records need of how it was opened, paced by the user's
+// rate_limit (the limiters a CONNECT's relay would use) when it has one.
 type upstream struct {
 	*net.TCPConn
 	iface    string
 	skipped  []string
 	rotation string
+	lim      relay.Limits
+	ctx      context.Context // ends the waits for tokens when the server closes
+}
+
+// Read reads at most a burst, then waits for the tokens of what it read:
+// the client gets the origin's bytes at the user's rate.
+func (u *upstream) Read(p []byte) (int, error) {
+	if u.lim.Down == nil {
+		return u.TCPConn.Read(p)
+	}
+	if b := u.lim.Down.Burst(); b > 0 && len(p) > b {
+		p = p[:b]
+	}
+	n, err := u.TCPConn.Read(p)
+	if n > 0 {
+		if werr := u.lim.Down.WaitN(u.ctx, n); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return n, err
+}
+
+// Write sends p a burst at a time, each once its tokens are there.
+func (u *upstream) Write(p []byte) (int, error) {
+	if u.lim.Up == nil {
+		return u.TCPConn.Write(p)
+	}
+	done := 0
+	for done < len(p) {
+		n := len(p) - done
+		if b := u.lim.Up.Burst(); b > 0 && n > b {
+			n = b
+		}
+		if err := u.lim.Up.WaitN(u.ctx, n); err != nil {
+			return done, err
+		}
+		w, err := u.TCPConn.Write(p[done : done+n])
+		done += w
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
 }
 
 // dialError is a failure to open an upstream connection, with the
@@ -159,7 +204,10 @@ func (e *dialError) Unwrap() error { return e.err }
 // same egress plan, resolution, policy check and dial as a CONNECT.
 func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error) {
 	sc := h.sc
-	st := sc.st
+	// The settings current now, read here rather than from sc.st: Dial
+	// runs in the HTTP transport's goroutines, beside the one serving
+	// the connection, which may be refreshing sc.st.
+	st := sc.srv.Settings()
 	dst, err := parseTarget(addr)
 	if err != nil {
 		return nil, &dialError{err: err}
@@ -169,13 +217,13 @@ func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error
 	if name != "" && !ok {
 		return nil, &dialError{err: fmt.Errorf("user %q has no egress settings", name)}
 	}
-	eg := sc.egressOf(name, &u)
+	eg := sc.egressOf(st, name, &u)
 	ctx, cancel := context.WithTimeout(ctx, st.ConnectTimeout)
 	defer cancel()
 	stop := context.AfterFunc(sc.srv.ctx, cancel)
 	defer stop()
 	start := time.Now()
-	up, use, err := sc.dialTarget(ctx, eg, dst, flowID{user: name, session: session})
+	up, use, err := sc.dialTarget(ctx, st, eg, dst, flowID{user: name, session: session})
 	iface := use.route.Interface
 	st.Metrics.Dial(iface, time.Since(start), err == nil)
 	if err != nil {
@@ -188,7 +236,8 @@ func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error
 		}
 		return nil, &dialError{iface: iface, err: cut}
 	}
-	return &upstream{TCPConn: up, iface: iface, skipped: use.skipped, rotation: use.rotation}, nil
+	return &upstream{TCPConn: up, iface: iface, skipped: use.skipped, rotation: use.rotation,
+		lim: sc.relayLimits(u), ctx: sc.srv.ctx}, nil
 }
 
 func (h *httpConn) Status(err error) int {
@@ -241,9 +290,9 @@ func (h *httpConn) Forwarded(ex *httpproxy.Exchange) {
 
 // egressOf is the egress of user name's flows: the user's own, else the
 // listener's. u is the user's settings (zero without authentication).
-func (sc *serverConn) egressOf(name string, u *User) *Egress {
+func (sc *serverConn) egressOf(st *Settings, name string, u *User) *Egress {
 	if name == "" {
-		*u = sc.st.NoAuthUser
+		*u = st.NoAuthUser
 		if sc.lis != nil {
 			*u = User{Egress: sc.lis.Egress}
 		}
