@@ -48,6 +48,11 @@ type file struct {
 	Metrics struct {
 		Listen string `toml:"listen"`
 	} `toml:"metrics"`
+	Accounting struct {
+		Path          string `toml:"path"`
+		FlushInterval string `toml:"flush_interval"`
+		OnError       string `toml:"on_error"`
+	} `toml:"accounting"`
 	Users     []fileUser     `toml:"users"`
 	Listeners []fileListener `toml:"listeners"`
 
@@ -74,6 +79,7 @@ type fileUser struct {
 	RateLimit any `toml:"rate_limit"`
 	RateBurst any `toml:"rate_burst"`
 	fileEgress
+	fileQuota
 }
 
 type fileListener struct {
@@ -81,6 +87,7 @@ type fileListener struct {
 	Auth         string   `toml:"auth"`
 	AllowClients []string `toml:"allow_clients"`
 	fileEgress
+	fileQuota
 }
 
 func (f *file) defined(key ...string) bool { return f.md.IsDefined(key...) }
@@ -112,6 +119,7 @@ func Parse(data []byte, name string) (*Config, error) {
 	v.server(c, &f)
 	v.log(c)
 	v.metrics(c)
+	v.accounting(c, &f)
 	v.users(c, &f)
 	v.listeners(c, &f)
 	v.openRelay(c)
@@ -237,6 +245,8 @@ func applyDefaults(c *Config, f *file) {
 	c.Server.AuthFailWindow = DefaultAuthFailWindow
 	c.Server.AuthFailCooldown = DefaultAuthFailCooldown
 	c.Server.MaxConnections = DefaultMaxConnections
+	c.Accounting.FlushInterval = DefaultFlushInterval
+	c.Accounting.OnError = DefaultOnError
 	c.Log.Level = DefaultLogLevel
 	if f.defined("log", "level") {
 		c.Log.Level = f.Log.Level

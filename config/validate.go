@@ -221,6 +221,7 @@ func (v *validator) users(c *Config, f *file) {
 			Egress:          v.egress(key, fu.fileEgress),
 		}
 		v.userLimits(key, &u, fu, &c.Server)
+		u.Quota = v.quota(key, fu.fileQuota, c.Accounting.Path != "")
 		switch {
 		case u.Name == "":
 			v.add(key("name"), u.Name, "a name is required")
