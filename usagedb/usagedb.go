@@ -195,4 +195,3 @@ func (d *DB) Close() error { return d.db.Close() }
 
 // Path is the file's path.
 func (d *DB) Path() string { return d.path }
-
