@@ -698,9 +698,9 @@ func spliceHelper() int {
 	done := func(r relay.Result) { ch <- r }
 	if bps, _ := strconv.Atoi(os.Getenv(spliceRateEnv)); bps > 0 {
 		lim := rate.NewLimiter(rate.Limit(bps), 1<<20)
-		relay.StartLimited(context.Background(), client, upstream, time.Minute, relay.Limits{Up: lim, Down: lim}, done)
+		relay.StartLimited(context.Background(), client, upstream, time.Minute, relay.Limits{Up: lim, Down: lim}, relay.Counts{}, done)
 	} else {
-		relay.Start(client, upstream, time.Minute, done)
+		relay.Start(client, upstream, time.Minute, relay.Counts{}, done)
 	}
 	r := <-ch
 	fmt.Printf("up=%d down=%d err=%v\n", r.Up, r.Down, r.Err)
