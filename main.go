@@ -7,6 +7,8 @@
 //	ifsocks [-config FILE] -check
 //	                           check the configuration against this host
 //	ifsocks hash-password      read a password on stdin, print a bcrypt hash
+//	ifsocks usage [-config FILE] [-period day|week|month] [-json]
+//	                           print each user's traffic from the accounting database
 //	ifsocks -version
 package main
 
@@ -23,6 +25,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/ifsocks/ifsocks/check"
 	"github.com/ifsocks/ifsocks/config"
@@ -48,6 +51,9 @@ func main() {
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "hash-password" {
 		return hashPassword(args[1:], stdin, stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "usage" {
+		return usage(args[1:], stdout, stderr)
 	}
 	fs := flag.NewFlagSet("ifsocks", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -165,6 +171,31 @@ func newLogger(lc config.Log, w io.Writer) (*zap.Logger, zap.AtomicLevel, error)
 	}
 	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), lvl)
 	return zap.New(core, zap.ErrorOutput(zapcore.Lock(zapcore.AddSync(w)))), lvl, nil
+}
+
+// usage prints the traffic per user from the accounting database
+// (daemon.Usage).
+func usage(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ifsocks usage", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "configuration file, for [accounting] path and the quotas (default "+config.DefaultPath+")")
+	period := fs.String("period", "", "day, week or month: the current one for every user (default: each user's quota period, month without a quota)")
+	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("usage: unexpected argument %q", fs.Arg(0))
+	}
+	path := *cfgPath
+	if path == "" {
+		path = config.DefaultPath
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	return daemon.Usage(stdout, cfg, *period, *asJSON, time.Now())
 }
 
 // hashPassword prints a bcrypt hash of the password read from stdin (one

@@ -43,18 +43,21 @@ type Counter struct {
 // Key is what the counter counts for.
 func (c *Counter) Key() string { return c.key }
 
-// Check counts a new flow and tells whether it may start: it fails with
+// Check tells whether a new flow may start: it fails with
 // ErrQuotaExceeded once the key's traffic in the current period has
 // reached its quota.
 func (c *Counter) Check() error {
-	if c == nil {
-		return nil
-	}
 	if c.Over() {
 		return ErrQuotaExceeded
 	}
-	c.flows.Add(1)
 	return nil
+}
+
+// Started counts a flow that passed every check and starts.
+func (c *Counter) Started() {
+	if c != nil {
+		c.flows.Add(1)
+	}
 }
 
 // Over reports whether the key has used its quota: the bytes flushed in

@@ -63,6 +63,7 @@ func TestLedgerTotalsSurviveReopen(t *testing.T) {
 		if err := a.Check(); err != nil {
 			t.Fatal(err)
 		}
+		a.Started()
 	}
 	a.Up.Add(100)
 	a.Down.Add(1000)
@@ -178,6 +179,7 @@ func TestCounterNoAlloc(t *testing.T) {
 	n := testing.AllocsPerRun(1000, func() {
 		c := l.Counter("alice")
 		if c.Check() == nil {
+			c.Started()
 			c.Up.Add(10)
 			c.AddDown(10)
 		}

@@ -33,6 +33,7 @@ type Metrics struct {
 	reloads      *prometheus.CounterVec
 	lastReload   prometheus.Gauge
 	limits       limitMetrics
+	accounting   accountingMetrics
 }
 
 // New creates the metrics, with the Go runtime and process collectors.
@@ -84,6 +85,7 @@ func New() *Metrics {
 		Help: "Unix time of the last successful configuration load (start or reload).",
 	})
 	m.newLimits(f)
+	m.newAccounting(f)
 	for _, c := range []prometheus.Collector{m.flows, m.active, m.bytes, m.authFailures, m.dial,
 		m.ifaceUp, m.udpDgrams, m.udpDrops, m.reloads, m.lastReload,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/ifsocks/ifsocks/accounting"
 	"github.com/ifsocks/ifsocks/auth"
 	"go.uber.org/zap"
 )
@@ -39,6 +40,9 @@ type serverConn struct {
 	hsKey    netip.Addr
 	flow     *userFlows
 	flowName string
+	// acct counts the flow's bytes (nil without accounting); set before
+	// the flow begins, then read under srv.mu to cut flows over quota.
+	acct *accounting.Counter
 }
 
 // close closes the client connection and, if there is one, the upstream
@@ -103,7 +107,7 @@ func (sc *serverConn) serve() (handedOff bool) {
 	if name == "" {
 		user = st.NoAuthUser
 		if sc.lis != nil {
-			user = User{Egress: sc.lis.Egress}
+			user = User{Egress: sc.lis.Egress, Account: sc.lis.Account}
 		}
 	}
 	eg := &user.Egress

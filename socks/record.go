@@ -2,6 +2,8 @@ package socks
 
 import (
 	"errors"
+
+	"github.com/ifsocks/ifsocks/accounting"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -27,6 +29,7 @@ const (
 	outcomeError      = "error"          // our own fault
 	outcomeIfaceLost  = "interface_lost" // cut: the egress interface went down or away
 	outcomeRemoved    = "user_removed"   // cut: user removed by a reload
+	outcomeQuota      = "quota"          // refused or cut: the user's quota is used up
 )
 
 // skippedField lists the egress interfaces passed over; nothing when none
@@ -45,6 +48,8 @@ func cutOutcome(reason error) string {
 		return outcomeRemoved
 	case errors.Is(reason, ErrInterfaceLost):
 		return outcomeIfaceLost
+	case errors.Is(reason, accounting.ErrQuotaExceeded):
+		return outcomeQuota
 	}
 	return outcomeShutdown
 }
