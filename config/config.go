@@ -25,9 +25,12 @@ const (
 	MaxTCPKeepAlive        = 32767 * time.Second
 	DefaultMaxAssociations = 64
 	DefaultUDPMaxDatagram  = 8192
-	DefaultUDPReplyFilter  = "address-port"
-	DefaultLogLevel        = "info"
-	DefaultLogFormat       = "json"
+	DefaultUDPReplyFilter  = ReplyAddressPort
+	// DefaultUDPRequirePort is off: many clients (curl, most libraries)
+	// send DST.PORT 0 because they learn their own port only later.
+	DefaultUDPRequirePort = false
+	DefaultLogLevel       = "info"
+	DefaultLogFormat      = "json"
 	// DefaultPath is read when no -config flag is given and the file exists.
 	DefaultPath = "/etc/ifsocks/config.toml"
 )
@@ -56,16 +59,40 @@ const (
 )
 
 // DefaultDeny is the destination deny list used when [server] deny is not
-// set: loopback, "this network", unspecified, link-local (which holds the
-// cloud metadata address 169.254.169.254) and the AWS IPv6 metadata address.
+// set. The policy also judges the IPv4 address inside IPv4-mapped, NAT64
+// and 6to4 addresses against it (package policy), so each IPv4 entry
+// covers those forms too. Each entry says where it comes from.
 var DefaultDeny = []netip.Prefix{
+	// Loopback (RFC 1122 section 3.2.1.3, RFC 4291 section 2.5.3).
 	netip.MustParsePrefix("127.0.0.0/8"),
 	netip.MustParsePrefix("::1/128"),
+	// "This network" and the unspecified address, which Linux connects
+	// to the host itself (RFC 1122 section 3.2.1.3, RFC 4291 2.5.2).
 	netip.MustParsePrefix("0.0.0.0/8"),
 	netip.MustParsePrefix("::/128"),
+	// Link-local (RFC 3927, RFC 4291 section 2.5.6). It holds the
+	// metadata service of AWS, Google Cloud, Azure (IMDS), Oracle Cloud
+	// and others at 169.254.169.254, AWS's ECS and time endpoints, and
+	// Tencent Cloud's 169.254.0.23.
 	netip.MustParsePrefix("169.254.0.0/16"),
 	netip.MustParsePrefix("fe80::/10"),
+	// AWS instance metadata over IPv6 ("Retrieve instance metadata",
+	// Amazon EC2 User Guide: http://[fd00:ec2::254]/latest/meta-data/).
 	netip.MustParsePrefix("fd00:ec2::254/128"),
+	// Alibaba Cloud ECS metadata ("Overview of ECS instance metadata",
+	// Alibaba Cloud docs; cloud-init's AliYun datasource:
+	// http://100.100.100.200/).
+	netip.MustParsePrefix("100.100.100.200/32"),
+	// Azure WireServer ("What is IP address 168.63.129.16?", Microsoft
+	// Learn): VM agent, DHCP, health probes, and Azure's DNS. Clients
+	// cannot use Azure DNS through the proxy; the daemon's own lookups
+	// do not go through the policy and are unaffected.
+	netip.MustParsePrefix("168.63.129.16/32"),
+	// Multicast (RFC 5771, RFC 4291 section 2.7): a proxy client has no
+	// business joining the local segment's service discovery (mDNS,
+	// SSDP, routing protocols) from the proxy host.
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("ff00::/8"),
 }
 
 // Config is a validated configuration.
@@ -85,15 +112,9 @@ type Config struct {
 	Listeners []Listener
 }
 
-// Egress strategies for several interfaces.
-const (
-	StrategyFailover   = "failover"    // first usable interface, in order
-	StrategyRoundRobin = "round-robin" // usable interfaces in turn
-	StrategyHash       = "hash"        // same target, same interface
-	// Ingress, as an interface name, means the interface that holds the
-	// address the client connected to.
-	Ingress = "ingress"
-)
+// Ingress, as an interface name, means the interface that holds the
+// address the client connected to.
+const Ingress = "ingress"
 
 // Egress says where flows leave: by one interface, by one of several, by
 // the interface a client came in on, or from a source address.
@@ -103,8 +124,8 @@ type Egress struct {
 	Interface string
 	// Interfaces are several interfaces picked by Strategy.
 	Interfaces []string
-	// Strategy is one of the Strategy constants; set when Interfaces is.
-	Strategy string
+	// Strategy picks among Interfaces.
+	Strategy Strategy
 	// SourceIP is bound as the source address, on the interface that
 	// holds it.
 	SourceIP netip.Addr
@@ -130,6 +151,9 @@ func (e Egress) Names() []string {
 type Listener struct {
 	// Address is "IP:port", canonical.
 	Address string
+	// Name labels the listener in logs (listener_name), unique among
+	// [[listeners]]; empty when not set.
+	Name string
 	// NoAuth is auth = "none": no authentication, flows leave by Egress.
 	// Otherwise clients authenticate as [[users]], and a user's own
 	// egress wins over the listener's.
@@ -188,9 +212,13 @@ type Server struct {
 	// dropped.
 	UDPMaxDatagram int
 	// UDPReplyFilter says which datagrams from the network go back to the
-	// client: "address-port" (only from destinations the client sent to),
-	// "address" (any port of those addresses) or "none".
-	UDPReplyFilter string
+	// client.
+	UDPReplyFilter ReplyFilter
+	// UDPRequirePort refuses UDP ASSOCIATE requests whose DST.PORT is 0
+	// (reply 0x02). Without it such an association takes the port of
+	// the first datagram from the client's IP, which another program on
+	// the client's host can send first.
+	UDPRequirePort bool
 
 	// MaxHandshakesPerIP caps the connections one client IP (IPv6: one
 	// /64) may have in their handshake at once; 0 disables the cap.

@@ -281,6 +281,32 @@ func TestParseValid(t *testing.T) {
 			},
 		},
 		{
+			// The policy judges ::ffff:10.99.0.2 as 10.99.0.2, so a
+			// mapped entry kept as written would never match.
+			name: "IPv4-mapped deny entries become IPv4",
+			text: "[server]\ndeny = [\"::ffff:10.99.0.2\", \"::ffff:0:0/96\", \"::ffff:192.0.2.0/120\", \"64:ff9b::/96\"]\n",
+			check: func(t *testing.T, c *config.Config) {
+				want := []netip.Prefix{
+					netip.MustParsePrefix("10.99.0.2/32"),
+					netip.MustParsePrefix("0.0.0.0/0"),
+					netip.MustParsePrefix("192.0.2.0/24"),
+					netip.MustParsePrefix("64:ff9b::/96"),
+				}
+				if !slices.Equal(c.Server.Deny, want) {
+					t.Errorf("Deny = %v, want %v", c.Server.Deny, want)
+				}
+			},
+		},
+		{
+			name: "udp_require_port",
+			text: "[server]\nudp_require_port = true\n",
+			check: func(t *testing.T, c *config.Config) {
+				if !c.Server.UDPRequirePort {
+					t.Errorf("UDPRequirePort = false, want true")
+				}
+			},
+		},
+		{
 			name: "empty deny replaces the default list",
 			text: "[server]\ndeny = []\ndeny_own_addresses = false\n",
 			check: func(t *testing.T, c *config.Config) {

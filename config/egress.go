@@ -4,13 +4,14 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
 )
 
 // egress validates the egress keys of a [[users]] or [[listeners]] entry.
 func (v *validator) egress(key func(string) string, fe fileEgress) Egress {
-	e := Egress{Interface: fe.Interface, Strategy: fe.Strategy}
+	e := Egress{Interface: fe.Interface}
 	if fe.Interface != "" && fe.Interface != Ingress {
 		if err := checkInterfaceName(fe.Interface); err != nil {
 			v.add(key("interface"), fe.Interface, err.Error())
@@ -67,14 +68,18 @@ func (v *validator) interfaces(key func(string) string, fe fileEgress, e *Egress
 		seen[n] = i
 	}
 	e.Interfaces = fe.Interfaces
-	switch fe.Strategy {
-	case "":
-		e.Strategy = StrategyFailover
-	case StrategyFailover, StrategyRoundRobin, StrategyHash:
-	default:
-		v.add(key("strategy"), fe.Strategy, "must be failover, round-robin or hash")
+	if fe.Strategy != "" {
+		s, ok := parseEnum(strategyNames, fe.Strategy)
+		if !ok {
+			v.add(key("strategy"), fe.Strategy, mustBe(strategyNames))
+		}
+		e.Strategy = Strategy(s)
 	}
 }
+
+// listenerName is what a listener's name may be: it goes into log lines
+// and, for accounting, into labels, so it stays short and plain.
+var listenerName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 // listeners validates [[listeners]]: each address is new, its
 // authentication is possible, and a listener without authentication on a
@@ -84,9 +89,20 @@ func (v *validator) listeners(c *Config, f *file) {
 	for i, a := range c.Server.Listen {
 		taken[a] = fmt.Sprintf("server.listen[%d]", i)
 	}
+	names := map[string]int{}
 	for i, fl := range f.Listeners {
 		key := func(k string) string { return fmt.Sprintf("listeners[%d].%s", i, k) }
 		l := Listener{Egress: v.egress(key, fl.fileEgress)}
+		if fl.Name != "" {
+			if !listenerName.MatchString(fl.Name) {
+				v.add(key("name"), fl.Name, "must be 1-64 letters, digits, '.', '_' or '-'")
+			} else if j, dup := names[fl.Name]; dup {
+				v.add(key("name"), fl.Name, fmt.Sprintf("same name as listeners[%d]", j))
+			} else {
+				names[fl.Name] = i
+				l.Name = fl.Name
+			}
+		}
 		canon, err := canonicalListen(fl.Address)
 		switch {
 		case fl.Address == "":

@@ -77,7 +77,7 @@ func TestEgressValid(t *testing.T) {
 func TestListenersValid(t *testing.T) {
 	c, err := parse(t, userTOML("u", "pw")+
 		"[[listeners]]\naddress = \"10.0.0.5:1081\"\nauth = \"none\"\nallow_clients = [\"10.0.0.0/8\", \"192.0.2.9\"]\n"+
-		"[[listeners]]\naddress = \"[fd00::0:5]:1082\"\n"+
+		"[[listeners]]\naddress = \"[fd00::0:5]:1082\"\nname = \"v6.office-2_b\"\n"+
 		"[[listeners]]\naddress = \"127.0.0.1:1083\"\nauth = \"none\"\n")
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +88,7 @@ func TestListenersValid(t *testing.T) {
 	want := []config.Listener{
 		{Address: "10.0.0.5:1081", NoAuth: true, AllowClients: []netip.Prefix{
 			netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.9/32")}},
-		{Address: "[fd00::5]:1082"},
+		{Address: "[fd00::5]:1082", Name: "v6.office-2_b"},
 		{Address: "127.0.0.1:1083", NoAuth: true},
 	}
 	if !reflect.DeepEqual(c.Listeners, want) {
@@ -122,6 +122,9 @@ func TestEgressErrors(t *testing.T) {
 		{"listener bad address", user + "[[listeners]]\naddress = \"nohost\"\n", "listeners[0].address", "nohost"},
 		{"listener same as server.listen", user + "[server]\nlisten = [\"127.0.0.1:1080\"]\n[[listeners]]\naddress = \"127.0.0.1:1080\"\n", "listeners[0].address", "127.0.0.1:1080"},
 		{"two listeners same address", user + "[[listeners]]\naddress = \"10.0.0.1:1\"\n[[listeners]]\naddress = \"10.0.0.1:01\"\n", "listeners[1].address", "10.0.0.1:01"},
+		{"listener name with a space", user + "[[listeners]]\naddress = \"127.0.0.1:1\"\nname = \"my office\"\n", "listeners[0].name", "my office"},
+		{"listener name too long", user + "[[listeners]]\naddress = \"127.0.0.1:1\"\nname = \"" + strings.Repeat("n", 65) + "\"\n", "listeners[0].name", strings.Repeat("n", 65)},
+		{"two listeners same name", user + "[[listeners]]\naddress = \"127.0.0.1:1\"\nname = \"a\"\n[[listeners]]\naddress = \"127.0.0.1:2\"\nname = \"a\"\n", "listeners[1].name", "a"},
 		{"unknown auth", user + "[[listeners]]\naddress = \"127.0.0.1:1\"\nauth = \"gssapi\"\n", "listeners[0].auth", "gssapi"},
 		{"password auth without users", "[[listeners]]\naddress = \"127.0.0.1:1\"\n", "listeners[0].auth", "password"},
 		{"open no-auth listener", "[[listeners]]\naddress = \"10.0.0.5:1081\"\nauth = \"none\"\n", "listeners[0].allow_clients", "[]"},

@@ -32,6 +32,7 @@ type file struct {
 		MaxAssociations  int      `toml:"max_associations"`
 		UDPMaxDatagram   int      `toml:"udp_max_datagram"`
 		UDPReplyFilter   string   `toml:"udp_reply_filter"`
+		UDPRequirePort   bool     `toml:"udp_require_port"`
 
 		ReloadClosesRemoved bool `toml:"reload_closes_removed"`
 
@@ -83,6 +84,7 @@ type fileUser struct {
 }
 
 type fileListener struct {
+	Name         string   `toml:"name"`
 	Address      string   `toml:"address"`
 	Auth         string   `toml:"auth"`
 	AllowClients []string `toml:"allow_clients"`
@@ -237,8 +239,9 @@ func applyDefaults(c *Config, f *file) {
 	c.Server.MaxAssociations = DefaultMaxAssociations
 	c.Server.UDPMaxDatagram = DefaultUDPMaxDatagram
 	c.Server.UDPReplyFilter = DefaultUDPReplyFilter
-	if f.defined("server", "udp_reply_filter") {
-		c.Server.UDPReplyFilter = f.Server.UDPReplyFilter
+	c.Server.UDPRequirePort = DefaultUDPRequirePort
+	if f.defined("server", "udp_require_port") {
+		c.Server.UDPRequirePort = f.Server.UDPRequirePort
 	}
 	c.Server.MaxHandshakesPerIP = DefaultMaxHandshakesPerIP
 	c.Server.AuthFailLimit = DefaultAuthFailLimit

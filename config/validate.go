@@ -74,7 +74,7 @@ func (v *validator) server(c *Config, f *file) {
 				v.add(fmt.Sprintf("server.deny[%d]", i), d, err.Error())
 				continue
 			}
-			s.Deny = append(s.Deny, p)
+			s.Deny = append(s.Deny, unmapPrefix(p))
 		}
 	}
 	v.udp(s, f)
@@ -112,10 +112,12 @@ func (v *validator) udp(s *Server, f *file) {
 		}
 		s.UDPMaxDatagram = f.Server.UDPMaxDatagram
 	}
-	switch s.UDPReplyFilter {
-	case "address-port", "address", "none":
-	default:
-		v.add("server.udp_reply_filter", s.UDPReplyFilter, "must be address-port, address or none")
+	if f.defined("server", "udp_reply_filter") {
+		rf, ok := parseEnum(replyFilterNames, f.Server.UDPReplyFilter)
+		if !ok {
+			v.add("server.udp_reply_filter", f.Server.UDPReplyFilter, mustBe(replyFilterNames))
+		}
+		s.UDPReplyFilter = ReplyFilter(rf)
 	}
 }
 
@@ -162,6 +164,16 @@ func canonicalListen(a string) (string, error) {
 
 // parsePrefix accepts a CIDR or a single address (taken as /32 or /128).
 // A CIDR with host bits set is refused: it usually hides a typo.
+// unmapPrefix turns an IPv4-mapped prefix (::ffff:10.0.0.0/104) into the
+// IPv4 prefix it stands for (10.0.0.0/8). The policy judges a mapped
+// destination as IPv4, so a mapped entry would otherwise never match.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p
+}
+
 func parsePrefix(s string) (netip.Prefix, error) {
 	if !strings.Contains(s, "/") {
 		ip, err := netip.ParseAddr(s)

@@ -13,11 +13,9 @@ import (
 	"sync/atomic"
 
 	"github.com/ifsocks/ifsocks/auth"
-	"github.com/ifsocks/ifsocks/bind"
 	"github.com/ifsocks/ifsocks/config"
 	"github.com/ifsocks/ifsocks/policy"
 	"github.com/ifsocks/ifsocks/socks"
-	"go.uber.org/zap"
 )
 
 // Settings builds the server settings for cfg.
@@ -31,7 +29,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	}
 	listeners := make(map[string]*socks.Listener, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
-		listeners[l.Address] = &socks.Listener{NoAuth: l.NoAuth, AllowClients: l.AllowClients, Egress: egress(l.Egress)}
+		listeners[l.Address] = &socks.Listener{Name: l.Name, NoAuth: l.NoAuth, AllowClients: l.AllowClients, Egress: egress(l.Egress)}
 	}
 	store, err := auth.NewStore(accounts, auth.Options{})
 	if err != nil {
@@ -53,7 +51,8 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 			Advertise:       cfg.Server.UDPAdvertise,
 			MaxAssociations: cfg.Server.MaxAssociations,
 			MaxDatagram:     cfg.Server.UDPMaxDatagram,
-			ReplyFilter:     replyFilters[cfg.Server.UDPReplyFilter],
+			ReplyFilter:     cfg.Server.UDPReplyFilter,
+			RequirePort:     cfg.Server.UDPRequirePort,
 		},
 		Limits: socks.Limits{
 			MaxHandshakesPerIP: cfg.Server.MaxHandshakesPerIP,
@@ -72,7 +71,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 func egress(e config.Egress) socks.Egress {
 	out := socks.Egress{
 		Interfaces: e.Interfaces,
-		Strategy:   strategies[e.Strategy],
+		Strategy:   e.Strategy,
 		Ingress:    e.Interface == config.Ingress,
 		Source:     e.SourceIP,
 		Mark:       e.Mark,
@@ -86,51 +85,10 @@ func egress(e config.Egress) socks.Egress {
 	return out
 }
 
-var strategies = map[string]socks.Strategy{
-	"":                        socks.Failover,
-	config.StrategyFailover:   socks.Failover,
-	config.StrategyRoundRobin: socks.RoundRobin,
-	config.StrategyHash:       socks.Hash,
-}
-
 // userRate is u's rate limit; config has checked and defaulted it.
 func userRate(u config.User) socks.Rate {
 	if u.RateLimit <= 0 {
 		return socks.Rate{}
 	}
 	return socks.Rate{BytesPerSec: u.RateLimit, Burst: int(u.RateBurst)}
-}
-
-// replyFilters maps the udp_reply_filter values config accepts.
-var replyFilters = map[string]socks.ReplyFilter{
-	"address-port": socks.FilterAddressPort,
-	"address":      socks.FilterAddress,
-	"none":         socks.FilterNone,
-}
-
-// reportHost warns about what will make flows fail or is unsafe, without
-// refusing to start: an interface may appear later (a hot-plugged ENI).
-func reportHost(cfg *config.Config, log *zap.Logger) {
-	if len(cfg.Users) == 0 {
-		log.Warn("no users configured: accepting clients without authentication",
-			zap.Strings("listen", cfg.Server.Listen))
-	}
-	for i, u := range cfg.Users {
-		if u.Password != "" {
-			log.Warn("user has a plaintext password; use password_hash (ifsocks hash-password)",
-				zap.String("user", u.Name), zap.Int("index", i))
-		}
-		for _, n := range u.Egress.Names() {
-			if err := bind.CheckInterface(n); err != nil {
-				log.Warn("egress interface not usable; the user's flows will fail over or fail with 0x03 until it is",
-					zap.String("user", u.Name), zap.String("interface", n), zap.Error(err))
-			}
-		}
-		if ip := u.SourceIP; ip.IsValid() {
-			if _, ok := bind.AddrOwner(ip); !ok {
-				log.Warn("source_ip is not an address of this host; the user's flows will fail with 0x03 until it is",
-					zap.String("user", u.Name), zap.Stringer("source_ip", ip))
-			}
-		}
-	}
 }

@@ -93,6 +93,15 @@ func checkResult(tb testing.TB, addr netip.Addr, err error, reason string) {
 	if !strings.Contains(err.Error(), reason) || !strings.Contains(err.Error(), addr.String()) {
 		tb.Errorf("Check(%s) error %q does not name the address and %q", addr, err, reason)
 	}
+	// The message names the setting to change, for the log line an
+	// operator reads after a refused first try.
+	key := KeyDeny
+	if reason == "address of this host" {
+		key = KeyDenyOwn
+	}
+	if de.Key != key || !strings.Contains(err.Error(), key) {
+		tb.Errorf("Check(%s) error %q (Key %q) does not name the setting %s", addr, err, de.Key, key)
+	}
 }
 
 func TestCheckDefaultDeny(t *testing.T) {

@@ -161,6 +161,6 @@ func (sc *serverConn) authFailed(client netip.Addr) {
 	}
 	sc.st.Metrics.AuthBlocked()
 	sc.srv.log.Warn("client blocked after failed authentications",
-		zap.String("client", clientName(clientKey(client))), zap.Int("failures", n),
+		zap.String("client", clientName(clientKey(client))), sc.listenerField(), sc.listenerNameField(), zap.Int("failures", n),
 		zap.Duration("window", lim.Window), zap.Duration("cooldown", lim.Cooldown))
 }

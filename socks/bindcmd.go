@@ -35,8 +35,9 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 		return false
 	}
 	ctx, cancel := context.WithTimeout(sc.srv.ctx, st.ConnectTimeout)
-	ln, expect, err := sc.bindListen(ctx, rec, eg, dst)
+	ln, expect, use, err := sc.bindListen(ctx, eg, dst)
 	cancel()
+	rec.tookEgress(use)
 	if err != nil {
 		sc.refuseErr(rec, err)
 		return false
@@ -44,13 +45,13 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 	rec.local = addrPortOf(ln.Addr())
 	if err := writeReply(sc.conn, RepSucceeded, rec.local); err != nil {
 		ln.Close()
-		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write first reply: %w", err))
+		rec.finish(RepSucceeded, relayOutcome(err), fmt.Errorf("write first reply: %w", err))
 		sc.logFlow(rec, zap.InfoLevel)
 		return false
 	}
 	peer, err := sc.acceptPeer(ln, expect, st.BindTimeout)
 	ln.Close()
-	if err == nil && !sc.srv.setEgress(sc, rec.iface, peer) {
+	if err == nil && !sc.srv.setEgress(sc, use.route.Interface, peer) {
 		if err = sc.srv.endReason(sc); err == nil {
 			err = errors.New("server is shutting down")
 		}
@@ -59,7 +60,7 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 	}
 	if errors.Is(err, errBindClient) {
 		// The client's mistake or departure, not a failure of ours.
-		sc.refuse(rec, RepGeneralFailure, outcomeReset, err)
+		sc.refuse(rec, RepGeneralFailure, outcomePeerReset, err)
 		return false
 	}
 	if err != nil {
@@ -74,23 +75,16 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 // that can listen, and returns it with the peer addresses to accept (none:
 // any). The named peer must pass the destination policy, as a CONNECT
 // target would.
-func (sc *serverConn) bindListen(ctx context.Context, rec *record, eg *Egress, dst Addr) (*net.TCPListener, []netip.Addr, error) {
-	st := sc.st
-	p, err := sc.planFor(rec, eg, dst)
-	defer func() { rec.skipped = p.skipped }()
-	if err != nil {
-		return nil, nil, err
-	}
+func (sc *serverConn) bindListen(ctx context.Context, eg *Egress, dst Addr) (*net.TCPListener, []netip.Addr, egressUse, error) {
 	type bound struct {
 		ln     *net.TCPListener
 		expect []netip.Addr
 	}
-	b, route, err := tryRoutes(st, &p, func(route bind.Dialer) (bound, error) {
+	b, use, err := openEgress(sc.st, eg, sc.localIP(), targetKey(dst), &sc.srv.turn, func(route bind.Dialer) (bound, error) {
 		ln, expect, err := sc.bindRoute(ctx, route, dst)
 		return bound{ln, expect}, err
 	})
-	rec.iface = route.Interface
-	return b.ln, b.expect, err
+	return b.ln, b.expect, use, err
 }
 
 func (sc *serverConn) bindRoute(ctx context.Context, route bind.Dialer, dst Addr) (*net.TCPListener, []netip.Addr, error) {
@@ -191,6 +185,7 @@ func (sc *serverConn) acceptPeer(ln *net.TCPListener, expect []netip.Addr, wait 
 		from := addrPortOf(c.RemoteAddr()).Addr()
 		if len(expect) > 0 && !slices.Contains(expect, from) {
 			sc.srv.log.Debug("BIND: connection from an address the client did not name; closed",
+				zap.Stringer("client", sc.clientAddr()), sc.listenerField(), sc.listenerNameField(),
 				zap.Stringer("from", from), zap.Error(errBindPeer))
 			c.Close()
 			continue

@@ -148,7 +148,7 @@ func TestBindFailures(t *testing.T) {
 		}
 		waitFor(t, 2*time.Second, "flow line", func() bool {
 			for _, e := range env.flowLines() {
-				if e.ContextMap()["outcome"] == outcomeReset && e.Level == zapcore.InfoLevel {
+				if e.ContextMap()["outcome"] == outcomePeerReset && e.Level == zapcore.InfoLevel {
 					return true
 				}
 			}

@@ -23,6 +23,9 @@ type serverConn struct {
 	conn net.Conn  // a *net.TCPConn from Serve; net.Pipe in fuzz tests
 	st   *Settings // snapshot taken at accept; reloads do not change it
 	lis  *Listener // the listener's settings; nil for a plain Serve
+	// lisAddr and lisName identify the listener in every log line of
+	// the connection (listener, listener_name); lisName may be empty.
+	lisAddr, lisName string
 	// The fields below are guarded by srv.mu. active is set once the
 	// connection carries a flow that Shutdown should let finish; user and
 	// iface say whose flow and where it leaves, so a reload or a lost
@@ -69,7 +72,7 @@ func (sc *serverConn) serve() (handedOff bool) {
 			sc.conn.Close()
 		}
 	}()
-	rec := &record{start: time.Now(), client: addrPortOf(sc.conn.RemoteAddr())}
+	rec := &record{start: time.Now(), client: addrPortOf(sc.conn.RemoteAddr()), listener: sc.lisAddr, listenerName: sc.lisName}
 	st := sc.st
 	if st.HandshakeTimeout > 0 {
 		sc.conn.SetDeadline(rec.start.Add(st.HandshakeTimeout))
@@ -208,6 +211,8 @@ func (sc *serverConn) logHandshake(rec *record, err error) {
 	}
 	fields := []zap.Field{
 		zap.Stringer("client", rec.client),
+		sc.listenerField(),
+		sc.listenerNameField(),
 		zap.Duration("duration", time.Since(rec.start)),
 		zap.Error(err),
 	}
@@ -215,6 +220,21 @@ func (sc *serverConn) logHandshake(rec *record, err error) {
 		fields = append(fields, zap.String("user", logSafe(rec.user)))
 	}
 	sc.srv.log.Log(lvl, msg, fields...)
+}
+
+// listenerField and listenerNameField identify the connection's listener
+// in a log line: its address always, its name when it has one.
+func (sc *serverConn) listenerField() zap.Field { return zap.String("listener", sc.lisAddr) }
+
+func (sc *serverConn) listenerNameField() zap.Field { return listenerNameField(sc.lisName) }
+
+func (sc *serverConn) clientAddr() netip.AddrPort { return addrPortOf(sc.conn.RemoteAddr()) }
+
+func listenerNameField(name string) zap.Field {
+	if name == "" {
+		return zap.Skip()
+	}
+	return zap.String("listener_name", name)
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {

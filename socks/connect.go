@@ -29,17 +29,17 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, eg *Egress, earl
 	}
 	ctx, cancel := context.WithTimeout(sc.srv.ctx, st.ConnectTimeout)
 	start := time.Now()
-	up, route, err := sc.dialTarget(ctx, rec, eg, dst)
+	up, use, err := sc.dialTarget(ctx, eg, dst)
 	cancel()
-	st.Metrics.Dial(route.Interface, time.Since(start), err == nil)
-	rec.iface = route.Interface
+	st.Metrics.Dial(use.route.Interface, time.Since(start), err == nil)
+	rec.tookEgress(use)
 	if err != nil {
 		sc.refuseErr(rec, err)
 		return false
 	}
 	rec.remote = addrPortOf(up.RemoteAddr())
 	rec.local = addrPortOf(up.LocalAddr())
-	if !sc.srv.setEgress(sc, route.Interface, up) {
+	if !sc.srv.setEgress(sc, use.route.Interface, up) {
 		cut := sc.srv.endReason(sc)
 		if cut == nil {
 			cut = errors.New("server is shutting down")
@@ -93,7 +93,7 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 	if err != nil {
 		up.Close()
 		st.Metrics.FlowActive(rec.user, rec.iface, -1)
-		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write reply or early data: %w", err))
+		rec.finish(RepSucceeded, relayOutcome(err), fmt.Errorf("write reply or early data: %w", err))
 		sc.logFlow(rec, zap.InfoLevel)
 		return false
 	}
@@ -128,7 +128,7 @@ func (sc *serverConn) relayDone(rec *record, res relay.Result) {
 	case res.Idle:
 		rec.finish(RepSucceeded, outcomeIdle, nil)
 	case res.Err != nil:
-		rec.finish(RepSucceeded, outcomeReset, res.Err)
+		rec.finish(RepSucceeded, relayOutcome(res.Err), res.Err)
 	default:
 		rec.finish(RepSucceeded, outcomeOK, nil)
 	}
@@ -136,36 +136,27 @@ func (sc *serverConn) relayDone(rec *record, res relay.Result) {
 }
 
 // dialTarget connects to dst by the first route of the flow's egress plan
-// that works, and returns the connection and that route. A route whose
-// interface cannot be bound or has no route to the network is noted in
-// rec.skipped and the next is tried; any other failure (refused, timeout,
-// denied) ends the attempt, since another interface would fare no better.
-func (sc *serverConn) dialTarget(ctx context.Context, rec *record, eg *Egress, dst Addr) (*net.TCPConn, bind.Dialer, error) {
+// that works (see openEgress): a route whose interface cannot be bound or
+// has no route to the network is passed over; any other failure (refused,
+// timeout, denied) ends the attempt.
+func (sc *serverConn) dialTarget(ctx context.Context, eg *Egress, dst Addr) (*net.TCPConn, egressUse, error) {
 	st := sc.st
-	p, err := sc.planFor(rec, eg, dst)
-	defer func() { rec.skipped = p.skipped }()
-	if err != nil {
-		return nil, bind.Dialer{Interface: rec.iface}, err
-	}
-	return tryRoutes(st, &p, func(route bind.Dialer) (*net.TCPConn, error) {
+	return openEgress(st, eg, sc.localIP(), targetKey(dst), &sc.srv.turn, func(route bind.Dialer) (*net.TCPConn, error) {
 		return dialRoute(ctx, st, route, dst)
 	})
 }
 
-// planFor plans the egress of a flow to dst: hashed by the target host,
-// for ingress by the address the client connected to. When no route is
-// usable, rec.iface names the interface that failed.
-func (sc *serverConn) planFor(rec *record, eg *Egress, dst Addr) (plan, error) {
-	key := dst.Name
-	if key == "" {
-		key = dst.IP.String()
+// targetKey identifies a target for the hash strategy: its host.
+func targetKey(dst Addr) string {
+	if dst.Name != "" {
+		return dst.Name
 	}
-	p, err := sc.st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), key, &sc.srv.turn)
-	if err != nil {
-		rec.iface = failedInterface(err)
-	}
-	return p, err
+	return dst.IP.String()
 }
+
+// localIP is the address the client connected to, which decides an
+// ingress egress.
+func (sc *serverConn) localIP() netip.Addr { return addrPortOf(sc.conn.LocalAddr()).Addr() }
 
 // dialRoute resolves dst through route when it is a name, drops addresses
 // the policy refuses or the route's source address cannot reach, and

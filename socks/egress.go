@@ -11,20 +11,17 @@ import (
 	"syscall"
 
 	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/config"
 )
 
-// Strategy picks among several egress interfaces.
-type Strategy int
+// Strategy picks among several egress interfaces; config parses it.
+type Strategy = config.Strategy
 
+// The strategies, under the names this package's code and tests use.
 const (
-	// Failover uses the first usable interface, in the order given.
-	Failover Strategy = iota
-	// RoundRobin uses the usable interfaces in turn.
-	RoundRobin
-	// Hash sends the same target by the same interface while it is
-	// usable (rendezvous hashing: losing an interface moves only the
-	// targets it had).
-	Hash
+	Failover   = config.StrategyFailover
+	RoundRobin = config.StrategyRoundRobin
+	Hash       = config.StrategyHash
 )
 
 // Egress says where the outbound sockets of a flow leave. The zero value
@@ -148,14 +145,29 @@ func (st *Settings) planEgress(eg *Egress, local netip.Addr, key string, turn *a
 	return p, nil
 }
 
-// tryRoutes calls open with each route of p in turn until it succeeds or
-// fails for a reason other than the egress (see egressFailure), noting the
-// routes passed over in p. It returns the last result and its route.
-func tryRoutes[T any](st *Settings, p *plan, open func(bind.Dialer) (T, error)) (T, bind.Dialer, error) {
+// egressUse is how a flow's egress came out: the route it took and the
+// interfaces passed over on the way, with why. When no route worked,
+// route.Interface names the interface that failed ("" when none did).
+type egressUse struct {
+	route   bind.Dialer
+	skipped []string
+}
+
+// openEgress plans the egress of a flow (see planEgress) and calls open
+// with each route in turn until it succeeds or fails for a reason other
+// than the egress (see egressFailure), after which another interface
+// would fare no better. It returns the last result and how the egress
+// came out.
+func openEgress[T any](st *Settings, eg *Egress, local netip.Addr, key string, turn *atomic.Uint64, open func(bind.Dialer) (T, error)) (T, egressUse, error) {
+	p, err := st.planEgress(eg, local, key, turn)
+	if err != nil {
+		var zero T
+		return zero, egressUse{route: bind.Dialer{Interface: failedInterface(err)}, skipped: p.skipped}, err
+	}
 	for i, route := range p.routes {
 		v, err := open(route)
 		if err == nil || i == len(p.routes)-1 || !egressFailure(err) {
-			return v, route, err
+			return v, egressUse{route: route, skipped: p.skipped}, err
 		}
 		p.skip(st, route.Interface, err)
 	}

@@ -203,7 +203,7 @@ func serveOverPipe(tb testing.TB, st *Settings, stream []byte) (sent []byte, log
 	client, server := net.Pipe()
 	sc := &starvedConn{Conn: server, left: len(stream), starved: make(chan struct{})}
 	start := time.Now()
-	srv.startConn(sc, "")
+	srv.startConn(sc, "", "pipe")
 
 	readDone := make(chan struct{})
 	go func() {

@@ -118,7 +118,7 @@ func (s *Server) refusedAtAccept(sc *serverConn, key netip.Addr, limit int) {
 	s.lim.refused.Add(1)
 	s.lim.refusedLog.Do(func() {
 		s.log.Debug("connection refused: client has too many connections in handshake",
-			zap.String("client", clientName(key)), zap.Int("max_handshakes_per_ip", limit),
+			zap.String("client", clientName(key)), sc.listenerField(), sc.listenerNameField(), zap.Int("max_handshakes_per_ip", limit),
 			zap.Int64("refused_since_last_line", s.lim.refused.Swap(0)))
 	})
 }

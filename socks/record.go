@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -18,7 +19,8 @@ import (
 const (
 	outcomeOK         = "ok"             // relayed; both sides closed normally
 	outcomeIdle       = "idle"           // relayed; ended by the idle timeout
-	outcomeReset      = "relay_error"    // relayed; ended by an error on a side
+	outcomePeerReset  = "reset"          // a client or target reset its connection, or left early
+	outcomeRelayError = "relay_error"    // relayed; ended by a failure of this host's side
 	outcomeDenied     = "denied"         // refused by the destination policy
 	outcomeUnreach    = "unreachable"    // interface, network or host unreachable
 	outcomeRefused    = "refused"        // target refused the connection
@@ -32,13 +34,26 @@ const (
 	outcomeQuota      = "quota"          // refused or cut: the user's quota is used up
 )
 
-// skippedField lists the egress interfaces passed over; nothing when none
-// was.
-func skippedField(s []string) zap.Field {
-	if len(s) == 0 {
-		return zap.Skip()
+// relayOutcome names a flow that err ended after its success reply (or
+// while the reply was sent): a peer that resets its connection — a client
+// that sets SO_LINGER 0 and closes once it has read its answer, a target
+// that aborts — or that is gone when we write or half-close, ends the flow
+// as that peer chose, which is no failure here: outcome reset. Anything
+// else is ours to look at: relay_error.
+func relayOutcome(err error) string {
+	if peerEnded(err) {
+		return outcomePeerReset
 	}
-	return zap.Strings("skipped", s)
+	return outcomeRelayError
+}
+
+// peerEnded reports whether err is the kernel telling that the other end
+// of a socket reset or closed it: ECONNRESET on a read or write,
+// ECONNABORTED, EPIPE on a write after the peer's close, ENOTCONN from a
+// half-close (shutdown) of a socket already reset.
+func peerEnded(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNABORTED) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ENOTCONN)
 }
 
 // cutOutcome names a flow the server ended on purpose.
@@ -63,18 +78,27 @@ func (sc *serverConn) logFlow(r *record, lvl zapcore.Level) {
 
 // record accumulates what the flow log line reports.
 type record struct {
-	start    time.Time
-	client   netip.AddrPort
-	user     string
-	target   Addr
-	remote   netip.AddrPort
-	iface    string
-	skipped  []string // egress interfaces passed over, with why
-	local    netip.AddrPort
-	up, down int64
-	reply    byte
-	outcome  string
-	err      error
+	start  time.Time
+	client netip.AddrPort
+	// listener and listenerName identify the listener the client came
+	// in by (listenerName may be empty).
+	listener, listenerName string
+	user                   string
+	target                 Addr
+	remote                 netip.AddrPort
+	iface                  string
+	skipped                []string // egress interfaces passed over, with why
+	local                  netip.AddrPort
+	up, down               int64
+	reply                  byte
+	outcome                string
+	err                    error
+}
+
+// tookEgress notes how the flow's egress came out.
+func (r *record) tookEgress(u egressUse) {
+	r.iface = u.route.Interface
+	r.skipped = u.skipped
 }
 
 func (r *record) finish(rep byte, outcome string, err error) {
@@ -83,33 +107,46 @@ func (r *record) finish(rep byte, outcome string, err error) {
 	r.err = err
 }
 
-// log writes the one line a flow gets at its end. Strings that came from
-// the network (user, target name) go through logSafe.
+// log writes the one line a CONNECT or BIND flow gets at its end.
 func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
-	fields := []zap.Field{
+	own := make([]zap.Field, 0, 4)
+	own = append(own, zap.String("target", logSafe(r.target.String())), zap.Uint8("reply", r.reply))
+	if r.remote.IsValid() {
+		own = append(own, zap.Stringer("remote", r.remote))
+	}
+	if r.local.IsValid() {
+		own = append(own, zap.Stringer("local", r.local))
+	}
+	r.write(l, lvl, "flow", own)
+}
+
+// write writes a flow's one line: the fields every flow has whatever its
+// protocol (user, client, listener, interface, bytes each way, duration,
+// outcome, the interfaces skipped, the error), and the protocol's own. It
+// is the only writer of those fields, so TCP and UDP lines name them alike.
+// Strings that came from the network (user, target name) go through
+// logSafe.
+func (r *record) write(l *zap.Logger, lvl zapcore.Level, msg string, own []zap.Field) {
+	fields := make([]zap.Field, 0, 11+len(own))
+	fields = append(fields,
 		zap.String("user", logSafe(r.user)),
 		zap.Stringer("client", r.client),
-		zap.String("target", logSafe(r.target.String())),
+		zap.String("listener", r.listener),
+		listenerNameField(r.listenerName),
 		zap.String("interface", r.iface),
 		zap.Int64("bytes_up", r.up),
 		zap.Int64("bytes_down", r.down),
 		zap.Duration("duration", time.Since(r.start)),
 		zap.String("outcome", r.outcome),
-		zap.Uint8("reply", r.reply),
-	}
-	if r.remote.IsValid() {
-		fields = append(fields, zap.Stringer("remote", r.remote))
-	}
-	if r.local.IsValid() {
-		fields = append(fields, zap.Stringer("local", r.local))
-	}
+	)
+	fields = append(fields, own...)
 	if len(r.skipped) > 0 {
-		fields = append(fields, skippedField(r.skipped))
+		fields = append(fields, zap.Strings("skipped", r.skipped))
 	}
 	if r.err != nil {
 		fields = append(fields, zap.Error(r.err))
 	}
-	l.Log(lvl, "flow", fields...)
+	l.Log(lvl, msg, fields...)
 }
 
 // logSafe returns a string from the network ready for a log field: as it

@@ -89,6 +89,12 @@ func (s *Server) ServeListener(ln net.Listener, name string) error {
 		return ErrServerClosed
 	}
 	defer s.trackListener(ln, false)
+	// The address every log line of the listener's connections carries:
+	// as configured (the settings key), else as bound.
+	addr := name
+	if addr == "" {
+		addr = ln.Addr().String()
+	}
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -100,7 +106,7 @@ func (s *Server) ServeListener(ln net.Listener, name string) error {
 			// net/http does, instead of spinning on the error.
 			if ne, ok := err.(net.Error); ok && !errors.Is(err, net.ErrClosed) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; retrying", zap.Error(ne), zap.Duration("backoff", backoff))
+				s.log.Warn("accept failed; retrying", zap.String("listener", addr), zap.Error(ne), zap.Duration("backoff", backoff))
 				time.Sleep(backoff)
 				continue
 			}
@@ -111,7 +117,7 @@ func (s *Server) ServeListener(ln net.Listener, name string) error {
 			c.Close()
 			continue
 		}
-		s.startConn(c, name)
+		s.startConn(c, name, addr)
 	}
 }
 
@@ -136,15 +142,18 @@ func (s *Server) isClosed() bool {
 	return s.closed
 }
 
-func (s *Server) startConn(c net.Conn, listener string) {
-	sc := &serverConn{srv: s, conn: c, st: s.settings.Load()}
+func (s *Server) startConn(c net.Conn, listener, addr string) {
+	sc := &serverConn{srv: s, conn: c, st: s.settings.Load(), lisAddr: addr}
 	if listener != "" {
 		sc.lis = sc.st.Listeners[listener]
+		if sc.lis != nil {
+			sc.lisName = sc.lis.Name
+		}
 		if client := addrPortOf(c.RemoteAddr()).Addr(); !sc.lis.allows(client) {
 			// A firewall's answer: nothing is read or written, and
 			// the line is a debug one, since scanners would fill the
 			// log; the metric shows the volume.
-			s.log.Debug("client not in allow_clients; closed", zap.String("listener", listener), zap.Stringer("client", client))
+			s.log.Debug("client not in allow_clients; closed", sc.listenerField(), sc.listenerNameField(), zap.Stringer("client", client))
 			sc.st.Metrics.ConnRefused("not_allowed")
 			c.Close()
 			return

@@ -7,6 +7,7 @@ import (
 	"github.com/ifsocks/ifsocks/accounting"
 	"github.com/ifsocks/ifsocks/auth"
 	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/config"
 	"github.com/ifsocks/ifsocks/metrics"
 	"github.com/ifsocks/ifsocks/policy"
 )
@@ -31,18 +32,14 @@ type User struct {
 }
 
 // ReplyFilter says which datagrams from the network a UDP association
-// passes back to its client.
-type ReplyFilter int
+// passes back to its client; config parses it.
+type ReplyFilter = config.ReplyFilter
 
+// The reply filters; the zero value is FilterAddressPort.
 const (
-	// FilterAddressPort passes datagrams only from an address and port
-	// the client has sent to (the default; like a port-restricted NAT).
-	FilterAddressPort ReplyFilter = iota
-	// FilterAddress passes datagrams from any port of an address the
-	// client has sent to.
-	FilterAddress
-	// FilterNone passes every datagram (like a full-cone NAT).
-	FilterNone
+	FilterAddressPort = config.ReplyAddressPort
+	FilterAddress     = config.ReplyAddress
+	FilterNone        = config.ReplyNone
 )
 
 // UDPSettings govern UDP ASSOCIATE (RFC 1928 section 7).
@@ -59,6 +56,10 @@ type UDPSettings struct {
 	// MaxDatagram is the largest payload relayed either way.
 	MaxDatagram int
 	ReplyFilter ReplyFilter
+	// RequirePort refuses requests with DST.PORT 0 (reply 0x02): such an
+	// association would take the port of the first datagram from the
+	// client's IP, whoever sends it.
+	RequirePort bool
 }
 
 // Settings are the rules for new connections. A Settings value must not be
@@ -109,6 +110,9 @@ type Settings struct {
 
 // Listener is how one listener serves its clients.
 type Listener struct {
+	// Name is the listener's name in log lines (listener_name); may be
+	// empty.
+	Name string
 	// NoAuth serves clients without authentication, even when Auth has
 	// users; their flows leave by Egress.
 	NoAuth bool

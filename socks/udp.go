@@ -25,6 +25,10 @@ var errNoUDPPort = errors.New("no free port in udp_ports")
 // already has max_associations open.
 var errAssocLimit = errors.New("too many UDP associations (max_associations)")
 
+// errUDPPortRequired: the request named port 0 while udp_require_port is
+// set.
+var errUDPPortRequired = errors.New("UDP ASSOCIATE with DST.PORT 0 refused (udp_require_port): the client must name the port it sends from")
+
 // association is one UDP ASSOCIATE: a client-facing relay socket, one
 // unconnected outbound socket per address family bound to the user's
 // interface, and the TCP control connection whose end ends it all.
@@ -69,6 +73,14 @@ type association struct {
 // life: its outbound sockets are bound to it.
 func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, name string) {
 	st := sc.st
+	if req.Port == 0 && st.UDP.RequirePort {
+		// Warn: a client mistake the operator may want to see, since
+		// it breaks the client until it names its port.
+		writeReply(sc.conn, RepNotAllowed, netip.AddrPort{})
+		rec.finish(RepNotAllowed, outcomeDenied, errUDPPortRequired)
+		sc.logFlow(rec, zap.WarnLevel)
+		return
+	}
 	if !sc.srv.beginFlow(sc, rec.user) {
 		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
 		return
@@ -88,8 +100,9 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 	}
 	defer sc.srv.releaseAssoc(key)
 
-	a, err := sc.openAssociation(rec, eg, req)
-	if err == nil && !sc.srv.setEgress(sc, rec.iface, nil) {
+	a, use, err := sc.openAssociation(rec.client.Addr(), eg, req)
+	rec.tookEgress(use)
+	if err == nil && !sc.srv.setEgress(sc, use.route.Interface, nil) {
 		a.closeSockets()
 		err = sc.srv.endReason(sc)
 		if err == nil {
@@ -114,7 +127,7 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 		bnd = netip.AddrPortFrom(st.UDP.Advertise, bnd.Port())
 	}
 	if err := writeReply(sc.conn, RepSucceeded, bnd); err != nil {
-		rec.finish(RepSucceeded, outcomeReset, fmt.Errorf("write reply: %w", err))
+		rec.finish(RepSucceeded, relayOutcome(err), fmt.Errorf("write reply: %w", err))
 		sc.logFlow(rec, zap.InfoLevel)
 		return
 	}
@@ -133,19 +146,10 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 // the egress plan whose outbound sockets can be bound. Routes are planned
 // by the client's address, so a hash strategy keeps a client on one
 // interface.
-func (sc *serverConn) openAssociation(rec *record, eg *Egress, req Addr) (*association, error) {
-	st := sc.st
-	p, err := st.planEgress(eg, addrPortOf(sc.conn.LocalAddr()).Addr(), rec.client.Addr().String(), &sc.srv.turn)
-	defer func() { rec.skipped = p.skipped }()
-	if err != nil {
-		rec.iface = failedInterface(err)
-		return nil, err
-	}
-	a, route, err := tryRoutes(st, &p, func(route bind.Dialer) (*association, error) {
-		return sc.newAssociation(route, req, rec.client.Addr())
+func (sc *serverConn) openAssociation(client netip.Addr, eg *Egress, req Addr) (*association, egressUse, error) {
+	return openEgress(sc.st, eg, sc.localIP(), client.String(), &sc.srv.turn, func(route bind.Dialer) (*association, error) {
+		return sc.newAssociation(route, req, client)
 	})
-	rec.iface = route.Interface
-	return a, err
 }
 
 func (sc *serverConn) newAssociation(route bind.Dialer, req Addr, clientIP netip.Addr) (*association, error) {

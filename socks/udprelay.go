@@ -6,27 +6,29 @@ import (
 	"net"
 	"net/netip"
 	"time"
+
+	"github.com/ifsocks/ifsocks/udpio"
 )
 
 // upstream reads the client's datagrams from the relay socket, checks
 // them and sends their payload from the outbound socket of the
 // destination's family. It returns when the relay socket is closed.
 //
-// Datagrams are read and sent in batches (udp_batch_linux.go); each one
+// Datagrams are read and sent in batches (package udpio); each one
 // is still checked, counted and dropped on its own, in arrival order.
 func (a *association) upstream() {
 	max := a.st.UDP.MaxDatagram
 	// One byte more than the largest acceptable datagram, so that a
 	// datagram the read truncated can be told from one that fits.
 	size := maxUDPHeader + max + 1
-	r, err := newUDPReader(a.relay, size)
+	r, err := udpio.NewReader(a.relay, size)
 	if err != nil {
 		return
 	}
-	var w [2]*udpWriter
+	var w [2]*udpio.Writer
 	for fam, c := range a.out {
 		if c != nil {
-			if w[fam], err = newUDPWriter(c); err != nil {
+			if w[fam], err = udpio.NewWriter(c); err != nil {
 				return
 			}
 		}
@@ -36,12 +38,12 @@ func (a *association) upstream() {
 	// there and the lock need not be taken again.
 	var recorded netip.AddrPort
 	for {
-		n, err := r.read()
+		n, err := r.Read()
 		if err != nil {
 			return
 		}
 		for i := range n {
-			b, src, truncated := r.datagram(i)
+			b, src, truncated := r.Datagram(i)
 			if !a.fromClient(src) {
 				a.stats.drop(dropForeign)
 				continue
@@ -73,13 +75,13 @@ func (a *association) upstream() {
 				a.sent.add(to)
 				recorded = to
 			}
-			if !w[family(to.Addr())].add(nil, payload, to) {
+			if !w[family(to.Addr())].Add(nil, payload, to) {
 				a.stats.drop(dropSendFailed)
 			}
 		}
 		sent := false
 		for fam, fw := range w {
-			if fw != nil && fw.len() > 0 {
+			if fw != nil && fw.Len() > 0 {
 				sent = a.flushUp(fam, fw) || sent
 			}
 		}
@@ -91,11 +93,11 @@ func (a *association) upstream() {
 
 // flushUp sends the batch queued for family fam and counts each datagram.
 // It reports whether any went out.
-func (a *association) flushUp(fam int, w *udpWriter) bool {
-	w.flush()
+func (a *association) flushUp(fam int, w *udpio.Writer) bool {
+	w.Flush()
 	any := false
-	for i := range w.len() {
-		n, to, ok := w.result(i)
+	for i := range w.Len() {
+		n, to, ok := w.Result(i)
 		if !ok {
 			a.stats.drop(dropSendFailed)
 			continue
@@ -106,7 +108,7 @@ func (a *association) flushUp(fam int, w *udpWriter) bool {
 		a.stats.up(n)
 		any = true
 	}
-	w.reset()
+	w.Reset()
 	return any
 }
 
@@ -167,24 +169,24 @@ func (a *association) lookup(name string) ([]netip.Addr, error) {
 // UDP header naming their source. Like upstream, it works in batches.
 func (a *association) downstream(c *net.UDPConn) {
 	max := a.st.UDP.MaxDatagram
-	r, err := newUDPReader(c, max+1)
+	r, err := udpio.NewReader(c, max+1)
 	if err != nil {
 		return
 	}
-	w, err := newUDPWriter(a.relay)
+	w, err := udpio.NewWriter(a.relay)
 	if err != nil {
 		return
 	}
 	// Each reply's header has its own slot here and goes out as a
 	// separate piece, so the payload is never copied.
-	heads := make([]byte, udpBatchSize*maxUDPReplyHeader)
+	heads := make([]byte, udpio.BatchSize*maxUDPReplyHeader)
 	for {
-		n, err := r.read()
+		n, err := r.Read()
 		if err != nil {
 			return
 		}
 		for i := range n {
-			b, src, truncated := r.datagram(i)
+			b, src, truncated := r.Datagram(i)
 			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 			if truncated || len(b) > max {
 				a.stats.drop(dropTooLarge)
@@ -204,17 +206,17 @@ func (a *association) downstream(c *net.UDPConn) {
 				continue
 			}
 			slot := heads[i*maxUDPReplyHeader : i*maxUDPReplyHeader : (i+1)*maxUDPReplyHeader]
-			if !w.add(appendUDPReplyHeader(slot, src), b, netip.AddrPortFrom(a.clientIP, uint16(port))) {
+			if !w.Add(appendUDPReplyHeader(slot, src), b, netip.AddrPortFrom(a.clientIP, uint16(port))) {
 				a.stats.drop(dropSendFailed)
 			}
 		}
-		if w.len() == 0 {
+		if w.Len() == 0 {
 			continue
 		}
-		w.flush()
+		w.Flush()
 		sent := false
-		for i := range w.len() {
-			n, _, ok := w.result(i)
+		for i := range w.Len() {
+			n, _, ok := w.Result(i)
 			if !ok {
 				a.stats.drop(dropSendFailed)
 				continue
@@ -222,7 +224,7 @@ func (a *association) downstream(c *net.UDPConn) {
 			a.stats.down(n)
 			sent = true
 		}
-		w.reset()
+		w.Reset()
 		if sent {
 			a.touch()
 		}

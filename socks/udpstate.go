@@ -86,11 +86,20 @@ func (s *udpStats) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 
 // log writes the association's one line at its end.
 func (a *association) log(sc *serverConn, rec *record, bnd netip.AddrPort) {
+	// Every open outbound socket is listed: with the source address the
+	// kernel picked for its datagrams when that is known, else as the
+	// socket is bound (unspecified address, its port), so the line
+	// always says which sockets the datagrams left from.
 	var locals []string
 	for i, c := range a.out {
-		if c != nil && a.source[i].IsValid() {
-			locals = append(locals, netip.AddrPortFrom(a.source[i], addrPortOfUDP(c.LocalAddr()).Port()).String())
+		if c == nil {
+			continue
 		}
+		l := addrPortOfUDP(c.LocalAddr())
+		if a.source[i].IsValid() {
+			l = netip.AddrPortFrom(a.source[i], l.Port())
+		}
+		locals = append(locals, l.String())
 	}
 	outcome, lvl := outcomeOK, zap.InfoLevel
 	cut := sc.srv.endReason(sc)
@@ -101,23 +110,16 @@ func (a *association) log(sc *serverConn, rec *record, bnd netip.AddrPort) {
 		outcome = outcomeIdle
 	}
 	// Bytes are already counted by the per-datagram counters.
-	sc.st.Metrics.FlowDone(rec.user, a.dialer.Interface, outcome, 0, 0)
-	sc.srv.log.Log(lvl, "udp association",
-		zap.String("user", rec.user),
-		zap.Stringer("client", rec.client),
-		zap.String("interface", a.dialer.Interface),
+	sc.st.Metrics.FlowDone(rec.user, rec.iface, outcome, 0, 0)
+	rec.up, rec.down = a.stats.bytesUp.Load(), a.stats.bytesDown.Load()
+	rec.finish(RepSucceeded, outcome, cut)
+	rec.write(sc.srv.log, lvl, "udp association", []zap.Field{
 		zap.Stringer("relay", bnd),
 		zap.String("local", strings.Join(locals, ",")),
 		zap.Int64("dgrams_up", a.stats.dgramsUp.Load()),
-		zap.Int64("bytes_up", a.stats.bytesUp.Load()),
 		zap.Int64("dgrams_down", a.stats.dgramsDown.Load()),
-		zap.Int64("bytes_down", a.stats.bytesDown.Load()),
 		zap.Object("dropped", &a.stats),
-		zap.Duration("duration", time.Since(rec.start)),
-		skippedField(rec.skipped),
-		zap.String("outcome", outcome),
-		zap.Error(cut),
-	)
+	})
 }
 
 // Bounds on per-association state, so a client cannot grow it without

@@ -164,7 +164,7 @@ func TestSoakFlap(t *testing.T) {
 	}
 	st := r.wantServerClean(t, true) // cut tunnels' server sides time out
 	// alice's counters must match exactly; her flows are all "ok".
-	pm := r.wantMetricsMatch(t, l, func(u string) bool { return u != soakBob.name }, "interface_lost", "unreachable", "relay_error", "timeout")
+	pm := r.wantMetricsMatch(t, l, func(u string) bool { return u != soakBob.name }, "interface_lost", "unreachable", "relay_error", "reset", "timeout")
 	for _, s := range pm.series("ifsocks_flows_total") {
 		if s.labels["user"] == soakAlice.name && s.labels["outcome"] != "ok" {
 			if v0, _ := r.pm0.get("ifsocks_flows_total", s.labels); s.value != v0 {

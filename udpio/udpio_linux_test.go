@@ -1,6 +1,6 @@
 //go:build linux
 
-package socks
+package udpio
 
 import (
 	"bytes"
@@ -31,14 +31,14 @@ func listenUDP(tb testing.TB, network, addr string) *net.UDPConn {
 // TestUDPReaderBatches queues datagrams of many sizes before reading, so
 // that recvmmsg finds them all: each must come out once, in order, with
 // its source, and the one larger than the buffer flagged as cut. The
-// reader must grow from one buffer to udpBatchSize along the way.
+// reader must grow from one buffer to BatchSize along the way.
 func TestUDPReaderBatches(t *testing.T) {
 	const size = 600
 	for _, tt := range []struct{ network, addr string }{{"udp4", "127.0.0.1:0"}, {"udp6", "[::1]:0"}} {
 		t.Run(tt.network, func(t *testing.T) {
 			rc := listenUDP(t, tt.network, tt.addr)
 			sc := listenUDP(t, tt.network, tt.addr)
-			r, err := newUDPReader(rc, size)
+			r, err := NewReader(rc, size)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -56,13 +56,13 @@ func TestUDPReaderBatches(t *testing.T) {
 			var counts []int
 			got := 0
 			for got < len(sent) {
-				n, err := r.read()
+				n, err := r.Read()
 				if err != nil {
 					t.Fatalf("after %d datagrams (reads %v): %v", got, counts, err)
 				}
 				counts = append(counts, n)
 				for i := range n {
-					b, src, cut := r.datagram(i)
+					b, src, cut := r.Datagram(i)
 					want := sent[got]
 					wantCut := len(want) > size
 					if wantCut {
@@ -81,8 +81,8 @@ func TestUDPReaderBatches(t *testing.T) {
 			if fmt.Sprint(counts) != "[1 2 4 8 16 9]" {
 				t.Errorf("datagrams per read %v, want [1 2 4 8 16 9]", counts)
 			}
-			if len(r.hdrs) != udpBatchSize {
-				t.Errorf("reader has %d buffers after a burst, want %d", len(r.hdrs), udpBatchSize)
+			if len(r.hdrs) != BatchSize {
+				t.Errorf("reader has %d buffers after a burst, want %d", len(r.hdrs), BatchSize)
 			}
 		})
 	}
@@ -91,13 +91,13 @@ func TestUDPReaderBatches(t *testing.T) {
 // TestUDPReaderClosed: closing the socket ends a read that is waiting.
 func TestUDPReaderClosed(t *testing.T) {
 	c := listenUDP(t, "udp4", "127.0.0.1:0")
-	r, err := newUDPReader(c, 100)
+	r, err := NewReader(c, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() {
-		_, err := r.read()
+		_, err := r.Read()
 		done <- err
 	}()
 	time.Sleep(50 * time.Millisecond)
@@ -123,13 +123,13 @@ func TestUDPWriter(t *testing.T) {
 		t.Run(tt.network, func(t *testing.T) {
 			wc := listenUDP(t, tt.network, tt.addr)
 			rc := listenUDP(t, tt.network, tt.addr)
-			w, err := newUDPWriter(wc)
+			w, err := NewWriter(wc)
 			if err != nil {
 				t.Fatal(err)
 			}
 			to := addrPortOfUDP(rc.LocalAddr())
 			bad := netip.AddrPortFrom(to.Addr(), 0)
-			if tt.wrong != "" && w.add(nil, []byte("x"), netip.MustParseAddrPort(tt.wrong)) {
+			if tt.wrong != "" && w.Add(nil, []byte("x"), netip.MustParseAddrPort(tt.wrong)) {
 				t.Fatalf("add accepted %s on an %s socket", tt.wrong, tt.network)
 			}
 			items := []struct {
@@ -144,18 +144,18 @@ func TestUDPWriter(t *testing.T) {
 				{"", "four", to, true},
 			}
 			for _, it := range items {
-				if !w.add([]byte(it.head), []byte(it.payload), it.to) {
+				if !w.Add([]byte(it.head), []byte(it.payload), it.to) {
 					t.Fatalf("add %q refused", it.payload)
 				}
 			}
-			w.flush()
+			w.Flush()
 			for i, it := range items {
-				n, dst, ok := w.result(i)
+				n, dst, ok := w.Result(i)
 				if ok != it.ok || n != len(it.payload) || dst != it.to {
 					t.Errorf("result %d: %d bytes to %v sent=%v, want %d to %v sent=%v", i, n, dst, ok, len(it.payload), it.to, it.ok)
 				}
 			}
-			w.reset()
+			w.Reset()
 			rc.SetReadDeadline(time.Now().Add(5 * time.Second))
 			buf := make([]byte, 100)
 			for _, it := range items {
@@ -183,23 +183,23 @@ func TestUDPWriter(t *testing.T) {
 func TestUDPWriterFullAndClosed(t *testing.T) {
 	wc := listenUDP(t, "udp4", "127.0.0.1:0")
 	rc := listenUDP(t, "udp4", "127.0.0.1:0")
-	w, err := newUDPWriter(wc)
+	w, err := NewWriter(wc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	to := addrPortOfUDP(rc.LocalAddr())
-	for i := range udpBatchSize {
-		if !w.add(nil, []byte{byte(i)}, to) {
+	for i := range BatchSize {
+		if !w.Add(nil, []byte{byte(i)}, to) {
 			t.Fatalf("add %d refused", i)
 		}
 	}
-	if w.add(nil, []byte("one too many"), to) {
-		t.Fatal("add beyond udpBatchSize accepted")
+	if w.Add(nil, []byte("one too many"), to) {
+		t.Fatal("add beyond BatchSize accepted")
 	}
 	wc.Close()
-	w.flush()
-	for i := range w.len() {
-		if _, _, ok := w.result(i); ok {
+	w.Flush()
+	for i := range w.Len() {
+		if _, _, ok := w.Result(i); ok {
 			t.Fatalf("datagram %d reported sent on a closed socket", i)
 		}
 	}
@@ -212,7 +212,7 @@ func TestUDPWriterGSO(t *testing.T) {
 	wc := listenUDP(t, "udp4", "127.0.0.1:0")
 	rc := listenUDP(t, "udp4", "127.0.0.1:0")
 	other := listenUDP(t, "udp4", "127.0.0.1:0")
-	w, err := newUDPWriter(wc)
+	w, err := NewWriter(wc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,20 +237,20 @@ func TestUDPWriterGSO(t *testing.T) {
 		item{[]byte("H"), bytes.Repeat([]byte{'c'}, 199), to},
 	)
 	for _, it := range items {
-		if !w.add(it.head, it.payload, it.to) {
+		if !w.Add(it.head, it.payload, it.to) {
 			t.Fatal("add refused")
 		}
 	}
-	w.flush()
+	w.Flush()
 	if w.nmsg != 5 {
 		t.Errorf("%d messages for %d datagrams, want 5 (groups of 7, 1, 2, 1, 1)", w.nmsg, len(items))
 	}
 	for i := range items {
-		if _, _, ok := w.result(i); !ok {
+		if _, _, ok := w.Result(i); !ok {
 			t.Fatalf("datagram %d not sent", i)
 		}
 	}
-	w.reset()
+	w.Reset()
 	rc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	other.SetReadDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, 1000)
@@ -293,7 +293,7 @@ func TestUDPWriterGSOEIO(t *testing.T) {
 		return pc.(*net.UDPConn)
 	}
 	wc, rc := open(), open()
-	w, err := newUDPWriter(wc)
+	w, err := NewWriter(wc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,13 +302,13 @@ func TestUDPWriterGSOEIO(t *testing.T) {
 	}
 	to := addrPortOfUDP(rc.LocalAddr())
 	for i := range 8 {
-		if !w.add([]byte{byte(i)}, make([]byte, 499), to) {
+		if !w.Add([]byte{byte(i)}, make([]byte, 499), to) {
 			t.Fatal("add refused")
 		}
 	}
-	w.flush()
+	w.Flush()
 	for i := range 8 {
-		if _, _, ok := w.result(i); !ok {
+		if _, _, ok := w.Result(i); !ok {
 			t.Fatalf("datagram %d not sent", i)
 		}
 	}
@@ -346,17 +346,17 @@ func TestUDPWriterGSOOverMTU(t *testing.T) {
 		t.Helper()
 		p := make([]byte, size)
 		for range 4 {
-			if !w.add(nil, p, to) {
+			if !w.Add(nil, p, to) {
 				t.Fatal("add refused")
 			}
 		}
-		w.flush()
+		w.Flush()
 		for i := range 4 {
-			if _, _, ok := w.result(i); !ok {
+			if _, _, ok := w.Result(i); !ok {
 				t.Fatalf("%d bytes: datagram %d not sent", size, i)
 			}
 		}
-		w.reset()
+		w.Reset()
 	}
 	send(1400)
 	if !w.gso || w.gsoMax != 1399 || w.nmsg != 4 {
@@ -369,7 +369,7 @@ func TestUDPWriterGSOOverMTU(t *testing.T) {
 }
 
 // writerInNetns opens a UDP socket in namespace ns and a writer on it.
-func writerInNetns(tb testing.TB, ns string) *udpWriter {
+func writerInNetns(tb testing.TB, ns string) *Writer {
 	tb.Helper()
 	type result struct {
 		c   *net.UDPConn
@@ -398,7 +398,7 @@ func writerInNetns(tb testing.TB, ns string) *udpWriter {
 		tb.Fatal(r.err)
 	}
 	tb.Cleanup(func() { r.c.Close() })
-	w, err := newUDPWriter(r.c)
+	w, err := NewWriter(r.c)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -425,4 +425,10 @@ func runIP(tb testing.TB, args ...string) {
 	if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
 		tb.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 	}
+}
+
+// addrPortOfUDP is a's address, IPv4-mapped addresses unmapped.
+func addrPortOfUDP(a net.Addr) netip.AddrPort {
+	ap := a.(*net.UDPAddr).AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }

@@ -1,6 +1,6 @@
 //go:build linux
 
-package socks
+package udpio
 
 import (
 	"net"
@@ -12,24 +12,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The UDP relay moves datagrams with recvmmsg(2) and sendmmsg(2): when
+// Datagrams move with recvmmsg(2) and sendmmsg(2): when
 // several are queued on a socket, one system call and one wake-up of the
 // goroutine move them all. The calls are made here rather than through
 // golang.org/x/net/ipv4's ReadBatch/WriteBatch, which allocate a
 // *net.UDPAddr for every datagram read and need one for every datagram
 // written; this code allocates nothing per datagram.
 //
-// udpReader (here) and udpWriter (udp_batch_write_linux.go) are each
+// Reader (here) and Writer (writer_linux.go) are each
 // used by one goroutine, and go through the socket's syscall.RawConn so
 // that the Go poller still does the waiting (a closed socket ends a
 // blocked call, as it does a ReadFrom).
 
-// udpReader reads up to udpBatchSize datagrams per recvmmsg call into
+// Reader reads up to BatchSize datagrams per recvmmsg call into
 // buffers of its own, each size bytes. It starts with one buffer and
 // doubles their number whenever a read fills them all: an association
 // that never has more than one datagram queued costs no more memory than
 // a ReadFrom loop.
-type udpReader struct {
+type Reader struct {
 	rc    syscall.RawConn
 	size  int
 	bufs  [][]byte
@@ -43,19 +43,20 @@ type udpReader struct {
 	readF func(fd uintptr) bool
 }
 
-func newUDPReader(c *net.UDPConn, size int) (*udpReader, error) {
+// NewReader returns a Reader of c whose buffers hold size bytes each.
+func NewReader(c *net.UDPConn, size int) (*Reader, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	r := &udpReader{rc: rc, size: size}
+	r := &Reader{rc: rc, size: size}
 	r.readF = r.recvmmsg // bound once: a method value per call would allocate
 	r.grow(1)
 	return r, nil
 }
 
 // grow makes room for n datagrams, keeping the buffers it has.
-func (r *udpReader) grow(n int) {
+func (r *Reader) grow(n int) {
 	for len(r.bufs) < n {
 		r.bufs = append(r.bufs, make([]byte, r.size))
 	}
@@ -72,12 +73,12 @@ func (r *udpReader) grow(n int) {
 	}
 }
 
-// read waits for at least one datagram and reads as many as are queued,
-// up to its number of buffers. It returns how many it read; datagram
+// Read waits for at least one datagram and reads as many as are queued,
+// up to its number of buffers. It returns how many it read; Datagram
 // gives them. An error means the socket is closed or broken.
-func (r *udpReader) read() (int, error) {
-	if r.n == len(r.hdrs) && r.n < udpBatchSize {
-		r.grow(min(2*r.n, udpBatchSize))
+func (r *Reader) Read() (int, error) {
+	if r.n == len(r.hdrs) && r.n < BatchSize {
+		r.grow(min(2*r.n, BatchSize))
 	}
 	for i := range r.hdrs {
 		r.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
@@ -92,7 +93,7 @@ func (r *udpReader) read() (int, error) {
 }
 
 // recvmmsg is the RawConn callback: false asks the poller to wait.
-func (r *udpReader) recvmmsg(fd uintptr) bool {
+func (r *Reader) recvmmsg(fd uintptr) bool {
 	for {
 		n, _, e := syscall.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), 0, 0, 0)
 		switch e {
@@ -110,9 +111,9 @@ func (r *udpReader) recvmmsg(fd uintptr) bool {
 	}
 }
 
-// datagram returns datagram i of the last read: its bytes (valid until
+// Datagram returns datagram i of the last read: its bytes (valid until
 // the next read), its source, and whether the kernel cut it to fit.
-func (r *udpReader) datagram(i int) (b []byte, src netip.AddrPort, truncated bool) {
+func (r *Reader) Datagram(i int) (b []byte, src netip.AddrPort, truncated bool) {
 	h := &r.hdrs[i]
 	return r.bufs[i][:h.Len], r.zones.addrPort(&r.names[i]), h.Hdr.Flags&unix.MSG_TRUNC != 0
 }

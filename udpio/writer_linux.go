@@ -1,6 +1,6 @@
 //go:build linux
 
-package socks
+package udpio
 
 import (
 	"errors"
@@ -25,11 +25,11 @@ const (
 	gsoMaxBytes = 65000
 )
 
-// udpWriter sends up to udpBatchSize queued datagrams per sendmmsg call,
+// Writer sends up to BatchSize queued datagrams per sendmmsg call,
 // consecutive ones of the same size to the same destination as one GSO
 // message. A datagram is a header (may be empty) and a payload, sent as
 // two iovecs so that neither is copied.
-type udpWriter struct {
+type Writer struct {
 	rc    syscall.RawConn
 	inet6 bool // an AF_INET6 socket: IPv4 destinations go as IPv4-mapped
 	zones zoneIndexes
@@ -67,7 +67,8 @@ type udpWriter struct {
 
 var gsoCmsgSpace = unix.CmsgSpace(2)
 
-func newUDPWriter(c *net.UDPConn) (*udpWriter, error) {
+// NewWriter returns a Writer to c.
+func NewWriter(c *net.UDPConn) (*Writer, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -84,18 +85,18 @@ func newUDPWriter(c *net.UDPConn) (*udpWriter, error) {
 	if serr != nil {
 		return nil, os.NewSyscallError("getsockopt SO_DOMAIN", serr)
 	}
-	w := &udpWriter{
+	w := &Writer{
 		rc:       rc,
 		inet6:    domain == unix.AF_INET6,
-		iovs:     make([]unix.Iovec, 2*udpBatchSize),
-		names:    make([]unix.RawSockaddrInet6, udpBatchSize),
-		namelens: make([]uint32, udpBatchSize),
-		lens:     make([]int, udpBatchSize),
-		dsts:     make([]netip.AddrPort, udpBatchSize),
-		sent:     make([]bool, udpBatchSize),
-		msgs:     make([]unix.Mmsghdr, udpBatchSize),
-		first:    make([]int, udpBatchSize+1),
-		cmsgs:    make([]byte, udpBatchSize*gsoCmsgSpace),
+		iovs:     make([]unix.Iovec, 2*BatchSize),
+		names:    make([]unix.RawSockaddrInet6, BatchSize),
+		namelens: make([]uint32, BatchSize),
+		lens:     make([]int, BatchSize),
+		dsts:     make([]netip.AddrPort, BatchSize),
+		sent:     make([]bool, BatchSize),
+		msgs:     make([]unix.Mmsghdr, BatchSize),
+		first:    make([]int, BatchSize+1),
+		cmsgs:    make([]byte, BatchSize*gsoCmsgSpace),
 		gso:      gsoErr == nil,
 		gsoMax:   gsoMaxBytes,
 	}
@@ -103,11 +104,11 @@ func newUDPWriter(c *net.UDPConn) (*udpWriter, error) {
 	return w, nil
 }
 
-// add queues head+payload for to; both must stay unchanged until flush.
+// Add queues head+payload for to; both must stay unchanged until Flush.
 // It returns false, queuing nothing, when the batch is full or to cannot
 // be sent from this socket (an IPv6 address on an IPv4 socket).
-func (w *udpWriter) add(head, payload []byte, to netip.AddrPort) bool {
-	if w.n == udpBatchSize {
+func (w *Writer) Add(head, payload []byte, to netip.AddrPort) bool {
+	if w.n == BatchSize {
 		return false
 	}
 	i := w.n
@@ -131,11 +132,11 @@ func setIovec(v *unix.Iovec, b []byte) {
 	v.SetLen(len(b))
 }
 
-func (w *udpWriter) size(i int) int { return int(w.iovs[2*i].Len + w.iovs[2*i+1].Len) }
+func (w *Writer) size(i int) int { return int(w.iovs[2*i].Len + w.iovs[2*i+1].Len) }
 
-// flush sends what is queued. Afterwards result(i) tells, for each i <
-// len(), whether datagram i was sent; reset empties the batch.
-func (w *udpWriter) flush() {
+// Flush sends what is queued. Afterwards Result(i) tells, for each i <
+// Len(), whether datagram i was sent; Reset empties the batch.
+func (w *Writer) Flush() {
 	from, gso := 0, w.gso
 	for from < w.n {
 		w.build(from, gso)
@@ -171,7 +172,7 @@ func (w *udpWriter) flush() {
 
 // build lays out the messages for datagrams from..n-1, grouping them for
 // GSO when gso is set.
-func (w *udpWriter) build(from int, gso bool) {
+func (w *Writer) build(from int, gso bool) {
 	m := 0
 	for i := from; i < w.n; m++ {
 		j := i + 1
@@ -215,7 +216,7 @@ func (w *udpWriter) build(from int, gso bool) {
 }
 
 // sendmmsg is the RawConn callback: false asks the poller to wait.
-func (w *udpWriter) sendmmsg(fd uintptr) bool {
+func (w *Writer) sendmmsg(fd uintptr) bool {
 	for {
 		n, _, e := syscall.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.msgs[w.off])), uintptr(w.nmsg-w.off), 0, 0, 0)
 		switch e {
@@ -236,19 +237,21 @@ func (w *udpWriter) sendmmsg(fd uintptr) bool {
 	}
 }
 
-func (w *udpWriter) len() int { return w.n }
+// Len is the number of datagrams queued.
+func (w *Writer) Len() int { return w.n }
 
-// result is datagram i's payload length, destination and whether it was
+// Result is datagram i's payload length, destination and whether it was
 // sent by the last flush.
-func (w *udpWriter) result(i int) (int, netip.AddrPort, bool) {
+func (w *Writer) Result(i int) (int, netip.AddrPort, bool) {
 	return w.lens[i], w.dsts[i], w.sent[i]
 }
 
-func (w *udpWriter) reset() { w.n = 0 }
+// Reset empties the batch.
+func (w *Writer) Reset() { w.n = 0 }
 
 // putSockaddr writes to as the socket's kind of address and returns its
 // length.
-func (w *udpWriter) putSockaddr(sa *unix.RawSockaddrInet6, to netip.AddrPort) (uint32, bool) {
+func (w *Writer) putSockaddr(sa *unix.RawSockaddrInet6, to netip.AddrPort) (uint32, bool) {
 	ip := to.Addr()
 	if !w.inet6 {
 		ip = ip.Unmap()

@@ -1,0 +1,37 @@
+package daemon
+
+import (
+	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/config"
+	"go.uber.org/zap"
+)
+
+// Looking at the host is kept out of Settings, which only converts a
+// config.Config: the same config gives the same settings on any host.
+
+// reportHost warns about what will make flows fail or is unsafe, without
+// refusing to start: an interface may appear later (a hot-plugged ENI).
+func reportHost(cfg *config.Config, log *zap.Logger) {
+	if len(cfg.Users) == 0 {
+		log.Warn("no users configured: accepting clients without authentication",
+			zap.Strings("listen", cfg.Server.Listen))
+	}
+	for i, u := range cfg.Users {
+		if u.Password != "" {
+			log.Warn("user has a plaintext password; use password_hash (ifsocks hash-password)",
+				zap.String("user", u.Name), zap.Int("index", i))
+		}
+		for _, n := range u.Egress.Names() {
+			if err := bind.CheckInterface(n); err != nil {
+				log.Warn("egress interface not usable; the user's flows will fail over or fail with 0x03 until it is",
+					zap.String("user", u.Name), zap.String("interface", n), zap.Error(err))
+			}
+		}
+		if ip := u.SourceIP; ip.IsValid() {
+			if _, ok := bind.AddrOwner(ip); !ok {
+				log.Warn("source_ip is not an address of this host; the user's flows will fail with 0x03 until it is",
+					zap.String("user", u.Name), zap.Stringer("source_ip", ip))
+			}
+		}
+	}
+}
