@@ -118,3 +118,27 @@ func (v *validator) quota(key func(string) string, fq fileQuota, hasPath bool) Q
 	}
 	return q
 }
+
+// accountingKeys refuses, with accounting on, a no-auth listener whose
+// name (the key its flows are counted under) is a user's name, or a user
+// named like the key of unauthenticated flows: their totals would mix.
+func (v *validator) accountingKeys(c *Config) {
+	if c.Accounting.Path == "" {
+		return
+	}
+	users := map[string]int{}
+	for i, u := range c.Users {
+		users[u.Name] = i
+		if u.Name == noAuthKey {
+			v.add(fmt.Sprintf("users[%d].name", i), u.Name, "with [accounting], \"-\" is the name under which flows without authentication are counted")
+		}
+	}
+	for i, l := range c.Listeners {
+		if j, ok := users[l.Name]; ok && l.NoAuth && l.Name != "" {
+			v.add(fmt.Sprintf("listeners[%d].name", i), l.Name, fmt.Sprintf("with [accounting], a no-auth listener is counted under its name, which is users[%d]'s", j))
+		}
+	}
+}
+
+// noAuthKey is accounting.NoAuthKey (config does not import accounting).
+const noAuthKey = "-"

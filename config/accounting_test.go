@@ -95,6 +95,12 @@ func TestAccountingInvalid(t *testing.T) {
 		{"quota without accounting", userTOML("a", "pw") + "quota = \"1GiB\"\n", []string{"users[0].quota", "needs [accounting] path"}},
 		{"quota not a size", acct + userTOML("a", "pw") + "quota = \"lots\"\n", []string{"users[0].quota", `"lots"`}},
 		{"quota too large", acct + userTOML("a", "pw") + "quota = \"2000TiB\"\n", []string{"users[0].quota", "at most 1024TiB"}},
+		{"user named -", acct + userTOML("-", "pw"), []string{"users[0].name", `"-"`}},
+		{
+			"listener named like a user",
+			acct + userTOML("a", "pw") + "[[listeners]]\naddress = \"127.0.0.1:1081\"\nname = \"a\"\nauth = \"none\"\n",
+			[]string{"listeners[0].name", "users[0]"},
+		},
 		{"quota array", acct + userTOML("a", "pw") + "quota = [1]\n", []string{"users[0].quota"}},
 		{"bad period", acct + userTOML("a", "pw") + "quota = 1\nquota_period = \"year\"\n", []string{"users[0].quota_period", `"year"`, "day, week or month"}},
 		{"reset day 31", acct + userTOML("a", "pw") + "quota = 1\nquota_reset_day = 31\n", []string{"users[0].quota_reset_day", `"31"`, "1-28"}},

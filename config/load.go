@@ -124,6 +124,7 @@ func Parse(data []byte, name string) (*Config, error) {
 	v.accounting(c, &f)
 	v.users(c, &f)
 	v.listeners(c, &f)
+	v.accountingKeys(c)
 	v.openRelay(c)
 	if len(v.errs) > 0 {
 		for i, e := range v.errs {

@@ -122,8 +122,13 @@ func (d *daemon) closeAccounting() {
 }
 
 // listenerKey is what a listener's unauthenticated flows are counted
-// under: its address as configured.
-func listenerKey(l config.Listener) string { return l.Address }
+// under: its name, else its address.
+func listenerKey(l config.Listener) string {
+	if l.Name != "" {
+		return l.Name
+	}
+	return l.Address
+}
 
 // Quotas lists the quota of every user and listener of cfg, by accounting
 // key; keys without a quota get their reporting period only.
