@@ -80,9 +80,19 @@ var (
 // (killing what still runs inside) at the end of the test.
 func newEgressTopology(t *testing.T) *topology {
 	t.Helper()
+	return newEgressTopologyAs(t, egPrefix)
+}
+
+// newEgressTopologyAs is newEgressTopology with namespace names that start
+// with prefix, for tests whose names must carry their own.
+func newEgressTopologyAs(t *testing.T, prefix string) *topology {
+	t.Helper()
 	requireRoot(t)
-	egStaleOnce.Do(removeStaleEgress)
-	base := fmt.Sprintf("%s%d-%d-", egPrefix, os.Getpid(), egSeq.Add(1))
+	egStaleOnce.Do(func() {
+		removeStaleEgress(egPrefix)
+		removeStaleEgress(acctPrefix)
+	})
+	base := fmt.Sprintf("%s%d-%d-", prefix, os.Getpid(), egSeq.Add(1))
 	topo := &topology{C: base + "c", P: base + "p", U: base + "u"}
 	t.Cleanup(func() {
 		start := time.Now()
@@ -191,14 +201,14 @@ func restoreWan(topo *topology, wan string) error {
 // removeStaleEgress deletes ifse-<pid>-* namespaces and /etc/netns
 // directories whose test process is gone (a run killed before its
 // cleanups), like removeStale does for the package's own ifst- ones.
-func removeStaleEgress() {
+func removeStaleEgress(prefix string) {
 	for _, dir := range []string{"/run/netns", "/etc/netns"} {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			continue // no such directory: nothing stale
 		}
 		for _, e := range entries {
-			rest, ok := strings.CutPrefix(e.Name(), egPrefix)
+			rest, ok := strings.CutPrefix(e.Name(), prefix)
 			if !ok {
 				continue
 			}
