@@ -49,6 +49,16 @@ func (e *Error) Unwrap() error { return e.Err }
 // source address to bind.
 var ErrNoSource = errors.New("address is not on any interface of this host")
 
+// ErrNoLocalRoute is returned (wrapped in *Error) when a source address
+// from a pool bound with FreeBind is not local to the host: neither
+// assigned nor inside a route of type local, so replies would never reach
+// the socket.
+var ErrNoLocalRoute = errors.New("no local route: the host would not receive replies (add one: ip route add local PREFIX dev lo)")
+
+// ErrPoolSpread is returned (wrapped in *Error) when the addresses a flow
+// picks from a pool without an interface sit on different interfaces.
+var ErrPoolSpread = errors.New("the pool's addresses are on several interfaces; set interface")
+
 // AddrOwner returns the interface that holds the local address a, by
 // listing every interface: a netlink dump, too slow for every flow of a busy
 // server — the daemon asks its netlink watcher instead.
@@ -82,14 +92,43 @@ var ErrFamily = errors.New("source address is of the other IP family")
 // uses kernel routing.
 type Dialer struct {
 	Interface string
-	// Source, when valid, is bound as the local address of every socket
-	// (with IP_BIND_ADDRESS_NO_PORT for TCP, so the port is chosen at
-	// connect time and TIME_WAIT sockets of other destinations do not
-	// exhaust the port range). It must be an address of Interface.
-	Source netip.Addr
+	// Source4 and Source6, when valid, are bound as the local address of
+	// every socket of their family (with IP_BIND_ADDRESS_NO_PORT for TCP,
+	// so the port is chosen at connect time and TIME_WAIT sockets of
+	// other destinations do not exhaust the port range). A Dialer with a
+	// source of one family only refuses sockets of the other (ErrFamily).
+	// Each must be an address of Interface, or local by a route when
+	// FreeBind is set.
+	Source4, Source6 netip.Addr
+	// FreeBind sets IP_FREEBIND or IPV6_FREEBIND, so that a source the
+	// host receives by a local route (a prefix routed to it, "AnyIP")
+	// but holds on no interface can be bound.
+	FreeBind bool
 	// Mark, when non-zero, is set as SO_MARK (needs CAP_NET_ADMIN), for
 	// policy routing rules that match on it.
 	Mark uint32
+}
+
+// WithSource returns d with a set as the source of its family.
+func (d Dialer) WithSource(a netip.Addr) Dialer {
+	if a.Is4() {
+		d.Source4 = a
+	} else {
+		d.Source6 = a
+	}
+	return d
+}
+
+// HasSource reports whether d binds a source address.
+func (d Dialer) HasSource() bool { return d.Source4.IsValid() || d.Source6.IsValid() }
+
+// SourceFor returns the source of the family of dst: invalid when d has
+// no source, or only one of the other family (then HasSource is true).
+func (d Dialer) SourceFor(is4 bool) netip.Addr {
+	if is4 {
+		return d.Source4
+	}
+	return d.Source6
 }
 
 // String names the egress for logs: the interface, or "" for kernel
@@ -99,7 +138,7 @@ func (d Dialer) String() string { return d.Interface }
 // control is the net.Dialer/ListenConfig hook that prepares the raw socket
 // before bind and connect.
 func (d Dialer) control(network, address string, c syscall.RawConn) error {
-	if d.Interface == "" && d.Mark == 0 && !d.Source.IsValid() {
+	if d.Interface == "" && d.Mark == 0 && !d.HasSource() {
 		return nil
 	}
 	var berr error
@@ -118,13 +157,14 @@ func (d Dialer) control(network, address string, c syscall.RawConn) error {
 // local returns the address to bind for network ("tcp4", "udp6", ...), nil
 // for none, or ErrFamily.
 func (d Dialer) local(network string) (net.Addr, error) {
-	if !d.Source.IsValid() {
+	if !d.HasSource() {
 		return nil, nil
 	}
-	if fam := network[len(network)-1]; (fam == '4' && !d.Source.Is4()) || (fam == '6' && d.Source.Is4()) {
+	src := d.SourceFor(network[len(network)-1] == '4')
+	if !src.IsValid() {
 		return nil, &Error{Interface: d.Interface, Err: ErrFamily}
 	}
-	ip := net.IP(d.Source.AsSlice())
+	ip := net.IP(src.AsSlice())
 	if network[:3] == "udp" {
 		return &net.UDPAddr{IP: ip}, nil
 	}
@@ -183,14 +223,21 @@ func (d Dialer) ListenUDP(ctx context.Context, network string) (*net.UDPConn, er
 	return pc.(*net.UDPConn), nil
 }
 
-// ListenTCP opens a TCP listener on the interface, at Source or else at
-// addr, port chosen by the kernel (for the BIND command).
+// ListenTCP opens a TCP listener on the interface, at the source of
+// addr's family or else at addr, port chosen by the kernel (for the BIND
+// command).
 func (d Dialer) ListenTCP(ctx context.Context, addr netip.Addr) (*net.TCPListener, error) {
-	if d.Source.IsValid() {
-		addr = d.Source
+	network := "tcp6"
+	if addr.Is4() {
+		network = "tcp4"
+	}
+	if src := d.SourceFor(addr.Is4()); src.IsValid() {
+		addr = src
+	} else if d.HasSource() {
+		return nil, &Error{Interface: d.Interface, Err: ErrFamily}
 	}
 	lc := net.ListenConfig{Control: d.control, KeepAlive: -1} // see netDialer
-	ln, err := lc.Listen(ctx, "tcp", netip.AddrPortFrom(addr, 0).String())
+	ln, err := lc.Listen(ctx, network, netip.AddrPortFrom(addr, 0).String())
 	if err != nil {
 		return nil, err
 	}
@@ -240,15 +287,21 @@ func (d Dialer) LookupIP(ctx context.Context, host string) ([]netip.Addr, error)
 	return addrs, nil
 }
 
-// dialResolver opens a socket to a nameserver. With a Source address, the
-// socket's family must be Source's, so the network ("udp", "tcp") is
-// narrowed to it; a nameserver of the other family then fails to dial,
-// and the resolver tries the next one.
+// dialResolver opens a socket to a nameserver. With a source address,
+// the socket's family must be one the Dialer has a source for, so the
+// network ("udp", "tcp") is narrowed to the nameserver's family; when the
+// Dialer lacks it, the dial fails and the resolver tries the next one.
 func (d Dialer) dialResolver(ctx context.Context, network, address string) (net.Conn, error) {
-	if d.Source.IsValid() && (network == "udp" || network == "tcp") {
-		if d.Source.Is4() {
+	if d.HasSource() && (network == "udp" || network == "tcp") {
+		ap, err := netip.ParseAddrPort(address)
+		switch {
+		case err == nil && ap.Addr().Unmap().Is4():
 			network += "4"
-		} else {
+		case err == nil:
+			network += "6"
+		case d.Source4.IsValid():
+			network += "4"
+		default:
 			network += "6"
 		}
 	}

@@ -3,8 +3,11 @@ package bind
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"strings"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,9 +37,20 @@ func prepare(fd int, network string, d Dialer) error {
 			return fmt.Errorf("SO_MARK %d: %w", d.Mark, err)
 		}
 	}
-	if d.Source.IsValid() && strings.HasPrefix(network, "tcp") {
+	if d.HasSource() && strings.HasPrefix(network, "tcp") {
 		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1); err != nil {
 			return fmt.Errorf("IP_BIND_ADDRESS_NO_PORT: %w", err)
+		}
+	}
+	if d.FreeBind {
+		// The socket's family is the network's, except "tcp"/"udp"
+		// (BIND listeners), where Go picks it from the address.
+		lvl, opt, name := unix.IPPROTO_IP, unix.IP_FREEBIND, "IP_FREEBIND"
+		if network[len(network)-1] == '6' {
+			lvl, opt, name = unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, "IPV6_FREEBIND"
+		}
+		if err := unix.SetsockoptInt(fd, lvl, opt, 1); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
 	return nil
@@ -93,4 +107,23 @@ func CheckInterface(name string) error {
 		return &Error{Interface: name, Err: ErrInterfaceDown}
 	}
 	return nil
+}
+
+// IsLocal reports whether the kernel takes a as an address of this host:
+// assigned to an interface, or inside a route of type local (a prefix
+// routed to the host with "ip route add local PREFIX dev lo"). A source
+// bound with FreeBind that is not local would send packets whose replies
+// the kernel does not deliver to the socket. One netlink request: callers
+// on the flow path cache the answer (source.Pool.Local).
+func IsLocal(a netip.Addr) bool {
+	routes, err := netlink.RouteGet(net.IP(a.AsSlice()))
+	if err != nil {
+		return false
+	}
+	for _, r := range routes {
+		if r.Type == unix.RTN_LOCAL {
+			return true
+		}
+	}
+	return false
 }

@@ -36,9 +36,9 @@ func TestDialSource(t *testing.T) {
 		listen string
 		d      bind.Dialer
 	}{
-		{"ipv4 source on lo", "127.0.0.1:0", bind.Dialer{Interface: "lo", Source: netip.MustParseAddr("127.0.0.7")}},
-		{"ipv6 source on lo", "[::1]:0", bind.Dialer{Interface: "lo", Source: netip.MustParseAddr("::1")}},
-		{"source without interface", "127.0.0.1:0", bind.Dialer{Source: netip.MustParseAddr("127.0.0.9")}},
+		{"ipv4 source on lo", "127.0.0.1:0", bind.Dialer{Interface: "lo", Source4: netip.MustParseAddr("127.0.0.7")}},
+		{"ipv6 source on lo", "[::1]:0", bind.Dialer{Interface: "lo", Source6: netip.MustParseAddr("::1")}},
+		{"source without interface", "127.0.0.1:0", bind.Dialer{Source4: netip.MustParseAddr("127.0.0.9")}},
 		{"mark", "127.0.0.1:0", bind.Dialer{Interface: "lo", Mark: 77}},
 	}
 	for _, tt := range tests {
@@ -54,11 +54,12 @@ func TestDialSource(t *testing.T) {
 			defer c.Close()
 			s := acceptOne(t, ln)
 			from := addrPort(t, s.RemoteAddr()).Addr()
-			if tt.d.Source.IsValid() && from != tt.d.Source {
-				t.Errorf("peer saw %s, want %s", from, tt.d.Source)
+			src := tt.d.SourceFor(from.Is4())
+			if src.IsValid() && from != src {
+				t.Errorf("peer saw %s, want %s", from, src)
 			}
 			noPort := sockoptInt(t, c, unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT)
-			if want := tt.d.Source.IsValid(); (noPort == 1) != want {
+			if want := tt.d.HasSource(); (noPort == 1) != want {
 				t.Errorf("IP_BIND_ADDRESS_NO_PORT = %d, want set %v", noPort, want)
 			}
 			if m := sockoptInt(t, c, unix.SOL_SOCKET, unix.SO_MARK); m != int(tt.d.Mark) {
@@ -71,7 +72,7 @@ func TestDialSource(t *testing.T) {
 // TestSourceFamily: a source address of one family refuses sockets of the
 // other instead of binding something else.
 func TestSourceFamily(t *testing.T) {
-	d := bind.Dialer{Source: netip.MustParseAddr("127.0.0.1")}
+	d := bind.Dialer{Source4: netip.MustParseAddr("127.0.0.1")}
 	if _, err := d.ListenUDP(ctxTimeout(t, time.Second), "udp6"); !errors.Is(err, bind.ErrFamily) {
 		t.Errorf("ListenUDP udp6 with an IPv4 source: %v, want ErrFamily", err)
 	}
@@ -83,8 +84,8 @@ func TestSourceFamily(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer u.Close()
-	if got := u.LocalAddr().(*net.UDPAddr).AddrPort().Addr(); got != d.Source {
-		t.Errorf("UDP socket bound to %s, want %s", got, d.Source)
+	if got := u.LocalAddr().(*net.UDPAddr).AddrPort().Addr(); got != d.Source4 {
+		t.Errorf("UDP socket bound to %s, want %s", got, d.Source4)
 	}
 }
 
@@ -100,14 +101,65 @@ func TestListenTCP(t *testing.T) {
 	if dev := boundDevice(t, ln); dev != "lo" {
 		t.Errorf("SO_BINDTODEVICE = %q, want lo", dev)
 	}
-	d.Source = netip.MustParseAddr("127.0.0.5")
+	d.Source4 = netip.MustParseAddr("127.0.0.5")
 	ln2, err := d.ListenTCP(ctxTimeout(t, time.Second), netip.MustParseAddr("127.0.0.1"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln2.Close()
-	if got := addrPort(t, ln2.Addr()).Addr(); got != d.Source {
-		t.Errorf("listening on %s, want the source %s", got, d.Source)
+	if got := addrPort(t, ln2.Addr()).Addr(); got != d.Source4 {
+		t.Errorf("listening on %s, want the source %s", got, d.Source4)
+	}
+}
+
+// TestDialBothFamilies: a Dialer with a source of each family (a mixed
+// pool) binds the one of the destination's family.
+func TestDialBothFamilies(t *testing.T) {
+	d := bind.Dialer{Interface: "lo", Source4: netip.MustParseAddr("127.0.0.8"), Source6: netip.MustParseAddr("::1")}
+	for _, listen := range []string{"127.0.0.1:0", "[::1]:0"} {
+		ln := listenTCP(t, listen)
+		c, err := d.DialTCP(ctxTimeout(t, 5*time.Second), addrPort(t, ln.Addr()))
+		if err != nil {
+			t.Fatalf("DialTCP %s: %v", listen, err)
+		}
+		s := acceptOne(t, ln)
+		from := addrPort(t, s.RemoteAddr()).Addr()
+		if want := d.SourceFor(from.Is4()); from != want {
+			t.Errorf("%s: peer saw %s, want %s", listen, from, want)
+		}
+		c.Close()
+	}
+}
+
+// TestFreeBind: FreeBind sets IP_FREEBIND (IPV6_FREEBIND on IPv6) so an
+// address held by no interface can be bound; without it the bind fails.
+func TestFreeBind(t *testing.T) {
+	foreign := netip.MustParseAddr("192.0.2.77") // TEST-NET-1: on no interface
+	plain := bind.Dialer{Source4: foreign}
+	if _, err := plain.ListenUDP(ctxTimeout(t, time.Second), "udp4"); err == nil {
+		t.Fatal("binding an address of no interface without FreeBind succeeded")
+	}
+	free := plain
+	free.FreeBind = true
+	u, err := free.ListenUDP(ctxTimeout(t, time.Second), "udp4")
+	if err != nil {
+		t.Fatalf("FreeBind: %v", err)
+	}
+	defer u.Close()
+	if got := u.LocalAddr().(*net.UDPAddr).AddrPort().Addr(); got != foreign {
+		t.Errorf("bound to %s, want %s", got, foreign)
+	}
+	if v := sockoptInt(t, u, unix.IPPROTO_IP, unix.IP_FREEBIND); v != 1 {
+		t.Errorf("IP_FREEBIND = %d, want 1", v)
+	}
+	free6 := bind.Dialer{Source6: netip.MustParseAddr("2001:db8::77"), FreeBind: true}
+	u6, err := free6.ListenUDP(ctxTimeout(t, time.Second), "udp6")
+	if err != nil {
+		t.Skipf("no IPv6 here: %v", err)
+	}
+	defer u6.Close()
+	if v := sockoptInt(t, u6, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND); v != 1 {
+		t.Errorf("IPV6_FREEBIND = %d, want 1", v)
 	}
 }
 

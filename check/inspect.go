@@ -40,6 +40,8 @@ type result struct {
 	path     string
 	rows     []row
 	findings []finding
+	// poolLines describe the source_ips pools (pools.go).
+	poolLines []poolLine
 }
 
 func (r *result) add(sev severity, subject, format string, args ...any) {

@@ -29,6 +29,12 @@ func (r *result) write(w io.Writer) {
 		fmt.Fprintln(w, "\nIPV6: global and unique-local addresses; link-local ones are not shown.")
 		fmt.Fprintln(w, "DEFAULT4, DEFAULT6: a default route out of the interface, in any routing table.")
 	}
+	if len(r.poolLines) > 0 {
+		fmt.Fprintln(w, "\nsource pools (source_ips):")
+		for _, l := range r.poolLines {
+			fmt.Fprintf(w, "  %s: %s\n", l.owner, l.text)
+		}
+	}
 	for _, s := range []struct {
 		sev  severity
 		name string

@@ -37,6 +37,7 @@ func (st *ifaceState) flowsOf(family ...string) string {
 // egressOwner is a user or listener with its egress, as the table and
 // findings name it.
 type egressOwner struct {
+	key    string // "users[1]", "listeners[0]": the key path of the entry
 	label  string // "users[1] bob", "listeners[0] 10.0.0.5:1081"
 	name   string // "bob", "listener 10.0.0.5:1081"
 	user   *config.User
@@ -48,6 +49,7 @@ func owners(cfg *config.Config) []egressOwner {
 	for i := range cfg.Users {
 		u := &cfg.Users[i]
 		out = append(out, egressOwner{
+			key:   fmt.Sprintf("users[%d]", i),
 			label: fmt.Sprintf("users[%d] %s", i, display(u.Name)), name: display(u.Name),
 			user: u, egress: u.Egress,
 		})
@@ -57,6 +59,7 @@ func owners(cfg *config.Config) []egressOwner {
 			continue // its users' egress applies
 		}
 		out = append(out, egressOwner{
+			key:   fmt.Sprintf("listeners[%d]", i),
 			label: fmt.Sprintf("listeners[%d] %s", i, l.Address), name: "listener " + l.Address,
 			egress: l.Egress,
 		})
@@ -96,6 +99,12 @@ func (r *result) users(h host, cfg *config.Config) {
 			default:
 				sources[i] = name
 				use(o, name)
+			}
+		}
+		if len(o.egress.SourceIPs) > 0 {
+			if nic := r.pool(h, o, o.key+".source_ips"); nic != "" && o.egress.Interface == "" {
+				sources[i] = nic
+				use(o, nic)
 			}
 		}
 		if m := o.egress.Mark; m != 0 {
@@ -215,6 +224,10 @@ func makeRows(o egressOwner, source string, ifaces map[string]*ifaceState) []row
 	switch {
 	case e.Interface == config.Ingress:
 		rows = append(rows, makeRow(o.name, nil, "ingress: the interface of the address each client connects to"))
+	case source != "" && len(e.SourceIPs) > 0:
+		rows = append(rows, makeRow(o.name, ifaces[source], "source pool"))
+	case len(e.SourceIPs) > 0 && e.Interface == "":
+		rows = append(rows, makeRow(o.name, nil, "source pool on no single interface"))
 	case source != "":
 		rows = append(rows, makeRow(o.name, ifaces[source], "source "+e.SourceIP.String()))
 	case e.SourceIP.IsValid():

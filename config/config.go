@@ -131,11 +131,22 @@ type Egress struct {
 	SourceIP netip.Addr
 	// Mark, when non-zero, is set as SO_MARK on every outbound socket.
 	Mark uint32
+
+	// SourceIPs is a pool of source addresses: single addresses as /32
+	// or /128, and prefixes (source_ips.go). Each flow binds one address
+	// of the pool, picked by Rotation, on Interface when set, else on the
+	// interface holding the address.
+	SourceIPs []netip.Prefix
+	// Rotation picks the address of each flow from SourceIPs.
+	Rotation Rotation
+	// SessionSeparator splits a login name "USER<sep>KEY" into the user
+	// and a session key; set when Rotation is RotationSession.
+	SessionSeparator string
 }
 
 // IsZero reports whether e leaves everything to kernel routing.
 func (e Egress) IsZero() bool {
-	return e.Interface == "" && len(e.Interfaces) == 0 && !e.SourceIP.IsValid() && e.Mark == 0
+	return e.Interface == "" && len(e.Interfaces) == 0 && !e.SourceIP.IsValid() && e.Mark == 0 && len(e.SourceIPs) == 0
 }
 
 // Names lists the interface names e may use (not Ingress, which is
@@ -161,6 +172,9 @@ type Listener struct {
 	// AllowClients, when not empty, are the only client addresses
 	// accepted.
 	AllowClients []netip.Prefix
+	// Protocols are the protocols served; [server] protocols when the
+	// listener does not set its own.
+	Protocols Protocols
 	Egress
 	// Quota caps the listener's unauthenticated flows (auth = "none"
 	// only: users have their own).
@@ -176,7 +190,10 @@ type Metrics struct {
 
 // Server is the [server] table.
 type Server struct {
-	Listen           []string
+	Listen []string
+	// Protocols are the protocols served on Listen (and on [[listeners]]
+	// that do not set their own).
+	Protocols        Protocols
 	HandshakeTimeout time.Duration
 	IdleTimeout      time.Duration
 	ConnectTimeout   time.Duration

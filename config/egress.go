@@ -35,6 +35,7 @@ func (v *validator) egress(key func(string) string, fe fileEgress) Egress {
 			e.SourceIP = ip.Unmap()
 		}
 	}
+	v.sourceIPs(key, fe, &e)
 	switch m := fe.Mark; {
 	case m < 0 || m > math.MaxUint32:
 		v.add(key("mark"), strconv.FormatInt(m, 10), "must be 1-4294967295 (or unset)")
@@ -122,6 +123,9 @@ func (v *validator) listeners(c *Config, f *file) {
 			}
 		case "none":
 			l.NoAuth = true
+			if l.Rotation == RotationSession {
+				v.add(key("source_rotation"), RotationSession.String(), "needs auth = \"password\": the session key is part of the user name")
+			}
 		default:
 			v.add(key("auth"), fl.Auth, "must be password or none")
 		}
@@ -132,6 +136,12 @@ func (v *validator) listeners(c *Config, f *file) {
 				continue
 			}
 			l.AllowClients = append(l.AllowClients, p)
+		}
+		l.Protocols = c.Server.Protocols
+		if fl.Protocols != nil {
+			l.Protocols = v.protocols(key("protocols"), fl.Protocols, !l.NoAuth)
+		} else if l.Protocols.SOCKS4 && !l.NoAuth {
+			v.add(key("protocols"), c.Server.Protocols.String(), "inherited from server.protocols: SOCKS4 carries no password; set protocols for this listener")
 		}
 		l.Quota = v.quota(key, fl.fileQuota, c.Accounting.Path != "")
 		if l.Quota.Bytes > 0 && !l.NoAuth {

@@ -87,9 +87,9 @@ func TestListenersValid(t *testing.T) {
 	}
 	want := []config.Listener{
 		{Address: "10.0.0.5:1081", NoAuth: true, AllowClients: []netip.Prefix{
-			netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.9/32")}},
-		{Address: "[fd00::5]:1082", Name: "v6.office-2_b"},
-		{Address: "127.0.0.1:1083", NoAuth: true},
+			netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.9/32")}, Protocols: config.DefaultProtocols},
+		{Address: "[fd00::5]:1082", Name: "v6.office-2_b", Protocols: config.DefaultProtocols},
+		{Address: "127.0.0.1:1083", NoAuth: true, Protocols: config.DefaultProtocols},
 	}
 	if !reflect.DeepEqual(c.Listeners, want) {
 		t.Errorf("listeners = %+v\nwant %+v", c.Listeners, want)

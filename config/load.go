@@ -18,6 +18,7 @@ import (
 type file struct {
 	Server struct {
 		Listen           []string `toml:"listen"`
+		Protocols        []string `toml:"protocols"`
 		HandshakeTimeout string   `toml:"handshake_timeout"`
 		IdleTimeout      string   `toml:"idle_timeout"`
 		ConnectTimeout   string   `toml:"connect_timeout"`
@@ -67,6 +68,10 @@ type fileEgress struct {
 	Strategy   string   `toml:"strategy"`
 	SourceIP   string   `toml:"source_ip"`
 	Mark       int64    `toml:"mark"`
+
+	SourceIPs        []string `toml:"source_ips"`
+	SourceRotation   string   `toml:"source_rotation"`
+	SessionSeparator *string  `toml:"session_separator"`
 }
 
 type fileUser struct {
@@ -88,6 +93,7 @@ type fileListener struct {
 	Address      string   `toml:"address"`
 	Auth         string   `toml:"auth"`
 	AllowClients []string `toml:"allow_clients"`
+	Protocols    []string `toml:"protocols"`
 	fileEgress
 	fileQuota
 }
@@ -123,6 +129,7 @@ func Parse(data []byte, name string) (*Config, error) {
 	v.metrics(c)
 	v.accounting(c, &f)
 	v.users(c, &f)
+	v.serverProtocols(c, &f)
 	v.listeners(c, &f)
 	v.accountingKeys(c)
 	v.openRelay(c)
@@ -224,6 +231,7 @@ func applyDefaults(c *Config, f *file) {
 	if len(f.Server.Listen) > 0 || f.defined("server", "listen") {
 		c.Server.Listen = f.Server.Listen
 	}
+	c.Server.Protocols = DefaultProtocols
 	c.Server.HandshakeTimeout = DefaultHandshakeTimeout
 	c.Server.IdleTimeout = DefaultIdleTimeout
 	c.Server.ConnectTimeout = DefaultConnectTimeout

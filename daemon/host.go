@@ -33,5 +33,41 @@ func reportHost(cfg *config.Config, log *zap.Logger) {
 					zap.String("user", u.Name), zap.Stringer("source_ip", ip))
 			}
 		}
+		reportPool(log.With(zap.String("user", u.Name)), u.Egress)
+	}
+	for _, l := range cfg.Listeners {
+		reportPool(log.With(zap.String("listener", l.Address)), l.Egress)
+	}
+}
+
+// reportPool warns about source_ips entries whose flows will get 0x03:
+// with interface, one the host does not take as its own (no local route);
+// without, one no interface holds; and a pool spread over several NICs.
+// Only the first usable address of each entry is looked at (ifsocks -check
+// tells more).
+func reportPool(log *zap.Logger, e config.Egress) {
+	nics := map[string]bool{}
+	for _, p := range e.SourceIPs {
+		a := p.Addr()
+		if p.Bits() < a.BitLen() {
+			a = a.Next() // not the anycast or network address
+		}
+		if e.Interface != "" {
+			if !bind.IsLocal(a) {
+				log.Warn("source_ips entry has no local route; its flows will fail with 0x03 until one is added (ip route add local PREFIX dev lo)",
+					zap.Stringer("entry", p), zap.String("interface", e.Interface))
+			}
+			continue
+		}
+		owner, ok := bind.AddrOwner(a)
+		if !ok {
+			log.Warn("source_ips entry is not an address of this host; without interface its flows will fail with 0x03 until it is",
+				zap.Stringer("entry", p))
+			continue
+		}
+		nics[owner] = true
+	}
+	if len(nics) > 1 {
+		log.Warn("source_ips addresses sit on several interfaces; set interface to give the pool one NIC")
 	}
 }

@@ -14,8 +14,11 @@ import (
 // reload re-reads the configuration file and, if it is valid and its new
 // listeners can be opened, puts it in force for new connections at once:
 // users, passwords, interfaces, policy, limits, listeners and the log
-// level. Flows in progress keep the settings they started with. On any
-// error the running configuration stays untouched.
+// level, for every step not yet taken (socks.Server.Update): connections
+// still in their handshake authenticate against the new users, and UDP
+// associations judge their next datagrams by the new policy. Running TCP
+// flows keep their target and egress. On any error the running
+// configuration stays untouched.
 //
 // Flows of users the new file removes run on until they end, unless
 // server.reload_closes_removed is set. log.format and metrics.listen need a

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -323,7 +324,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	for _, want := range []string{
 		`ifsocks_bytes_total{direction="up",interface="",user="frank"} 1000`,
 		`ifsocks_bytes_total{direction="down",interface="",user="frank"} 1000`,
-		`ifsocks_flows_total{interface="",outcome="ok",user="frank"} 1`,
+		`ifsocks_flows_total{interface="",outcome="ok",protocol="socks5",user="frank"} 1`,
 		`ifsocks_auth_failures_total{reason="bad_credentials"} 1`,
 		`ifsocks_active_flows{interface="",user="frank"} 0`,
 		`ifsocks_config_reloads_total{result="failure"} 0`,
@@ -351,4 +352,65 @@ func scrape(tb testing.TB, url string) string {
 		tb.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
 	}
 	return string(b)
+}
+
+// TestReloadAppliesToOpenHandshake: with reload_closes_removed, a
+// connection accepted (and past its greeting) before the reload that
+// removes erin cannot log in as erin after it, and one accepted before a
+// reload that adds a deny entry cannot reach the newly denied target.
+func TestReloadAppliesToOpenHandshake(t *testing.T) {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	target := echoServer(t, "127.0.0.1:0")
+	// Two reloads pass while the handshakes wait: on a loaded machine
+	// under -race that can exceed the default handshake_timeout.
+	extra := "reload_closes_removed = true\nhandshake_timeout = \"5m\""
+	d := startFileDaemon(t, reloadConfig(t, []string{addr}, []string{"erin", "frank"}, extra))
+	raw := func() net.Conn {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(2 * time.Minute))
+		if _, err := c.Write([]byte{5, 1, 2}); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 2)
+		if _, err := io.ReadFull(c, got); err != nil || got[1] != 2 {
+			t.Fatalf("method selection % x, %v", got, err)
+		}
+		return c
+	}
+	login := func(c net.Conn, user string) byte {
+		msg := append([]byte{1, byte(len(user))}, user...)
+		msg = append(append(msg, byte(len(user)+3)), user+"-pw"...)
+		c.Write(msg)
+		got := make([]byte, 2)
+		if _, err := io.ReadFull(c, got); err != nil {
+			t.Fatalf("auth status: %v", err)
+		}
+		return got[1]
+	}
+	erin := raw()
+	frank := raw()
+	if st := login(frank, "frank"); st != 0 {
+		t.Fatalf("frank's login: status %d", st)
+	}
+	d.reloadWith(t, reloadConfig(t, []string{addr}, []string{"frank"}, extra))
+	if st := login(erin, "erin"); st == 0 {
+		t.Fatal("erin, removed by the reload, logged in on a connection accepted before it")
+	}
+
+	// The deny list is now loopback: frank's request, sent after the
+	// reload on a connection that logged in before it, is refused.
+	d.reloadWith(t, strings.Replace(reloadConfig(t, []string{addr}, []string{"frank"}, extra), "deny = []", `deny = ["127.0.0.0/8"]`, 1))
+	tap := netip.MustParseAddrPort(target)
+	req := []byte{5, 1, 0, 1}
+	req = append(req, tap.Addr().AsSlice()...)
+	req = append(req, byte(tap.Port()>>8), byte(tap.Port()))
+	frank.Write(req)
+	rep := make([]byte, 2)
+	if _, err := io.ReadFull(frank, rep); err != nil || rep[1] != 2 {
+		t.Fatalf("frank's CONNECT to a target denied after login: reply % x, %v; want 05 02", rep, err)
+	}
 }

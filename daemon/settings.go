@@ -10,12 +10,14 @@ package daemon
 
 import (
 	"fmt"
+	"net/netip"
 	"sync/atomic"
 
 	"github.com/ifsocks/ifsocks/auth"
 	"github.com/ifsocks/ifsocks/config"
 	"github.com/ifsocks/ifsocks/policy"
 	"github.com/ifsocks/ifsocks/socks"
+	"github.com/ifsocks/ifsocks/source"
 )
 
 // Settings builds the server settings for cfg.
@@ -29,7 +31,8 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	}
 	listeners := make(map[string]*socks.Listener, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
-		listeners[l.Address] = &socks.Listener{Name: l.Name, NoAuth: l.NoAuth, AllowClients: l.AllowClients, Egress: egress(l.Egress)}
+		listeners[l.Address] = &socks.Listener{Name: l.Name, NoAuth: l.NoAuth, AllowClients: l.AllowClients, Egress: egress(l.Egress),
+			Protocols: protocols(l.Protocols)}
 	}
 	store, err := auth.NewStore(accounts, auth.Options{})
 	if err != nil {
@@ -40,6 +43,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 		Users:            users,
 		Listeners:        listeners,
 		Policy:           policy.New(cfg.Server.Deny, cfg.Server.DenyOwnAddresses),
+		Protocols:        protocols(cfg.Server.Protocols),
 		HandshakeTimeout: cfg.Server.HandshakeTimeout,
 		ConnectTimeout:   cfg.Server.ConnectTimeout,
 		BindTimeout:      cfg.Server.BindTimeout,
@@ -70,17 +74,40 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 // position, so users do not disturb each other's turns.
 func egress(e config.Egress) socks.Egress {
 	out := socks.Egress{
-		Interfaces: e.Interfaces,
-		Strategy:   e.Strategy,
-		Ingress:    e.Interface == config.Ingress,
-		Source:     e.SourceIP,
-		Mark:       e.Mark,
+		Interfaces:       e.Interfaces,
+		Strategy:         e.Strategy,
+		Ingress:          e.Interface == config.Ingress,
+		Mark:             e.Mark,
+		Rotation:         e.Rotation,
+		SessionSeparator: e.SessionSeparator,
+	}
+	switch {
+	case len(e.SourceIPs) > 0:
+		out.Sources = source.New(e.SourceIPs)
+	case e.SourceIP.IsValid():
+		// One egress path: a source_ip is a pool of one address.
+		out.Sources = source.New([]netip.Prefix{netip.PrefixFrom(e.SourceIP, e.SourceIP.BitLen())})
 	}
 	if out.Strategy == socks.RoundRobin {
 		out.Turn = new(atomic.Uint64)
 	}
 	if e.Interface != "" && !out.Ingress {
 		out.Interfaces = []string{e.Interface}
+	}
+	return out
+}
+
+// protocols converts a configured protocol set.
+func protocols(p config.Protocols) socks.Protocols {
+	var out socks.Protocols
+	if p.SOCKS5 {
+		out |= socks.ProtoSOCKS5
+	}
+	if p.HTTP {
+		out |= socks.ProtoHTTP
+	}
+	if p.SOCKS4 {
+		out |= socks.ProtoSOCKS4
 	}
 	return out
 }

@@ -34,6 +34,7 @@ type Metrics struct {
 	lastReload   prometheus.Gauge
 	limits       limitMetrics
 	accounting   accountingMetrics
+	panics       *prometheus.CounterVec
 }
 
 // New creates the metrics, with the Go runtime and process collectors.
@@ -47,8 +48,8 @@ func New() *Metrics {
 	f(m.skipped)
 	m.flows = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ifsocks_flows_total",
-		Help: "Finished flows (CONNECT and UDP ASSOCIATE requests) by user, egress interface and outcome.",
-	}, []string{"user", "interface", "outcome"})
+		Help: "Finished flows (CONNECT tunnels, UDP associations, forwarded HTTP requests) by protocol (socks5, socks4, http-connect, http), user, egress interface and outcome.",
+	}, []string{"protocol", "user", "interface", "outcome"})
 	m.active = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "ifsocks_active_flows",
 		Help: "Flows currently relaying, by user and egress interface.",
@@ -86,6 +87,7 @@ func New() *Metrics {
 	})
 	m.newLimits(f)
 	m.newAccounting(f)
+	m.newPanics(f)
 	for _, c := range []prometheus.Collector{m.flows, m.active, m.bytes, m.authFailures, m.dial,
 		m.ifaceUp, m.udpDgrams, m.udpDrops, m.reloads, m.lastReload,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
@@ -103,12 +105,13 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
 
-// FlowDone counts a finished flow and its bytes.
-func (m *Metrics) FlowDone(user, iface, outcome string, up, down int64) {
+// FlowDone counts a finished flow of protocol and its bytes. protocol is
+// one of a fixed few names, so the label stays bounded.
+func (m *Metrics) FlowDone(protocol, user, iface, outcome string, up, down int64) {
 	if m == nil {
 		return
 	}
-	m.flows.WithLabelValues(user, iface, outcome).Inc()
+	m.flows.WithLabelValues(protocol, user, iface, outcome).Inc()
 	if up > 0 {
 		m.bytes.WithLabelValues(user, iface, "up").Add(float64(up))
 	}

@@ -14,7 +14,7 @@ import (
 // server can call it unconditionally.
 func TestNilSafe(t *testing.T) {
 	var m *Metrics
-	m.FlowDone("u", "eth1", "ok", 1, 2)
+	m.FlowDone("socks5", "u", "eth1", "ok", 1, 2)
 	m.FlowActive("u", "eth1", 1)
 	m.AuthFailure("bad_credentials")
 	m.Dial("eth1", time.Millisecond, true)
@@ -29,9 +29,9 @@ func TestNilSafe(t *testing.T) {
 
 func TestCounters(t *testing.T) {
 	m := New()
-	m.FlowDone("alice", "eth1", "ok", 100, 2000)
-	m.FlowDone("alice", "eth1", "ok", 1, 0)
-	m.FlowDone("alice", "eth1", "denied", 0, 0)
+	m.FlowDone("socks5", "alice", "eth1", "ok", 100, 2000)
+	m.FlowDone("socks5", "alice", "eth1", "ok", 1, 0)
+	m.FlowDone("socks5", "alice", "eth1", "denied", 0, 0)
 	m.FlowActive("bob", "eth2", 1)
 	m.FlowActive("bob", "eth2", 1)
 	m.FlowActive("bob", "eth2", -1)
@@ -49,8 +49,8 @@ func TestCounters(t *testing.T) {
 		got  float64
 		want float64
 	}{
-		{"flows ok", testutil.ToFloat64(m.flows.WithLabelValues("alice", "eth1", "ok")), 2},
-		{"flows denied", testutil.ToFloat64(m.flows.WithLabelValues("alice", "eth1", "denied")), 1},
+		{"flows ok", testutil.ToFloat64(m.flows.WithLabelValues("socks5", "alice", "eth1", "ok")), 2},
+		{"flows denied", testutil.ToFloat64(m.flows.WithLabelValues("socks5", "alice", "eth1", "denied")), 1},
 		{"tcp bytes up", testutil.ToFloat64(m.bytes.WithLabelValues("alice", "eth1", "up")), 101},
 		{"tcp bytes down", testutil.ToFloat64(m.bytes.WithLabelValues("alice", "eth1", "down")), 2000},
 		{"active", testutil.ToFloat64(m.active.WithLabelValues("bob", "eth2")), 1},
@@ -78,12 +78,12 @@ func TestHandler(t *testing.T) {
 	m := New()
 	up := map[string]bool{"eth1": true, "eth9": false}
 	m.InterfaceStates(func() map[string]bool { return up })
-	m.FlowDone("alice", "eth1", "ok", 5, 6)
+	m.FlowDone("socks5", "alice", "eth1", "ok", 5, 6)
 	body := get(t, m)
 	for _, want := range []string{
 		`ifsocks_interface_up{interface="eth1"} 1`,
 		`ifsocks_interface_up{interface="eth9"} 0`,
-		`ifsocks_flows_total{interface="eth1",outcome="ok",user="alice"} 1`,
+		`ifsocks_flows_total{interface="eth1",outcome="ok",protocol="socks5",user="alice"} 1`,
 		`ifsocks_config_reloads_total{result="success"} 0`,
 		`go_goroutines `,
 	} {

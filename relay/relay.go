@@ -18,13 +18,26 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
 )
+
+// PanicError is a panic recovered in a relay goroutine. The flow ends as
+// if by an error of this host (both connections closed, done called) and
+// Result.Err is the *PanicError, so the caller can log the stack; other
+// flows are not touched.
+type PanicError struct {
+	Value any    // what was passed to panic
+	Stack []byte // the panicking goroutine's stack
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("panic in relay: %v", e.Value) }
 
 // Result describes a finished relay.
 type Result struct {
@@ -103,9 +116,11 @@ type flow struct {
 // that ends last finishes the flow.
 func (f *flow) half(dst, src *net.TCPConn, count *int64, lim *rate.Limiter, live *atomic.Int64) {
 	var (
-		n   int64
-		err error
+		n     int64
+		err   error
+		ended bool // this direction is counted out of pending
 	)
+	defer f.recoverHalf(&ended)
 	if lim == nil {
 		n, err = copyConn(dst, src, live)
 	} else {
@@ -120,8 +135,33 @@ func (f *flow) half(dst, src *net.TCPConn, count *int64, lim *rate.Limiter, live
 	f.mu.Lock()
 	*count = n
 	f.pending--
+	ended = true
 	last := f.pending == 0
 	f.mu.Unlock()
+	if last {
+		f.finish()
+	}
+}
+
+// recoverHalf, deferred by each direction, turns a panic in it into the
+// end of this flow alone: the panic is recorded as the flow's error (over
+// any other: it is the one to report), both connections are closed, and
+// the direction counts as ended (unless it already was: the panic came
+// from finishing) so the flow still finishes once.
+func (f *flow) recoverHalf(ended *bool) {
+	p := recover()
+	if p == nil {
+		return
+	}
+	f.mu.Lock()
+	f.err = &PanicError{Value: p, Stack: debug.Stack()}
+	last := false
+	if !*ended {
+		f.pending--
+		last = f.pending == 0
+	}
+	f.mu.Unlock()
+	f.closeBoth()
 	if last {
 		f.finish()
 	}

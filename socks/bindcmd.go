@@ -35,7 +35,7 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 		return false
 	}
 	ctx, cancel := context.WithTimeout(sc.srv.ctx, st.ConnectTimeout)
-	ln, expect, use, err := sc.bindListen(ctx, eg, dst)
+	ln, expect, use, err := sc.bindListen(ctx, eg, dst, rec.flowID())
 	cancel()
 	rec.tookEgress(use)
 	if err != nil {
@@ -51,9 +51,18 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 	}
 	peer, err := sc.acceptPeer(ln, expect, st.BindTimeout)
 	ln.Close()
+	if cut := sc.srv.endReason(sc); err != nil && cut != nil {
+		// Cut while waiting (its user removed by a reload): say so,
+		// rather than blame the client for the closed connection; a
+		// warning, as for a cut CONNECT.
+		sc.answerRefusal(RepGeneralFailure, cut)
+		rec.finish(RepGeneralFailure, cutOutcome(cut), cut)
+		sc.logFlow(rec, zap.WarnLevel)
+		return false
+	}
 	if err == nil && !sc.srv.setEgress(sc, use.route.Interface, peer) {
 		if err = sc.srv.endReason(sc); err == nil {
-			err = errors.New("server is shutting down")
+			err = errShuttingDown
 		}
 		sc.refuse(rec, RepGeneralFailure, cutOutcome(err), err)
 		return false
@@ -75,12 +84,12 @@ func (sc *serverConn) bindPeer(rec *record, dst Addr, user User, eg *Egress) boo
 // that can listen, and returns it with the peer addresses to accept (none:
 // any). The named peer must pass the destination policy, as a CONNECT
 // target would.
-func (sc *serverConn) bindListen(ctx context.Context, eg *Egress, dst Addr) (*net.TCPListener, []netip.Addr, egressUse, error) {
+func (sc *serverConn) bindListen(ctx context.Context, eg *Egress, dst Addr, id flowID) (*net.TCPListener, []netip.Addr, egressUse, error) {
 	type bound struct {
 		ln     *net.TCPListener
 		expect []netip.Addr
 	}
-	b, use, err := openEgress(sc.st, eg, sc.localIP(), targetKey(dst), &sc.srv.turn, func(route bind.Dialer) (bound, error) {
+	b, use, err := openEgress(sc.st, eg, sc.localIP(), targetKey(dst), &sc.srv.turn, id, func(route bind.Dialer) (bound, error) {
 		ln, expect, err := sc.bindRoute(ctx, route, dst)
 		return bound{ln, expect}, err
 	})
@@ -115,14 +124,23 @@ func (sc *serverConn) bindRoute(ctx context.Context, route bind.Dialer, dst Addr
 	return ln, expect, nil
 }
 
-// bindAddr picks the address to listen on: the route's source address; else
-// the one the interface would use towards the named peer; else (the client
-// named no peer) the interface's first address of the family the client
-// used, or, with kernel routing, the address the client connected to.
+// bindAddr picks the address to listen on: the route's source address of
+// the named peer's family (of the other when the route has only that one);
+// else the one the interface would use towards the named peer; else (the
+// client named no peer) the interface's first address of the family the
+// client used, or, with kernel routing, the address the client connected
+// to.
 func (sc *serverConn) bindAddr(ctx context.Context, route bind.Dialer, dst Addr, expect []netip.Addr) (netip.Addr, error) {
 	switch {
-	case route.Source.IsValid():
-		return route.Source, nil
+	case route.HasSource():
+		want4 := dst.Name != "" || dst.IP.Is4()
+		if len(expect) > 0 {
+			want4 = expect[0].Is4()
+		}
+		if a := route.SourceFor(want4); a.IsValid() {
+			return a, nil
+		}
+		return route.SourceFor(!want4), nil
 	case len(expect) > 0:
 		return route.SourceAddr(ctx, expect[0])
 	case route.Interface == "":
@@ -164,6 +182,7 @@ func (sc *serverConn) acceptPeer(ln *net.TCPListener, expect []netip.Addr, wait 
 	gone := make(chan struct{})
 	go func() {
 		defer close(gone)
+		defer sc.srv.recoverConn(sc, panicBindWait)
 		var b [1]byte
 		if _, err := sc.conn.Read(b[:]); !isTimeout(err) {
 			ln.Close()
@@ -190,7 +209,9 @@ func (sc *serverConn) acceptPeer(ln *net.TCPListener, expect []netip.Addr, wait 
 			c.Close()
 			continue
 		}
-		if err := sc.st.Policy.Check(from); err != nil {
+		// The policy current at the peer's arrival: a reload during
+		// the wait may have denied it.
+		if err := sc.srv.Settings().Policy.Check(from); err != nil {
 			c.Close()
 			continue
 		}

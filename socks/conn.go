@@ -20,9 +20,18 @@ var errNoMethod = errors.New("no acceptable authentication method")
 // serverConn is one accepted client connection.
 type serverConn struct {
 	srv  *Server
-	conn net.Conn  // a *net.TCPConn from Serve; net.Pipe in fuzz tests
-	st   *Settings // snapshot taken at accept; reloads do not change it
-	lis  *Listener // the listener's settings; nil for a plain Serve
+	conn net.Conn // a *net.TCPConn from Serve; net.Pipe in fuzz tests
+	// st are the settings in force for the connection's next step:
+	// taken at accept, and taken again (refresh) when the greeting and
+	// the credentials arrive and at the end of the handshake, so a
+	// reload in between applies to authentication, the user's egress
+	// and the destination policy. Written by the connection's own
+	// goroutine only.
+	st  *Settings
+	lis *Listener // the listener's settings; nil for a plain Serve
+	// lisKey is the listener's key in Settings.Listeners ("" for a
+	// plain Serve), to find its settings again after a reload.
+	lisKey string
 	// lisAddr and lisName identify the listener in every log line of
 	// the connection (listener, listener_name); lisName may be empty.
 	lisAddr, lisName string
@@ -35,7 +44,10 @@ type serverConn struct {
 	iface    string
 	ended    error
 	upstream net.Conn // the target connection of a CONNECT, once dialled
-	stop     func()   // cancels a paced relay's context (flowlimit.go); set once, under srv.mu
+	// ans answers requests in a protocol other than SOCKS5 (nil:
+	// SOCKS5); set by that protocol's serve before any flow starts.
+	ans  answerer
+	stop func() // cancels a paced relay's context (flowlimit.go); set once, under srv.mu
 
 	// Limit bookkeeping (limits.go, flowlimit.go), used by the connection's own
 	// goroutines only: the client key holding a handshake slot (invalid
@@ -62,6 +74,21 @@ func (sc *serverConn) close() {
 	}
 }
 
+// refresh takes the settings current now for the steps that follow. A
+// listener the reload removed keeps the settings it had (the daemon
+// closes it; its connections in handshake finish under them).
+func (sc *serverConn) refresh() *Settings {
+	st := sc.srv.settings.Load()
+	if st == sc.st {
+		return st
+	}
+	sc.st = st
+	if l := st.Listeners[sc.lisKey]; sc.lisKey != "" && l != nil {
+		sc.lis = l
+	}
+	return st
+}
+
 // serve runs the connection from greeting to the end of its flow. It
 // returns true when it has handed the connection to a relay, which then
 // owns it (and ends it with srv.connDone); false when the connection is
@@ -78,6 +105,19 @@ func (sc *serverConn) serve() (handedOff bool) {
 		sc.conn.SetDeadline(rec.start.Add(st.HandshakeTimeout))
 	}
 	hs := newHSReader(sc.conn)
+	proto, err := sc.sniff(hs)
+	if err != nil {
+		hs.detach()
+		sc.logHandshake(rec, err)
+		return false
+	}
+	switch proto {
+	case ProtoHTTP:
+		return sc.serveHTTP(hs, rec)
+	case ProtoSOCKS4:
+		return sc.serveSOCKS4(hs, rec)
+	}
+	rec.protocol = protoSOCKS5
 	name, err := sc.negotiate(hs, rec)
 	if err != nil {
 		hs.detach()
@@ -100,22 +140,9 @@ func (sc *serverConn) serve() (handedOff bool) {
 		return false
 	}
 	sc.conn.SetDeadline(time.Time{})
-	user, ok := st.Users[name]
-	if name != "" && !ok {
-		// Auth accepted a name the egress map lacks: a bug in how the
-		// settings were built. Refuse rather than use kernel routing.
-		sc.refuse(rec, RepGeneralFailure, outcomeError, fmt.Errorf("user %q has no egress settings", name))
+	user, eg, ok := sc.flowUser(rec, name)
+	if !ok {
 		return false
-	}
-	if name == "" {
-		user = st.NoAuthUser
-		if sc.lis != nil {
-			user = User{Egress: sc.lis.Egress, Account: sc.lis.Account}
-		}
-	}
-	eg := &user.Egress
-	if eg.IsZero() && sc.lis != nil {
-		eg = &sc.lis.Egress
 	}
 	if req.Cmd <= cmdUDPAssociate && req.Cmd >= cmdConnect && !sc.acquireFlow(rec, name, user) {
 		return false
@@ -133,9 +160,33 @@ func (sc *serverConn) serve() (handedOff bool) {
 	return false
 }
 
+// refuseRemoved refuses the request of a user that a reload has removed
+// since it authenticated.
+func (sc *serverConn) refuseRemoved(rec *record) {
+	sc.answerRefusal(RepNotAllowed, ErrUserRemoved)
+	rec.finish(RepNotAllowed, outcomeRemoved, ErrUserRemoved)
+	sc.logFlow(rec, zap.WarnLevel)
+}
+
+// flowUser returns the user a flow runs as (name; "" without
+// authentication) and the egress it leaves by, from the settings current
+// now: the end of the handshake, for every protocol. When a reload has
+// removed the user since it authenticated, it refuses the flow and
+// reports false.
+func (sc *serverConn) flowUser(rec *record, name string) (User, *Egress, bool) {
+	st := sc.refresh()
+	user, ok := st.Users[name]
+	if name != "" && !ok {
+		sc.refuseRemoved(rec)
+		return user, nil, false
+	}
+	eg := sc.egressOf(name, &user)
+	return user, eg, true
+}
+
 // refuse replies rep with no bound address, and logs the flow.
 func (sc *serverConn) refuse(rec *record, rep byte, outcome string, err error) {
-	writeReply(sc.conn, rep, netip.AddrPort{})
+	sc.answerRefusal(rep, err)
 	rec.finish(rep, outcome, err)
 	lvl := zap.InfoLevel
 	if outcome == outcomeError {
@@ -151,8 +202,9 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	sc.refresh() // a reload may have added or removed users since accept
 	want := byte(methodNoAuth)
-	if sc.st.Auth != nil && sc.st.Auth.Len() > 0 && (sc.lis == nil || !sc.lis.NoAuth) {
+	if sc.needsPassword() {
 		want = methodUserPass
 	}
 	if !bytes.Contains(methods, []byte{want}) {
@@ -167,23 +219,17 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 		return "", nil
 	}
 	name, pass, err := readUserPass(hs)
+	// "USER-session-KEY" authenticates as USER; the key only picks the
+	// source address, and only its hash is ever logged.
+	name, rec.session = sc.st.splitSession(sc.lis, name)
 	rec.user = name
 	if err != nil {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
 		return "", err
 	}
-	// A blocked client gets the reply of a wrong password, without the
-	// bcrypt (RFC 1929 has no other failure status).
-	if sc.srv.lim.guard.blocked(rec.client.Addr(), sc.st.Limits.AuthFail, time.Now()) {
-		sc.st.Metrics.AuthFailure("blocked")
-		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
-		return "", errAuthBlocked
-	}
-	if err := sc.st.Auth.Verify(name, pass); err != nil {
-		sc.st.Metrics.AuthFailure("bad_credentials")
-		// Recorded before the reply, so a client that retries at
-		// once already finds itself blocked.
-		sc.authFailed(rec.client.Addr())
+	// A blocked client gets the reply of a wrong password (RFC 1929 has
+	// no other failure status).
+	if err := sc.login(rec.client.Addr(), name, pass); err != nil {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
 		return "", err
 	}
@@ -191,6 +237,33 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 		return "", fmt.Errorf("write auth status: %w", err)
 	}
 	return name, nil
+}
+
+// login checks the credentials of sc's client, for every protocol that
+// has them. A client in its auth_fail_cooldown is refused unchecked,
+// without the bcrypt; a wrong name or password counts toward the block,
+// and is recorded before the caller replies, so a client that retries at
+// once already finds itself blocked.
+func (sc *serverConn) login(client netip.Addr, name, pass string) error {
+	// Checked against the users and passwords current now: a reload
+	// since accept (while the client typed) may have removed or changed
+	// the user.
+	sc.refresh()
+	if sc.srv.lim.guard.blocked(client, sc.st.Limits.AuthFail, time.Now()) {
+		sc.st.Metrics.AuthFailure("blocked")
+		return errAuthBlocked
+	}
+	if err := sc.st.Auth.Verify(name, pass); err != nil {
+		sc.st.Metrics.AuthFailure("bad_credentials")
+		sc.authFailed(client)
+		return err
+	}
+	return nil
+}
+
+// needsPassword reports whether sc's clients must authenticate.
+func (sc *serverConn) needsPassword() bool {
+	return sc.st.Auth != nil && sc.st.Auth.Len() > 0 && (sc.lis == nil || !sc.lis.NoAuth)
 }
 
 // logHandshake logs a connection that ended before a request could be
@@ -202,7 +275,7 @@ func (sc *serverConn) logHandshake(rec *record, err error) {
 	switch {
 	case errors.Is(err, auth.ErrBadCredentials):
 		msg = "authentication failed"
-	case errors.Is(err, io.EOF):
+	case errors.Is(err, io.EOF), errors.Is(err, errNoFirstByte):
 		lvl = zap.DebugLevel
 	case errors.Is(err, errAuthBlocked):
 		// The block itself was logged once, as a warning.

@@ -29,7 +29,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, eg *Egress, earl
 	}
 	ctx, cancel := context.WithTimeout(sc.srv.ctx, st.ConnectTimeout)
 	start := time.Now()
-	up, use, err := sc.dialTarget(ctx, eg, dst)
+	up, use, err := sc.dialTarget(ctx, eg, dst, rec.flowID())
 	cancel()
 	st.Metrics.Dial(use.route.Interface, time.Since(start), err == nil)
 	rec.tookEgress(use)
@@ -42,7 +42,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, eg *Egress, earl
 	if !sc.srv.setEgress(sc, use.route.Interface, up) {
 		cut := sc.srv.endReason(sc)
 		if cut == nil {
-			cut = errors.New("server is shutting down")
+			cut = errShuttingDown
 		}
 		sc.refuse(rec, RepGeneralFailure, cutOutcome(cut), cut)
 		return false
@@ -59,11 +59,24 @@ func (sc *serverConn) beginTCPFlow(rec *record) (*net.TCPConn, bool) {
 		sc.refuse(rec, RepGeneralFailure, outcomeError, errors.New("client connection is not TCP"))
 		return nil, false
 	}
-	if !sc.srv.beginFlow(sc, rec.user) {
-		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
+	if !sc.beginFlow(rec) {
 		return nil, false
 	}
 	return client, true
+}
+
+// beginFlow starts sc's flow (Server.beginFlow), or refuses it: 0x01 when
+// the server is stopping, 0x02 when a reload removed the user.
+func (sc *serverConn) beginFlow(rec *record) bool {
+	switch err := sc.srv.beginFlow(sc, rec.user); {
+	case errors.Is(err, ErrUserRemoved):
+		sc.refuseRemoved(rec)
+		return false
+	case err != nil:
+		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, err)
+		return false
+	}
+	return true
 }
 
 // refuseErr refuses with the reply code and outcome err calls for.
@@ -84,7 +97,8 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 	// Counted before the reply, so a client that has its reply sees
 	// itself in the gauge.
 	st.Metrics.FlowActive(rec.user, rec.iface, 1)
-	err := writeReply(sc.conn, RepSucceeded, bnd)
+	more, err := sc.answerSuccess(bnd)
+	early = append(early, more...)
 	if err == nil && len(early) > 0 {
 		_, err = up.Write(early)
 		rec.up = int64(len(early))
@@ -104,9 +118,10 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 	// The relay's two goroutines own the flow from here; this goroutine,
 	// whose stack grew through the handshake and the dial, can end.
 	done := func(res relay.Result) {
+		defer sc.srv.connDone(sc) // even after a panic below
+		defer sc.srv.recoverConn(sc, panicRelayDone)
 		st.Metrics.FlowActive(rec.user, rec.iface, -1)
 		sc.relayDone(rec, res)
-		sc.srv.connDone(sc)
 	}
 	if lim := sc.relayLimits(user); lim != (relay.Limits{}) {
 		relay.StartLimited(sc.srv.flowContext(sc), client, up, st.IdleTimeout, lim, sc.flowCounts(), done)
@@ -120,6 +135,15 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 func (sc *serverConn) relayDone(rec *record, res relay.Result) {
 	rec.up += res.Up
 	rec.down = res.Down
+	var pe *relay.PanicError
+	if errors.As(res.Err, &pe) {
+		// A bug in the relay: logged with its stack and counted like
+		// a panic of any other goroutine of the connection.
+		sc.srv.panicked(sc, panicRelay, pe.Value, pe.Stack)
+		rec.finish(RepSucceeded, outcomeError, res.Err)
+		sc.logFlow(rec, zap.ErrorLevel)
+		return
+	}
 	switch cut := sc.srv.endReason(sc); {
 	case cut != nil:
 		rec.finish(RepSucceeded, cutOutcome(cut), cut)
@@ -139,9 +163,9 @@ func (sc *serverConn) relayDone(rec *record, res relay.Result) {
 // that works (see openEgress): a route whose interface cannot be bound or
 // has no route to the network is passed over; any other failure (refused,
 // timeout, denied) ends the attempt.
-func (sc *serverConn) dialTarget(ctx context.Context, eg *Egress, dst Addr) (*net.TCPConn, egressUse, error) {
+func (sc *serverConn) dialTarget(ctx context.Context, eg *Egress, dst Addr, id flowID) (*net.TCPConn, egressUse, error) {
 	st := sc.st
-	return openEgress(st, eg, sc.localIP(), targetKey(dst), &sc.srv.turn, func(route bind.Dialer) (*net.TCPConn, error) {
+	return openEgress(st, eg, sc.localIP(), targetKey(dst), &sc.srv.turn, id, func(route bind.Dialer) (*net.TCPConn, error) {
 		return dialRoute(ctx, st, route, dst)
 	})
 }
@@ -177,8 +201,8 @@ func dialRoute(ctx context.Context, st *Settings, route bind.Dialer, dst Addr) (
 			denied = err
 			continue
 		}
-		if route.Source.IsValid() && route.Source.Is4() != a.Is4() {
-			denied = fmt.Errorf("source %s cannot reach %s: %w", route.Source, a, syscall.ENETUNREACH)
+		if route.HasSource() && !route.SourceFor(a.Is4()).IsValid() {
+			denied = fmt.Errorf("no source address of %s's family (source_ip, source_ips): %w", a, syscall.ENETUNREACH)
 			continue
 		}
 		allowed = append(allowed, a)
@@ -246,13 +270,15 @@ func replyFor(err error) byte {
 // ourFault tells a failure of this host (a bind refused for lack of
 // privilege, say) from the usual failures of the network: it is logged as an
 // error so the operator sees it. A missing or down interface, or a source
-// address no interface holds (yet), is the host's state, which may change
-// (a hot-plugged ENI, an address assigned later): the flow is unreachable.
+// address no interface holds (yet), or a pool prefix without a local route,
+// is the host's state, which may change (a hot-plugged ENI, an address
+// assigned later, a route added): the flow is unreachable.
 func ourFault(err error) bool {
 	var bindErr *bind.Error
 	return errors.As(err, &bindErr) &&
 		!errors.Is(err, bind.ErrNoInterface) && !errors.Is(err, bind.ErrInterfaceDown) &&
-		!errors.Is(err, bind.ErrNoSource)
+		!errors.Is(err, bind.ErrNoSource) && !errors.Is(err, bind.ErrNoLocalRoute) &&
+		!errors.Is(err, bind.ErrPoolSpread)
 }
 
 func outcomeFor(rep byte) string {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ifsocks/ifsocks/bind"
 	"github.com/ifsocks/ifsocks/config"
+	"github.com/ifsocks/ifsocks/source"
 )
 
 // Strategy picks among several egress interfaces; config parses it.
@@ -33,9 +34,16 @@ type Egress struct {
 	// Ingress: leave by the interface holding the address the client
 	// connected to (decided per flow, so it follows address moves).
 	Ingress bool
-	// Source is bound as the source address, on the interface holding
-	// it (decided per flow).
-	Source netip.Addr
+	// Sources is the pool of source addresses (source_ips; a source_ip
+	// is a pool of one); each flow binds the address of its family that
+	// Rotation picks. With one of Interfaces, the flows leave by it, with
+	// IP_FREEBIND, and each picked address must be local by a route
+	// (pool.go); else by the interface holding the picked address.
+	Sources  *source.Pool
+	Rotation config.Rotation
+	// SessionSeparator splits login names of session rotation
+	// ("alice-session-k1"); set when Rotation is config.RotationSession.
+	SessionSeparator string
 	// Mark is set as SO_MARK on every outbound socket when non-zero.
 	Mark uint32
 	// Turn is the round-robin position, shared by the flows of this
@@ -45,7 +53,7 @@ type Egress struct {
 
 // IsZero reports whether e is kernel routing.
 func (e *Egress) IsZero() bool {
-	return len(e.Interfaces) == 0 && !e.Ingress && !e.Source.IsValid() && e.Mark == 0
+	return len(e.Interfaces) == 0 && !e.Ingress && e.Sources == nil && e.Mark == 0
 }
 
 // plan is the routes a flow may take, best first, and the interfaces
@@ -84,12 +92,20 @@ func skipReason(err error) string {
 }
 
 // planEgress decides the routes of a flow. local is the address the
-// client connected to (for Ingress); key identifies the target (for Hash).
-// Unusable interfaces are left out and noted; when none is usable the
-// error says why the first was not.
-func (st *Settings) planEgress(eg *Egress, local netip.Addr, key string, turn *atomic.Uint64) (plan, error) {
+// client connected to (for Ingress); key identifies the target (for Hash);
+// id is whose flow it is (for a pool's rotation). Unusable interfaces are
+// left out and noted; when none is usable the error says why the first
+// was not.
+func (st *Settings) planEgress(eg *Egress, local netip.Addr, key string, turn *atomic.Uint64, id flowID) (plan, error) {
 	var p plan
 	switch {
+	case eg.Sources != nil:
+		route, err := st.planPool(eg, id)
+		if err != nil {
+			return p, err
+		}
+		p.routes = []bind.Dialer{route}
+		return p, nil
 	case eg.Ingress:
 		name, ok := st.addrOwner(local)
 		if !ok {
@@ -99,16 +115,6 @@ func (st *Settings) planEgress(eg *Egress, local netip.Addr, key string, turn *a
 			return p, err
 		}
 		p.routes = []bind.Dialer{{Interface: name, Mark: eg.Mark}}
-		return p, nil
-	case eg.Source.IsValid():
-		name, ok := st.addrOwner(eg.Source)
-		if !ok {
-			return p, &bind.Error{Err: fmt.Errorf("source %s: %w", eg.Source, bind.ErrNoSource)}
-		}
-		if err := st.checkInterface(name); err != nil {
-			return p, err
-		}
-		p.routes = []bind.Dialer{{Interface: name, Source: eg.Source, Mark: eg.Mark}}
 		return p, nil
 	case len(eg.Interfaces) == 0:
 		p.routes = []bind.Dialer{{Mark: eg.Mark}}
@@ -148,26 +154,32 @@ func (st *Settings) planEgress(eg *Egress, local netip.Addr, key string, turn *a
 // egressUse is how a flow's egress came out: the route it took and the
 // interfaces passed over on the way, with why. When no route worked,
 // route.Interface names the interface that failed ("" when none did).
+// rotation names the source rotation of a pool of several addresses.
 type egressUse struct {
-	route   bind.Dialer
-	skipped []string
+	route    bind.Dialer
+	skipped  []string
+	rotation string
 }
 
-// openEgress plans the egress of a flow (see planEgress) and calls open
+// openEgress plans the egress of id's flow (see planEgress) and calls open
 // with each route in turn until it succeeds or fails for a reason other
 // than the egress (see egressFailure), after which another interface
 // would fare no better. It returns the last result and how the egress
 // came out.
-func openEgress[T any](st *Settings, eg *Egress, local netip.Addr, key string, turn *atomic.Uint64, open func(bind.Dialer) (T, error)) (T, egressUse, error) {
-	p, err := st.planEgress(eg, local, key, turn)
+func openEgress[T any](st *Settings, eg *Egress, local netip.Addr, key string, turn *atomic.Uint64, id flowID, open func(bind.Dialer) (T, error)) (T, egressUse, error) {
+	p, err := st.planEgress(eg, local, key, turn, id)
+	var rotation string
+	if eg.Sources != nil && eg.Sources.Several() {
+		rotation = eg.Rotation.String()
+	}
 	if err != nil {
 		var zero T
-		return zero, egressUse{route: bind.Dialer{Interface: failedInterface(err)}, skipped: p.skipped}, err
+		return zero, egressUse{route: bind.Dialer{Interface: failedInterface(err)}, skipped: p.skipped, rotation: rotation}, err
 	}
 	for i, route := range p.routes {
 		v, err := open(route)
 		if err == nil || i == len(p.routes)-1 || !egressFailure(err) {
-			return v, egressUse{route: route, skipped: p.skipped}, err
+			return v, egressUse{route: route, skipped: p.skipped, rotation: rotation}, err
 		}
 		p.skip(st, route.Interface, err)
 	}

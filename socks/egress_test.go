@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/source"
 )
 
 // fakeHost gives planEgress a host whose interface states and address
@@ -29,6 +30,11 @@ func fakeHost(down map[string]error, owners map[netip.Addr]string) *Settings {
 			return n, ok
 		},
 	}
+}
+
+// one is the pool of a single source_ip.
+func one(a netip.Addr) *source.Pool {
+	return source.New([]netip.Prefix{netip.PrefixFrom(a, a.BitLen())})
 }
 
 func routeNames(p plan) []string {
@@ -60,13 +66,13 @@ func TestPlanEgress(t *testing.T) {
 		{name: "all down", eg: Egress{Interfaces: []string{"a", "b"}}, down: map[string]error{"a": bind.ErrNoInterface, "b": bind.ErrInterfaceDown}, skipped: 2, wantErr: bind.ErrNoInterface},
 		{name: "ingress", eg: Egress{Ingress: true}, want: []string{"eth1"}},
 		{name: "ingress down", eg: Egress{Ingress: true}, down: map[string]error{"eth1": bind.ErrInterfaceDown}, wantErr: bind.ErrInterfaceDown},
-		{name: "source", eg: Egress{Source: src}, want: []string{"eth2"}},
-		{name: "source not on host", eg: Egress{Source: netip.MustParseAddr("192.0.2.1")}, wantErr: bind.ErrNoSource},
+		{name: "source", eg: Egress{Sources: one(src)}, want: []string{"eth2"}},
+		{name: "source not on host", eg: Egress{Sources: one(netip.MustParseAddr("192.0.2.1"))}, wantErr: bind.ErrNoSource},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			st := fakeHost(tt.down, owners)
-			p, err := st.planEgress(&tt.eg, local, "target", new(atomic.Uint64))
+			p, err := st.planEgress(&tt.eg, local, "target", new(atomic.Uint64), flowID{})
 			if tt.wantErr != nil {
 				var be *bind.Error
 				if !errors.Is(err, tt.wantErr) || !errors.As(err, &be) {
@@ -91,11 +97,11 @@ func TestPlanEgress(t *testing.T) {
 func TestPlanEgressSourceAndMark(t *testing.T) {
 	src := netip.MustParseAddr("fd00::9")
 	st := fakeHost(nil, map[netip.Addr]string{src: "eth3"})
-	p, err := st.planEgress(&Egress{Source: src, Mark: 7}, netip.Addr{}, "", new(atomic.Uint64))
+	p, err := st.planEgress(&Egress{Sources: one(src), Mark: 7}, netip.Addr{}, "", new(atomic.Uint64), flowID{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (bind.Dialer{Interface: "eth3", Source: src, Mark: 7}); len(p.routes) != 1 || p.routes[0] != want {
+	if want := (bind.Dialer{Interface: "eth3", Source6: src, Mark: 7}); len(p.routes) != 1 || p.routes[0] != want {
 		t.Fatalf("routes %+v, want [%+v]", p.routes, want)
 	}
 }
@@ -110,7 +116,7 @@ func TestRoundRobin(t *testing.T) {
 	count := func(n int) map[string]int {
 		got := map[string]int{}
 		for range n {
-			p, err := st.planEgress(&eg, netip.Addr{}, "t", nil)
+			p, err := st.planEgress(&eg, netip.Addr{}, "t", nil, flowID{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -137,7 +143,7 @@ func TestHash(t *testing.T) {
 	st := fakeHost(down, nil)
 	eg := Egress{Interfaces: []string{"a", "b", "c"}, Strategy: Hash}
 	pick := func(key string) string {
-		p, err := st.planEgress(&eg, netip.Addr{}, key, new(atomic.Uint64))
+		p, err := st.planEgress(&eg, netip.Addr{}, key, new(atomic.Uint64), flowID{})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 
 	"github.com/ifsocks/ifsocks/relay"
 	"go.uber.org/zap"
@@ -33,7 +32,7 @@ type userFlows struct {
 // accounting, and its bytes will be (flowCounts).
 func (sc *serverConn) acquireFlow(rec *record, name string, u User) bool {
 	if err := u.Account.Check(); err != nil {
-		writeReply(sc.conn, RepNotAllowed, netip.AddrPort{})
+		sc.answerRefusal(RepNotAllowed, err)
 		rec.finish(RepNotAllowed, outcomeQuota, err)
 		sc.logFlow(rec, zap.InfoLevel)
 		return false
@@ -44,7 +43,7 @@ func (sc *serverConn) acquireFlow(rec *record, name string, u User) bool {
 		if errors.Is(err, errServerConns) {
 			rep = RepGeneralFailure
 		}
-		writeReply(sc.conn, rep, netip.AddrPort{})
+		sc.answerRefusal(rep, err)
 		rec.finish(rep, outcomeLimit, err)
 		sc.logFlow(rec, zap.WarnLevel)
 		return false

@@ -51,3 +51,16 @@ func (h *hsReader) detach() []byte {
 	h.buf = nil
 	return rest
 }
+
+// peekByte returns the first unread byte without consuming it, reading
+// from the connection if none is buffered.
+func (h *hsReader) peekByte() (byte, error) {
+	for h.r == h.w {
+		n, err := h.c.Read(h.buf[:])
+		h.r, h.w = 0, n
+		if n == 0 && err != nil {
+			return 0, err
+		}
+	}
+	return h.buf[h.r], nil
+}

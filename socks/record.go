@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/ifsocks/ifsocks/source"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
@@ -72,14 +73,15 @@ func cutOutcome(reason error) string {
 // logFlow counts the flow in the metrics and writes its line (in that
 // order: whoever sees the line can rely on the counters).
 func (sc *serverConn) logFlow(r *record, lvl zapcore.Level) {
-	sc.st.Metrics.FlowDone(r.user, r.iface, r.outcome, r.up, r.down)
+	sc.st.Metrics.FlowDone(r.protocol, r.user, r.iface, r.outcome, r.up, r.down)
 	r.log(sc.srv.log, lvl)
 }
 
 // record accumulates what the flow log line reports.
 type record struct {
-	start  time.Time
-	client netip.AddrPort
+	protocol string // protoSOCKS5 and the others of protocols.go
+	start    time.Time
+	client   netip.AddrPort
 	// listener and listenerName identify the listener the client came
 	// in by (listenerName may be empty).
 	listener, listenerName string
@@ -88,17 +90,30 @@ type record struct {
 	remote                 netip.AddrPort
 	iface                  string
 	skipped                []string // egress interfaces passed over, with why
-	local                  netip.AddrPort
-	up, down               int64
-	reply                  byte
-	outcome                string
-	err                    error
+	// session is the session key of a "USER<sep>KEY" login: only its
+	// hash is logged. rotation is the source rotation of a pool of
+	// several addresses, "" otherwise.
+	session  string
+	rotation string
+	local    netip.AddrPort
+	up, down int64
+	reply    byte
+	outcome  string
+	err      error
+
+	// A forwarded HTTP request (protocol http) also logs its method and
+	// the status the client got.
+	method string
+	status int
 }
+
+func (r *record) flowID() flowID { return flowID{user: r.user, session: r.session} }
 
 // tookEgress notes how the flow's egress came out.
 func (r *record) tookEgress(u egressUse) {
 	r.iface = u.route.Interface
 	r.skipped = u.skipped
+	r.rotation = u.rotation
 }
 
 func (r *record) finish(rep byte, outcome string, err error) {
@@ -109,7 +124,7 @@ func (r *record) finish(rep byte, outcome string, err error) {
 
 // log writes the one line a CONNECT or BIND flow gets at its end.
 func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
-	own := make([]zap.Field, 0, 4)
+	own := make([]zap.Field, 0, 6)
 	own = append(own, zap.String("target", logSafe(r.target.String())), zap.Uint8("reply", r.reply))
 	if r.remote.IsValid() {
 		own = append(own, zap.Stringer("remote", r.remote))
@@ -117,18 +132,23 @@ func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 	if r.local.IsValid() {
 		own = append(own, zap.Stringer("local", r.local))
 	}
+	if r.method != "" {
+		own = append(own, zap.String("method", logSafe(r.method)), zap.Int("status", r.status))
+	}
 	r.write(l, lvl, "flow", own)
 }
 
 // write writes a flow's one line: the fields every flow has whatever its
 // protocol (user, client, listener, interface, bytes each way, duration,
-// outcome, the interfaces skipped, the error), and the protocol's own. It
+// outcome, a pool's rotation and session hash, the interfaces skipped,
+// the error), and the protocol's own. It
 // is the only writer of those fields, so TCP and UDP lines name them alike.
 // Strings that came from the network (user, target name) go through
 // logSafe.
 func (r *record) write(l *zap.Logger, lvl zapcore.Level, msg string, own []zap.Field) {
-	fields := make([]zap.Field, 0, 11+len(own))
+	fields := make([]zap.Field, 0, 12+len(own))
 	fields = append(fields,
+		zap.String("protocol", r.protocol),
 		zap.String("user", logSafe(r.user)),
 		zap.Stringer("client", r.client),
 		zap.String("listener", r.listener),
@@ -140,6 +160,15 @@ func (r *record) write(l *zap.Logger, lvl zapcore.Level, msg string, own []zap.F
 		zap.String("outcome", r.outcome),
 	)
 	fields = append(fields, own...)
+	if r.rotation != "" {
+		fields = append(fields, zap.String("rotation", r.rotation))
+	}
+	if r.session != "" {
+		// A hash of the key, never the key: it tells a session's flows
+		// apart without handing the key, which picks the address, to
+		// whoever reads the log.
+		fields = append(fields, zap.String("session", source.KeyHash(r.session)))
+	}
 	if len(r.skipped) > 0 {
 		fields = append(fields, zap.Strings("skipped", r.skipped))
 	}

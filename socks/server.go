@@ -1,18 +1,27 @@
-// Package socks is the SOCKS5 server of ifsocks: RFC 1928 negotiation,
+// Package socks is the proxy server of ifsocks: RFC 1928 negotiation,
 // RFC 1929 username/password authentication, and the CONNECT and UDP
 // ASSOCIATE commands, with every outbound socket of a user — DNS queries
 // included — bound to that user's interface.
+//
+// It is also the core every protocol of a listen address goes through: it
+// accepts, tells the protocol by the first byte (SOCKS5, SOCKS4/4a, or HTTP,
+// whose protocol handling is package httpproxy's), authenticates, and runs
+// the one egress plan, policy check, limits check, relay and flow record
+// that every flow takes, whatever protocol asked for it (answerer is the
+// only part that differs).
 //
 // The protocol is written from the RFCs. The server is shaped like
 // net/http.Server: Serve(listener), Shutdown(ctx), Close. It does not open
 // listeners, read configuration files or handle signals; the daemon package
 // does that and hands the server its Settings, which can be replaced at any
-// time for new connections (reload) without touching running flows.
+// time (reload): they govern every step taken from then on (Update),
+// without cutting running flows.
 package socks
 
 import (
 	"context"
 	"errors"
+	"log"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -45,6 +54,9 @@ type Server struct {
 	wg        sync.WaitGroup // one per connection goroutine
 
 	lim limitState // abuse limits (limits.go); has its own locks
+
+	httpLogOnce sync.Once
+	httpLog     *log.Logger // net/http's complaints, as debug lines (http.go)
 }
 
 // New returns a server using st for new connections.
@@ -61,10 +73,15 @@ func New(log *zap.Logger, st *Settings) *Server {
 	return s
 }
 
-// Update replaces the settings for connections accepted from now on.
-// Connections already past their handshake keep the settings they started
-// with, except the users' rate limits: those are shared by all of a user's
-// flows, so a new rate applies to the running ones too.
+// Update replaces the settings. They apply at once to every step not yet
+// taken: a connection in its handshake checks its credentials against the
+// users current when they arrive, and takes its user's egress and the
+// destination policy current at the end of its handshake, however long
+// ago it was accepted; a UDP association judges each datagram by the
+// current policy; a BIND judges its peer by the policy current when the
+// peer connects; the users' rate limits change for running flows too.
+// What a running flow has already done stays: a relayed TCP flow keeps
+// its target and egress, an association its outbound sockets.
 func (s *Server) Update(st *Settings) {
 	s.settings.Store(st)
 	s.applyRates(st)
@@ -143,7 +160,7 @@ func (s *Server) isClosed() bool {
 }
 
 func (s *Server) startConn(c net.Conn, listener, addr string) {
-	sc := &serverConn{srv: s, conn: c, st: s.settings.Load(), lisAddr: addr}
+	sc := &serverConn{srv: s, conn: c, st: s.settings.Load(), lisAddr: addr, lisKey: listener}
 	if listener != "" {
 		sc.lis = sc.st.Listeners[listener]
 		if sc.lis != nil {
@@ -177,9 +194,16 @@ func (s *Server) startConn(c net.Conn, listener, addr string) {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go func() {
-		if !sc.serve() {
-			s.connDone(sc)
-		}
+		handedOff := false
+		defer func() {
+			if !handedOff {
+				s.connDone(sc)
+			}
+		}()
+		// Runs first: a panic in serve ends sc (closed, not handed
+		// off), then connDone gives back its slots as for any end.
+		defer s.recoverConn(sc, panicConn)
+		handedOff = sc.serve()
 	}()
 }
 
@@ -248,16 +272,28 @@ func (s *Server) forceClose() {
 	s.closeWhere(func(*serverConn) bool { return true })
 }
 
+// errShuttingDown refuses flows that would start after Shutdown began.
+var errShuttingDown = errors.New("server is shutting down")
+
 // beginFlow marks sc as carrying a flow of user, which Shutdown lets
-// finish. It fails once shutdown has begun.
-func (s *Server) beginFlow(sc *serverConn, user string) bool {
+// finish and CloseUsers can find. It fails with errShuttingDown once
+// shutdown has begun, and with ErrUserRemoved when the current settings
+// no longer have user: a reload stores its settings before it cuts the
+// removed users' flows, and both sides take s.mu here, so a flow either
+// starts before the cut (and is cut) or sees the new settings.
+func (s *Server) beginFlow(sc *serverConn, user string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return false
+		return errShuttingDown
+	}
+	if user != "" {
+		if _, ok := s.settings.Load().Users[user]; !ok {
+			return ErrUserRemoved
+		}
 	}
 	sc.active, sc.user = true, user
-	return true
+	return nil
 }
 
 // setEgress records that sc's flow leaves by iface, and its upstream

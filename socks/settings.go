@@ -62,8 +62,8 @@ type UDPSettings struct {
 	RequirePort bool
 }
 
-// Settings are the rules for new connections. A Settings value must not be
-// modified once passed to the server; replace it with Server.Update.
+// Settings are the server's rules. A Settings value must not be modified
+// once passed to the server; replace it with Server.Update.
 type Settings struct {
 	// Auth verifies credentials. Nil or empty means no authentication
 	// (method 0x00); otherwise only username/password (0x02) is accepted.
@@ -78,6 +78,9 @@ type Settings struct {
 	// Server.ServeListener, by the name given there.
 	Listeners map[string]*Listener
 	Policy    *policy.Policy
+	// Protocols are what listeners without their own serve; zero means
+	// SOCKS5 only.
+	Protocols Protocols
 
 	// Metrics records what the server does; nil records nothing. It is
 	// the same object in every Settings of a server.
@@ -92,6 +95,11 @@ type Settings struct {
 	// ingress and source-address egress. Nil means bind.AddrOwner (a
 	// netlink dump per flow); the daemon passes its netlink watcher's.
 	AddrOwner func(netip.Addr) (string, bool)
+	// IsLocal tells whether the host takes an address as its own
+	// (assigned, or inside a local route), for source pools bound with
+	// FREEBIND. Nil means bind.IsLocal; each pool entry caches the
+	// answer for a short while (source.Pool.Local).
+	IsLocal func(netip.Addr) bool
 
 	HandshakeTimeout time.Duration // greeting to request, inclusive
 	ConnectTimeout   time.Duration // resolution plus connect
@@ -106,6 +114,8 @@ type Settings struct {
 
 	// Limits are the server's abuse limits (limits.go).
 	Limits Limits
+
+	sessions sessionIndex // pool.go
 }
 
 // Listener is how one listener serves its clients.
@@ -125,6 +135,8 @@ type Listener struct {
 	// Account counts the listener's flows without authentication; nil
 	// when accounting is off.
 	Account *accounting.Counter
+	// Protocols are the protocols served; zero means Settings.Protocols.
+	Protocols Protocols
 }
 
 // allows reports whether client may use the listener.

@@ -33,6 +33,13 @@ var errUDPPortRequired = errors.New("UDP ASSOCIATE with DST.PORT 0 refused (udp_
 // unconnected outbound socket per address family bound to the user's
 // interface, and the TCP control connection whose end ends it all.
 type association struct {
+	srv   *Server
+	owner *serverConn // the control connection's; a panic ends it
+	// st are the settings at the association's start: its sockets,
+	// limits and timeouts. The destination policy is read from the
+	// server's current settings for every batch of datagrams instead,
+	// so a reload that denies an address stops running associations
+	// from sending there.
 	st      *Settings
 	dialer  bind.Dialer // the association's egress
 	control net.Conn
@@ -76,13 +83,12 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 	if req.Port == 0 && st.UDP.RequirePort {
 		// Warn: a client mistake the operator may want to see, since
 		// it breaks the client until it names its port.
-		writeReply(sc.conn, RepNotAllowed, netip.AddrPort{})
+		sc.answerRefusal(RepNotAllowed, errUDPPortRequired)
 		rec.finish(RepNotAllowed, outcomeDenied, errUDPPortRequired)
 		sc.logFlow(rec, zap.WarnLevel)
 		return
 	}
-	if !sc.srv.beginFlow(sc, rec.user) {
-		sc.refuse(rec, RepGeneralFailure, outcomeShutdown, errors.New("server is shutting down"))
+	if !sc.beginFlow(rec) {
 		return
 	}
 	key, limit := "user:"+name, st.UDP.MaxAssociations
@@ -100,13 +106,13 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 	}
 	defer sc.srv.releaseAssoc(key)
 
-	a, use, err := sc.openAssociation(rec.client.Addr(), eg, req)
+	a, use, err := sc.openAssociation(rec.client.Addr(), eg, req, rec.flowID())
 	rec.tookEgress(use)
 	if err == nil && !sc.srv.setEgress(sc, use.route.Interface, nil) {
 		a.closeSockets()
 		err = sc.srv.endReason(sc)
 		if err == nil {
-			err = errors.New("server is shutting down")
+			err = errShuttingDown
 		}
 	}
 	if errors.Is(err, errNoUDPPort) {
@@ -146,8 +152,8 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 // the egress plan whose outbound sockets can be bound. Routes are planned
 // by the client's address, so a hash strategy keeps a client on one
 // interface.
-func (sc *serverConn) openAssociation(client netip.Addr, eg *Egress, req Addr) (*association, egressUse, error) {
-	return openEgress(sc.st, eg, sc.localIP(), client.String(), &sc.srv.turn, func(route bind.Dialer) (*association, error) {
+func (sc *serverConn) openAssociation(client netip.Addr, eg *Egress, req Addr, id flowID) (*association, egressUse, error) {
+	return openEgress(sc.st, eg, sc.localIP(), client.String(), &sc.srv.turn, id, func(route bind.Dialer) (*association, error) {
 		return sc.newAssociation(route, req, client)
 	})
 }
@@ -155,6 +161,8 @@ func (sc *serverConn) openAssociation(client netip.Addr, eg *Egress, req Addr) (
 func (sc *serverConn) newAssociation(route bind.Dialer, req Addr, clientIP netip.Addr) (*association, error) {
 	st := sc.st
 	a := &association{
+		srv:      sc.srv,
+		owner:    sc,
 		st:       st,
 		dialer:   route,
 		control:  sc.conn,
@@ -244,14 +252,16 @@ func openRelay(local netip.Addr, min, max uint16) (*net.UDPConn, error) {
 func (a *association) run() {
 	var wg sync.WaitGroup
 	wg.Go(func() {
+		defer a.closeAll()
+		defer a.srv.recoverConn(a.owner, panicUDPUpstream)
 		a.upstream()
-		a.closeAll()
 	})
 	for _, c := range a.out {
 		if c != nil {
 			wg.Go(func() {
+				defer a.closeAll()
+				defer a.srv.recoverConn(a.owner, panicUDPDownstream)
 				a.downstream(c)
-				a.closeAll()
 			})
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/ifsocks/ifsocks/policy"
 	"github.com/ifsocks/ifsocks/udpio"
 )
 
@@ -42,6 +43,7 @@ func (a *association) upstream() {
 		if err != nil {
 			return
 		}
+		pol := a.srv.settings.Load().Policy
 		for i := range n {
 			b, src, truncated := r.Datagram(i)
 			if !a.fromClient(src) {
@@ -60,7 +62,7 @@ func (a *association) upstream() {
 				a.stats.drop(dropTooLarge)
 				continue
 			}
-			to, reason := a.destination(dst)
+			to, reason := a.destination(pol, dst)
 			if reason != dropNone {
 				a.stats.drop(reason)
 				continue
@@ -128,7 +130,7 @@ func (a *association) fromClient(src netip.AddrPort) bool {
 // destination resolves dst if it is a name (through the user's interface,
 // cached) and applies the destination policy. It picks the first allowed
 // address whose family has an outbound socket.
-func (a *association) destination(dst Addr) (netip.AddrPort, dropReason) {
+func (a *association) destination(pol *policy.Policy, dst Addr) (netip.AddrPort, dropReason) {
 	addrs := []netip.Addr{dst.IP}
 	if dst.Name != "" {
 		var err error
@@ -139,7 +141,7 @@ func (a *association) destination(dst Addr) (netip.AddrPort, dropReason) {
 	reason := dropNoRoute
 	for _, ip := range addrs {
 		ip = ip.Unmap()
-		if err := a.st.Policy.Check(ip); err != nil {
+		if err := pol.Check(ip); err != nil {
 			reason = dropDenied
 			continue
 		}

@@ -110,7 +110,7 @@ func (a *association) log(sc *serverConn, rec *record, bnd netip.AddrPort) {
 		outcome = outcomeIdle
 	}
 	// Bytes are already counted by the per-datagram counters.
-	sc.st.Metrics.FlowDone(rec.user, rec.iface, outcome, 0, 0)
+	sc.st.Metrics.FlowDone(rec.protocol, rec.user, rec.iface, outcome, 0, 0)
 	rec.up, rec.down = a.stats.bytesUp.Load(), a.stats.bytesDown.Load()
 	rec.finish(RepSucceeded, outcome, cut)
 	rec.write(sc.srv.log, lvl, "udp association", []zap.Field{

@@ -89,8 +89,8 @@ func newEgressTopologyAs(t *testing.T, prefix string) *topology {
 	t.Helper()
 	requireRoot(t)
 	egStaleOnce.Do(func() {
-		removeStaleEgress(egPrefix)
-		removeStaleEgress(acctPrefix)
+		removeStaleEgress()
+		removeStalePrefix(acctPrefix)
 	})
 	base := fmt.Sprintf("%s%d-%d-", prefix, os.Getpid(), egSeq.Add(1))
 	topo := &topology{C: base + "c", P: base + "p", U: base + "u"}
@@ -201,14 +201,18 @@ func restoreWan(topo *topology, wan string) error {
 // removeStaleEgress deletes ifse-<pid>-* namespaces and /etc/netns
 // directories whose test process is gone (a run killed before its
 // cleanups), like removeStale does for the package's own ifst- ones.
-func removeStaleEgress(prefix string) {
+func removeStaleEgress() { removeStalePrefix(egPrefix) }
+
+// removeStalePrefix deletes the namespaces and /etc/netns directories
+// named prefix<pid>-* whose test process is gone.
+func removeStalePrefix(egPrefix string) {
 	for _, dir := range []string{"/run/netns", "/etc/netns"} {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
 			continue // no such directory: nothing stale
 		}
 		for _, e := range entries {
-			rest, ok := strings.CutPrefix(e.Name(), prefix)
+			rest, ok := strings.CutPrefix(e.Name(), egPrefix)
 			if !ok {
 				continue
 			}

@@ -59,7 +59,7 @@ func chromiumDumpDOM(t *testing.T, bin, ns, proxy, url string, limit time.Durati
 		"--no-first-run", "--disable-default-apps", "--metrics-recording-only", "--disable-extensions",
 		"--disable-dev-shm-usage", "--no-pings", "--disable-domain-reliability", "--disable-client-side-phishing-detection", "--disable-breakpad", "--disable-component-extensions-with-background-pages", "--disable-features=NetworkTimeServiceQuerying",
 		"--user-data-dir=" + filepath.Join(home, "profile"),
-		"--proxy-server=socks5://" + proxy,
+		"--proxy-server=" + proxyServer(proxy),
 		"--dump-dom", url,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), limit)

@@ -204,8 +204,8 @@ func TestOpsInterfaceDownUp(t *testing.T) {
 	// Per cycle: frank's TCP flow and association were cut; 3 CONNECTs
 	// and 1 ASSOCIATE were refused.
 	pm := scrape(t, e.topo.P, metricsAddr)
-	wantMetric(t, pm, "ifsocks_flows_total", map[string]string{"user": "frank", "interface": "wan3", "outcome": "interface_lost"}, float64(2*cycles))
-	wantMetric(t, pm, "ifsocks_flows_total", map[string]string{"user": "frank", "interface": "wan3", "outcome": "unreachable"}, float64(4*cycles))
+	wantMetric(t, pm, "ifsocks_flows_total", map[string]string{"protocol": "socks5", "user": "frank", "interface": "wan3", "outcome": "interface_lost"}, float64(2*cycles))
+	wantMetric(t, pm, "ifsocks_flows_total", map[string]string{"protocol": "socks5", "user": "frank", "interface": "wan3", "outcome": "unreachable"}, float64(4*cycles))
 	wantMetric(t, pm, "ifsocks_active_flows", map[string]string{"user": "frank", "interface": "wan3"}, 0)
 	wantMetric(t, pm, "ifsocks_interface_up", map[string]string{"interface": "wan1"}, 1)
 }

@@ -181,14 +181,14 @@ func TestOpsMetrics(t *testing.T) {
 	// Flow counts by user, interface, outcome: exactly these series, and
 	// the same as the log says.
 	wantSeries(t, pm, "ifsocks_flows_total", map[string]float64{
-		"alice/wan1/ok":             4, // upload, download, held, UDP association
-		"alice/wan1/denied":         1,
-		"carol/nosuch0/unreachable": 1,
-	}, "user", "interface", "outcome")
+		"socks5/alice/wan1/ok":             4, // upload, download, held, UDP association
+		"socks5/alice/wan1/denied":         1,
+		"socks5/carol/nosuch0/unreachable": 1,
+	}, "protocol", "user", "interface", "outcome")
 	fromLog := map[string]float64{}
 	var logUp, logDown float64
 	for _, m := range lines {
-		fromLog[fmt.Sprintf("%v/%v/%v", m["user"], m["interface"], m["outcome"])]++
+		fromLog[fmt.Sprintf("socks5/%v/%v/%v", m["user"], m["interface"], m["outcome"])]++
 		if m["user"] == "alice" {
 			u, _ := m["bytes_up"].(float64)
 			dn, _ := m["bytes_down"].(float64)
@@ -196,7 +196,7 @@ func TestOpsMetrics(t *testing.T) {
 			logDown += dn
 		}
 	}
-	wantSeries(t, pm, "ifsocks_flows_total", fromLog, "user", "interface", "outcome")
+	wantSeries(t, pm, "ifsocks_flows_total", fromLog, "protocol", "user", "interface", "outcome")
 
 	// Bytes: TCP at flow end plus UDP per datagram, in one series per
 	// direction; equal to what we sent and read, and to the log's sums.

@@ -173,9 +173,9 @@ func TestSoakFlap(t *testing.T) {
 		}
 	}
 	t.Logf("bob: %d failures inside the flap windows (%s)", len(bobInside), kinds(bobInside))
-	lost, _ := pm.get("ifsocks_flows_total", map[string]string{"user": "bob", "interface": "wan2", "outcome": "interface_lost"})
-	lost0, _ := r.pm0.get("ifsocks_flows_total", map[string]string{"user": "bob", "interface": "wan2", "outcome": "interface_lost"})
-	unreach, _ := pm.get("ifsocks_flows_total", map[string]string{"user": "bob", "interface": "wan2", "outcome": "unreachable"})
+	lost, _ := pm.get("ifsocks_flows_total", map[string]string{"protocol": "socks5", "user": "bob", "interface": "wan2", "outcome": "interface_lost"})
+	lost0, _ := r.pm0.get("ifsocks_flows_total", map[string]string{"protocol": "socks5", "user": "bob", "interface": "wan2", "outcome": "interface_lost"})
+	unreach, _ := pm.get("ifsocks_flows_total", map[string]string{"protocol": "socks5", "user": "bob", "interface": "wan2", "outcome": "unreachable"})
 	t.Logf("daemon: bob's flows interface_lost +%v, unreachable %v", lost-lost0, unreach)
 	logFlapStats(t, flaps)
 	r.logBytes(t, l, st, elapsed)

@@ -250,7 +250,9 @@ func (r *soakRun) wantMetricsMatch(t *testing.T, l *soakLoad, exact func(user st
 		lb := func(k, v string) map[string]string {
 			return map[string]string{"user": u.u.name, "interface": u.u.iface, k: v}
 		}
-		ok, clean := delta("ifsocks_flows_total", lb("outcome", "ok")), float64(u.cleanClosed.Load())
+		flows := lb("outcome", "ok")
+		flows["protocol"] = "socks5"
+		ok, clean := delta("ifsocks_flows_total", flows), float64(u.cleanClosed.Load())
 		if !exact(u.u.name) {
 			if ok > clean {
 				t.Errorf("%s: ifsocks_flows_total{outcome=ok} grew by %v, more than the %v tunnels the client ended cleanly", u.u.name, ok, clean)

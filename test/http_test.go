@@ -1,0 +1,250 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The HTTP proxy on the SOCKS port (issue 13): real clients (curl, Python's
+// http.client and urllib) in C, the daemon in P, whoami in U answering
+// which NIC a connection came in by (see egress_helpers_test.go).
+
+const egHTTPListen = egProxy + ":1080"
+
+var (
+	egHTTPNoNIC = egUser{"kern", "kern-Pw-e3c9"} // egress interface that does not exist
+)
+
+// httpProxyConfig: fo leaves by wan1, sid by wan2, kern by a missing NIC.
+func httpProxyConfig() string {
+	return egressConfig([]string{egHTTPListen},
+		userBlock(egFo, `interface = "wan1"`)+
+			userBlock(egSid, `interface = "wan2"`)+
+			userBlock(egHTTPNoNIC, `interface = "nosuch9"`))
+}
+
+// proxyURL is the http:// proxy URL for u ("" user: no credentials).
+func proxyURL(u egUser, addr string) string {
+	if u.name == "" {
+		return "http://" + addr
+	}
+	return "http://" + u.name + ":" + u.pass + "@" + addr
+}
+
+// curlHTTP runs curl in ns with the HTTP proxy proxy and the extra
+// arguments, and returns stdout, stderr and the exit code.
+func curlHTTP(t *testing.T, ns, proxy string, args ...string) (string, string, int) {
+	t.Helper()
+	all := append([]string{"netns", "exec", ns, "curl", "-sS", "-g", "--max-time", "20", "-x", proxy}, args...)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, errOut, err := run(ctx, nil, "ip", all...)
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return out, errOut, 0
+	case errors.As(err, &ee) && ee.ExitCode() > 0:
+		return out, errOut, ee.ExitCode()
+	}
+	t.Fatalf("curl %v: %v", args, err)
+	return "", "", -1
+}
+
+// curlStatus fetches url through the proxy as u and returns the status
+// curl saw (for --proxytunnel, the CONNECT's) and the body.
+func curlStatus(t *testing.T, ns string, u egUser, tunnel bool, url string) (int, string) {
+	t.Helper()
+	args := []string{"-o", "/dev/stderr", "-w", "%{http_code} %{http_connect}"}
+	if tunnel {
+		args = append(args, "--proxytunnel")
+	}
+	out, body, _ := curlHTTP(t, ns, proxyURL(u, egHTTPListen), append(args, url)...)
+	codes := strings.Fields(out)
+	if len(codes) != 2 {
+		t.Fatalf("curl wrote %q, want two status codes", out)
+	}
+	code, _ := strconv.Atoi(codes[0])
+	if tunnel {
+		code, _ = strconv.Atoi(codes[1])
+	}
+	return code, strings.TrimSpace(body)
+}
+
+func TestHTTPProxyCurl(t *testing.T) {
+	topo := newEgressTopology(t)
+	startEgressWhoami(t, topo)
+	od := startEgressDaemon(t, topo, httpProxyConfig(), egHTTPListen)
+	url := "http://" + egTarget + "/"
+
+	for _, tc := range []struct {
+		u      egUser
+		tunnel bool
+		proto  string
+		iface  string
+		seen   string
+	}{
+		{egFo, false, "http", "wan1", seenWan1},
+		{egFo, true, "http-connect", "wan1", seenWan1},
+		{egSid, false, "http", "wan2", seenWan2},
+		{egSid, true, "http-connect", "wan2", seenWan2},
+	} {
+		t.Run(tc.u.name+"/"+tc.proto, func(t *testing.T) {
+			mark := od.mark()
+			code, body := curlStatus(t, topo.C, tc.u, tc.tunnel, url)
+			if code != 200 || body != tc.seen {
+				t.Fatalf("status %d body %q, want 200 and %q", code, body, tc.seen)
+			}
+			line := od.waitLineSince(t, mark, "flow")
+			wantFields(t, line, map[string]any{"protocol": tc.proto, "user": tc.u.name, "interface": tc.iface,
+				"target": egTarget, "outcome": "ok"})
+		})
+	}
+
+	t.Run("wrong password", func(t *testing.T) {
+		for _, tunnel := range []bool{false, true} {
+			code, _ := curlStatus(t, topo.C, egUser{egFo.name, "not-" + egFo.pass}, tunnel, url)
+			if code != 407 {
+				t.Errorf("tunnel %v: status %d, want 407", tunnel, code)
+			}
+			code, _ = curlStatus(t, topo.C, egUser{"nobody", egFo.pass}, tunnel, url)
+			if code != 407 {
+				t.Errorf("tunnel %v, unknown user: status %d, want 407", tunnel, code)
+			}
+		}
+	})
+
+	t.Run("no credentials", func(t *testing.T) {
+		out, _, _ := curlHTTP(t, topo.C, proxyURL(egAnon, egHTTPListen), "-i", url)
+		head, _, _ := strings.Cut(out, "\r\n\r\n")
+		if !strings.HasPrefix(head, "HTTP/1.1 407 ") {
+			t.Fatalf("answer %q, want 407", head)
+		}
+		if !strings.Contains(head, "\r\nProxy-Authenticate: Basic realm=\"ifsocks\"") {
+			t.Errorf("407 lacks the Basic challenge with realm ifsocks:\n%s", head)
+		}
+	})
+
+	t.Run("policy", func(t *testing.T) {
+		// The proxy's own address is refused (deny_own_addresses).
+		own := "http://" + egProxy + ":9/"
+		for _, tunnel := range []bool{false, true} {
+			mark := od.mark()
+			if code, _ := curlStatus(t, topo.C, egFo, tunnel, own); code != 403 {
+				t.Errorf("tunnel %v: status %d, want 403", tunnel, code)
+			}
+			wantFields(t, od.waitLineSince(t, mark, "flow"), map[string]any{"outcome": "denied", "user": egFo.name})
+		}
+	})
+
+	t.Run("missing NIC", func(t *testing.T) {
+		for _, tunnel := range []bool{false, true} {
+			mark := od.mark()
+			if code, _ := curlStatus(t, topo.C, egHTTPNoNIC, tunnel, url); code != 503 {
+				t.Errorf("tunnel %v: status %d, want 503", tunnel, code)
+			}
+			wantFields(t, od.waitLineSince(t, mark, "flow"), map[string]any{"outcome": "unreachable", "interface": "nosuch9"})
+		}
+	})
+
+	t.Run("not a proxy request", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		out, _, err := run(ctx, nil, "ip", "netns", "exec", topo.C, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+			"http://"+egHTTPListen+"/")
+		if err != nil || out != "400" {
+			t.Errorf("origin-form GET to the proxy: %q %v, want 400", out, err)
+		}
+	})
+
+	t.Run("socks5 still", func(t *testing.T) {
+		wantSeen(t, od, topo.C, egHTTPListen, egSid, egTarget, seenWan2)
+	})
+	if leaks := od.passwordLeaks(); len(leaks) > 0 {
+		t.Errorf("passwords in the log: %v", leaks)
+	}
+}
+
+// proxyServer is Chromium's --proxy-server value: proxy as given when it
+// names a scheme, else a SOCKS5 proxy.
+func proxyServer(proxy string) string {
+	if strings.Contains(proxy, "://") {
+		return proxy
+	}
+	return "socks5://" + proxy
+}
+
+// The no-auth listener speaks SOCKS4a and HTTP besides SOCKS5: curl
+// --socks4a and Chromium through it as an HTTP proxy leave by wan2.
+func TestHTTPProxyNoAuthListener(t *testing.T) {
+	topo := newEgressTopology(t)
+	startEgressWhoami(t, topo)
+	cfg := egressConfig([]string{egHTTPListen}, userBlock(egFo, `interface = "wan1"`)+anonListenerConfig+
+		`protocols = ["socks5", "http", "socks4"]`+"\n")
+	od := startEgressDaemon(t, topo, cfg, egHTTPListen, egAnonListen)
+	url := "http://" + egTarget + "/"
+
+	t.Run("curl socks4a", func(t *testing.T) {
+		for _, flag := range []string{"--socks4a", "--socks4"} {
+			mark := od.mark()
+			out, errOut, code := curlHTTP(t, topo.C, "", flag, egAnonListen, url)
+			if code != 0 || strings.TrimSpace(out) != seenWan2 {
+				t.Fatalf("curl %s: exit %d %q %s, want %q", flag, code, out, errOut, seenWan2)
+			}
+			wantFields(t, od.waitLineSince(t, mark, "flow"), map[string]any{"protocol": "socks4", "user": "", "interface": "wan2", "outcome": "ok"})
+		}
+	})
+	t.Run("socks4 refused on the password address", func(t *testing.T) {
+		// Not enabled there: closed without a reply, nothing dialled.
+		_, _, code := curlHTTP(t, topo.C, "", "--socks4a", egHTTPListen, url)
+		if code == 0 {
+			t.Fatalf("curl --socks4a through %s (socks5, http only) succeeded", egHTTPListen)
+		}
+	})
+	t.Run("curl http without credentials", func(t *testing.T) {
+		out, _, code := curlHTTP(t, topo.C, proxyURL(egAnon, egAnonListen), url)
+		if code != 0 || strings.TrimSpace(out) != seenWan2 {
+			t.Fatalf("exit %d %q, want %q", code, out, seenWan2)
+		}
+	})
+	t.Run("chromium http proxy", func(t *testing.T) {
+		bin := chromiumPath(t)
+		dom, stderr, err := chromiumDumpDOM(t, bin, topo.C, "http://"+egAnonListen, url+"page", 60*time.Second)
+		if err != nil {
+			t.Fatalf("chromium: %v\n%s", err, tail(stderr, 20))
+		}
+		if want := `<p id="seen">` + seenWan2 + `</p>`; !strings.Contains(dom, want) {
+			t.Fatalf("chromium's DOM lacks %s:\n%s", want, dom)
+		}
+		line := od.waitFlow(t, 5*time.Second, func(m map[string]any) bool { return m["target"] == egTarget && m["protocol"] == "http" })
+		wantFields(t, line, map[string]any{"user": "", "interface": "wan2", "status": float64(200)})
+	})
+}
+
+// A password listener with socks4 is a configuration the daemon refuses
+// to start with, naming the key.
+func TestHTTPProxySOCKS4ConfigRefused(t *testing.T) {
+	_, shared := getDaemon(t)
+	path := filepath.Join(t.TempDir(), "ifsocks.toml")
+	text := "[server]\nlisten = [\"127.0.0.1:0\"]\n" + userBlock(egFo, "") +
+		"\n[[listeners]]\naddress = \"127.0.0.1:1\"\nprotocols = [\"socks5\", \"socks4\"]\n"
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, errOut, err := run(ctx, nil, shared.bin, "-config", path)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+		t.Fatalf("daemon with socks4 on a password listener: %v, want a failed start\n%s%s", err, out, errOut)
+	}
+	if msg := out + errOut; !strings.Contains(msg, "listeners[0].protocols[1]") || !strings.Contains(msg, "socks4") {
+		t.Errorf("error does not name the key and value:\n%s", msg)
+	}
+}
