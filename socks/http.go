@@ -130,6 +130,10 @@ func (h *httpConn) Admit(user, target, method string, rep httpproxy.Reply) bool 
 		if !ok || !sc.acquireFlow(rec, rec.user, u) {
 			return false
 		}
+	} else if err := sc.acct.Check(); err != nil {
+		// Later requests of the connection meet the quota too.
+		sc.refuse(rec, RepNotAllowed, outcomeQuota, err)
+		return false
 	}
 	if !sc.beginFlow(rec) {
 		return false

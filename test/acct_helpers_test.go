@@ -3,11 +3,13 @@ package test
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -383,4 +385,38 @@ func httpGetIn(ns, url string) (string, error) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "curl", "-sS", "--max-time", "8", url).Output()
 	return string(out), err
+}
+
+// acctHTTPConnect is acctTCP through the daemon's HTTP proxy (CONNECT,
+// Basic credentials) on the same listener.
+func acctHTTPConnect(ctx context.Context, ns string, u egUser, port, up, down int) (int64, error) {
+	c, err := nsDialer{ns: ns, timeout: 5 * time.Second}.DialContext(ctx, "tcp", acctProxy)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	target := net.JoinHostPort(egSvc, strconv.Itoa(port))
+	cred := base64.StdEncoding.EncodeToString([]byte(u.name + ":" + u.pass))
+	if _, err := fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n", target, target, cred); err != nil {
+		return 0, err
+	}
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		return 0, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("CONNECT: %s", resp.Status)
+	}
+	payload := make([]byte, up)
+	if _, err := fmt.Fprintf(c, "%d %d\n", down, up); err != nil {
+		return 0, err
+	}
+	if _, err := c.Write(payload); err != nil {
+		return 0, err
+	}
+	return io.Copy(io.Discard, br)
 }

@@ -12,8 +12,9 @@ import (
 
 const acctUsers = 10
 
-// acctTraffic runs, for every user at once, two TCP flows (one bulk, one
-// small) and one UDP association of echoed datagrams; sizes differ per
+// acctTraffic runs, for every user at once, two SOCKS5 TCP flows (one
+// bulk, one small), one HTTP CONNECT tunnel and one UDP association of
+// echoed datagrams; sizes differ per
 // user and per round, so that a total booked to the wrong user or lost
 // shows.
 func acctTraffic(t *testing.T, topo *topology, round int) {
@@ -21,7 +22,7 @@ func acctTraffic(t *testing.T, topo *topology, round int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 3*acctUsers)
+	errc := make(chan error, 4*acctUsers)
 	for i := range acctUsers {
 		u := acctUser(i)
 		wg.Go(func() {
@@ -37,6 +38,16 @@ func acctTraffic(t *testing.T, topo *topology, round int) {
 		wg.Go(func() {
 			if _, err := acctTCP(ctx, topo.C, u, acctTCPBase+i, 100+i, 300+round); err != nil {
 				errc <- fmt.Errorf("%s small: %w", u.name, err)
+			}
+		})
+		wg.Go(func() {
+			down := 50_000 + 333*i + round
+			got, err := acctHTTPConnect(ctx, topo.C, u, acctTCPBase+i, 1000+i, down)
+			if err == nil && got != int64(down) {
+				err = fmt.Errorf("got %d of %d bytes", got, down)
+			}
+			if err != nil {
+				errc <- fmt.Errorf("%s HTTP CONNECT: %w", u.name, err)
 			}
 		})
 		wg.Go(func() {
@@ -85,7 +96,7 @@ func TestAccountingTotals(t *testing.T) {
 	od := startAcctDaemon(t, topo, cfg)
 	acctTraffic(t, topo, 1)
 	od.stopTerm(t)
-	wantTotals(t, db, up, 3)
+	wantTotals(t, db, up, 4)
 
 	// Restarted on the same file; traffic with a reload in its middle
 	// (the reload also changes a user's settings).
@@ -115,18 +126,18 @@ func TestAccountingTotals(t *testing.T) {
 	for i := range acctUsers {
 		name := acctUser(i).name
 		wantUp, wantDown := up.total(i)
-		if l := live[name]; l.Up != wantUp || l.Down != wantDown || l.Flows != 6 {
-			t.Errorf("/usage %s = %+v, want %d up %d down 6 flows", name, l, wantUp, wantDown)
+		if l := live[name]; l.Up != wantUp || l.Down != wantDown || l.Flows != 8 {
+			t.Errorf("/usage %s = %+v, want %d up %d down 8 flows", name, l, wantUp, wantDown)
 		}
-		if r := report[name]; r.Up != wantUp || r.Down != wantDown || r.Flows != 6 || r.Period != "month" {
-			t.Errorf("ifsocks usage %s = %+v, want %d up %d down 6 flows this month", name, r, wantUp, wantDown)
+		if r := report[name]; r.Up != wantUp || r.Down != wantDown || r.Flows != 8 || r.Period != "month" {
+			t.Errorf("ifsocks usage %s = %+v, want %d up %d down 8 flows this month", name, r, wantUp, wantDown)
 		}
-		if d := during[name]; d.Up > wantUp || d.Down > wantDown || d.Flows < 3 {
+		if d := during[name]; d.Up > wantUp || d.Down > wantDown || d.Flows < 4 {
 			t.Errorf("ifsocks usage under load %s = %+v: more than the end totals, or fewer flows than the first run's", name, d)
 		}
 	}
 	od.stopTerm(t)
-	wantTotals(t, db, up, 6)
+	wantTotals(t, db, up, 8)
 	if n := strings.Count(od.logs.String(), "cannot write the accounting database"); n > 0 {
 		t.Errorf("%d write failures logged", n)
 	}
