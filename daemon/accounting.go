@@ -36,7 +36,7 @@ func (d *daemon) openAccounting(cfg *config.Config) (*accounting.Ledger, error) 
 		return nil, err
 	}
 	d.accountingErr = err
-	d.log.Warn("serving WITHOUT accounting or quotas (accounting.on_error = \"serve\")", zap.Error(err))
+	d.log.Warn("serving WITHOUT accounting or quotas: the database cannot be opened and accounting.on_error is serve", zap.Error(err))
 	return nil, nil
 }
 

@@ -81,7 +81,7 @@ func TestAccountingBadDatabase(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := startFails(t, topo, acctConfig(tc.path, 1, "1s", "", nil))
-			for _, want := range []string{tc.path, tc.why, "on_error = \\\"serve\\\""} {
+			for _, want := range []string{tc.path, tc.why, `on_error = "serve"`} {
 				if !strings.Contains(out, want) {
 					t.Errorf("output lacks %q:\n%s", want, out)
 				}
@@ -92,7 +92,7 @@ func TestAccountingBadDatabase(t *testing.T) {
 			if _, err := acctTCP(ctx, topo.C, acctUser(0), acctTCPBase, 100, 100_000); err != nil {
 				t.Errorf("flow without accounting: %v", err)
 			}
-			line := od.lastMsg("serving WITHOUT accounting or quotas (accounting.on_error = \"serve\")")
+			line := od.lastMsg("serving WITHOUT accounting or quotas: the database cannot be opened and accounting.on_error is serve")
 			if line == nil || !strings.Contains(line["error"].(string), tc.path) {
 				t.Errorf("no warning naming %s: %v", tc.path, line)
 			}
