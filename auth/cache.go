@@ -17,25 +17,35 @@ import (
 // successes are stored, entries expire after ttl, and the map never grows
 // past size entries.
 type cache struct {
-	secret [32]byte
-	ttl    time.Duration
-	size   int
+	keyer
+	ttl  time.Duration
+	size int
 
 	mu      sync.Mutex
 	entries map[[32]byte]time.Time // expiry
 }
 
 func newCache(ttl time.Duration, size int) *cache {
-	c := &cache{ttl: ttl, size: size, entries: make(map[[32]byte]time.Time)}
-	if _, err := rand.Read(c.secret[:]); err != nil {
+	return &cache{keyer: newKeyer(), ttl: ttl, size: size, entries: make(map[[32]byte]time.Time)}
+}
+
+// keyer makes the cache keys of credentials: HMAC-SHA256 under a random
+// key made at start.
+type keyer struct {
+	secret [32]byte
+}
+
+func newKeyer() keyer {
+	var k keyer
+	if _, err := rand.Read(k.secret[:]); err != nil {
 		// crypto/rand does not fail on Linux since 3.17 (getrandom);
 		// a zero key would make the cache keys guessable, so stop.
 		panic("auth: crypto/rand: " + err.Error())
 	}
-	return c
+	return k
 }
 
-func (c *cache) key(name, password string) [32]byte {
+func (c *keyer) key(name, password string) [32]byte {
 	// The name goes in with its length so that no two (name, password)
 	// pairs give the same input: both may contain any byte.
 	m := hmac.New(sha256.New, c.secret[:])

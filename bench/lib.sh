@@ -63,6 +63,7 @@ topo_up() {
 	ip -n "$P" route add default via "$UP2" dev wan2 table 102
 	ip -n "$P" rule add from "$WAN2" table 102
 	ip -n "$U" route add 10.233.0.0/24 via "$WAN2" dev up2
+	if [ "${v6:-0}" = 1 ]; then topo_v6; fi
 	# The client must not be what runs out of ports in the connection test.
 	sys "$C" net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
 	# Replies to wan2's flows arrive on wan2 while the main table's best
@@ -77,6 +78,20 @@ topo_up() {
 		sys "$P" net.ipv4.ip_forward=0
 	fi
 	if [ "$1" = dante ]; then dante_etc; fi
+}
+
+# topo_v6 adds IPv6 on the wan2 path for the address pool tests: wan2
+# fd33:2::1 -- up2 fd33:2::2, the service address fd33:9::9 on U, and
+# fd33:80::/80 routed by U to P, where a local route makes every address of
+# it P's own ("AnyIP", as for a prefix delegated to an AWS ENI).
+topo_v6() {
+	# nodad: usable at once, not "tentative" for a second or two.
+	ip -n "$P" -6 addr add "$WAN2_6/64" dev wan2 nodad
+	ip -n "$U" -6 addr add "$UP2_6/64" dev up2 nodad
+	ip -n "$U" -6 addr add "$SVC6/128" dev lo
+	ip -n "$P" -6 route add default via "$UP2_6" dev wan2
+	ip -n "$P" -6 route add local "$POOL6" dev lo
+	ip -n "$U" -6 route add "$POOL6" via "$WAN2_6" dev up2
 }
 
 # bg NAME NS CMD...: start CMD in namespace NS in the background; its pid
@@ -124,6 +139,10 @@ TOML
 	# The same with accounting on: every byte counted per user, flushed
 	# to an SQLite file every 10 s (the default).
 	{ cat "$work/ifsocks.toml"; printf '\n[accounting]\npath = "%s"\n' "$work/usage.db"; } >"$work/ifsocks-acct.toml"
+	# The address pool rows: the same user with one IPv6 source_ip, and
+	# with a /80 pool rotated per connection.
+	sed 's/^interface = "wan2"$/source_ip = "'"$WAN2_6"'"/' "$work/ifsocks.toml" >"$work/ifsocks-v6-source.toml"
+	sed 's|^interface = "wan2"$|interface = "wan2"\nsource_ips = ["'"$POOL6"'"]|' "$work/ifsocks.toml" >"$work/ifsocks-v6-pool.toml"
 	local method
 	for method in username none; do
 		cat >"$work/danted-$method.conf" <<DANTE
@@ -162,7 +181,7 @@ start_proxy() {
 		return 0
 		;;
 	# shellcheck disable=SC2086 # IFSBENCH_IFSOCKS_ARGS is split into flags on purpose
-	ifsocks) bg ifsocks "$P" "$work/ifsocks" -config "$work/ifsocks.toml" ${IFSBENCH_IFSOCKS_ARGS:-} ;;
+	ifsocks) bg ifsocks "$P" "$work/ifsocks" -config "$work/${ifsocks_conf:-ifsocks.toml}" ${IFSBENCH_IFSOCKS_ARGS:-} ;;
 	# shellcheck disable=SC2086
 	ifsocks-acct) rm -f "$work"/usage.db*; bg ifsocks-acct "$P" "$work/ifsocks" -config "$work/ifsocks-acct.toml" ${IFSBENCH_IFSOCKS_ARGS:-} ;;
 	dante) bg dante "$P" danted -f "$work/danted-$dante_method.conf" -p "$work/danted.pid" ;;
@@ -172,7 +191,7 @@ start_proxy() {
 	if [ "$1" != dante ] || [ "$dante_method" = username ]; then auth=(-user bench -pass "$pass"); fi
 	# Called in a condition, where set -e does not apply: return by hand.
 	timeout 20 ip netns exec "$C" "$work/ifsbench" wait -addr "$LISTEN:1080" -timeout 15s || return 1
-	timeout 20 ip netns exec "$C" "$work/ifsbench" probe -proxy "$LISTEN:1080" "${auth[@]}" || return 1
+	timeout 20 ip netns exec "$C" "$work/ifsbench" probe -proxy "$LISTEN:1080" "${auth[@]}" "${probe_target[@]}" || return 1
 }
 
 # setup SUBJECT: fresh topology and upstream servers. Sets spid.
@@ -181,6 +200,10 @@ setup() {
 	bg serve "$U" "$work/ifsbench" serve -addr "$SVC" -lifetime 2h
 	spid=$bgpid
 	timeout 20 ip netns exec "$U" "$work/ifsbench" wait -addr "$SVC:5002" -timeout 15s
+	if [ "${v6:-0}" = 1 ]; then
+		bg serve6 "$U" "$work/ifsbench" serve -addr "$SVC6" -lifetime 2h
+		timeout 20 ip netns exec "$U" "$work/ifsbench" wait -addr "[$SVC6]:5002" -timeout 15s
+	fi
 }
 
 # measure SUBJECT LIMIT TEST ARGS...: one load run (ifsbench ARGS in C);

@@ -56,11 +56,14 @@ fi
 # Addresses: C c0 .0.2 -> P cl0 .0.1 (proxy listens) ; P wan1 .1.1 / wan2 .2.1
 # -> U up1 .1.2 / up2 .2.2 ; service address 10.233.9.9 on U's loopback.
 readonly CLIENT=10.233.0.2 LISTEN=10.233.0.1 WAN2=10.233.2.1 UP2=10.233.2.2 SVC=10.233.9.9
+# IPv6 of the address pool rows (topo_v6): wan2, up2, the service, the pool.
+readonly WAN2_6=fd33:2::1 UP2_6=fd33:2::2 SVC6=fd33:9::9 POOL6=fd33:80::/80
 pfx="ifsbench-$$"
 C="$pfx-c" P="$pfx-p" U="$pfx-u"
 failed=() # ifsocks or kernel tests that failed: the run exits non-zero
 pids=()   # processes this script started and has not yet stopped
 extra_sysctl=() # sysctls for the proxy netns of the current test
+v6=0 ifsocks_conf=ifsocks.toml probe_target=() # set per test by run_subject
 # shellcheck source=lib.sh
 . "$here/lib.sh"
 work=$(mktemp -d /tmp/ifsbench.XXXXXX)
@@ -95,6 +98,20 @@ group_udp() {
 
 group_connrate() {
 	measure "$1" $((durs + 60)) connrate connrate "${via[@]}" -concurrency 50 -duration "$dur"
+	tw_count "$1"
+}
+
+# group_v6source and group_v6pool: the connection test to an IPv6 target,
+# ifsocks binding one source_ip, then a /80 pool with a random address per
+# connection (source_rotation = "flow"): the pool must cost no more per
+# connection, and its TIME_WAIT sockets spread over many addresses.
+group_v6source() {
+	measure "$1" $((durs + 60)) connrate-v6-source connrate "${via[@]}" -concurrency 50 -duration "$dur" -target "[$SVC6]:5002" -test connrate-v6-source
+	tw_count "$1"
+}
+
+group_v6pool() {
+	measure "$1" $((durs + 60)) connrate-v6-pool connrate "${via[@]}" -concurrency 50 -duration "$dur" -target "[$SVC6]:5002" -test connrate-v6-pool
 	tw_count "$1"
 }
 
@@ -164,7 +181,11 @@ start_dante() {
 }
 
 run_subject() {
-	local s=$1 g groups=(tunnels tcp udp connrate twreuse)
+	local s=$1 g groups=(tunnels tcp udp connrate twreuse v6source v6pool)
+	if [ "$s" != ifsocks ]; then
+		note skip -subject "$s" -test connrate-v6-source -value "ifsocks only"
+		note skip -subject "$s" -test connrate-v6-pool -value "ifsocks only"
+	fi
 	case "$s" in
 	kernel)
 		groups=(tcp udp connrate)
@@ -191,6 +212,11 @@ run_subject() {
 		log "$s: $g"
 		extra_sysctl=()
 		[ "$g" != twreuse ] || extra_sysctl=(net.ipv4.tcp_tw_reuse=1)
+		v6=0 ifsocks_conf=ifsocks.toml probe_target=()
+		case "$g" in
+		v6source) v6=1 ifsocks_conf=ifsocks-v6-source.toml probe_target=(-target "[$SVC6]:5002") ;;
+		v6pool) v6=1 ifsocks_conf=ifsocks-v6-pool.toml probe_target=(-target "[$SVC6]:5002") ;;
+		esac
 		setup "$s"
 		local ok=1
 		if [ "$s" = dante ]; then start_dante || ok=0; else start_proxy "$s" || ok=0; fi

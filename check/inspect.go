@@ -72,7 +72,7 @@ func inspect(cfg *config.Config, path string, h host) *result {
 	r.fileMode(h, cfg, path)
 	r.users(h, cfg)
 	r.resolver(h, cfg)
-	if len(cfg.Users) == 0 && cfg.Server.AllowOpen {
+	if !cfg.HasUsers() && cfg.Server.AllowOpen {
 		r.open(cfg)
 	}
 	if cfg.Server.IdleTimeout == 0 && cfg.Server.TCPKeepAlive == 0 {

@@ -110,7 +110,13 @@ type Config struct {
 	// authentication, client list and egress, served besides
 	// Server.Listen.
 	Listeners []Listener
+	// Auth says where users not in Users are looked up.
+	Auth Auth
 }
+
+// HasUsers reports whether clients authenticate: there are [[users]] or a
+// backend that knows users.
+func (c *Config) HasUsers() bool { return len(c.Users) > 0 || c.Auth.Remote() }
 
 // Ingress, as an interface name, means the interface that holds the
 // address the client connected to.

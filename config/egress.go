@@ -118,13 +118,13 @@ func (v *validator) listeners(c *Config, f *file) {
 		}
 		switch fl.Auth {
 		case "", "password":
-			if len(c.Users) == 0 {
+			if !c.HasUsers() {
 				v.add(key("auth"), "password", "no [[users]] to authenticate; add users or set auth = \"none\"")
 			}
 		case "none":
 			l.NoAuth = true
-			if l.Rotation == RotationSession {
-				v.add(key("source_rotation"), RotationSession.String(), "needs auth = \"password\": the session key is part of the user name")
+			if len(l.SourceIPs) > 0 && l.Rotation != RotationFlow {
+				v.add(key("source_rotation"), l.Rotation.String(), "needs auth = \"password\": it picks the address by the user name")
 			}
 		default:
 			v.add(key("auth"), fl.Auth, "must be password or none")

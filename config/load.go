@@ -57,6 +57,7 @@ type file struct {
 	} `toml:"accounting"`
 	Users     []fileUser     `toml:"users"`
 	Listeners []fileListener `toml:"listeners"`
+	Auth      fileAuth       `toml:"auth"`
 
 	md toml.MetaData
 }
@@ -129,6 +130,7 @@ func Parse(data []byte, name string) (*Config, error) {
 	v.metrics(c)
 	v.accounting(c, &f)
 	v.users(c, &f)
+	v.auth(c, &f)
 	v.serverProtocols(c, &f)
 	v.listeners(c, &f)
 	v.accountingKeys(c)
@@ -152,7 +154,7 @@ func unknownKeys(data []byte, md toml.MetaData) error {
 	var raw map[string]any
 	var msgs []string
 	for _, k := range md.Keys() {
-		if allowed[k.String()] {
+		if allowed[k.String()] || (len(k) > 1 && allowed[k[:len(k)-1].String()+anyKey]) {
 			continue
 		}
 		if len(k) == 2 && (k[0] == "users" || k[0] == "listeners") {
@@ -177,6 +179,9 @@ func unknownKeys(data []byte, md toml.MetaData) error {
 	return fmt.Errorf("unknown key %s (keys are case-sensitive)", strings.Join(msgs, ", "))
 }
 
+// anyKey marks, in tomlKeys, a table whose keys are free-form.
+const anyKey = ".*"
+
 // tomlKeys lists the dotted key paths declared by the toml tags of t,
 // tables included.
 func tomlKeys(t reflect.Type, prefix string) map[string]bool {
@@ -197,6 +202,10 @@ func tomlKeys(t reflect.Type, prefix string) map[string]bool {
 		path := prefix + name
 		keys[path] = true
 		ft := f.Type
+		if ft.Kind() == reflect.Map {
+			// A table of free-form keys ([auth.http.headers]).
+			keys[path+anyKey] = true
+		}
 		if ft.Kind() == reflect.Slice {
 			ft = ft.Elem()
 		}

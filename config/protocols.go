@@ -76,6 +76,6 @@ func (v *validator) protocols(key string, raw []string, passwordNeeded bool) Pro
 // password whenever there are [[users]].
 func (v *validator) serverProtocols(c *Config, f *file) {
 	if f.defined("server", "protocols") {
-		c.Server.Protocols = v.protocols("server.protocols", f.Server.Protocols, len(c.Users) > 0 && len(c.Server.Listen) > 0)
+		c.Server.Protocols = v.protocols("server.protocols", f.Server.Protocols, c.HasUsers() && len(c.Server.Listen) > 0)
 	}
 }

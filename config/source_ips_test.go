@@ -74,6 +74,7 @@ func TestSourceIPsErrors(t *testing.T) {
 		{"empty separator", user + "source_ips = [\"10.0.0.2\"]\nsource_rotation = \"session\"\nsession_separator = \"\"\n", "users[0].session_separator", ""},
 		{"separator with space", user + "source_ips = [\"10.0.0.2\"]\nsource_rotation = \"session\"\nsession_separator = \" s \"\n", "users[0].session_separator", " s "},
 		{"session on a no-auth listener", "[[listeners]]\naddress = \"127.0.0.1:1\"\nauth = \"none\"\nsource_ips = [\"10.0.0.2\"]\nsource_rotation = \"session\"\n", "listeners[0].source_rotation", "session"},
+		{"user rotation on a no-auth listener", "[[listeners]]\naddress = \"127.0.0.1:1\"\nauth = \"none\"\nsource_ips = [\"10.0.0.2\"]\nsource_rotation = \"user\"\n", "listeners[0].source_rotation", "user"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -225,14 +225,8 @@ func (v *validator) users(c *Config, f *file) {
 	seen := map[string]int{}
 	for i, fu := range f.Users {
 		key := func(k string) string { return fmt.Sprintf("users[%d].%s", i, k) }
-		u := User{
-			Name:            fu.Name,
-			PasswordHash:    fu.PasswordHash,
-			Password:        fu.Password,
-			MaxAssociations: fu.MaxAssociations,
-			Egress:          v.egress(key, fu.fileEgress),
-		}
-		v.userLimits(key, &u, fu, &c.Server)
+		u := v.userSettings(key, fu, &c.Server)
+		u.Name, u.PasswordHash, u.Password = fu.Name, fu.PasswordHash, fu.Password
 		u.Quota = v.quota(key, fu.fileQuota, c.Accounting.Path != "")
 		switch {
 		case u.Name == "":
@@ -246,11 +240,21 @@ func (v *validator) users(c *Config, f *file) {
 			seen[u.Name] = i
 		}
 		v.password(key, u)
-		if u.MaxAssociations < 0 {
-			v.add(key("max_associations"), strconv.Itoa(u.MaxAssociations), "must be at least 1 (or unset for the server default)")
-		}
 		c.Users = append(c.Users, u)
 	}
+}
+
+// userSettings validates what a user entry says besides its name and
+// password: egress and limits. [[users]] entries and the answers of an
+// auth backend (answer.go) both go through it, so a key added here is a
+// key of both.
+func (v *validator) userSettings(key func(string) string, fu fileUser, s *Server) User {
+	u := User{MaxAssociations: fu.MaxAssociations, Egress: v.egress(key, fu.fileEgress)}
+	v.userLimits(key, &u, fu, s)
+	if u.MaxAssociations < 0 {
+		v.add(key("max_associations"), strconv.Itoa(u.MaxAssociations), "must be at least 1 (or unset for the server default)")
+	}
+	return u
 }
 
 func (v *validator) password(key func(string) string, u User) {
@@ -317,7 +321,7 @@ func checkInterfaceName(n string) error {
 // openRelay refuses a configuration that would accept anyone from the
 // network without authentication, unless the operator says so explicitly.
 func (v *validator) openRelay(c *Config) {
-	if len(c.Users) > 0 || c.Server.AllowOpen {
+	if c.HasUsers() || c.Server.AllowOpen {
 		return
 	}
 	for i, a := range c.Server.Listen {

@@ -50,6 +50,7 @@ type daemon struct {
 	// database failed at start (then accountingErr says why).
 	ledger        *accounting.Ledger
 	accountingErr error
+	backend       *remoteBackend // the auth backend in force; nil for file users
 
 	wg       sync.WaitGroup // Serve loops, the watcher, the metrics server
 	serveErr chan error     // a listener failed on its own
@@ -74,10 +75,14 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	// Last, after every flow and goroutine has ended: the final counts.
 	defer d.closeAccounting()
-	st, err := d.settings(cfg)
+	st, backend, err := d.settings(cfg)
 	if err != nil {
 		return err
 	}
+	d.backend = backend
+	// After the server's connections are gone (below, in order): no
+	// login is still asking.
+	defer func() { d.backend.close() }()
 	reportHost(cfg, d.log)
 	lns, err := listen(ctx, cfg.ListenAddresses())
 	if err != nil {
@@ -108,7 +113,8 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	d.metrics.Loaded()
 	notify(d.log, notifyReady)
-	d.log.Info("ifsocks started", zap.String("config", cfg.Source), zap.Int("users", len(cfg.Users)))
+	d.log.Info("ifsocks started", zap.String("config", cfg.Source), zap.Int("users", len(cfg.Users)),
+		zap.String("auth_backend", string(cfg.Auth.Backend)))
 
 	runErr := d.loop(ctx)
 
@@ -144,11 +150,12 @@ func (d *daemon) loop(ctx context.Context) error {
 }
 
 // settings builds the server settings for cfg, with this daemon's
-// metrics.
-func (d *daemon) settings(cfg *config.Config) (*socks.Settings, error) {
+// metrics and cfg's auth backend (nil for file users), which the caller
+// closes when the settings are replaced.
+func (d *daemon) settings(cfg *config.Config) (*socks.Settings, *remoteBackend, error) {
 	st, err := Settings(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	st.Metrics = d.metrics
 	if d.watcher != nil && d.watcher.Primed() {
@@ -165,7 +172,27 @@ func (d *daemon) settings(cfg *config.Config) (*socks.Settings, error) {
 		}
 		st.NoAuthUser.Account = d.ledger.Counter(accounting.NoAuthKey)
 	}
-	return st, nil
+	var account func(string) *accounting.Counter
+	if d.ledger != nil {
+		account = d.ledger.Counter
+	}
+	b, err := newBackend(cfg, d.metrics, d.interfaceExists, account)
+	if err != nil {
+		return nil, nil, err
+	}
+	if b != nil {
+		st.Backend = b.auth
+	}
+	return st, b, nil
+}
+
+// interfaceExists reports whether the host has an interface called name,
+// from the watcher's state when it has one.
+func (d *daemon) interfaceExists(name string) bool {
+	if d.watcher != nil && d.watcher.Primed() {
+		return d.watcher.State(name) != link.Missing
+	}
+	return !errors.Is(bind.CheckInterface(name), bind.ErrNoInterface)
 }
 
 // serve runs the accept loop of l in a goroutine the daemon waits for.

@@ -12,7 +12,7 @@ import (
 // reportHost warns about what will make flows fail or is unsafe, without
 // refusing to start: an interface may appear later (a hot-plugged ENI).
 func reportHost(cfg *config.Config, log *zap.Logger) {
-	if len(cfg.Users) == 0 {
+	if !cfg.HasUsers() {
 		log.Warn("no users configured: accepting clients without authentication",
 			zap.Strings("listen", cfg.Server.Listen))
 	}

@@ -35,7 +35,7 @@ func (d *daemon) reload() {
 		d.reloadFailed(err)
 		return
 	}
-	st, err := d.settings(cfg)
+	st, backend, err := d.settings(cfg)
 	if err != nil {
 		d.reloadFailed(err)
 		return
@@ -43,6 +43,7 @@ func (d *daemon) reload() {
 	added, removed := diffListeners(d.lns, cfg.ListenAddresses())
 	opened, err := d.openAdded(added, removed)
 	if err != nil {
+		backend.close()
 		d.reloadFailed(err)
 		return
 	}
@@ -50,6 +51,10 @@ func (d *daemon) reload() {
 	old := d.cfg
 	d.srv.Update(st)
 	d.cfg = cfg
+	// The new backend starts with an empty cache, as a new file user
+	// store does: [auth] may have changed what the answers mean.
+	d.backend.close()
+	d.backend = backend
 	for a, l := range opened {
 		d.lns[a] = l
 		d.serve(l)

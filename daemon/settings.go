@@ -26,8 +26,7 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 	users := make(map[string]socks.User, len(cfg.Users))
 	for _, u := range cfg.Users {
 		accounts = append(accounts, auth.Account{Name: u.Name, Hash: u.PasswordHash, Password: u.Password})
-		users[u.Name] = socks.User{Egress: egress(u.Egress), MaxAssociations: u.MaxAssociations,
-			MaxConnections: u.MaxConnections, Rate: userRate(u)}
+		users[u.Name] = userOf(u)
 	}
 	listeners := make(map[string]*socks.Listener, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
@@ -68,6 +67,13 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 			MaxConnections: cfg.Server.MaxConnections,
 		},
 	}, nil
+}
+
+// userOf converts a user's settings, from [[users]] or an auth backend's
+// answer.
+func userOf(u config.User) socks.User {
+	return socks.User{Egress: egress(u.Egress), MaxAssociations: u.MaxAssociations,
+		MaxConnections: u.MaxConnections, Rate: userRate(u)}
 }
 
 // egress converts a configured egress. A round-robin one gets its own

@@ -65,14 +65,24 @@ func (w *Watcher) subscribe(ctx context.Context) error {
 			_, addrsOn = <-addrs
 		}
 	}()
-	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ListExisting: true, ErrorCallback: onErr}); err != nil {
+	// Not ListExisting: the library sends that dump request addressed to
+	// the multicast groups it subscribed, which the kernel refuses with
+	// EPERM to a process without CAP_NET_ADMIN, as the systemd unit and
+	// the package run it. The state is listed by Prime instead, after
+	// subscribing, so that no change falls between the list and the
+	// events (a change listed and then seen again as an event is applied
+	// twice, which is harmless).
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
 		return fmt.Errorf("subscribe to address events: %w", err)
 	}
 	addrsOn = true
-	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ListExisting: true, ErrorCallback: onErr}); err != nil {
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
 		return fmt.Errorf("subscribe to link events: %w", err)
 	}
 	linksOn = true
+	if err := w.Prime(); err != nil {
+		return err
+	}
 	for {
 		select {
 		case <-ctx.Done():

@@ -34,6 +34,7 @@ type Metrics struct {
 	lastReload   prometheus.Gauge
 	limits       limitMetrics
 	accounting   accountingMetrics
+	authBackend  authBackendMetrics
 	panics       *prometheus.CounterVec
 }
 
@@ -60,7 +61,7 @@ func New() *Metrics {
 	}, []string{"user", "interface", "direction"})
 	m.authFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ifsocks_auth_failures_total",
-		Help: "Failed authentications: bad_credentials (unknown user or wrong password), no_method, or blocked (refused unchecked: the client IP is in its auth_fail_cooldown).",
+		Help: "Failed authentications: bad_credentials (unknown user or wrong password, or refused by the auth backend), backend_unavailable (the auth backend gave no usable answer), no_method, or blocked (refused unchecked: the client IP is in its auth_fail_cooldown).",
 	}, []string{"reason"})
 	m.dial = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "ifsocks_dial_duration_seconds",
@@ -87,6 +88,7 @@ func New() *Metrics {
 	})
 	m.newLimits(f)
 	m.newAccounting(f)
+	m.newAuthBackend(f)
 	m.newPanics(f)
 	for _, c := range []prometheus.Collector{m.flows, m.active, m.bytes, m.authFailures, m.dial,
 		m.ifaceUp, m.udpDgrams, m.udpDrops, m.reloads, m.lastReload,

@@ -5,6 +5,7 @@
 # Go: nfpm is a Go tool pinned in go.mod (go tool nfpm), and the manual
 # page and the installed configuration are generated from README.md and
 # config.toml.example by packaging/gen, so neither can drift.
+# packaging/deb.sh --version prints the version and builds nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,10 @@ fi
 if ! [[ $version =~ ^[0-9][A-Za-z0-9.+~]*$ ]]; then
 	echo "deb.sh: version \"$version\" (from git) is not a Debian native version: it must start with a digit and use only letters, digits, . + ~" >&2
 	exit 1
+fi
+if [ "${1:-}" = "--version" ]; then
+	echo "$version"
+	exit 0
 fi
 export VERSION=$version
 export MAINTAINER=${DEB_MAINTAINER:-"ifsocks maintainers <ifsocks@users.noreply.github.com>"}

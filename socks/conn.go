@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/ifsocks/ifsocks/accounting"
@@ -58,6 +59,14 @@ type serverConn struct {
 	// acct counts the flow's bytes (nil without accounting); set before
 	// the flow begins, then read under srv.mu to cut flows over quota.
 	acct *accounting.Counter
+
+	// proto is the protocol the client speaks (sniff), for the auth
+	// backend's request.
+	proto Protocols
+	// remote is the auth backend's answer for the user logged in on the
+	// connection; an HTTP client may log in again per request, and its
+	// dials run on other goroutines, hence the atomic.
+	remote atomic.Pointer[remoteUser]
 }
 
 // close closes the client connection and, if there is one, the upstream
@@ -106,6 +115,7 @@ func (sc *serverConn) serve() (handedOff bool) {
 	}
 	hs := newHSReader(sc.conn)
 	proto, err := sc.sniff(hs)
+	sc.proto = proto
 	if err != nil {
 		hs.detach()
 		sc.logHandshake(rec, err)
@@ -175,7 +185,7 @@ func (sc *serverConn) refuseRemoved(rec *record) {
 // reports false.
 func (sc *serverConn) flowUser(rec *record, name string) (User, *Egress, bool) {
 	st := sc.refresh()
-	user, ok := st.Users[name]
+	user, ok := sc.userOf(st, name)
 	if name != "" && !ok {
 		sc.refuseRemoved(rec)
 		return user, nil, false
@@ -253,7 +263,13 @@ func (sc *serverConn) login(client netip.Addr, name, pass string) error {
 		sc.st.Metrics.AuthFailure("blocked")
 		return errAuthBlocked
 	}
-	if err := sc.st.Auth.Verify(name, pass); err != nil {
+	if err := sc.authenticate(client, name, pass); err != nil {
+		if errors.Is(err, auth.ErrUnavailable) {
+			// The backend's failure, not the client's: refused, but
+			// not counted against the client.
+			sc.st.Metrics.AuthFailure("backend_unavailable")
+			return err
+		}
 		sc.st.Metrics.AuthFailure("bad_credentials")
 		sc.authFailed(client)
 		return err
@@ -261,9 +277,58 @@ func (sc *serverConn) login(client netip.Addr, name, pass string) error {
 	return nil
 }
 
+// authenticate checks a login against Users when the name is there (or
+// there is no backend), else against the backend, whose answer, the
+// user's settings, it keeps for the connection's flows (userOf).
+func (sc *serverConn) authenticate(client netip.Addr, name, pass string) error {
+	st := sc.st
+	if _, local := st.Users[name]; local || st.Backend == nil {
+		return st.Auth.Verify(name, pass)
+	}
+	u, err := st.Backend.Authenticate(sc.srv.ctx, auth.Request{User: name, Password: pass,
+		Client: netip.AddrPortFrom(client, sc.clientAddr().Port()), Listener: addrPortOf(sc.conn.LocalAddr()),
+		Protocol: protocolName(sc.proto)})
+	if err != nil {
+		return err
+	}
+	sc.remote.Store(&remoteUser{name: name, user: u})
+	return nil
+}
+
+// protocolName names p in an auth backend's request.
+func protocolName(p Protocols) string {
+	switch p {
+	case ProtoHTTP:
+		return protoHTTP
+	case ProtoSOCKS4:
+		return protoSOCKS4
+	}
+	return protoSOCKS5
+}
+
+// remoteUser is a user the auth backend accepted on this connection.
+type remoteUser struct {
+	name string
+	user *User
+}
+
+// userOf returns the settings of the user name, from Users or, for a user
+// of the auth backend, from the answer that accepted its login on this
+// connection.
+// A reload that drops the backend drops its users with it.
+func (sc *serverConn) userOf(st *Settings, name string) (User, bool) {
+	if u, ok := st.Users[name]; ok {
+		return u, true
+	}
+	if r := sc.remote.Load(); r != nil && r.name == name && st.Backend != nil {
+		return *r.user, true
+	}
+	return User{}, false
+}
+
 // needsPassword reports whether sc's clients must authenticate.
 func (sc *serverConn) needsPassword() bool {
-	return sc.st.Auth != nil && sc.st.Auth.Len() > 0 && (sc.lis == nil || !sc.lis.NoAuth)
+	return sc.st.authenticates() && (sc.lis == nil || !sc.lis.NoAuth)
 }
 
 // logHandshake logs a connection that ended before a request could be
@@ -273,7 +338,7 @@ func (sc *serverConn) logHandshake(rec *record, err error) {
 	lvl := zap.WarnLevel
 	msg := "handshake failed"
 	switch {
-	case errors.Is(err, auth.ErrBadCredentials):
+	case errors.Is(err, auth.ErrBadCredentials), errors.Is(err, auth.ErrUnavailable):
 		msg = "authentication failed"
 	case errors.Is(err, io.EOF), errors.Is(err, errNoFirstByte):
 		lvl = zap.DebugLevel

@@ -191,7 +191,7 @@ func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error
 		return nil, &dialError{err: err}
 	}
 	name, session := st.splitSession(sc.lis, user)
-	u, ok := st.Users[name]
+	u, ok := sc.userOf(st, name)
 	if name != "" && !ok {
 		return nil, &dialError{err: fmt.Errorf("user %q has no egress settings", name)}
 	}

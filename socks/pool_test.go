@@ -148,3 +148,23 @@ func TestSplitSession(t *testing.T) {
 		}
 	}
 }
+
+// TestPlanPoolAllocs: planning a flow's source from a /80 allocates
+// nothing beyond what every plan does (its route slice), for flow and
+// session rotation.
+func TestPlanPoolAllocs(t *testing.T) {
+	st := fakeHost(nil, nil)
+	st.IsLocal = func(netip.Addr) bool { return true }
+	for _, rot := range []config.Rotation{config.RotationFlow, config.RotationSession} {
+		eg := Egress{Interfaces: []string{"eth1"}, Sources: pool(t, "2001:db8::/80", "10.0.0.0/28"), Rotation: rot}
+		id := flowID{user: "alice", session: "k1"}
+		n := testing.AllocsPerRun(500, func() {
+			if _, err := st.planPool(&eg, id); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if n != 0 {
+			t.Errorf("%v: %v allocations per planPool", rot, n)
+		}
+	}
+}

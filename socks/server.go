@@ -288,7 +288,7 @@ func (s *Server) beginFlow(sc *serverConn, user string) error {
 		return errShuttingDown
 	}
 	if user != "" {
-		if _, ok := s.settings.Load().Users[user]; !ok {
+		if _, ok := sc.userOf(s.settings.Load(), user); !ok {
 			return ErrUserRemoved
 		}
 	}

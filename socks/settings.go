@@ -1,6 +1,7 @@
 package socks
 
 import (
+	"context"
 	"net/netip"
 	"time"
 
@@ -71,6 +72,8 @@ type Settings struct {
 	// Users maps a user name to its egress. Every name Auth accepts must
 	// be present.
 	Users map[string]User
+	// Backend, when set, authenticates the names Users lacks.
+	Backend Backend
 	// NoAuthUser is the egress of flows without authentication on a
 	// listener that has no Listener entry.
 	NoAuthUser User
@@ -116,6 +119,21 @@ type Settings struct {
 	Limits Limits
 
 	sessions sessionIndex // pool.go
+}
+
+// Backend authenticates users that Settings.Users does not hold against a
+// service (an HTTP hook, a directory) whose answer says where their flows
+// leave. The daemon builds it from auth.Remote.
+type Backend interface {
+	// Authenticate returns the user's settings, or an error wrapping
+	// auth.ErrBadCredentials (refused) or auth.ErrUnavailable (no usable
+	// answer). The returned User is shared and must not be modified.
+	Authenticate(ctx context.Context, req auth.Request) (*User, error)
+}
+
+// authenticates reports whether clients must log in.
+func (st *Settings) authenticates() bool {
+	return st.Backend != nil || (st.Auth != nil && st.Auth.Len() > 0)
 }
 
 // Listener is how one listener serves its clients.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -198,6 +199,40 @@ func TestPools(t *testing.T) {
 		})
 		if line["rotation"] != "session" {
 			t.Errorf("HTTP flow line %s: want rotation session", jsonLine(line))
+		}
+	})
+
+	// BIND listens on a pool address (bound with FREEBIND on wan2); a
+	// peer in U reaches it through the routed prefix.
+	t.Run("BIND on a pool address", func(t *testing.T) {
+		res, err := socksDo(ctx, topo.C, socksRequest{proxy: poolListen, user: poolFlow.name, pass: poolFlow.pass, target: "[::]:0", cmd: 2})
+		if err != nil || res.reply != 0 {
+			t.Fatalf("BIND: reply %d err %v", res.reply, err)
+		}
+		defer res.conn.Close()
+		if !prefix.Contains(res.bound.Addr()) || res.bound.Port() == 0 {
+			t.Fatalf("BND %v, want an address of %s with a port", res.bound, prefix)
+		}
+		var peer net.Conn
+		if err := inNetns(topo.U, func() error {
+			var err error
+			peer, err = net.DialTimeout("tcp", res.bound.String(), 5*time.Second)
+			return err
+		}); err != nil {
+			t.Fatalf("peer to %v: %v", res.bound, err)
+		}
+		defer peer.Close()
+		_ = res.conn.SetDeadline(time.Now().Add(10 * time.Second))
+		second := make([]byte, 22) // VER REP RSV ATYP(4) ADDR(16) PORT
+		if _, err := io.ReadFull(res.conn, second); err != nil || second[1] != 0 {
+			t.Fatalf("second BIND reply %x: %v", second, err)
+		}
+		if _, err := peer.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 4)
+		if _, err := io.ReadFull(res.conn, got); err != nil || string(got) != "ping" {
+			t.Fatalf("relayed %q, %v", got, err)
 		}
 	})
 

@@ -102,6 +102,12 @@ func TestPrivileges(t *testing.T) {
 			case bindRefused:
 				wantBindRefused(t, od, listen)
 			}
+			// Without CAP_NET_ADMIN the netlink watch must work too: a
+			// dump request sent to the subscribed groups gets EPERM,
+			// and the watcher would retry every second.
+			if n := od.countMsg("netlink subscription lost; resubscribing"); n > 0 {
+				t.Errorf("%d netlink resubscriptions: %v", n, od.lastMsg("netlink subscription lost; resubscribing"))
+			}
 			od.stopClean(t)
 		})
 	}

@@ -80,8 +80,8 @@ func (e *endpoint) testName(def string) string {
 // parse validates the flags once fs.Parse has run.
 func (e *endpoint) parse() error {
 	ap, err := netip.ParseAddrPort(e.target)
-	if err != nil || !ap.Addr().Is4() {
-		return fmt.Errorf("-target %q: want IPv4:port", e.target)
+	if err != nil || ap.Addr().Zone() != "" {
+		return fmt.Errorf("-target %q: want IP:port (IPv6 in brackets)", e.target)
 	}
 	e.targetAP = ap
 	if e.cpu == "" {
@@ -117,9 +117,10 @@ func (e *endpoint) open(ctx context.Context) (*net.TCPConn, error) {
 	return c, nil
 }
 
+// dialTCP connects to addr, an IP literal and port of either family.
 func dialTCP(ctx context.Context, addr string) (*net.TCPConn, error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp4", addr)
+	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
 	}

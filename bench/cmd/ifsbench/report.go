@@ -20,8 +20,8 @@ var subjectTitle = map[string]string{
 	"kernel":       "kernel forwarding",
 	"ifsocks":      "ifsocks",
 	"ifsocks-acct": "ifsocks, accounting on",
-	"dante":      "Dante",
-	"microsocks": "microsocks",
+	"dante":        "Dante",
+	"microsocks":   "microsocks",
 }
 
 var peers = []string{"dante", "microsocks"}
@@ -49,6 +49,11 @@ var summaryRows = []row{
 	{"connections/s, proxy netns tcp_tw_reuse=1", "connrate-tw", "rate", "%.0f", true},
 	{"… in the last second", "connrate-tw", "last_s", "%.0f", true},
 	{"proxy CPU per connection (tcp_tw_reuse=1), µs", "connrate-tw", "proxy_us", "%.0f", false},
+	{"connections/s, IPv6, one source_ip", "connrate-v6-source", "rate", "%.0f", true},
+	{"proxy CPU per connection, IPv6 one source_ip, µs", "connrate-v6-source", "proxy_us", "%.0f", false},
+	{"connections/s, IPv6, source_ips /80 (flow rotation)", "connrate-v6-pool", "rate", "%.0f", true},
+	{"… in the last second", "connrate-v6-pool", "last_s", "%.0f", true},
+	{"proxy CPU per connection, IPv6 /80 pool, µs", "connrate-v6-pool", "proxy_us", "%.0f", false},
 	{"RSS per idle tunnel, KiB", "tunnels", "kib_per_tunnel", "%.1f", false},
 	{"PSS per idle tunnel, KiB", "tunnels", "pss_per_tunnel", "%.1f", false},
 	{"descriptors per idle tunnel", "tunnels", "fds_per_tunnel", "%.1f", false},
@@ -62,7 +67,7 @@ var summaryRows = []row{
 // it proxy_us, the proxy's CPU time in microseconds per unit. On a shared
 // machine that drifts far less than a rate, which also counts the time
 // the proxy spent waiting for a core.
-var perUnit = map[string]string{"udp": "received", "connrate": "ok", "connrate-tw": "ok"}
+var perUnit = map[string]string{"udp": "received", "connrate": "ok", "connrate-tw": "ok", "connrate-v6-source": "ok", "connrate-v6-pool": "ok"}
 
 // results is a run's records, indexed.
 type results struct {

@@ -28,7 +28,7 @@ const bulkBuf = 256 << 10
 
 func serveCmd(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	addr := fs.String("addr", "10.233.9.9", "IPv4 address to listen on")
+	addr := fs.String("addr", "10.233.9.9", "IPv4 or IPv6 address to listen on")
 	life := fs.Duration("lifetime", 2*time.Hour, "exit after this long even if never signalled")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -43,16 +43,20 @@ func serveCmd(args []string) error {
 	}
 	ctx, cancel := untilSignal(*life)
 	defer cancel()
+	tcp, udpNet := "tcp4", "udp4"
+	if ip.Is6() {
+		tcp, udpNet = "tcp6", "udp6"
+	}
 	var lc net.ListenConfig
-	bulk, err := lc.Listen(ctx, "tcp4", netip.AddrPortFrom(ip, portBulk).String())
+	bulk, err := lc.Listen(ctx, tcp, netip.AddrPortFrom(ip, portBulk).String())
 	if err != nil {
 		return err
 	}
-	echo, err := lc.Listen(ctx, "tcp4", netip.AddrPortFrom(ip, portEcho).String())
+	echo, err := lc.Listen(ctx, tcp, netip.AddrPortFrom(ip, portEcho).String())
 	if err != nil {
 		return err
 	}
-	udp, err := lc.ListenPacket(ctx, "udp4", netip.AddrPortFrom(ip, portUDP).String())
+	udp, err := lc.ListenPacket(ctx, udpNet, netip.AddrPortFrom(ip, portUDP).String())
 	if err != nil {
 		return err
 	}

@@ -53,7 +53,11 @@ func handshake(c net.Conn, user, pass string, cmd byte, dst netip.AddrPort) (net
 			return netip.AddrPort{}, err
 		}
 	}
-	req := append(buf[:0], socksVersion, cmd, 0, atypIPv4)
+	atyp := byte(atypIPv4)
+	if dst.Addr().Is6() {
+		atyp = atypIPv6
+	}
+	req := append(buf[:0], socksVersion, cmd, 0, atyp)
 	req = append(req, dst.Addr().AsSlice()...)
 	req = binary.BigEndian.AppendUint16(req, dst.Port())
 	if _, err := c.Write(req); err != nil {

@@ -25,6 +25,9 @@ func udpCmd(args []string) error {
 	if err := e.parse(); err != nil {
 		return err
 	}
+	if !e.targetAP.Addr().Is4() {
+		return fmt.Errorf("-target %s: the UDP test speaks IPv4 only", e.targetAP)
+	}
 	if *size < 12 || *size > 8000 || *window < 1 {
 		return fmt.Errorf("-size %d -window %d: want 12-8000 bytes and at least 1", *size, *window)
 	}
