@@ -168,7 +168,9 @@ func (d *daemon) settings(cfg *config.Config) (*socks.Settings, *remoteBackend, 
 			st.Users[name] = u
 		}
 		for _, l := range cfg.Listeners {
-			st.Listeners[l.Address].Account = d.ledger.Counter(listenerKey(l))
+			if sl := st.Listeners[l.Address]; sl != nil {
+				sl.Account = d.ledger.Counter(listenerKey(l))
+			}
 		}
 		st.NoAuthUser.Account = d.ledger.Counter(accounting.NoAuthKey)
 	}
