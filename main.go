@@ -7,9 +7,8 @@
 //	ifsocks [-config FILE] -check
 //	                           check the configuration against this host
 //	ifsocks hash-password      read a password on stdin, print a bcrypt hash
-//	ifsocks usage [-config FILE] [-period day|week|month] [-json]
-//	                           print each user's traffic from the accounting database
-//	ifsocks -version
+//	ifsocks -version           the version, module version and VCS revision
+//	ifsocks -h                 this usage, with every subcommand
 package main
 
 import (
@@ -41,35 +40,38 @@ var version = "dev"
 
 func main() {
 	if err := run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "ifsocks:", err)
-		}
+		fmt.Fprintln(os.Stderr, "ifsocks:", err)
 		os.Exit(1)
 	}
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "hash-password" {
-		return hashPassword(args[1:], stdin, stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "usage" {
-		return usage(args[1:], stdout, stderr)
+	if len(args) > 0 {
+		if c, ok := findSubcommand(args[0]); ok {
+			return c.run(args[1:], stdin, stdout, stderr)
+		}
 	}
 	fs := flag.NewFlagSet("ifsocks", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {} // written below, to stdout when asked for
 	cfgPath := fs.String("config", "", "configuration file (default "+config.DefaultPath+" if it exists, else built-in defaults)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this IP:port (profiling; keep it on loopback)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	checkOnly := fs.Bool("check", false, "check the configuration against this host (interfaces, addresses, routes, file mode), print a report and exit; exit status 1 if it finds errors")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			usage(stdout, fs) // asked for: not an error
+			return nil
+		}
+		usage(stderr, fs)
 		return err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return fmt.Errorf("unknown subcommand %q (subcommands: %s; see -h)", fs.Arg(0), subcommandNames())
 	}
 	if *showVersion {
-		fmt.Fprintln(stdout, "ifsocks", version)
+		fmt.Fprintln(stdout, versionString())
 		return nil
 	}
 	if *checkOnly {
@@ -173,9 +175,9 @@ func newLogger(lc config.Log, w io.Writer) (*zap.Logger, zap.AtomicLevel, error)
 	return zap.New(core, zap.ErrorOutput(zapcore.Lock(zapcore.AddSync(w)))), lvl, nil
 }
 
-// usage prints the traffic per user from the accounting database
+// usageReport prints the traffic per user from the accounting database
 // (daemon.Usage).
-func usage(args []string, stdout, stderr io.Writer) error {
+func usageReport(args []string, _ io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ifsocks usage", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "configuration file, for [accounting] path and the quotas (default "+config.DefaultPath+")")
@@ -203,8 +205,15 @@ func usage(args []string, stdout, stderr io.Writer) error {
 func hashPassword(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ifsocks hash-password", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {}
 	cost := fs.Int("cost", bcrypt.DefaultCost, "bcrypt cost (4-31); each step doubles the time per check")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stdout, "Usage: ifsocks hash-password [-cost N] < password")
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return nil
+		}
 		return err
 	}
 	if fs.NArg() > 0 {

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"errors"
-	"flag"
 	"fmt"
 	"io/fs"
 	"net"
@@ -39,13 +38,46 @@ func runCmd(tb testing.TB, stdin string, args ...string) (stdout, stderr string,
 	return out.String(), errb.String(), err
 }
 
+// TestVersion: -version prints the version set at build time, then what
+// the build info holds (a test binary has no VCS stamp: "unknown").
 func TestVersion(t *testing.T) {
 	stdout, _, err := runCmd(t, "", "-version")
 	if err != nil {
 		t.Fatalf("run -version: %v", err)
 	}
-	if stdout != "ifsocks dev\n" {
-		t.Errorf("run -version printed %q, want \"ifsocks dev\\n\"", stdout)
+	for _, want := range []string{"ifsocks dev (module ", ", revision ", ", go1."} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("run -version printed %q, want it to contain %q", stdout, want)
+		}
+	}
+	if strings.Count(stdout, "\n") != 1 {
+		t.Errorf("run -version printed %q, want one line", stdout)
+	}
+}
+
+// TestHelp: -h (and hash-password -h) is asked for, not a mistake: status
+// 0, the usage on stdout, naming every subcommand and flag.
+func TestHelp(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"-h"}, []string{"hash-password", "-config", "-check", "-version"}},
+		{[]string{"--help"}, []string{"hash-password"}},
+		{[]string{"hash-password", "-h"}, []string{"-cost"}},
+	} {
+		stdout, stderr, err := runCmd(t, "", tt.args...)
+		if err != nil {
+			t.Errorf("run %q = %v, want nil (exit 0)", tt.args, err)
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(stdout, w) {
+				t.Errorf("run %q printed %q on stdout, want it to name %q", tt.args, stdout, w)
+			}
+		}
+		if stderr != "" {
+			t.Errorf("run %q printed %q on stderr", tt.args, stderr)
+		}
 	}
 }
 
@@ -156,7 +188,7 @@ func TestRunErrors(t *testing.T) {
 		is      error
 	}{
 		{"unknown flag", []string{"-nope"}, []string{"-nope"}, nil},
-		{"help", []string{"-h"}, nil, flag.ErrHelp},
+		{"unknown subcommand", []string{"hash-pasword"}, []string{`"hash-pasword"`, "hash-password"}, nil},
 		{"extra argument", []string{"extra"}, []string{`"extra"`}, nil},
 		{"extra argument after version", []string{"-version", "extra"}, []string{`"extra"`}, nil},
 		{"missing config", []string{"-config", missing}, []string{missing}, fs.ErrNotExist},

@@ -5,6 +5,9 @@
 // password. Successful checks are cached (see cache.go) because bcrypt costs
 // tens of milliseconds and clients open one connection per request. It knows
 // nothing about interfaces or the SOCKS wire format.
+//
+// It is part of the ifsocks program, not a public API: exported names
+// serve the other packages of this module and change with them.
 package auth
 
 import (

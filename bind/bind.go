@@ -7,6 +7,9 @@
 // the dial fails and nothing is sent by the default route. The package does
 // not decide which interface a flow uses nor whether a destination is
 // allowed; callers do.
+//
+// It is part of the ifsocks program, not a public API: exported names
+// serve the other packages of this module and change with them.
 package bind
 
 import (

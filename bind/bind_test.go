@@ -11,8 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -20,13 +18,17 @@ import (
 	"time"
 
 	"github.com/ifsocks/ifsocks/bind"
+	"github.com/ifsocks/ifsocks/internal/nstest"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 )
 
-// nsPrefix starts the name of every network namespace these tests create;
-// the pid after it lets TestMain remove namespaces of dead test processes.
-const nsPrefix = "ifsb-"
+// nsPrefix starts the name of every network namespace these tests create
+// (nstest names them PREFIX-PID-N and removes those of dead processes).
+const nsPrefix = "ifsb"
+
+// newNetns is a fresh namespace for one test, deleted when it ends.
+func newNetns(tb testing.TB) string { return nstest.New(tb, nsPrefix, "").Name }
 
 // helperEnv makes the test binary run lookupHelper instead of the tests:
 // the parent starts it with `ip netns exec`, which gives it its own view of
@@ -37,118 +39,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(lookupHelper())
 	}
-	if os.Geteuid() == 0 {
-		removeStaleNamespaces()
-	}
 	goleak.VerifyTestMain(m)
-}
-
-// removeStaleNamespaces deletes namespaces (and their /etc/netns
-// directories) left by test processes that died without cleaning up, e.g.
-// killed by `go test -timeout`.
-func removeStaleNamespaces() {
-	entries, _ := os.ReadDir("/run/netns")
-	for _, e := range entries {
-		rest, ok := strings.CutPrefix(e.Name(), nsPrefix)
-		if !ok {
-			continue
-		}
-		pidStr, _, _ := strings.Cut(rest, "-")
-		pid, err := strconv.Atoi(pidStr)
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		if unix.Kill(pid, 0) == nil {
-			continue // its owner is alive
-		}
-		_ = exec.Command("ip", "netns", "del", e.Name()).Run()
-		_ = os.RemoveAll("/etc/netns/" + e.Name())
-	}
-}
-
-// requireRoot skips namespace tests without root, unless CI is set: there a
-// skip would hide a broken runner.
-func requireRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		tb.Fatal("network namespace tests need root (CI is set: failing instead of skipping)")
-	}
-	tb.Skip("network namespace tests need root")
-}
-
-var nsSeq atomic.Int32
-
-// newNetns creates an empty network namespace (only lo, down) that is
-// deleted, with its /etc/netns directory, when the test ends.
-func newNetns(tb testing.TB) string {
-	tb.Helper()
-	requireRoot(tb)
-	name := fmt.Sprintf("%s%d-%d", nsPrefix, os.Getpid(), nsSeq.Add(1))
-	ipCmd(tb, "netns", "add", name)
-	tb.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			tb.Errorf("ip netns del %s: %v: %s", name, err, out)
-		}
-		if err := os.RemoveAll("/etc/netns/" + name); err != nil {
-			tb.Errorf("remove /etc/netns/%s: %v", name, err)
-		}
-	})
-	return name
-}
-
-// ipCmd runs `ip args...` with a time bound and fails the test on error.
-func ipCmd(tb testing.TB, args ...string) {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
-	if err != nil {
-		tb.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
-}
-
-// inNetns runs fn on an OS thread moved into namespace ns. Sockets fn
-// creates stay in ns. fn runs on its own goroutine: if switching back fails
-// the goroutine exits with its thread locked and the runtime discards the
-// thread, so no other goroutine ever runs in ns by accident.
-func inNetns(tb testing.TB, ns string, fn func()) {
-	tb.Helper()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer unix.Close(orig)
-		target, err := unix.Open("/run/netns/"+ns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer unix.Close(target)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		fn()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns back from %s: %w", ns, err) // thread stays locked and dies
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- nil
-	}()
-	if err := <-errc; err != nil {
-		tb.Fatalf("in netns %s: %v", ns, err)
-	}
 }
 
 // wantBindError asserts err is a *bind.Error for iface wrapping target.
@@ -202,7 +93,7 @@ func TestCheckInterfaceDown(t *testing.T) {
 	ns := newNetns(t)
 	// veth instead of dummy: this kernel may lack the dummy driver, and a
 	// veth pair also gives the "up but no carrier" state (peer down).
-	ipCmd(t, "-n", ns, "link", "add", "ifsbv0", "type", "veth", "peer", "name", "ifsbv1")
+	nstest.IP(t, "-n", ns, "link", "add", "ifsbv0", "type", "veth", "peer", "name", "ifsbv1")
 	steps := []struct {
 		name    string
 		ip      [][]string // commands run in ns before the check
@@ -220,10 +111,12 @@ func TestCheckInterfaceDown(t *testing.T) {
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
 			for _, c := range st.ip {
-				ipCmd(t, append([]string{"-n", ns}, c...)...)
+				nstest.IP(t, append([]string{"-n", ns}, c...)...)
 			}
 			var err error
-			inNetns(t, ns, func() { err = bind.CheckInterface(st.iface) })
+			if nerr := nstest.Enter(ns, func() error { err = bind.CheckInterface(st.iface); return nil }); nerr != nil {
+				t.Fatal(nerr)
+			}
 			if st.wantErr == nil {
 				if err != nil {
 					t.Fatalf("CheckInterface(%q) = %v, want nil", st.iface, err)
@@ -438,19 +331,22 @@ func TestInterfaceNameNotTruncated(t *testing.T) {
 		ns := newNetns(t)
 		const exists = "ifsb-0123456789" // 15 bytes, the kernel maximum
 		const iface = exists + "X"
-		ipCmd(t, "-n", ns, "link", "add", exists, "type", "veth", "peer", "name", "ifsbp0")
+		nstest.IP(t, "-n", ns, "link", "add", exists, "type", "veth", "peer", "name", "ifsbp0")
 		var (
 			err error
 			dev string
 		)
-		inNetns(t, ns, func() {
+		if nerr := nstest.Enter(ns, func() error {
 			var pc *net.UDPConn
 			pc, err = bind.Dialer{Interface: iface}.ListenUDP(context.Background(), "udp4")
 			if err == nil {
 				dev, _ = unixBound(pc)
 				pc.Close()
 			}
-		})
+			return nil
+		}); nerr != nil {
+			t.Fatal(nerr)
+		}
 		if err == nil {
 			t.Fatalf("ListenUDP with interface %q succeeded, socket bound to %q", iface, dev)
 		}
@@ -458,7 +354,7 @@ func TestInterfaceNameNotTruncated(t *testing.T) {
 	})
 }
 
-// unixBound is boundDevice without a testing.TB, for use inside inNetns.
+// unixBound is boundDevice without a testing.TB, for use inside nstest.Enter.
 func unixBound(c syscall.Conn) (string, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
@@ -546,13 +442,10 @@ const lookupName = "ifsocks-bind-test.invalid"
 // and records every query. The child also checks that an lo-bound lookup
 // does reach that listener, so "no query seen" means something.
 func TestLookupIPNoInterface(t *testing.T) {
-	ns := newNetns(t)
-	ipCmd(t, "-n", ns, "link", "set", "lo", "up")
-	dir := "/etc/netns/" + ns
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(dir+"/resolv.conf", []byte(helperResolvConf), 0o644); err != nil {
+	n := nstest.New(t, nsPrefix, "")
+	ns := n.Name
+	n.IP(t, "link", "set", "lo", "up")
+	if err := n.WriteResolvConf(helperResolvConf); err != nil {
 		t.Fatal(err)
 	}
 	self, err := os.Executable()

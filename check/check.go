@@ -8,6 +8,9 @@
 // nothing and changes nothing. It describes one moment; it is not a monitor.
 // Rules that need no host (key names, value syntax) belong to config, which
 // has already accepted the configuration by the time Report runs.
+//
+// It is part of the ifsocks program, not a public API: exported names
+// serve the other packages of this module and change with them.
 package check
 
 import (

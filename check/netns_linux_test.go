@@ -10,14 +10,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // The namespace test runs the real binary, as an operator would, inside a
@@ -30,15 +27,12 @@ import (
 //
 // The check only reads netlink and /proc, so no packet is sent at all.
 
-var nsSeq atomic.Int32
-
-// cleanEnv keeps proxy variables and shims away from the commands.
-var cleanEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
+// newNamespace is a namespace of this test, deleted when it ends.
+func newNamespace(tb testing.TB) string { return nstest.New(tb, "ifsk", "").Name }
 
 func TestCheckInNamespace(t *testing.T) {
-	requireNetns(t)
-	bin := buildBinary(t)
-	sweepStaleNamespaces(t)
+	nstest.RequireRoot(t)
+	bin := nstest.Binary(t)
 	p, u := newNamespace(t), newNamespace(t)
 	setup := [][]string{
 		{"-n", p, "link", "set", "lo", "up"},
@@ -66,15 +60,12 @@ func TestCheckInNamespace(t *testing.T) {
 			"net.ipv4.ip_nonlocal_bind=0", "net.ipv6.ip_nonlocal_bind=0"},
 	}
 	for _, args := range setup {
-		ip(t, args...)
+		nstest.IP(t, args...)
 	}
 	// Carrier (IFF_RUNNING) follows "link set up" asynchronously.
 	waitOperUp(t, p, "ck1", "ck2")
 	dir := t.TempDir()
-	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
+	hash := nstest.Hash(t, "pw")
 	users := func(specs ...string) string {
 		var b strings.Builder
 		for _, s := range specs {
@@ -135,8 +126,8 @@ listen = "127.0.0.1:9810"
 	})
 
 	t.Run("nonlocal bind", func(t *testing.T) {
-		ip(t, "netns", "exec", p, "sysctl", "-q", "-w", "net.ipv4.ip_nonlocal_bind=1")
-		t.Cleanup(func() { ip(t, "netns", "exec", p, "sysctl", "-q", "-w", "net.ipv4.ip_nonlocal_bind=0") })
+		nstest.IP(t, "netns", "exec", p, "sysctl", "-q", "-w", "net.ipv4.ip_nonlocal_bind=1")
+		t.Cleanup(func() { nstest.IP(t, "netns", "exec", p, "sysctl", "-q", "-w", "net.ipv4.ip_nonlocal_bind=0") })
 		resolvConf(t, p, "nameserver 10.89.1.2\n")
 		cfg := writeFile(t, dir, "nonlocal.toml", 0o600, "[server]\nlisten = [\"192.0.2.1:1080\", \"[2001:db8::1]:1080\"]\n"+users("alice@ck1"))
 		out, _, code := runIn(t, p, bin, "-config", cfg, "-check")
@@ -188,110 +179,6 @@ listen = "127.0.0.1:9810"
 	})
 }
 
-// requireNetns skips without root on a developer machine and fails in CI,
-// where the test must run.
-func requireNetns(tb testing.TB) {
-	tb.Helper()
-	fail := tb.Skipf
-	if os.Getenv("CI") != "" {
-		fail = tb.Fatalf
-	}
-	if os.Geteuid() != 0 {
-		fail("network namespaces need root")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		fail("ip (iproute2) not found: %v", err)
-	}
-}
-
-// buildBinary builds ifsocks into a temporary directory, as an operator
-// would build it, and removes it when the test ends.
-func buildBinary(tb testing.TB) string {
-	tb.Helper()
-	root, err := filepath.Abs("..")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
-	// go test caches a pass only while the files the test opened are
-	// unchanged; opening the sources makes a rebuild invalidate it.
-	openSources(tb, root)
-	bin := filepath.Join(tb.TempDir(), "ifsocks")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, ".")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		tb.Fatalf("go build -o %s . in %s: %v\n%s", bin, root, err, out)
-	}
-	return bin
-}
-
-func openSources(tb testing.TB, root string) {
-	tb.Helper()
-	err := filepath.WalkDir(root, func(path string, de fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if de.IsDir() {
-			if path != root && (strings.HasPrefix(de.Name(), ".") || de.Name() == "test" || de.Name() == "bench") {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if n := de.Name(); strings.HasSuffix(n, ".go") || n == "go.mod" || n == "go.sum" {
-			f, err := os.Open(path)
-			if err != nil {
-				return err
-			}
-			f.Close()
-		}
-		return nil
-	})
-	if err != nil {
-		tb.Fatal(err)
-	}
-}
-
-// newNamespace creates ifsk-PID-N and deletes it, with its per-namespace
-// /etc/netns directory, when the test ends, whatever the outcome.
-func newNamespace(tb testing.TB) string {
-	tb.Helper()
-	name := fmt.Sprintf("ifsk-%d-%d", os.Getpid(), nsSeq.Add(1))
-	tb.Cleanup(func() {
-		_, _ = ipErr("netns", "del", name)
-		os.RemoveAll(filepath.Join("/etc/netns", name))
-	})
-	ip(tb, "netns", "add", name)
-	return name
-}
-
-var staleName = regexp.MustCompile(`^ifsk-(\d+)-\d+$`)
-
-// sweepStaleNamespaces deletes namespaces left by an earlier run of this
-// test that was killed before its cleanup (a go test timeout): their
-// process no longer exists.
-func sweepStaleNamespaces(tb testing.TB) {
-	entries, _ := os.ReadDir("/run/netns")
-	for _, e := range entries {
-		m := staleName.FindStringSubmatch(e.Name())
-		if m == nil {
-			continue
-		}
-		pid, err := strconv.Atoi(m[1])
-		if err != nil || pid == os.Getpid() || !errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
-			continue
-		}
-		if _, err := ipErr("netns", "del", e.Name()); err != nil {
-			tb.Logf("delete stale namespace %s: %v", e.Name(), err)
-		}
-		os.RemoveAll(filepath.Join("/etc/netns", e.Name()))
-	}
-}
-
 // waitOperUp waits until the kernel reports the links operationally up
 // (operstate UP, which is what sets IFF_RUNNING).
 func waitOperUp(tb testing.TB, ns string, links ...string) {
@@ -299,7 +186,7 @@ func waitOperUp(tb testing.TB, ns string, links ...string) {
 	deadline := time.Now().Add(5 * time.Second)
 	for _, l := range links {
 		for {
-			out, err := ipErr("-n", ns, "-o", "link", "show", "dev", l)
+			out, err := nstest.IPErr("-n", ns, "-o", "link", "show", "dev", l)
 			if err == nil && strings.Contains(out, " state UP ") {
 				break
 			}
@@ -308,19 +195,6 @@ func waitOperUp(tb testing.TB, ns string, links ...string) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-	}
-}
-
-// resolvConf sets the /etc/resolv.conf that `ip netns exec` bind-mounts
-// for processes in ns (from /etc/netns/NS/resolv.conf).
-func resolvConf(tb testing.TB, ns, text string) {
-	tb.Helper()
-	dir := filepath.Join("/etc/netns", ns)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(text), 0o644); err != nil {
-		tb.Fatal(err)
 	}
 }
 
@@ -336,33 +210,13 @@ func writeFile(tb testing.TB, dir, name string, mode os.FileMode, text string) s
 	return path
 }
 
-func ip(tb testing.TB, args ...string) {
-	tb.Helper()
-	if out, err := ipErr(args...); err != nil {
-		tb.Fatalf("%v\n%s", err, out)
-	}
-}
-
-func ipErr(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", args...)
-	cmd.Env = cleanEnv
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("ip %s: %w", strings.Join(args, " "), err)
-	}
-	return string(out), nil
-}
-
 // runIn runs bin with args in namespace ns and returns its output and
 // exit status.
 func runIn(tb testing.TB, ns, bin string, args ...string) (stdout, stderr string, code int) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, bin}, args...)...)
-	cmd.Env = cleanEnv
+	cmd := (&nstest.NS{Name: ns}).Command(ctx, bin, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -419,5 +273,14 @@ func wantLines(tb testing.TB, out string, prefixes ...string) {
 			return
 		}
 		i++
+	}
+}
+
+// resolvConf sets the /etc/resolv.conf that `ip netns exec` bind-mounts
+// for processes in ns.
+func resolvConf(tb testing.TB, ns, text string) {
+	tb.Helper()
+	if err := (&nstest.NS{Name: ns}).WriteResolvConf(text); err != nil {
+		tb.Fatal(err)
 	}
 }

@@ -4,6 +4,9 @@
 // checked without touching the network. It does not look at the host's
 // interfaces (a configured interface may appear later) and it does not build
 // servers; the daemon package turns a Config into running parts.
+//
+// It is part of the ifsocks program, not a public API: exported names
+// serve the other packages of this module and change with them.
 package config
 
 import (

@@ -865,3 +865,30 @@ func TestListenCanonical(t *testing.T) {
 		}
 	}
 }
+
+// TestUnknownKeySuggestion: a misspelled key is answered with the nearest
+// known key of its table; a key near nothing gets no guess.
+func TestUnknownKeySuggestion(t *testing.T) {
+	for _, tt := range []struct {
+		name, text, want, not string
+	}{
+		{"server key", "[server]\nlisen = [\"127.0.0.1:1080\"]\n", "server.lisen (did you mean listen?)", ""},
+		{"wrong case", "[log]\nLevel = \"info\"\n", "log.Level (did you mean level?)", ""},
+		{"user key", userTOML("alice", "pw") + "interfce = \"eth0\"\n", "users[0].interfce (did you mean interface?)", ""},
+		{"table", "[metric]\nlisten = \"127.0.0.1:9810\"\n", "metric (did you mean metrics?)", ""},
+		{"nothing near", "[server]\nbogus_key = 1\n", "server.bogus_key", "did you mean"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parse(t, tt.text)
+			if err == nil {
+				t.Fatal("Parse accepted an unknown key")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q, want it to contain %q", err, tt.want)
+			}
+			if tt.not != "" && strings.Contains(err.Error(), tt.not) {
+				t.Errorf("error %q, want no %q", err, tt.not)
+			}
+		})
+	}
+}

@@ -164,12 +164,12 @@ func unknownKeys(data []byte, md toml.MetaData) error {
 			entries, _ := raw[k[0]].([]map[string]any)
 			for i, u := range entries {
 				if _, ok := u[k[1]]; ok {
-					msgs = append(msgs, fmt.Sprintf("%s[%d].%s", k[0], i, k[1]))
+					msgs = append(msgs, fmt.Sprintf("%s[%d].%s", k[0], i, k[1])+suggest(allowed, k))
 				}
 			}
 			continue
 		}
-		msgs = append(msgs, k.String())
+		msgs = append(msgs, k.String()+suggest(allowed, k))
 	}
 	if len(msgs) == 0 {
 		return nil
@@ -177,6 +177,52 @@ func unknownKeys(data []byte, md toml.MetaData) error {
 	sort.Strings(msgs)
 	msgs = dedup(msgs)
 	return fmt.Errorf("unknown key %s (keys are case-sensitive)", strings.Join(msgs, ", "))
+}
+
+// suggest names the known key of k's table nearest to k's last part, as
+// " (did you mean NAME?)", when it is near enough to be a misspelling
+// (at most a third of its letters, and at least one, differ); else "".
+func suggest(allowed map[string]bool, k toml.Key) string {
+	parent, leaf := strings.Join(k[:len(k)-1], "."), k[len(k)-1]
+	if parent != "" {
+		parent += "."
+	}
+	best, bestDist := "", max(1, len(leaf)/3)+1
+	for a := range allowed {
+		name, ok := strings.CutPrefix(a, parent)
+		if !ok || strings.Contains(name, ".") || name == "*" {
+			continue
+		}
+		if d := editDistance(strings.ToLower(leaf), name); d < bestDist || d == bestDist && name < best {
+			best, bestDist = name, d
+		}
+	}
+	if best == "" || bestDist > max(1, len(leaf)/3) {
+		return ""
+	}
+	return " (did you mean " + best + "?)"
+}
+
+// editDistance is the Levenshtein distance of a and b (bytes: keys are
+// ASCII).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // anyKey marks, in tomlKeys, a table whose keys are free-form.

@@ -373,18 +373,18 @@ func (d *runningDaemon) waitLog(tb testing.TB, msg string) {
 	}
 }
 
-// stop cancels Run and returns its result and how long it took.
-func (d *runningDaemon) stop(tb testing.TB) (error, time.Duration) {
+// stop cancels Run and returns how long it took to return, and what.
+func (d *runningDaemon) stop(tb testing.TB) (time.Duration, error) {
 	tb.Helper()
 	start := time.Now()
 	d.cancel()
 	select {
 	case err := <-d.errc:
 		d.errc <- err
-		return err, time.Since(start)
+		return time.Since(start), err
 	case <-time.After(10 * time.Second):
 		tb.Fatal("Run did not return within 10s of cancel")
-		return nil, 0
+		return 0, nil
 	}
 }
 
@@ -503,7 +503,7 @@ interface = "nosuch0"
 		}
 	})
 
-	err, took := d.stop(t)
+	took, err := d.stop(t)
 	if err != nil {
 		t.Errorf("Run = %v after cancel, want nil", err)
 	}
@@ -549,7 +549,7 @@ shutdown_timeout = %q
 	defer c.Close()
 	echo(t, c, "before shutdown")
 
-	err, took := d.stop(t)
+	took, err := d.stop(t)
 	if err != nil {
 		t.Errorf("Run = %v, want nil", err)
 	}

@@ -6,6 +6,9 @@
 //
 // It does not parse flags or build the logger (main does) and does not speak
 // SOCKS (package socks does).
+//
+// It is part of the ifsocks program, not a public API: exported names
+// serve the other packages of this module and change with them.
 package daemon
 
 import (

@@ -10,6 +10,9 @@
 // It does not decide anything about users, egress, policy, limits, relays
 // or flow records: those are the core's (package socks), reached through
 // Backend, so that every protocol takes the same path.
+//
+// It is part of the ifsocks program, not a public API: exported names
+// serve the other packages of this module and change with them.
 package httpproxy
 
 import (

@@ -6,6 +6,9 @@
 // back or losing its addresses, keep the ifsocks_interface_up metric, and
 // end the flows of an interface that went away at once instead of letting
 // them stall until a timeout. It does not decide anything about flows.
+//
+// It is part of the ifsocks program, not a public API: exported names
+// serve the other packages of this module and change with them.
 package link
 
 import (

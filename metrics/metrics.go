@@ -5,6 +5,9 @@
 // limited to what the configuration bounds — user, interface, outcome,
 // reason, direction — never targets or client addresses, so the number of
 // series cannot grow with traffic.
+//
+// It is part of the ifsocks program, not a public API: exported names
+// serve the other packages of this module and change with them.
 package metrics
 
 import (

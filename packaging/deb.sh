@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 
 if tag=$(git describe --tags --abbrev=0 2>/dev/null); then
 	version=${tag#v}
+	# v1.2.0-rc1 -> 1.2.0~rc1, which Debian sorts before 1.2.0.
+	version=${version//-/\~}
 else
 	version="0.0.0+$(git rev-parse --short=12 HEAD)"
 fi

@@ -4,6 +4,9 @@
 // connect or send to, so a name that resolves to loopback or to the cloud
 // metadata address is refused like the literal address. It does not resolve
 // names or know about users.
+//
+// It is part of the ifsocks program, not a public API: exported names
+// serve the other packages of this module and change with them.
 package policy
 
 import (

@@ -88,12 +88,13 @@ func TestLimitedRate(t *testing.T) {
 	tests := []struct {
 		name             string
 		lim              relay.Limits
-		wantUp, wantDown time.Duration // 0: unpaced
+		wantUp, wantDown time.Duration // alone through its limiter; 0: unpaced
+		wantBoth         time.Duration // both directions' bytes through a shared limiter
 	}{
-		{"both directions", relay.Limits{Up: lim(), Down: lim()}, 2 * time.Second, 2 * time.Second},
-		{"up only", relay.Limits{Up: lim()}, 2 * time.Second, 0},
-		{"down only", relay.Limits{Down: lim()}, 0, 2 * time.Second},
-		{"one limiter for both", relay.Limits{Up: shared, Down: shared}, 4 * time.Second, 4 * time.Second},
+		{"both directions", relay.Limits{Up: lim(), Down: lim()}, 2 * time.Second, 2 * time.Second, 0},
+		{"up only", relay.Limits{Up: lim()}, 2 * time.Second, 0, 0},
+		{"down only", relay.Limits{Down: lim()}, 0, 2 * time.Second, 0},
+		{"one limiter for both", relay.Limits{Up: shared, Down: shared}, 2 * time.Second, 2 * time.Second, 4 * time.Second},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -101,16 +102,29 @@ func TestLimitedRate(t *testing.T) {
 			up, down := randomBytes(t, size), randomBytes(t, size)
 			tUp, tDown := transfer(t, f, up, down)
 			t.Logf("up %v, down %v", tUp, tDown)
+			// A token bucket cannot be made faster by load: a paced
+			// direction takes at least want less one burst's worth
+			// (2% for the clock). Load only slows things, so the upper
+			// bound is generous, and an unpaced direction must finish
+			// sooner than any paced one could: a limiter on it would
+			// hold it at least that long.
+			least := func(want time.Duration) time.Duration {
+				return (want - time.Duration(float64(burst)/bps*float64(time.Second))) * 98 / 100
+			}
+			paced := max(tUp, tDown)
 			for _, c := range []struct {
 				dir       string
 				got, want time.Duration
 			}{{"up", tUp, tt.wantUp}, {"down", tDown, tt.wantDown}} {
 				switch {
-				case c.want == 0 && c.got > 1500*time.Millisecond:
-					t.Errorf("unpaced direction %s took %v", c.dir, c.got)
-				case c.want > 0 && (c.got < c.want*85/100 || c.got > c.want*3/2):
-					t.Errorf("paced direction %s took %v, want about %v", c.dir, c.got, c.want)
+				case c.want == 0 && c.got >= least(2*time.Second):
+					t.Errorf("unpaced direction %s took %v, as long as a paced one must (%v)", c.dir, c.got, least(2*time.Second))
+				case c.want > 0 && (c.got < least(c.want) || c.got > 4*max(c.want, tt.wantBoth)):
+					t.Errorf("paced direction %s took %v, want at least %v (and not 4 times %v)", c.dir, c.got, least(c.want), max(c.want, tt.wantBoth))
 				}
+			}
+			if tt.wantBoth > 0 && paced < least(tt.wantBoth) {
+				t.Errorf("both directions through one limiter done after %v, want at least %v", paced, least(tt.wantBoth))
 			}
 			r := f.wait(t, 5*time.Second)
 			if want := (relay.Result{Up: size, Down: size}); r != want {
@@ -136,16 +150,27 @@ func TestLimitedCut(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(300 * time.Millisecond) // both directions now wait for tokens
+	// Wait, however long the machine takes, until the first bytes have
+	// crossed each way: the burst is then being spent, and the rest of
+	// the payload waits for tokens that are many seconds away.
+	first := make(map[*net.TCPConn][]byte)
+	for _, c := range []*net.TCPConn{f.upstream, f.client} {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, 1)
+		if _, err := io.ReadFull(c, b); err != nil {
+			t.Fatalf("no byte crossed before the cut: %v", err)
+		}
+		first[c] = b
+	}
 	if !f.running() {
 		t.Fatal("relay ended before the cut")
 	}
 	cut := time.Now()
 	cancel()
-	r := f.wait(t, 2*time.Second)
-	if el := time.Since(cut); el > time.Second {
-		t.Errorf("relay ended %v after the cut", el)
-	}
+	// The next chunk's tokens are up to 32 s away: ending well before
+	// that proves the cut, on any load.
+	r := f.wait(t, 15*time.Second)
+	t.Logf("relay ended %v after the cut", time.Since(cut))
 	if !errors.Is(r.Err, context.Canceled) {
 		t.Errorf("Result.Err = %v, want context.Canceled", r.Err)
 	}
@@ -156,8 +181,9 @@ func TestLimitedCut(t *testing.T) {
 		conn    *net.TCPConn
 		counted int64
 	}{{"upstream", f.upstream, r.Up}, {"client", f.client, r.Down}} {
-		c.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-		got, err := io.ReadAll(c.conn)
+		c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		rest, err := io.ReadAll(c.conn)
+		got := append(first[c.conn], rest...)
 		if err != nil && !isResetErr(err) {
 			t.Errorf("%s: %v after the cut, want EOF or reset", c.name, err)
 		}

@@ -13,6 +13,9 @@
 // read and, when more is queued, a pooled pipe for splice, and gives both
 // back as soon as the socket has nothing queued. A tunnel that sits
 // idle for hours costs two parked goroutines and its two sockets.
+//
+// It is part of the ifsocks program, not a public API: exported names
+// serve the other packages of this module and change with them.
 package relay
 
 import (
@@ -78,13 +81,6 @@ func Start(client, upstream *net.TCPConn, idle time.Duration, cnt Counts, done f
 	}
 	go f.half(upstream, client, &f.up, nil, cnt.Up)
 	go f.half(client, upstream, &f.down, nil, cnt.Down)
-}
-
-// TCP is Start that waits for the result.
-func TCP(client, upstream *net.TCPConn, idle time.Duration) Result {
-	ch := make(chan Result, 1)
-	Start(client, upstream, idle, Counts{}, func(r Result) { ch <- r })
-	return <-ch
 }
 
 type flow struct {

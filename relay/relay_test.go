@@ -75,13 +75,13 @@ type flow struct {
 	start    time.Time
 }
 
-// startRelay runs relay.TCP in a goroutine the test waits for at cleanup.
+// startRelay runs relay.Start; the test waits for its result at cleanup.
 func startRelay(tb testing.TB, idle time.Duration) *flow {
 	tb.Helper()
 	client, proxyClient := tcpPair(tb)
 	proxyUp, upstream := tcpPair(tb)
 	f := &flow{client: client, upstream: upstream, done: make(chan relay.Result, 1), start: time.Now()}
-	go func() { f.done <- relay.TCP(proxyClient, proxyUp, idle) }()
+	relay.Start(proxyClient, proxyUp, idle, relay.Counts{}, func(r relay.Result) { f.done <- r })
 	tb.Cleanup(func() {
 		// Unblock a relay a failed test left running, then wait for it.
 		client.SetLinger(0)
@@ -417,17 +417,6 @@ func TestIdleTimeoutDisabled(t *testing.T) {
 	if r := f.wait(t, 5*time.Second); r.Idle || r.Err != nil {
 		t.Errorf("Result = %+v, want normal end", r)
 	}
-}
-
-// quietClock is a quiet() function driven by the test.
-type quietClock struct {
-	q     atomic.Int64 // nanoseconds returned by quiet()
-	calls atomic.Int32
-}
-
-func (c *quietClock) quiet() time.Duration {
-	c.calls.Add(1)
-	return time.Duration(c.q.Load())
 }
 
 func TestIdleTimer(t *testing.T) {

@@ -83,17 +83,16 @@ func (sc *serverConn) close() {
 	}
 }
 
-// refresh takes the settings current now for the steps that follow. A
-// listener the reload removed keeps the settings it had (the daemon
-// closes it; its connections in handshake finish under them).
+// refresh takes the settings current now for the steps that follow.
+//
+// Only sc.st changes, and only in the goroutine that serves the
+// connection: code that runs in other goroutines of it (the HTTP
+// transport's dials) reads Server.Settings itself, never sc.st. sc.lis
+// stays the listener's settings at accept for the same reason.
 func (sc *serverConn) refresh() *Settings {
 	st := sc.srv.settings.Load()
-	if st == sc.st {
-		return st
-	}
-	sc.st = st
-	if l := st.Listeners[sc.lisKey]; sc.lisKey != "" && l != nil {
-		sc.lis = l
+	if st != sc.st {
+		sc.st = st
 	}
 	return st
 }
@@ -190,7 +189,7 @@ func (sc *serverConn) flowUser(rec *record, name string) (User, *Egress, bool) {
 		sc.refuseRemoved(rec)
 		return user, nil, false
 	}
-	eg := sc.egressOf(name, &user)
+	eg := sc.egressOf(st, name, &user)
 	return user, eg, true
 }
 

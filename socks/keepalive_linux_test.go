@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/binary"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -119,7 +118,7 @@ func procAddr(tb testing.TB, s string) netip.AddrPort {
 	b, err1 := hex.DecodeString(ip)
 	p, err2 := strconv.ParseUint(port, 16, 16)
 	if !ok || err1 != nil || err2 != nil || len(b) != 4 {
-		tb.Fatal(fmt.Sprintf("address %q in /proc/net/tcp", s))
+		tb.Fatalf("address %q in /proc/net/tcp", s)
 	}
 	var a [4]byte
 	binary.BigEndian.PutUint32(a[:], binary.LittleEndian.Uint32(b))

@@ -1,6 +1,6 @@
 // Package socks is the proxy server of ifsocks: RFC 1928 negotiation,
-// RFC 1929 username/password authentication, and the CONNECT and UDP
-// ASSOCIATE commands, with every outbound socket of a user — DNS queries
+// RFC 1929 username/password authentication, and the CONNECT, BIND and
+// UDP ASSOCIATE commands, with every outbound socket of a user — DNS queries
 // included — bound to that user's interface.
 //
 // It is also the core every protocol of a listen address goes through: it
@@ -16,6 +16,9 @@
 // does that and hands the server its Settings, which can be replaced at any
 // time (reload): they govern every step taken from then on (Update),
 // without cutting running flows.
+//
+// It is part of the ifsocks program, not a public API: exported names
+// serve the other packages of this module and change with them.
 package socks
 
 import (
@@ -123,7 +126,8 @@ func (s *Server) ServeListener(ln net.Listener, name string) error {
 			// net/http does, instead of spinning on the error.
 			if ne, ok := err.(net.Error); ok && !errors.Is(err, net.ErrClosed) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; retrying", zap.String("listener", addr), zap.Error(ne), zap.Duration("backoff", backoff))
+				s.log.Warn("accept failed; retrying", zap.String("listener", addr), listenerNameField(s.listenerName(name)),
+					zap.Error(ne), zap.Duration("backoff", backoff))
 				time.Sleep(backoff)
 				continue
 			}
@@ -136,6 +140,14 @@ func (s *Server) ServeListener(ln net.Listener, name string) error {
 		}
 		s.startConn(c, name, addr)
 	}
+}
+
+// listenerName is the name of the listener served as key, if it has one.
+func (s *Server) listenerName(key string) string {
+	if l := s.settings.Load().Listeners[key]; l != nil {
+		return l.Name
+	}
+	return ""
 }
 
 func (s *Server) trackListener(ln net.Listener, add bool) bool {

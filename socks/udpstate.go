@@ -72,8 +72,6 @@ func (s *udpStats) drop(r dropReason) {
 	s.metrics.UDPDrop(r.String())
 }
 
-func (s *udpStats) drops(r dropReason) int64 { return s.dropped[r].Load() }
-
 // MarshalLogObject lists the non-zero drop counts.
 func (s *udpStats) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	for r := dropReason(1); r < numDropReasons; r++ {

@@ -7,6 +7,9 @@
 // precomputed list, so a /64 pool costs what a single address does. The
 // package does not bind sockets (package bind does) nor decide which
 // interface a pool leaves by (the egress plan does).
+//
+// It is part of the ifsocks program, not a public API: exported names
+// serve the other packages of this module and change with them.
 package source
 
 import (

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ifsocks/ifsocks/internal/nstest"
 	"golang.org/x/sys/unix"
 )
 
@@ -42,7 +43,7 @@ func startFails(t *testing.T, topo *topology, cfg string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", topo.P, shared.bin, "-config", path)
-	cmd.Env = cleanEnv
+	cmd.Env = nstest.CleanEnv
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.CombinedOutput()
 	var ee *exec.ExitError

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ifsocks/ifsocks/internal/nstest"
 	"golang.org/x/net/proxy"
 )
 
@@ -68,11 +69,11 @@ func startAcctUpstream(t *testing.T, topo *topology, n int) *acctUpstream {
 	for i := range n {
 		tc, uc := &byteCount{}, &byteCount{}
 		u.tcp, u.udp = append(u.tcp, tc), append(u.udp, uc)
-		ln, err := listenIn(topo.U, "tcp4", net.JoinHostPort(egSvc, strconv.Itoa(acctTCPBase+i)))
+		ln, err := nstest.ListenIn(topo.U, "tcp4", net.JoinHostPort(egSvc, strconv.Itoa(acctTCPBase+i)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		pc, err := listenPacketIn(topo.U, "udp4", net.JoinHostPort(egSvc, strconv.Itoa(acctUDPBase+i)))
+		pc, err := nstest.ListenPacketIn(topo.U, "udp4", net.JoinHostPort(egSvc, strconv.Itoa(acctUDPBase+i)))
 		if err != nil {
 			ln.Close()
 			t.Fatal(err)
@@ -165,7 +166,7 @@ func acctDialer(ns string, u egUser) proxy.ContextDialer {
 	if u != egAnon {
 		auth = &proxy.Auth{User: u.name, Password: u.pass}
 	}
-	d, err := proxy.SOCKS5("tcp", acctProxy, auth, nsDialer{ns: ns, timeout: 5 * time.Second})
+	d, err := proxy.SOCKS5("tcp", acctProxy, auth, nstest.Dialer{NS: ns, Timeout: 5 * time.Second})
 	if err != nil {
 		panic(err) // only for a bad network name
 	}
@@ -200,7 +201,7 @@ func acctTCP(ctx context.Context, ns string, u egUser, port, up, down int) (int6
 // size bytes through it to the user's UDP port, one at a time (so none is
 // lost to a full queue and both ends count the same).
 func acctUDP(ns string, u egUser, port, n, size int) error {
-	pc, err := listenPacketIn(ns, "udp4", net.JoinHostPort(egClient, "0"))
+	pc, err := nstest.ListenPacketIn(ns, "udp4", net.JoinHostPort(egClient, "0"))
 	if err != nil {
 		return err
 	}
@@ -390,7 +391,7 @@ func httpGetIn(ns, url string) (string, error) {
 // acctHTTPConnect is acctTCP through the daemon's HTTP proxy (CONNECT,
 // Basic credentials) on the same listener.
 func acctHTTPConnect(ctx context.Context, ns string, u egUser, port, up, down int) (int64, error) {
-	c, err := nsDialer{ns: ns, timeout: 5 * time.Second}.DialContext(ctx, "tcp", acctProxy)
+	c, err := nstest.Dialer{NS: ns, Timeout: 5 * time.Second}.DialContext(ctx, "tcp", acctProxy)
 	if err != nil {
 		return 0, err
 	}

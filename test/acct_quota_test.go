@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // TestAccountingQuotaCut: with a 50 MB quota, a 200 MB download is cut
@@ -83,7 +85,7 @@ func TestAccountingQuotaCut(t *testing.T) {
 	for _, extra := range [][]string{nil, {"-p"}} {
 		args := append([]string{"netns", "exec", topo.C, "curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}",
 			"-x", "http://" + u.name + ":" + u.pass + "@" + acctProxy}, extra...)
-		out, errOut, _ := run(ctx, nil, "ip", append(args, "http://"+egTarget+"/")...)
+		out, errOut, _ := nstest.Run(ctx, nil, "ip", append(args, "http://"+egTarget+"/")...)
 		if !strings.Contains(out+errOut, "403") || (extra == nil && !strings.Contains(out, "quota exceeded")) {
 			t.Errorf("curl -x http %v over quota: %q %q, want 403 quota exceeded", extra, out, errOut)
 		}

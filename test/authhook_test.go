@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -15,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/net/proxy"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // The HTTP auth hook tests: a hook server run by the test inside P (on its
@@ -62,7 +66,7 @@ func startHook(t *testing.T, ns string) *hookServer {
 
 func (h *hookServer) start(t *testing.T) {
 	t.Helper()
-	ln, err := listenIn(h.ns, "tcp4", h.addr)
+	ln, err := nstest.ListenIn(h.ns, "tcp4", h.addr)
 	if err != nil {
 		t.Fatalf("hook listen: %v", err)
 	}
@@ -318,7 +322,7 @@ func TestAuthHook(t *testing.T) {
 		hook.setDelay("many", 300*time.Millisecond)
 		const n = 1000
 		conns := make(chan net.Conn, n)
-		fwd := nsDialer{ns: topo.C, timeout: 5 * time.Second}
+		fwd := nstest.Dialer{NS: topo.C, Timeout: 5 * time.Second}
 		for range n {
 			c, err := fwd.Dial("tcp", proxyAddr)
 			if err != nil {

@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -11,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 const (
@@ -25,7 +29,7 @@ func linkStats(tb testing.TB, ns, dev string) linkCounters {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	out, _, err := run(ctx, nil, "ip", "-j", "-s", "-n", ns, "link", "show", "dev", dev)
+	out, _, err := nstest.Run(ctx, nil, "ip", "-j", "-s", "-n", ns, "link", "show", "dev", dev)
 	if err != nil {
 		tb.Fatal(err)
 	}

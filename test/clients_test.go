@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -13,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/net/proxy"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // curlExitProxy is CURLE_PROXY (97): curl >= 7.73 reports every SOCKS
@@ -53,7 +57,7 @@ func curlIn(tb testing.TB, ns string, o curlOpts, url string) curlResult {
 	args = append(append(args, o.extra...), url)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(o.maxTime+30)*time.Second)
 	defer cancel()
-	out, errOut, err := run(ctx, nil, "ip", args...)
+	out, errOut, err := nstest.Run(ctx, nil, "ip", args...)
 	res := curlResult{stdout: out, stderr: errOut}
 	var ee *exec.ExitError
 	switch {
@@ -82,7 +86,7 @@ func curlOK(tb testing.TB, ns string, o curlOpts, url string) string {
 // from any goroutine (reports errors instead of failing a test).
 func goHTTPGet(ctx context.Context, ns, proxyAddr, user, pass, url string) (string, error) {
 	d, err := proxy.SOCKS5("tcp", proxyAddr, &proxy.Auth{User: user, Password: pass},
-		nsDialer{ns: ns, timeout: 5 * time.Second})
+		nstest.Dialer{NS: ns, Timeout: 5 * time.Second})
 	if err != nil {
 		return "", err
 	}
@@ -139,7 +143,7 @@ func pythonGet(tb testing.TB, ns, user, pass, host, port string) string {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, _, err := run(ctx, nil, "ip", "netns", "exec", ns, "/usr/bin/python3", "-c", pySocksScript,
+	out, _, err := nstest.Run(ctx, nil, "ip", "netns", "exec", ns, "/usr/bin/python3", "-c", pySocksScript,
 		proxyV4, "1080", user, pass, host, port)
 	if err != nil {
 		tb.Fatalf("python3-socks as %q to %s:%s: %v", user, host, port, err)

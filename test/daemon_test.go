@@ -1,19 +1,20 @@
+//go:build linux
+
 package test
 
 import (
-	"context"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Credentials of the package's daemon. alice uses the bcrypt form, bob and
@@ -32,7 +33,7 @@ type daemon struct {
 	dir  string
 	bin  string // the ifsocks binary, also used by the ops tests' own instances
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *nstest.LogBuffer
 	done chan struct{} // closed when the process has exited
 	err  error         // Wait result, valid after done
 }
@@ -66,17 +67,11 @@ func startDaemon(topo *topology) (*daemon, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{dir: dir, logs: &syncBuffer{}, done: make(chan struct{})}
-	bin := os.Getenv("IFSOCKS_BIN") // optional prebuilt binary
-	if bin != "" {
-		if f, err := os.Open(bin); err == nil { // tracked by the test cache
-			f.Close()
-		}
-	} else {
-		if bin, err = buildDaemon(dir); err != nil {
-			os.RemoveAll(dir)
-			return nil, err
-		}
+	d := &daemon{dir: dir, logs: &nstest.LogBuffer{}, done: make(chan struct{})}
+	bin, err := nstest.BinaryErr() // or $IFSOCKS_BIN, prebuilt
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
 	}
 	d.bin = bin
 	cfg := filepath.Join(dir, "ifsocks.toml")
@@ -87,7 +82,7 @@ func startDaemon(topo *topology) (*daemon, error) {
 	// `ip netns exec` bind-mounts /etc/netns/P/resolv.conf and then execs the
 	// daemon (no fork), so the pid we hold is the daemon's.
 	d.cmd = exec.Command("ip", "netns", "exec", topo.P, bin, "-config", cfg)
-	d.cmd.Env = cleanEnv
+	d.cmd.Env = nstest.CleanEnv
 	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
 	// If this test process dies, the kernel kills the daemon too.
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -101,54 +96,6 @@ func startDaemon(topo *topology) (*daemon, error) {
 		return nil, fmt.Errorf("%w\ndaemon log:\n%s", err, d.logs.String())
 	}
 	return d, nil
-}
-
-func buildDaemon(dir string) (string, error) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
-	root, err := filepath.Abs("..") // tests run in <repo>/test
-	if err != nil {
-		return "", err
-	}
-	if err := openSources(root); err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "ifsocks")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", bin, ".")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build in %s: %w\n%s", root, err, out)
-	}
-	return bin, nil
-}
-
-// openSources opens every file the daemon build depends on. `go test`
-// records the files a test opens and reuses a cached "ok" only while they
-// are unchanged; without this a cached pass would survive daemon edits.
-func openSources(root string) error {
-	return filepath.WalkDir(root, func(path string, de fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if de.IsDir() {
-			if path != root && (strings.HasPrefix(de.Name(), ".") || de.Name() == "test") {
-				return filepath.SkipDir
-			}
-			return nil
-		}
-		if name := de.Name(); strings.HasSuffix(name, ".go") || name == "go.mod" || name == "go.sum" {
-			f, err := os.Open(path)
-			if err != nil {
-				return err
-			}
-			f.Close()
-		}
-		return nil
-	})
 }
 
 func writeConfig(path string) error {
@@ -193,7 +140,7 @@ func (d *daemon) waitReady(clientNS string, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for _, addr := range []string{proxyListen4, proxyListen6} {
 		for {
-			c, err := nsDialer{ns: clientNS, timeout: time.Second}.Dial("tcp", addr)
+			c, err := nstest.Dialer{NS: clientNS, Timeout: time.Second}.Dial("tcp", addr)
 			if err == nil {
 				c.Close()
 				break

@@ -1,10 +1,10 @@
+//go:build linux
+
 package test
 
 import (
-	"bytes"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -18,25 +18,6 @@ func daemonLogs() string {
 		return ""
 	}
 	return theDaemon.logs.String()
-}
-
-// syncBuffer collects the daemon's output; written by exec's copier
-// goroutine, read by tests.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // logEntries parses every JSON line of the log; non-JSON lines are skipped

@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -11,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // dnsServer is the authoritative server for ".test" in U. It records which
@@ -47,11 +51,11 @@ func lookupZone(name string) (struct{ a, aaaa netip.Addr }, bool) {
 
 func startDNS(ns string) (*dnsServer, error) {
 	addr := net.JoinHostPort(svcV4, "53")
-	pc, err := listenPacketIn(ns, "udp", addr)
+	pc, err := nstest.ListenPacketIn(ns, "udp", addr)
 	if err != nil {
 		return nil, err
 	}
-	ln, err := listenIn(ns, "tcp", addr)
+	ln, err := nstest.ListenIn(ns, "tcp", addr)
 	if err != nil {
 		pc.Close()
 		return nil, err

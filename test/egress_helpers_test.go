@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -19,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Helpers of the egress tests (egress_*_test.go): a topology of their own
@@ -87,7 +91,7 @@ func newEgressTopology(t *testing.T) *topology {
 // with prefix, for tests whose names must carry their own.
 func newEgressTopologyAs(t *testing.T, prefix string) *topology {
 	t.Helper()
-	requireRoot(t)
+	nstest.RequireRoot(t)
 	egStaleOnce.Do(func() {
 		removeStaleEgress()
 		removeStalePrefix(acctPrefix)
@@ -112,7 +116,7 @@ func newEgressTopologyAs(t *testing.T, prefix string) *topology {
 func buildEgressTopology(topo *topology) error {
 	C, P, U := topo.C, topo.P, topo.U
 	for _, ns := range []string{C, P, U} {
-		if _, err := ipCmd("netns", "add", ns); err != nil {
+		if _, err := nstest.IPErr("netns", "add", ns); err != nil {
 			return err
 		}
 		topo.created = append(topo.created, ns)
@@ -124,7 +128,7 @@ func buildEgressTopology(topo *topology) error {
 	// while the main table points back via wan1), U strict.
 	common := []string{"net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.ip_forward=0"}
 	for ns, rp := range map[string]string{C: "0", P: "0", U: "1"} {
-		if err := sysctl(ns, append(common, "net.ipv4.conf.all.rp_filter="+rp, "net.ipv4.conf.default.rp_filter="+rp)...); err != nil {
+		if err := nstest.Sysctl(ns, append(common, "net.ipv4.conf.all.rp_filter="+rp, "net.ipv4.conf.default.rp_filter="+rp)...); err != nil {
 			return err
 		}
 	}
@@ -167,21 +171,21 @@ func buildEgressTopology(topo *topology) error {
 		[]string{"-n", P, "route", "add", "default", "via", egGw1, "dev", "wan1", "metric", "100"},
 		[]string{"-n", P, "route", "add", "default", "via", egGw2, "dev", "wan2", "metric", "200"})
 	for _, s := range steps {
-		if _, err := ipCmd(s...); err != nil {
+		if _, err := nstest.IPErr(s...); err != nil {
 			return err
 		}
 	}
 	// The bridges exist now; "default" covered the rest.
-	if err := sysctl(U, "net.ipv4.conf.br1.rp_filter=1", "net.ipv4.conf.br2.rp_filter=1"); err != nil {
+	if err := nstest.Sysctl(U, "net.ipv4.conf.br1.rp_filter=1", "net.ipv4.conf.br2.rp_filter=1"); err != nil {
 		return err
 	}
 	// The daemon resolves names (a browser asks for some of its own)
 	// with a nameserver of our own: U's service address, where nothing
 	// answers on port 53, so lookups fail at once and never leave.
-	if err := os.MkdirAll(etcDir(P), 0o755); err != nil {
+	if err := os.MkdirAll(nstest.EtcDir(P), 0o755); err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(etcDir(P), "resolv.conf"), []byte("nameserver "+egSvc+"\n"), 0o644)
+	return os.WriteFile(filepath.Join(nstest.EtcDir(P), "resolv.conf"), []byte("nameserver "+egSvc+"\n"), 0o644)
 }
 
 // restoreWan brings wan1 or wan2 back as a network manager would after an
@@ -191,10 +195,10 @@ func restoreWan(topo *topology, wan string) error {
 	if wan == "wan2" {
 		gw, metric = egGw2, "200"
 	}
-	if _, err := ipCmd("-n", topo.P, "link", "set", wan, "up"); err != nil {
+	if _, err := nstest.IPErr("-n", topo.P, "link", "set", wan, "up"); err != nil {
 		return err
 	}
-	_, err := ipCmd("-n", topo.P, "route", "replace", "default", "via", gw, "dev", wan, "metric", metric)
+	_, err := nstest.IPErr("-n", topo.P, "route", "replace", "default", "via", gw, "dev", wan, "metric", metric)
 	return err
 }
 
@@ -218,11 +222,11 @@ func removeStalePrefix(egPrefix string) {
 			}
 			pidStr, _, _ := strings.Cut(rest, "-")
 			pid, err := strconv.Atoi(pidStr)
-			if err != nil || pid <= 0 || pid == os.Getpid() || pidAlive(pid) {
+			if err != nil || pid <= 0 || pid == os.Getpid() || nstest.PidAlive(pid) {
 				continue
 			}
 			if dir == "/run/netns" {
-				err = deleteNetns(e.Name())
+				err = nstest.DeleteNamed(e.Name())
 			} else {
 				err = os.RemoveAll(filepath.Join(dir, e.Name()))
 			}
@@ -244,7 +248,7 @@ func startEgressWhoami(t *testing.T, topo *topology) {
 	t.Helper()
 	for _, dev := range []string{"br1", "br2"} {
 		var l net.Listener
-		err := inNetns(topo.U, func() error {
+		err := nstest.Enter(topo.U, func() error {
 			lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 				var serr error
 				if err := c.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), dev) }); err != nil {
@@ -440,7 +444,7 @@ func skippedOf(line map[string]any) []string {
 // dialFromIn connects from local (an address of ns) to remote.
 func dialFromIn(ns, local, remote string) (net.Conn, error) {
 	var c net.Conn
-	err := inNetns(ns, func() error {
+	err := nstest.Enter(ns, func() error {
 		d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
 		var err error
 		c, err = d.Dial("tcp", remote)

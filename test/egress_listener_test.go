@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -12,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // A [[listeners]] entry without authentication, limited to a client
@@ -93,7 +97,7 @@ func TestNICListenerChromium(t *testing.T) {
 	// C has no route to U's service addresses: a page from there can
 	// only have come through the proxy (and the browser reaches nothing
 	// outside our namespaces).
-	if c, err := (nsDialer{ns: topo.C, timeout: 2 * time.Second}).Dial("tcp", egTarget); err == nil {
+	if c, err := (nstest.Dialer{NS: topo.C, Timeout: 2 * time.Second}).Dial("tcp", egTarget); err == nil {
 		c.Close()
 		t.Fatalf("C reaches %s directly; the test would prove nothing", egTarget)
 	}
@@ -186,7 +190,7 @@ func TestNICListenerChromium(t *testing.T) {
 func leftInNetns(ns string, limit time.Duration) string {
 	deadline := time.Now().Add(limit)
 	for {
-		out, err := ipCmd("netns", "pids", ns)
+		out, err := nstest.IPErr("netns", "pids", ns)
 		if out = strings.TrimSpace(out); err != nil || out == "" || time.Now().After(deadline) {
 			return strings.Join(strings.Fields(out), " ")
 		}

@@ -1,8 +1,12 @@
+//go:build linux
+
 package test
 
 import (
 	"net"
 	"testing"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Test 5: mark = 100 and no interface. A policy rule sends fwmark 100 to a
@@ -17,7 +21,7 @@ func TestNICMark(t *testing.T) {
 		{"-n", P, "route", "add", "default", "via", egGw2, "dev", "wan2", "table", "100"},
 		{"-n", P, "rule", "add", "fwmark", "100", "lookup", "100", "pref", "100"},
 	} {
-		if _, err := ipCmd(s...); err != nil {
+		if _, err := nstest.IPErr(s...); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -32,7 +36,7 @@ func TestNICMark(t *testing.T) {
 		wantSeen(t, od, topo.C, listen, egKern, egTarget, seenWan1)
 	}
 
-	if _, err := ipCmd("-n", P, "rule", "del", "fwmark", "100", "lookup", "100", "pref", "100"); err != nil {
+	if _, err := nstest.IPErr("-n", P, "rule", "del", "fwmark", "100", "lookup", "100", "pref", "100"); err != nil {
 		t.Fatal(err)
 	}
 	wantSeen(t, od, topo.C, listen, egMika, egTarget, seenWan1)

@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -7,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Users with several interfaces: failover, round-robin and hash. A NIC
@@ -28,7 +32,7 @@ func setDown(t *testing.T, od *opsDaemon, wan string) time.Duration {
 	t.Helper()
 	mark := od.mark()
 	start := time.Now()
-	if _, err := ipCmd("-n", od.topo.P, "link", "set", wan, "down"); err != nil {
+	if _, err := nstest.IPErr("-n", od.topo.P, "link", "set", wan, "down"); err != nil {
 		t.Fatal(err)
 	}
 	od.waitStates(t, mark, wan, "down")
@@ -98,7 +102,7 @@ func TestNICFailover(t *testing.T) {
 	// Without waiting for the watcher: the request right after the link
 	// change may be planned on wan2 still, whose connect then fails
 	// (ENETUNREACH) and moves on to wan1 within the same request.
-	if _, err := ipCmd("-n", topo.P, "link", "set", "wan2", "down"); err != nil {
+	if _, err := nstest.IPErr("-n", topo.P, "link", "set", "wan2", "down"); err != nil {
 		t.Fatal(err)
 	}
 	line := wantSeen(t, od, C, egListen, egFo, egTarget, seenWan1)

@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -11,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Descriptor exhaustion: with a low RLIMIT_NOFILE and clients holding
@@ -69,7 +73,7 @@ func TestAcceptEMFILE(t *testing.T) {
 	}
 	t.Cleanup(closeClients)
 	for range emfileLimit {
-		c, err := nsDialer{ns: topo.C, timeout: 5 * time.Second}.Dial("tcp", proxy)
+		c, err := nstest.Dialer{NS: topo.C, Timeout: 5 * time.Second}.Dial("tcp", proxy)
 		if err != nil {
 			t.Fatalf("client %d: %v", len(clients)+1, err)
 		}
@@ -78,6 +82,9 @@ func TestAcceptEMFILE(t *testing.T) {
 	first := od.waitLineSince(t, mark, msgAcceptFail)
 	if e, _ := first["error"].(string); !strings.Contains(e, unix.EMFILE.Error()) {
 		t.Errorf("first %q line: error %q, want it to contain %q", msgAcceptFail, e, unix.EMFILE.Error())
+	}
+	if first["listener"] != proxy {
+		t.Errorf("first %q line: listener %v, want %s", msgAcceptFail, first["listener"], proxy)
 	}
 	// The limit caps descriptor numbers, not their count (a descriptor
 	// inherited from our caller may sit above it): EMFILE means every

@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -12,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // 100 MB through the HTTP proxy, both ways a download can go: through a
@@ -85,7 +89,7 @@ func curlSHA256(t *testing.T, ns, flag, url string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Second)
 	defer cancel()
 	script := fmt.Sprintf("set -o pipefail; curl -sS -g --max-time 180 %s -x %s '%s' | sha256sum", flag, proxyURL(egFo, egHTTPListen), url)
-	out, errOut, err := run(ctx, nil, "ip", "netns", "exec", ns, "bash", "-c", script)
+	out, errOut, err := nstest.Run(ctx, nil, "ip", "netns", "exec", ns, "bash", "-c", script)
 	if err != nil {
 		t.Fatalf("download: %v\n%s", err, errOut)
 	}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -7,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Python clients of the HTTP proxy: the standard library's http.client
@@ -90,7 +94,7 @@ func python(t *testing.T, ns, script string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	out, errOut, err := run(ctx, nil, "ip", append([]string{"netns", "exec", ns, "/usr/bin/python3", "-c", script}, args...)...)
+	out, errOut, err := nstest.Run(ctx, nil, "ip", append([]string{"netns", "exec", ns, "/usr/bin/python3", "-c", script}, args...)...)
 	if err != nil {
 		t.Fatalf("python %v: %v\n%s", args, err, errOut)
 	}

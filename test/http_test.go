@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -10,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // The HTTP proxy on the SOCKS port (issue 13): real clients (curl, Python's
@@ -45,7 +49,7 @@ func curlHTTP(t *testing.T, ns, proxy string, args ...string) (string, string, i
 	all := append([]string{"netns", "exec", ns, "curl", "-sS", "-g", "--max-time", "20", "-x", proxy}, args...)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	out, errOut, err := run(ctx, nil, "ip", all...)
+	out, errOut, err := nstest.Run(ctx, nil, "ip", all...)
 	var ee *exec.ExitError
 	switch {
 	case err == nil:
@@ -156,7 +160,7 @@ func TestHTTPProxyCurl(t *testing.T) {
 	t.Run("not a proxy request", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		out, _, err := run(ctx, nil, "ip", "netns", "exec", topo.C, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
+		out, _, err := nstest.Run(ctx, nil, "ip", "netns", "exec", topo.C, "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
 			"http://"+egHTTPListen+"/")
 		if err != nil || out != "400" {
 			t.Errorf("origin-form GET to the proxy: %q %v, want 400", out, err)
@@ -239,7 +243,7 @@ func TestHTTPProxySOCKS4ConfigRefused(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, errOut, err := run(ctx, nil, shared.bin, "-config", path)
+	out, errOut, err := nstest.Run(ctx, nil, shared.bin, "-config", path)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() == 0 {
 		t.Fatalf("daemon with socks4 on a password listener: %v, want a failed start\n%s%s", err, out, errOut)

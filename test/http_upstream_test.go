@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -12,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/net/websocket"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // httpUpstream is an origin server in U for the HTTP proxy tests, on
@@ -32,7 +36,7 @@ const egHTTPUpPort = "8081"
 
 func startHTTPUpstream(t *testing.T, topo *topology) *httpUpstream {
 	t.Helper()
-	l, err := listenIn(topo.U, "tcp4", "0.0.0.0:"+egHTTPUpPort)
+	l, err := nstest.ListenIn(topo.U, "tcp4", "0.0.0.0:"+egHTTPUpPort)
 	if err != nil {
 		t.Fatal(err)
 	}

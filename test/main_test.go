@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -12,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // reaperEnv marks the helper process started by TestMain that removes our
@@ -42,12 +46,13 @@ func TestMain(m *testing.M) {
 
 func runTests(m *testing.M) int {
 	if os.Geteuid() == 0 {
-		if err := removeStale(); err != nil {
+		if err := nstest.RemoveStale(nsPrefix); err != nil {
 			fmt.Fprintf(os.Stderr, "warning: removing stale namespaces: %v\n", err)
 		}
 		stop := startReaper()
 		defer stop()
 	}
+	defer nstest.RemoveBinaries()
 	defer teardownEnv()
 	code := m.Run()
 	// Last line of defence for "no password ever logged": covers log lines
@@ -75,23 +80,10 @@ func tail(s string, n int) string {
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
-// requireRoot skips without root unless CI is set, where a skip would hide
-// a misconfigured runner.
-func requireRoot(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") != "" {
-		tb.Fatal("network namespace tests need root (CI is set, so this is a failure, not a skip)")
-	}
-	tb.Skip("network namespace tests need root")
-}
-
 // getEnv builds the topology and upstream servers once per test process.
 func getEnv(tb testing.TB) *env {
 	tb.Helper()
-	requireRoot(tb)
+	nstest.RequireRoot(tb)
 	envOnce.Do(func() { theEnv, envErr = setupEnv() })
 	if envErr != nil {
 		tb.Fatalf("test environment: %v", envErr)
@@ -100,7 +92,7 @@ func getEnv(tb testing.TB) *env {
 }
 
 func setupEnv() (*env, error) {
-	topo, err := newTopology(os.Getpid())
+	topo, err := newTopology()
 	if err != nil {
 		return nil, err
 	}
@@ -189,14 +181,7 @@ func reaperMain(pidStr string) int {
 		return 2
 	}
 	_, _ = io.Copy(io.Discard, os.Stdin)
-	c, p, u := nsNames(pid)
-	t := &topology{C: c, P: p, U: u}
-	for _, ns := range []string{c, p, u} {
-		if _, err := os.Stat("/run/netns/" + ns); err == nil {
-			t.created = append(t.created, ns)
-		}
-	}
-	if err := t.destroy(); err != nil {
+	if err := nstest.RemoveOwned(nsPrefix, pid); err != nil {
 		return 1
 	}
 	return 0

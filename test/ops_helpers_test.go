@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -25,6 +27,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Helpers of the operations tests (ops_*_test.go): daemon instances of
@@ -166,13 +170,13 @@ func spawnDaemon(t *testing.T, topo *topology, label, cfg string, extraEnv []str
 		t.Fatal(err)
 	}
 	od := &opsDaemon{
-		daemon:  &daemon{dir: dir, bin: shared.bin, logs: &syncBuffer{}, done: make(chan struct{})},
+		daemon:  &daemon{dir: dir, bin: shared.bin, logs: &nstest.LogBuffer{}, done: make(chan struct{})},
 		cfgPath: filepath.Join(dir, "ifsocks.toml"),
 		topo:    topo,
 	}
 	od.writeConfig(t, cfg)
 	od.cmd = exec.Command("ip", "netns", "exec", topo.P, od.bin, "-config", od.cfgPath)
-	od.cmd.Env = append(append([]string{}, cleanEnv...), extraEnv...)
+	od.cmd.Env = append(append([]string{}, nstest.CleanEnv...), extraEnv...)
 	od.cmd.Stdout, od.cmd.Stderr = od.logs, od.logs
 	od.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := od.cmd.Start(); err != nil {
@@ -211,7 +215,7 @@ func (od *opsDaemon) waitListening(addrs []string, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for _, addr := range addrs {
 		for {
-			c, err := nsDialer{ns: od.topo.C, timeout: time.Second}.Dial("tcp", addr)
+			c, err := nstest.Dialer{NS: od.topo.C, Timeout: time.Second}.Dial("tcp", addr)
 			if err == nil {
 				c.Close()
 				break
@@ -495,7 +499,7 @@ func startPaced(t *testing.T, e *env) {
 	})
 	var servers []*http.Server
 	for _, addr := range []string{net.JoinHostPort(svcV4, strconv.Itoa(pacedPort)), net.JoinHostPort(svcV6, strconv.Itoa(pacedPort))} {
-		l, err := listenIn(e.topo.U, "tcp", addr)
+		l, err := nstest.ListenIn(e.topo.U, "tcp", addr)
 		if err != nil {
 			t.Fatalf("paced server listen %s: %v", addr, err)
 		}
@@ -672,18 +676,18 @@ func ensureWan3(tb testing.TB, e *env) {
 
 func setupWan3(topo *topology) error {
 	P, U := topo.P, topo.U
-	if _, err := ipCmd("-n", P, "link", "show", "dev", "wan3"); err != nil {
+	if _, err := nstest.IPErr("-n", P, "link", "show", "dev", "wan3"); err != nil {
 		steps := [][]string{
 			{"-n", P, "link", "add", "wan3", "type", "veth", "peer", "name", "up3", "netns", U},
 			{"-n", U, "addr", "add", up3V4 + "/24", "dev", "up3"},
 			{"-n", U, "-6", "addr", "add", up3V6 + "/64", "dev", "up3", "nodad"},
 		}
 		for _, s := range steps {
-			if _, err := ipCmd(s...); err != nil {
+			if _, err := nstest.IPErr(s...); err != nil {
 				return err
 			}
 		}
-		if err := sysctl(U, "net.ipv4.conf.up3.rp_filter=1"); err != nil {
+		if err := nstest.Sysctl(U, "net.ipv4.conf.up3.rp_filter=1"); err != nil {
 			return err
 		}
 	}
@@ -691,7 +695,7 @@ func setupWan3(topo *topology) error {
 		{"-n", U, "link", "set", "up3", "up"},
 		{"-n", P, "link", "set", "wan3", "up"},
 	} {
-		if _, err := ipCmd(s...); err != nil {
+		if _, err := nstest.IPErr(s...); err != nil {
 			return err
 		}
 	}
@@ -712,7 +716,7 @@ func restoreWan3Routes(topo *topology) error {
 		{"-n", P, "route", "replace", "default", "via", up3V4, "dev", "wan3", "metric", "300"},
 		{"-n", P, "-6", "route", "replace", "default", "via", up3V6, "dev", "wan3", "metric", "300"},
 	} {
-		if _, err := ipCmd(s...); err != nil {
+		if _, err := nstest.IPErr(s...); err != nil {
 			return err
 		}
 	}
@@ -833,7 +837,7 @@ func (pm promMetrics) series(name string) []promSample {
 
 // nsHTTP performs a GET from namespace ns and returns status and body.
 func nsHTTP(ns, url string) (int, string, error) {
-	tr := &http.Transport{DialContext: nsDialer{ns: ns, timeout: 5 * time.Second}.DialContext, DisableKeepAlives: true}
+	tr := &http.Transport{DialContext: nstest.Dialer{NS: ns, Timeout: 5 * time.Second}.DialContext, DisableKeepAlives: true}
 	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(url)
 	if err != nil {

@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -6,6 +8,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Interface watch: when an egress interface goes down or away, its flows
@@ -22,16 +26,16 @@ type ifaceFlap struct {
 
 var ifaceFlaps = []ifaceFlap{
 	{name: "admin-down", state: "down", lose: func(topo *topology) error {
-		_, err := ipCmd("-n", topo.P, "link", "set", "wan3", "down")
+		_, err := nstest.IPErr("-n", topo.P, "link", "set", "wan3", "down")
 		return err
 	}},
 	// The peer going down takes wan3's carrier: up but not running.
 	{name: "carrier-lost", state: "down", lose: func(topo *topology) error {
-		_, err := ipCmd("-n", topo.U, "link", "set", "up3", "down")
+		_, err := nstest.IPErr("-n", topo.U, "link", "set", "up3", "down")
 		return err
 	}},
 	{name: "deleted", state: "missing", lose: func(topo *topology) error {
-		_, err := ipCmd("-n", topo.P, "link", "del", "wan3")
+		_, err := nstest.IPErr("-n", topo.P, "link", "del", "wan3")
 		return err
 	}},
 }

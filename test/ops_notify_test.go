@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -12,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // sd_notify: with NOTIFY_SOCKET set the daemon reports READY=1 once
@@ -100,7 +104,7 @@ func TestOpsNotify(t *testing.T) {
 	// READY=1 is the first message, and comes once the daemon listens:
 	// one connect right after it must succeed.
 	ns.want(t, "READY=1", 10*time.Second)
-	c, err := nsDialer{ns: e.topo.C, timeout: 2 * time.Second}.Dial("tcp", listen)
+	c, err := nstest.Dialer{NS: e.topo.C, Timeout: 2 * time.Second}.Dial("tcp", listen)
 	if err != nil {
 		t.Fatalf("connect right after READY=1: %v", err)
 	}

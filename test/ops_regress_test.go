@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -8,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Regression tests for daemon bugs found while writing the operations
@@ -21,7 +25,7 @@ import (
 // HTTP servers, it does not react to the client's half-close.
 func rawSource(t *testing.T, e *env, port int, talk bool) {
 	t.Helper()
-	l, err := listenIn(e.topo.U, "tcp", net.JoinHostPort(svcV4, strconv.Itoa(port)))
+	l, err := nstest.ListenIn(e.topo.U, "tcp", net.JoinHostPort(svcV4, strconv.Itoa(port)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +111,7 @@ func TestOpsRegressionUnwatchedAfterReload(t *testing.T) {
 			d.mustReload(t)
 			frank.waitGot(t, 128<<10, 5*time.Second) // runs on, as it should
 			lost := time.Now()
-			if _, err := ipCmd("-n", e.topo.P, "link", "set", "wan3", "down"); err != nil {
+			if _, err := nstest.IPErr("-n", e.topo.P, "link", "set", "wan3", "down"); err != nil {
 				t.Fatal(err)
 			}
 			select {
@@ -143,7 +147,7 @@ func TestOpsRegressionCutHalfClosed(t *testing.T) {
 		d := startOpsDaemon(t, opsConfig{listen: []string{listen}, users: []opsUser{opsAlice, opsFrank}})
 		client, done := halfClosed(t, C, listen, opsFrank, 8082)
 		time.Sleep(300 * time.Millisecond)
-		if _, err := ipCmd("-n", e.topo.P, "link", "set", "wan3", "down"); err != nil {
+		if _, err := nstest.IPErr("-n", e.topo.P, "link", "set", "wan3", "down"); err != nil {
 			t.Fatal(err)
 		}
 		select {

@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -9,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // SIGHUP reload: users, passwords and listeners change for new connections;
@@ -184,7 +188,7 @@ func TestOpsReloadListeners(t *testing.T) {
 
 	refused := func(addr string) {
 		t.Helper()
-		c, err := nsDialer{ns: C, timeout: 2 * time.Second}.Dial("tcp", addr)
+		c, err := nstest.Dialer{NS: C, Timeout: 2 * time.Second}.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
 			t.Errorf("%s accepted a connection, want it refused (listener removed)", addr)
@@ -223,7 +227,7 @@ func TestOpsReloadListeners(t *testing.T) {
 
 	// A reload that cannot listen where told fails as a whole: dave, in
 	// the same file, does not appear, and the running listeners stay.
-	blocker, err := listenIn(e.topo.P, "tcp4", taken)
+	blocker, err := nstest.ListenIn(e.topo.P, "tcp4", taken)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -18,6 +20,8 @@ import (
 
 	"golang.org/x/net/proxy"
 	"golang.org/x/sys/unix"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Helpers of the address pool tests (pools_test.go): a topology with IPv6,
@@ -62,7 +66,7 @@ var poolStaleOnce sync.Once
 // the end of the test.
 func newPoolTopology(t *testing.T) *topology {
 	t.Helper()
-	requireRoot(t)
+	nstest.RequireRoot(t)
 	poolStaleOnce.Do(func() { removeStalePrefix(poolNSPrefix) })
 	base := fmt.Sprintf("%s%d-%d-", poolNSPrefix, os.Getpid(), egSeq.Add(1))
 	topo := &topology{C: base + "c", P: base + "p", U: base + "u"}
@@ -81,13 +85,13 @@ func newPoolTopology(t *testing.T) *topology {
 func buildPoolTopology(topo *topology) error {
 	C, P, U := topo.C, topo.P, topo.U
 	for _, ns := range []string{C, P, U} {
-		if _, err := ipCmd("netns", "add", ns); err != nil {
+		if _, err := nstest.IPErr("netns", "add", ns); err != nil {
 			return err
 		}
 		topo.created = append(topo.created, ns)
 		// Before the links exist, so they inherit it: no DAD (addresses
 		// usable at once), no router advertisements, no forwarding.
-		if err := sysctl(ns, "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
+		if err := nstest.Sysctl(ns, "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
 			"net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.accept_ra=0",
 			"net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0"); err != nil {
 			return err
@@ -129,13 +133,13 @@ func buildPoolTopology(topo *topology) error {
 		[]string{"-n", U, "-6", "route", "add", poolPrefix, "via", "fd14:2::1", "dev", "up2"},
 		[]string{"-n", U, "-6", "route", "add", poolNoRoute, "via", "fd14:2::1", "dev", "up2"})
 	for _, s := range steps {
-		if _, err := ipCmd(s...); err != nil {
+		if _, err := nstest.IPErr(s...); err != nil {
 			return err
 		}
 	}
 	// Strict reverse-path filtering in U: an IPv4 packet from wan2's
 	// addresses arriving on up1 is dropped.
-	return sysctl(U, "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.up1.rp_filter=1", "net.ipv4.conf.up2.rp_filter=1")
+	return nstest.Sysctl(U, "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.up1.rp_filter=1", "net.ipv4.conf.up2.rp_filter=1")
 }
 
 // startPoolServers runs, in U, an HTTP server on port 8080 (all
@@ -158,7 +162,7 @@ func startPoolServers(t *testing.T, topo *topology) {
 		// The UDP socket is bound to the service address, so that its
 		// replies come from it (a wildcard socket would answer from
 		// up2's own address, which the association's reply filter drops).
-		err := inNetns(topo.U, func() error {
+		err := nstest.Enter(topo.U, func() error {
 			var err error
 			if l, err = lc.Listen(context.Background(), "tcp", "[::]:"+poolWebPort); err != nil {
 				return err
@@ -229,7 +233,7 @@ func startPoolDaemon(t *testing.T, topo *topology, cfg string) *opsDaemon {
 // poolFetch asks U's whoami at target through the proxy as name/pass with
 // golang.org/x/net/proxy, from C, and returns what U saw ("SRC DEV").
 func poolFetch(ctx context.Context, topo *topology, name, pass, target string) (string, error) {
-	d, err := proxy.SOCKS5("tcp", poolListen, &proxy.Auth{User: name, Password: pass}, nsDialer{ns: topo.C, timeout: 5 * time.Second})
+	d, err := proxy.SOCKS5("tcp", poolListen, &proxy.Auth{User: name, Password: pass}, nstest.Dialer{NS: topo.C, Timeout: 5 * time.Second})
 	if err != nil {
 		return "", err
 	}
@@ -347,7 +351,7 @@ func pythonUDPMany(t *testing.T, topo *topology, u poolUser, host, port string, 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	ph, pp, _ := net.SplitHostPort(poolListen)
-	out, stderr, err := run(ctx, nil, "ip", "netns", "exec", topo.C, "/usr/bin/python3", "-c", pyUDPManyScript,
+	out, stderr, err := nstest.Run(ctx, nil, "ip", "netns", "exec", topo.C, "/usr/bin/python3", "-c", pyUDPManyScript,
 		ph, pp, u.name, u.pass, host, port, fmt.Sprint(rounds))
 	if err != nil {
 		t.Fatalf("python UDP: %v\n%s", err, stderr)

@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -11,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Egress address pools (source_ips, source_rotation): what the upstream
@@ -175,7 +179,7 @@ func TestPools(t *testing.T) {
 			}
 			cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
 			defer ccancel()
-			out, stderr, err := run(cctx, nil, "ip", append(args, "http://"+target6+"/")...)
+			out, stderr, err := nstest.Run(cctx, nil, "ip", append(args, "http://"+target6+"/")...)
 			if err != nil {
 				t.Fatalf("curl as %s (CONNECT %v): %v %s", login, connect, err, stderr)
 			}
@@ -214,7 +218,7 @@ func TestPools(t *testing.T) {
 			t.Fatalf("BND %v, want an address of %s with a port", res.bound, prefix)
 		}
 		var peer net.Conn
-		if err := inNetns(topo.U, func() error {
+		if err := nstest.Enter(topo.U, func() error {
 			var err error
 			peer, err = net.DialTimeout("tcp", res.bound.String(), 5*time.Second)
 			return err
@@ -248,6 +252,10 @@ func TestPools(t *testing.T) {
 		if e := fmt.Sprint(line["error"]); !strings.Contains(e, "no local route") || !strings.Contains(e, poolNoRoute) {
 			t.Errorf("flow error %q: want it to name %s and the missing local route", e, poolNoRoute)
 		}
+		// Warned about at start, naming the entry.
+		if m := od.lastMsg("source_ips entry has no local route; its flows will fail with 0x03 until one is added (ip route add local PREFIX dev lo)"); m == nil || m["entry"] != poolNoRoute || m["user"] != poolNone.name {
+			t.Errorf("start-up warning about %s: %v", poolNoRoute, m)
+		}
 		// The host's state, which may change (a route added later), as
 		// for a source_ip not on the host: info, unreachable.
 		if line["outcome"] != "unreachable" || line["level"] != "info" {
@@ -258,7 +266,7 @@ func TestPools(t *testing.T) {
 	t.Run("check", func(t *testing.T) {
 		cctx, ccancel := context.WithTimeout(ctx, time.Minute)
 		defer ccancel()
-		out, _, err := run(cctx, nil, "ip", "netns", "exec", topo.P, od.bin, "-check", "-config", od.cfgPath)
+		out, _, err := nstest.Run(cctx, nil, "ip", "netns", "exec", topo.P, od.bin, "-check", "-config", od.cfgPath)
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() == 0 {
 			t.Errorf("-check: %v, want a non-zero exit for the prefix without a local route\n%s", err, out)

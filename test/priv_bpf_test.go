@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -15,6 +17,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // A cgroup whose sockets are bound to a device from birth: the one case
@@ -32,7 +36,7 @@ import (
 func preboundCgroup(t *testing.T, ns, dev string) string {
 	t.Helper()
 	var ifindex int
-	if err := inNetns(ns, func() error {
+	if err := nstest.Enter(ns, func() error {
 		ifi, err := net.InterfaceByName(dev)
 		if err == nil {
 			ifindex = ifi.Index

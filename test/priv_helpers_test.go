@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -15,6 +17,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Helpers of the privilege and descriptor-exhaustion tests (priv_test.go,
@@ -30,24 +34,17 @@ const privPrefix = "ifsp-"
 // entry in /etc/passwd.
 const nobody = 65534
 
+// privSeq numbers the cgroups of one test process.
 var privSeq atomic.Int32
 
 // newPrivTopology builds a topology for one test and starts whoami in its
 // U; both go away at the end of the test.
 func newPrivTopology(t *testing.T) *topology {
 	t.Helper()
-	requireRoot(t)
+	nstest.RequireRoot(t)
 	privRemoveStale(t)
-	base := fmt.Sprintf("%s%d-%d", privPrefix, os.Getpid(), privSeq.Add(1))
-	topo := &topology{C: base + "c", P: base + "p", U: base + "u"}
-	t.Cleanup(func() {
-		if err := topo.destroy(); err != nil {
-			t.Errorf("topology teardown: %v", err)
-		}
-	})
-	if err := topo.build(); err != nil {
-		t.Fatalf("topology: %v", err)
-	}
+	nt := nstest.NewTopology(t, nstest.TopologyConfig{Prefix: strings.TrimSuffix(privPrefix, "-"), Net: 231, V6: "fd31"})
+	topo := &topology{C: nt.C.Name, P: nt.P.Name, U: nt.U.Name}
 	wh, err := startWhoami(topo.U)
 	if err != nil {
 		t.Fatal(err)
@@ -80,13 +77,13 @@ func privRemoveStale(t *testing.T) {
 		entries, _ := os.ReadDir(dir)
 		for _, e := range entries {
 			pid, ok := privOwner(e.Name())
-			if !ok || pid == os.Getpid() || pidAlive(pid) {
+			if !ok || pid == os.Getpid() || nstest.PidAlive(pid) {
 				continue
 			}
 			var err error
 			switch dir {
 			case "/run/netns":
-				err = deleteNetns(e.Name())
+				err = nstest.DeleteNamed(e.Name())
 			case "/etc/netns", os.TempDir():
 				err = os.RemoveAll(filepath.Join(dir, e.Name()))
 			default:
@@ -114,22 +111,13 @@ func privDir(t *testing.T) string {
 	return dir
 }
 
-// privBinary puts the daemon binary into dir, executable by anyone: a copy
-// of $IFSOCKS_BIN if set, else a fresh build (link only, with a warm
-// build cache).
+// privBinary puts a copy of the daemon binary (nstest.Binary) into dir,
+// executable by anyone.
 func privBinary(t *testing.T, dir string) string {
 	t.Helper()
-	var bin string
-	if src := os.Getenv("IFSOCKS_BIN"); src != "" {
-		bin = filepath.Join(dir, "ifsocks")
-		if err := copyFile(src, bin); err != nil {
-			t.Fatal(err)
-		}
-	} else {
-		var err error
-		if bin, err = buildDaemon(dir); err != nil {
-			t.Fatal(err)
-		}
+	bin := filepath.Join(dir, "ifsocks")
+	if err := copyFile(nstest.Binary(t), bin); err != nil {
+		t.Fatal(err)
 	}
 	if err := os.Chmod(bin, 0o755); err != nil {
 		t.Fatal(err)
@@ -203,12 +191,12 @@ func writePrivConfig(t *testing.T, dir, text string) string {
 func startWrapped(t *testing.T, topo *topology, bin, cfgPath string, argv []string) *opsDaemon {
 	t.Helper()
 	od := &opsDaemon{
-		daemon:  &daemon{bin: bin, logs: &syncBuffer{}, done: make(chan struct{})},
+		daemon:  &daemon{bin: bin, logs: &nstest.LogBuffer{}, done: make(chan struct{})},
 		cfgPath: cfgPath,
 		topo:    topo,
 	}
 	od.cmd = exec.Command(argv[0], argv[1:]...)
-	od.cmd.Env = cleanEnv
+	od.cmd.Env = nstest.CleanEnv
 	od.cmd.Stdout, od.cmd.Stderr = od.logs, od.logs
 	od.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := od.cmd.Start(); err != nil {

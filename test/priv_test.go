@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -13,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // What the daemon needs in privileges, checked by running it as uid/gid
@@ -36,7 +40,7 @@ const (
 )
 
 func TestPrivileges(t *testing.T) {
-	requireRoot(t)
+	nstest.RequireRoot(t)
 	for _, tool := range []string{"setpriv", "sh"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s: %v (util-linux setpriv is a test dependency)", tool, err)

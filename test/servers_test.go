@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -12,6 +14,8 @@ import (
 	"net/netip"
 	"strconv"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // whoami is the HTTP service in U. It listens on sockets created inside U,
@@ -55,7 +59,7 @@ func startWhoami(ns string) (*whoami, error) {
 	})
 	wh := &whoami{}
 	for _, addr := range []string{net.JoinHostPort(svcV4, "8080"), net.JoinHostPort(svcV6, "8080")} {
-		l, err := listenIn(ns, "tcp", addr)
+		l, err := nstest.ListenIn(ns, "tcp", addr)
 		if err != nil {
 			wh.close()
 			return nil, fmt.Errorf("whoami listen %s: %w", addr, err)

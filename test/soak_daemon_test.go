@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -11,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // The soak tests' daemon: started, reloaded, measured and judged.
@@ -43,7 +47,7 @@ func startSoakDaemon(t *testing.T, topo *topology, bin, cfg string, nofile uint6
 	d := &soakDaemon{t: t, topo: topo, cfgPath: filepath.Join(dir, "ifsocks.toml"), sink: sink, done: make(chan struct{})}
 	d.writeConfig(cfg)
 	d.cmd = exec.Command("ip", "netns", "exec", topo.P, bin, "-config", d.cfgPath)
-	d.cmd.Env = cleanEnv
+	d.cmd.Env = nstest.CleanEnv
 	d.cmd.Stdout, d.cmd.Stderr = sink, sink // one pipe: lines never interleave
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := d.cmd.Start(); err != nil {
@@ -86,7 +90,7 @@ func (d *soakDaemon) waitReady(t *testing.T, limit time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for {
-		c, err := nsDialer{ns: d.topo.C, timeout: time.Second}.Dial("tcp", soakListen)
+		c, err := nstest.Dialer{NS: d.topo.C, Timeout: time.Second}.Dial("tcp", soakListen)
 		if err == nil {
 			c.Close()
 			pm, err := scrapeTry(d.topo.P, soakMetrics)
@@ -295,7 +299,7 @@ func (d *soakDaemon) waitBaseline(t *testing.T, base soakRes, peakG int, limit t
 		base, limit, now, soakFDTolerance, soakGTolerance, float64(soakRSSTolerance(base, peakG))/1024, d.memStats())
 	if now.fds > base.fds+soakFDTolerance {
 		t.Logf("daemon descriptors by kind: %v", fdKinds(d.pid()))
-		if out, err := ipCmd("netns", "exec", d.topo.P, "ss", "-tanH", "state", "all"); err == nil {
+		if out, err := nstest.IPErr("netns", "exec", d.topo.P, "ss", "-tanH", "state", "all"); err == nil {
 			t.Logf("TCP sockets in P by state: %v", countStates(out))
 		}
 	}

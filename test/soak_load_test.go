@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -17,6 +19,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // The soak load's client side: tunnel loops in C, each opening SOCKS
@@ -218,7 +222,7 @@ func soakTarget(id int) netip.AddrPort {
 // a host shared with other work can stall a process for seconds, and a
 // stall is not the proxy's failure.
 func (l *soakLoad) handshake(ctx context.Context, u soakUser, target netip.AddrPort) (net.Conn, int, int, error) {
-	c, err := nsDialer{ns: l.topo.C, timeout: l.p.timeout}.DialContext(ctx, "tcp4", soakListen)
+	c, err := nstest.Dialer{NS: l.topo.C, Timeout: l.p.timeout}.DialContext(ctx, "tcp4", soakListen)
 	if err != nil {
 		return nil, -1, -1, err
 	}

@@ -1,7 +1,8 @@
+//go:build linux
+
 package test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,12 +13,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // The soak tests' rig: a C/P/U topology of their own (names "ifss-<pid>-<n>-",
@@ -75,7 +76,7 @@ func removeSoakOf(pid int) error {
 				continue
 			}
 			if dir == "/run/netns" {
-				errs = append(errs, deleteNetns(e.Name()))
+				errs = append(errs, nstest.DeleteNamed(e.Name()))
 			} else {
 				errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
 			}
@@ -101,7 +102,7 @@ func soakHousekeeping(tb testing.TB) {
 				}
 				pidStr, _, _ := strings.Cut(rest, "-")
 				pid, err := strconv.Atoi(pidStr)
-				if err != nil || pid <= 0 || pid == os.Getpid() || pidAlive(pid) || seen[pid] {
+				if err != nil || pid <= 0 || pid == os.Getpid() || nstest.PidAlive(pid) || seen[pid] {
 					continue
 				}
 				seen[pid] = true
@@ -147,8 +148,6 @@ var soakReaperPipe *os.File
 // ---------------------------------------------------------------------
 // Topology.
 
-var soakSeq atomic.Int32
-
 // newSoakTopology builds a C/P/U triple like the package's (wan1 and wan2
 // in P, strict rp_filter in U) under soak names, removed at the end of
 // the test. Ports: C and P get a wide ephemeral range and tcp_tw_reuse,
@@ -156,18 +155,10 @@ var soakSeq atomic.Int32
 func newSoakTopology(t *testing.T) *topology {
 	t.Helper()
 	soakHousekeeping(t)
-	base := fmt.Sprintf("%s%d-%d-", soakPrefix, os.Getpid(), soakSeq.Add(1))
-	topo := &topology{C: base + "c", P: base + "p", U: base + "u"}
-	t.Cleanup(func() {
-		if err := topo.destroy(); err != nil {
-			t.Errorf("soak topology teardown: %v", err)
-		}
-	})
-	if err := topo.build(); err != nil {
-		t.Fatalf("soak topology: %v", err)
-	}
+	nt := nstest.NewTopology(t, nstest.TopologyConfig{Prefix: strings.TrimSuffix(soakPrefix, "-"), Net: 231, V6: "fd31"})
+	topo := &topology{C: nt.C.Name, P: nt.P.Name, U: nt.U.Name}
 	for _, ns := range []string{topo.C, topo.P} {
-		if err := sysctl(ns, "net.ipv4.ip_local_port_range=10000 65535", "net.ipv4.tcp_tw_reuse=1",
+		if err := nstest.Sysctl(ns, "net.ipv4.ip_local_port_range=10000 65535", "net.ipv4.tcp_tw_reuse=1",
 			"net.core.somaxconn=16384"); err != nil {
 			t.Fatal(err)
 		}
@@ -179,7 +170,7 @@ func newSoakTopology(t *testing.T) *topology {
 // administrative down removes: its IPv6 address and both default routes.
 func setWan2(topo *topology, up bool) error {
 	if !up {
-		_, err := ipCmd("-n", topo.P, "link", "set", "wan2", "down")
+		_, err := nstest.IPErr("-n", topo.P, "link", "set", "wan2", "down")
 		return err
 	}
 	for _, s := range [][]string{
@@ -189,7 +180,7 @@ func setWan2(topo *topology, up bool) error {
 		{"-n", topo.P, "route", "replace", "default", "via", "10.231.2.2", "dev", "wan2", "metric", "200"},
 		{"-n", topo.P, "-6", "route", "replace", "default", "via", "fd31:2::2", "dev", "wan2", "metric", "200"},
 	} {
-		if _, err := ipCmd(s...); err != nil {
+		if _, err := nstest.IPErr(s...); err != nil {
 			return err
 		}
 	}
@@ -199,58 +190,14 @@ func setWan2(topo *topology, up bool) error {
 // ---------------------------------------------------------------------
 // The daemon binary.
 
-var (
-	soakBinMu sync.Mutex
-	soakBins  = map[bool]string{}
-)
-
-// soakBinary builds the daemon once per process and flavour (-race or
-// not) into a directory the reaper removes when the process exits.
+// soakBinary is the daemon built once per process and flavour (-race or
+// not); nstest checks a race build is instrumented.
 func soakBinary(t *testing.T, race bool) string {
 	t.Helper()
-	soakBinMu.Lock()
-	defer soakBinMu.Unlock()
-	if bin, ok := soakBins[race]; ok {
-		return bin
-	}
-	root, err := filepath.Abs("..")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := openSources(root); err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(os.TempDir(), fmt.Sprintf("%s%d-bin", soakPrefix, os.Getpid()))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = "/usr/local/go/bin/go"
-	}
-	args, bin := []string{"build"}, filepath.Join(dir, "ifsocks")
 	if race {
-		args, bin = append(args, "-race"), bin+"-race"
+		return nstest.RaceBinary(t)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	start := time.Now()
-	cmd := exec.CommandContext(ctx, goBin, append(args, "-o", bin, ".")...)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go %s in %s: %v\n%s", strings.Join(args, " "), root, err, out)
-	}
-	// The race requirement rests on this binary really being instrumented.
-	out, err := exec.CommandContext(ctx, goBin, "version", "-m", bin).CombinedOutput()
-	if err != nil {
-		t.Fatalf("go version -m %s: %v\n%s", bin, err, out)
-	}
-	if got := strings.Contains(string(out), "-race=true"); got != race {
-		t.Fatalf("%s: built with -race=%v, want %v (go version -m:\n%s)", bin, got, race, out)
-	}
-	t.Logf("built %s in %v", bin, time.Since(start).Round(time.Millisecond))
-	soakBins[race] = bin
-	return bin
+	return nstest.Binary(t)
 }
 
 // ---------------------------------------------------------------------

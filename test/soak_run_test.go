@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -6,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // The setup, sampling and checks shared by the soak tests.
@@ -28,7 +32,7 @@ type soakRun struct {
 // each user and takes its baseline.
 func newSoakRun(t *testing.T) *soakRun {
 	t.Helper()
-	requireRoot(t)
+	nstest.RequireRoot(t)
 	p := soakParamsFromEnv(t)
 	t.Log(p)
 	// This process holds the clients' sockets (one per tunnel, and two

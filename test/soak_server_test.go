@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -20,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // The soak load's server side: a pattern server in U, run as copies of
@@ -380,7 +384,7 @@ func (s *soakServer) ioFail(err error) {
 // soakServerProc is one server process, seen from the test.
 type soakServerProc struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *nstest.LogBuffer
 	done   chan struct{} // stdout read to its end and the process waited for
 	err    error
 
@@ -402,9 +406,9 @@ func startSoakServers(t *testing.T, ns string, idle time.Duration, maxChunk int)
 	}
 	var ss soakServers
 	for _, ports := range []string{"7101,7103", "7102,7104"} {
-		p := &soakServerProc{stderr: &syncBuffer{}, done: make(chan struct{})}
+		p := &soakServerProc{stderr: &nstest.LogBuffer{}, done: make(chan struct{})}
 		p.cmd = exec.Command("ip", "netns", "exec", ns, self)
-		p.cmd.Env = append(append([]string{}, cleanEnv...),
+		p.cmd.Env = append(append([]string{}, nstest.CleanEnv...),
 			fmt.Sprintf("%s=ports=%s idle=%v chunk=%d", soakServerEnv, ports, idle, maxChunk))
 		p.cmd.Stderr = p.stderr
 		p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

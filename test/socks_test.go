@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -11,6 +13,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Minimal SOCKS5 client (RFC 1928 + RFC 1929) that reports every byte the
@@ -47,7 +51,7 @@ type socksResult struct {
 // Protocol violations by the server are returned as errors.
 func socksDo(ctx context.Context, ns string, req socksRequest) (socksResult, error) {
 	res := socksResult{authStatus: -1, reply: -1}
-	c, err := nsDialer{ns: ns, timeout: 5 * time.Second}.DialContext(ctx, "tcp", req.proxy)
+	c, err := nstest.Dialer{NS: ns, Timeout: 5 * time.Second}.DialContext(ctx, "tcp", req.proxy)
 	if err != nil {
 		return res, err
 	}

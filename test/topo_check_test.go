@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -8,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // TestTopology checks the test bed itself, without the daemon: if these
@@ -48,26 +52,26 @@ func TestTopology(t *testing.T) {
 	// ... and U has no route back to the client network.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if out, _, err := run(ctx, nil, "ip", "-n", U, "route", "get", clientV4); err == nil {
+	if out, _, err := nstest.Run(ctx, nil, "ip", "-n", U, "route", "get", clientV4); err == nil {
 		t.Errorf("U has a route to the client net: %s", out)
 	}
 
 	// The DNS server answers P's resolver (/etc/netns/P/resolv.conf) and
 	// logs the source: unbound, queries leave by wan1.
 	mark := e.dns.mark()
-	out, _, err := run(ctx, nil, "ip", "netns", "exec", P, "getent", "ahosts", "whoami.test")
+	out, _, err := nstest.Run(ctx, nil, "ip", "netns", "exec", P, "getent", "ahosts", "whoami.test")
 	if err != nil || !strings.Contains(out, svcV4) || !strings.Contains(out, svcV6) {
 		t.Errorf("getent ahosts whoami.test in P = %q, %v; want %s and %s", out, err, svcV4, svcV6)
 	}
 	if got := e.dns.sourcesSince(mark, "whoami.test."); !slices.Equal(got, []string{wan1V4}) {
 		t.Errorf("DNS query sources for whoami.test = %v, want [%s]", got, wan1V4)
 	}
-	out, _, err = run(ctx, nil, "ip", "netns", "exec", P, "getent", "hosts", "loop.test")
+	out, _, err = nstest.Run(ctx, nil, "ip", "netns", "exec", P, "getent", "hosts", "loop.test")
 	if err != nil || !strings.HasPrefix(out, "127.0.0.1 ") {
 		t.Errorf("getent hosts loop.test in P = %q, %v; want 127.0.0.1", out, err)
 	}
 	var ee *exec.ExitError
-	if _, _, err = run(ctx, nil, "ip", "netns", "exec", P, "getent", "hosts", "nosuch.test"); !errors.As(err, &ee) || ee.ExitCode() != 2 {
+	if _, _, err = nstest.Run(ctx, nil, "ip", "netns", "exec", P, "getent", "hosts", "nosuch.test"); !errors.As(err, &ee) || ee.ExitCode() != 2 {
 		t.Errorf("getent hosts nosuch.test in P: %v, want exit 2 (not found)", err)
 	}
 }
@@ -78,7 +82,7 @@ func nsCurl(tb testing.TB, ns string, args ...string) (string, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	args = append([]string{"netns", "exec", ns, "curl", "-sS", "-g", "--max-time", "10"}, args...)
-	out, _, err := run(ctx, nil, "ip", args...)
+	out, _, err := nstest.Run(ctx, nil, "ip", args...)
 	var ee *exec.ExitError
 	switch {
 	case err == nil:

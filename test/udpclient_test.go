@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -11,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Minimal UDP ASSOCIATE client (RFC 1928 section 7). The control
@@ -55,7 +59,7 @@ func udpAssociateRaw(ns string, o udpOpts) (*udpAssoc, error) {
 	if strings.HasPrefix(o.proxy, "[") {
 		network, local, unspec = "udp6", "fd31::2", "::"
 	}
-	pc, err := listenPacketIn(ns, network, net.JoinHostPort(local, "0"))
+	pc, err := nstest.ListenPacketIn(ns, network, net.JoinHostPort(local, "0"))
 	if err != nil {
 		return nil, err
 	}
@@ -229,7 +233,7 @@ func pythonUDP(tb testing.TB, ns, user, pass string, targets ...string) (res []p
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	args := append([]string{"netns", "exec", ns, "/usr/bin/python3", "-c", pyUDPScript, proxyV4, "1080", user, pass}, targets...)
-	out, errOut, err := run(ctx, nil, "ip", args...)
+	out, errOut, err := nstest.Run(ctx, nil, "ip", args...)
 	var ee *exec.ExitError
 	switch {
 	case err == nil:

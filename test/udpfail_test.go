@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -7,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Test 2: what the relay must not pass, and associations it must refuse.
@@ -26,7 +30,7 @@ func TestUDPRefusals(t *testing.T) {
 	// in C that did not associate (same IP, other port).
 	foreignSend := func(t *testing.T, a *udpAssoc, token string) net.PacketConn {
 		t.Helper()
-		pc, err := listenPacketIn(C, "udp4", net.JoinHostPort(clientV4, "0"))
+		pc, err := nstest.ListenPacketIn(C, "udp4", net.JoinHostPort(clientV4, "0"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -141,7 +145,7 @@ func TestUDPRefusals(t *testing.T) {
 		var ports []string
 		var sinks []net.PacketConn
 		for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
-			pc, err := listenPacketIn(P, "udp", addr)
+			pc, err := nstest.ListenPacketIn(P, "udp", addr)
 			if err != nil {
 				t.Fatal(err)
 			}

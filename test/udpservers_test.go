@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -7,6 +9,8 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // UDP services in U for the UDP ASSOCIATE tests.
@@ -40,11 +44,11 @@ func startUDPServers(ns string) (*udpServers, error) {
 	for i, ip := range []string{svcV4, svcV6} {
 		network := [2]string{"udp4", "udp6"}[i]
 		var err error
-		if s.echo[i], err = listenPacketIn(ns, network, net.JoinHostPort(ip, fmt.Sprint(udpEchoPort))); err != nil {
+		if s.echo[i], err = nstest.ListenPacketIn(ns, network, net.JoinHostPort(ip, fmt.Sprint(udpEchoPort))); err != nil {
 			s.close()
 			return nil, fmt.Errorf("udp echo on %s: %w", ip, err)
 		}
-		if s.probe[i], err = listenPacketIn(ns, network, net.JoinHostPort(ip, fmt.Sprint(udpProbePort))); err != nil {
+		if s.probe[i], err = nstest.ListenPacketIn(ns, network, net.JoinHostPort(ip, fmt.Sprint(udpProbePort))); err != nil {
 			s.close()
 			return nil, fmt.Errorf("udp probe on %s: %w", ip, err)
 		}

@@ -4,17 +4,14 @@ package udpio
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/ifsocks/ifsocks/internal/nstest"
 	"golang.org/x/sys/unix"
 )
 
@@ -330,15 +327,11 @@ func TestUDPWriterGSOEIO(t *testing.T) {
 // with EMSGSIZE or EINVAL: the batch goes one datagram per message (each
 // fragmented), and GSO is kept for smaller datagrams.
 func TestUDPWriterGSOOverMTU(t *testing.T) {
-	requireRootNS(t)
-	ns := fmt.Sprintf("ifsbench-gso-%d", os.Getpid())
-	exec.Command("ip", "netns", "del", ns).Run() // leftover of a killed run
-	runIP(t, "netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	runIP(t, "-n", ns, "link", "add", "gsoveth0", "mtu", "1280", "type", "veth", "peer", "name", "gsoveth1", "mtu", "1280")
-	runIP(t, "-n", ns, "link", "set", "gsoveth0", "up")
-	runIP(t, "-n", ns, "link", "set", "gsoveth1", "up")
-	runIP(t, "-n", ns, "addr", "add", "10.233.251.1/24", "dev", "gsoveth0")
+	ns := nstest.New(t, "ifsu", "gso")
+	ns.IP(t, "link", "add", "gsoveth0", "mtu", "1280", "type", "veth", "peer", "name", "gsoveth1", "mtu", "1280")
+	ns.IP(t, "link", "set", "gsoveth0", "up")
+	ns.IP(t, "link", "set", "gsoveth1", "up")
+	ns.IP(t, "addr", "add", "10.233.251.1/24", "dev", "gsoveth0")
 
 	w := writerInNetns(t, ns)
 	to := netip.MustParseAddrPort("10.233.251.2:9")
@@ -369,36 +362,10 @@ func TestUDPWriterGSOOverMTU(t *testing.T) {
 }
 
 // writerInNetns opens a UDP socket in namespace ns and a writer on it.
-func writerInNetns(tb testing.TB, ns string) *Writer {
+func writerInNetns(tb testing.TB, ns *nstest.NS) *Writer {
 	tb.Helper()
-	type result struct {
-		c   *net.UDPConn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		// The socket belongs to the namespace of the thread that makes
-		// it. This thread is never unlocked: Go discards it when the
-		// goroutine ends instead of reusing it elsewhere.
-		runtime.LockOSThread()
-		f, err := os.Open("/run/netns/" + ns)
-		if err == nil {
-			err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
-			f.Close()
-		}
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		c, err := net.ListenUDP("udp4", nil)
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		tb.Fatal(r.err)
-	}
-	tb.Cleanup(func() { r.c.Close() })
-	w, err := NewWriter(r.c)
+	pc := ns.ListenPacket(tb, "udp4", "0.0.0.0:0")
+	w, err := NewWriter(pc.(*net.UDPConn))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -406,25 +373,6 @@ func writerInNetns(tb testing.TB, ns string) *Writer {
 		tb.Skip("kernel without UDP_SEGMENT")
 	}
 	return w
-}
-
-func requireRootNS(tb testing.TB) {
-	tb.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			tb.Fatal("namespace tests must run as root in CI")
-		}
-		tb.Skip("needs root for network namespaces")
-	}
-}
-
-func runIP(tb testing.TB, args ...string) {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
-		tb.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-	}
 }
 
 // addrPortOfUDP is a's address, IPv4-mapped addresses unmapped.

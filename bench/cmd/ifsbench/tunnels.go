@@ -121,7 +121,8 @@ func openTunnel(ctx context.Context, e *endpoint) (*net.TCPConn, error) {
 	}
 	c.SetDeadline(time.Now().Add(e.timeout))
 	b := []byte{'x'}
-	if _, err := c.Write(b); err == nil {
+	_, err = c.Write(b)
+	if err == nil {
 		_, err = io.ReadFull(c, b)
 	}
 	if err != nil {

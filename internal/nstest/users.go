@@ -1,0 +1,67 @@
+package nstest
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// User is a [[users]] entry of a test configuration.
+type User struct {
+	Name     string
+	Password string
+	// Hashed writes password_hash (bcrypt) instead of password.
+	Hashed bool
+	// Egress is the entry's other lines as TOML, e.g. `interface = "wan1"`.
+	Egress string
+}
+
+// Block is the user's [[users]] table.
+func (u User) Block(tb testing.TB) string {
+	tb.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n[[users]]\nname = %q\n", u.Name)
+	if u.Hashed {
+		fmt.Fprintf(&b, "password_hash = %q\n", Hash(tb, u.Password))
+	} else {
+		fmt.Fprintf(&b, "password = %q\n", u.Password)
+	}
+	if u.Egress != "" {
+		b.WriteString(strings.TrimRight(u.Egress, "\n") + "\n")
+	}
+	return b.String()
+}
+
+var hashes sync.Map // password -> *hashEntry
+
+type hashEntry struct {
+	once sync.Once
+	hash string
+	err  error
+}
+
+// Hash is a bcrypt hash of password at the minimum cost, computed once per
+// test process and password (bcrypt is slow on purpose; the daemon must
+// accept any valid cost).
+func Hash(tb testing.TB, password string) string {
+	tb.Helper()
+	h, err := HashErr(password)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return h
+}
+
+// HashErr is Hash returning the error.
+func HashErr(password string) (string, error) {
+	v, _ := hashes.LoadOrStore(password, new(hashEntry))
+	e := v.(*hashEntry)
+	e.once.Do(func() {
+		h, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
+		e.hash, e.err = string(h), err
+	})
+	return e.hash, e.err
+}
