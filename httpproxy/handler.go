@@ -102,7 +102,10 @@ func parseBasic(h string) (user, pass string, ok bool) {
 		return "", "", false
 	}
 	user, pass, ok = strings.Cut(string(raw), ":")
-	return user, pass, ok
+	if !ok {
+		return "", "", false
+	}
+	return user, pass, true
 }
 
 // refuse writes status with a one-line text body: the status text, and a

@@ -142,32 +142,64 @@ func (h *httpConn) Admit(user, target, method string, rep httpproxy.Reply) bool 
 }
 
 // upstream is an upstream connection of forwarded requests, with what
-// their flow records need of how it was opened.
+// their flow records need of how it was opened, paced by the user's
+// rate_limit (the limiters a CONNECT's relay would use) when it has one.
 type upstream struct {
 	*net.TCPConn
 	iface    string
 	skipped  []string
 	rotation string
+	lim      relay.Limits
+	ctx      context.Context // ends the waits for tokens when the server closes
 	// cnt are the user's accounting counters: forwarded requests are
 	// counted as they cross the upstream connection (heads included),
 	// as a relay counts a tunnel.
 	cnt relay.Counts
 }
 
+// Read reads at most a burst, then waits for the tokens of what it read:
+// the client gets the origin's bytes at the user's rate.
 func (u *upstream) Read(p []byte) (int, error) {
+	if u.lim.Down != nil {
+		if b := u.lim.Down.Burst(); b > 0 && len(p) > b {
+			p = p[:b]
+		}
+	}
 	n, err := u.TCPConn.Read(p)
-	if u.cnt.Down != nil && n > 0 {
+	if n > 0 && u.cnt.Down != nil {
 		u.cnt.Down.Add(int64(n))
+	}
+	if n > 0 && u.lim.Down != nil {
+		if werr := u.lim.Down.WaitN(u.ctx, n); werr != nil && err == nil {
+			err = werr
+		}
 	}
 	return n, err
 }
 
+// Write sends p a burst at a time, each once its tokens are there.
 func (u *upstream) Write(p []byte) (int, error) {
-	n, err := u.TCPConn.Write(p)
-	if u.cnt.Up != nil && n > 0 {
-		u.cnt.Up.Add(int64(n))
+	done := 0
+	for done < len(p) {
+		n := len(p) - done
+		if u.lim.Up != nil {
+			if b := u.lim.Up.Burst(); b > 0 && n > b {
+				n = b
+			}
+			if err := u.lim.Up.WaitN(u.ctx, n); err != nil {
+				return done, err
+			}
+		}
+		w, err := u.TCPConn.Write(p[done : done+n])
+		done += w
+		if w > 0 && u.cnt.Up != nil {
+			u.cnt.Up.Add(int64(w))
+		}
+		if err != nil {
+			return done, err
+		}
 	}
-	return n, err
+	return done, nil
 }
 
 // dialError is a failure to open an upstream connection, with the
@@ -217,7 +249,8 @@ func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error
 		}
 		return nil, &dialError{iface: iface, err: cut}
 	}
-	return &upstream{TCPConn: up, iface: iface, skipped: use.skipped, rotation: use.rotation, cnt: sc.flowCounts()}, nil
+	return &upstream{TCPConn: up, iface: iface, skipped: use.skipped, rotation: use.rotation,
+		lim: sc.relayLimits(u), ctx: sc.srv.ctx, cnt: sc.flowCounts()}, nil
 }
 
 func (h *httpConn) Status(err error) int {

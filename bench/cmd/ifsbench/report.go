@@ -40,7 +40,11 @@ var summaryRows = []row{
 	{"TCP 1 stream download, Mbit/s", "tcp-1-down", "mbps", "%.0f", true},
 	{"TCP 8 streams upload, Mbit/s", "tcp-8-up", "mbps", "%.0f", true},
 	{"TCP 8 streams download, Mbit/s", "tcp-8-down", "mbps", "%.0f", true},
+	{"HTTP CONNECT: TCP 1 stream upload, Mbit/s", "http-tcp-1-up", "mbps", "%.0f", true},
+	{"HTTP CONNECT: TCP 1 stream download, Mbit/s", "http-tcp-1-down", "mbps", "%.0f", true},
 	{"connections/s (c=50, auth, 64 B echo)", "connrate", "rate", "%.0f", true},
+	{"HTTP CONNECT: connections/s (c=50, Basic auth, 64 B echo)", "http-connrate", "rate", "%.0f", true},
+	{"HTTP CONNECT: proxy CPU per connection, µs", "http-connrate", "proxy_us", "%.0f", false},
 	{"connection p50 latency, ms", "connrate", "p50_ms", "%.2f", false},
 	{"connection p99 latency, ms", "connrate", "p99_ms", "%.2f", false},
 	{"connections in the first second", "connrate", "first_s", "%.0f", true},
@@ -67,7 +71,7 @@ var summaryRows = []row{
 // it proxy_us, the proxy's CPU time in microseconds per unit. On a shared
 // machine that drifts far less than a rate, which also counts the time
 // the proxy spent waiting for a core.
-var perUnit = map[string]string{"udp": "received", "connrate": "ok", "connrate-tw": "ok", "connrate-v6-source": "ok", "connrate-v6-pool": "ok"}
+var perUnit = map[string]string{"udp": "received", "connrate": "ok", "http-connrate": "ok", "connrate-tw": "ok", "connrate-v6-source": "ok", "connrate-v6-pool": "ok"}
 
 // results is a run's records, indexed.
 type results struct {
