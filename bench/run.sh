@@ -9,7 +9,7 @@
 # --install  apt-get install dante-server, microsocks and strace first
 # --short    CI smoke mode: 2 s per test, 300 tunnels
 # --out      where to write the report (default bench/RESULTS.md)
-# --only     comma-separated subjects to run (kernel,ifsocks,dante,microsocks)
+# --only     comma-separated subjects to run (kernel,ifsocks,ifsocks-acct,dante,microsocks)
 # --groups   comma-separated tests to run (tunnels,tcp,udp,connrate,twreuse,
 #            v6source,v6pool,httpconnect)
 # --p-sysctl KEY=VALUE  set a sysctl in the proxy namespace (diagnosis,
@@ -208,6 +208,12 @@ run_subject() {
 		groups=(tunnels tcp udp connrate)
 		note skip -subject dante -test connrate-tw -value "bcrypt-bound"
 		;;
+	ifsocks-acct)
+		groups=(tcp connrate)
+		note skip -subject ifsocks-acct -test tunnels -value "as ifsocks"
+		note skip -subject ifsocks-acct -test udp -value "not run"
+		note skip -subject ifsocks-acct -test connrate-tw -value "not run"
+		;;
 	microsocks)
 		groups=(tunnels tcp connrate twreuse)
 		note skip -subject microsocks -test udp -value "no UDP"
@@ -274,7 +280,7 @@ note meta -key CPU -value "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- 
 note meta -key memory -value "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 note meta -key Go -value "$(go version)"
 note meta -key ifsocks -value "$version (defaults: JSON flow log at info, to a file)"
-subjects_run=(kernel ifsocks)
+subjects_run=(kernel ifsocks ifsocks-acct)
 if command -v danted >/dev/null; then
 	subjects_run+=(dante)
 	note meta -key Dante -value "$(danted -v 2>&1 | head -n1 | cut -c1-40)"

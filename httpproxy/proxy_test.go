@@ -38,7 +38,7 @@ func (b *testBackend) Login(user, pass string) error {
 }
 
 func (b *testBackend) Connect(user, target string, rep Reply) bool {
-	rep.Refuse(http.StatusForbidden)
+	rep.Refuse(http.StatusForbidden, "")
 	return false
 }
 

@@ -12,13 +12,16 @@ import (
 
 // subjects in column order. kernel is the proxy namespace forwarding in
 // the kernel with no proxy at all.
-var subjects = []string{"kernel", "ifsocks", "dante", "microsocks"}
+// ifsocks-acct is ifsocks with [accounting] on (an SQLite file, the
+// default flush interval): throughput and connection rate only.
+var subjects = []string{"kernel", "ifsocks", "ifsocks-acct", "dante", "microsocks"}
 
 var subjectTitle = map[string]string{
-	"kernel":     "kernel forwarding",
-	"ifsocks":    "ifsocks",
-	"dante":      "Dante",
-	"microsocks": "microsocks",
+	"kernel":       "kernel forwarding",
+	"ifsocks":      "ifsocks",
+	"ifsocks-acct": "ifsocks, accounting on",
+	"dante":        "Dante",
+	"microsocks":   "microsocks",
 }
 
 var peers = []string{"dante", "microsocks"}
@@ -179,7 +182,7 @@ func (rs *results) summaryTable(w io.Writer) {
 	for _, s := range subjects {
 		head = append(head, subjectTitle[s])
 	}
-	head = append(head, "ifsocks ÷ kernel", "ifsocks ÷ best peer")
+	head = append(head, "ifsocks ÷ kernel", "ifsocks ÷ best peer", "accounting on ÷ off")
 	fmt.Fprintf(w, "| %s |\n|%s\n", strings.Join(head, " | "), strings.Repeat(" --- |", len(head)))
 	for _, r := range summaryRows {
 		cells := []string{r.label}
@@ -193,7 +196,8 @@ func (rs *results) summaryTable(w io.Writer) {
 		if peerRatio != "—" {
 			peerRatio += " (" + subjectTitle[who] + ")"
 		}
-		cells = append(cells, ratio(ifs, k, okI && okK), peerRatio)
+		acct, okA := rs.value("ifsocks-acct", r.test, r.key)
+		cells = append(cells, ratio(ifs, k, okI && okK), peerRatio, ratio(acct, ifs, okA && okI))
 		fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
 	}
 }
