@@ -197,6 +197,31 @@ func newLogger(lc config.Log, w io.Writer) (*zap.Logger, zap.AtomicLevel, error)
 	return zap.New(core, zap.ErrorOutput(zapcore.Lock(zapcore.AddSync(w)))), lvl, nil
 }
 
+// usageReport prints the traffic per user from the accounting database
+// (daemon.Usage).
+func usageReport(args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ifsocks usage", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "configuration file, for [accounting] path and the quotas (default "+config.DefaultPath+")")
+	period := fs.String("period", "", "day, week or month: the current one for every user (default: each user's quota period, month without a quota)")
+	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("usage: unexpected argument %q", fs.Arg(0))
+	}
+	path := *cfgPath
+	if path == "" {
+		path = config.DefaultPath
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	return daemon.Usage(stdout, cfg, *period, *asJSON, time.Now())
+}
+
 // hashPassword prints a bcrypt hash of the password read from stdin (one
 // line; without echo when stdin is a terminal).
 func hashPassword(args []string, stdin io.Reader, stdout, stderr io.Writer) error {

@@ -9,9 +9,9 @@
 # --install  apt-get install dante-server, microsocks and strace first
 # --short    CI smoke mode: 2 s per test, 300 tunnels
 # --out      where to write the report (default bench/RESULTS.md)
-# --only     comma-separated subjects to run (kernel,ifsocks,dante,microsocks)
-# --groups   comma-separated tests to run (tunnels,tcp,udp,connrate,twreuse,
-#            v6source,v6pool,httpconnect)
+# --only     comma-separated subjects to run (kernel,ifsocks,ifsocks-acct,dante,microsocks)
+# --groups   comma-separated tests to run (tunnels,tcp,udp,connrate,hook,
+#            twreuse,v6source,v6pool,httpconnect)
 # --p-sysctl KEY=VALUE  set a sysctl in the proxy namespace (diagnosis,
 #            e.g. net.ipv4.tcp_tw_reuse=1); recorded in the report
 #
@@ -126,6 +126,14 @@ group_v6pool() {
 	tw_count "$1"
 }
 
+# group_hook: the connection test with the user from an HTTP auth hook
+# ([auth] backend = "http") instead of [[users]]: after the first login
+# every one is answered from the cache, so it should cost what a
+# [[users]] login costs once bcrypt is cached.
+group_hook() {
+	measure "$1" $((durs + 60)) connrate-hook connrate "${via[@]}" -concurrency 50 -duration "$dur" -test connrate-hook
+}
+
 # group_twreuse repeats the connection test with tcp_tw_reuse=1 in the
 # proxy namespace (set by run_subject): when the default run collapses,
 # this tells whether ports held in TIME_WAIT were the cause.
@@ -192,9 +200,9 @@ start_dante() {
 }
 
 run_subject() {
-	local s=$1 g groups=(tunnels tcp udp connrate twreuse v6source v6pool httpconnect) t
+	local s=$1 g groups=(tunnels tcp udp connrate hook twreuse v6source v6pool httpconnect) t
 	if [ "$s" != ifsocks ]; then
-		for t in connrate-v6-source connrate-v6-pool http-tcp-1-up http-tcp-1-down http-connrate; do
+		for t in connrate-hook connrate-v6-source connrate-v6-pool http-tcp-1-up http-tcp-1-down http-connrate; do
 			note skip -subject "$s" -test "$t" -value "ifsocks only"
 		done
 	fi
@@ -207,6 +215,12 @@ run_subject() {
 	dante)
 		groups=(tunnels tcp udp connrate)
 		note skip -subject dante -test connrate-tw -value "bcrypt-bound"
+		;;
+	ifsocks-acct)
+		groups=(tcp connrate)
+		note skip -subject ifsocks-acct -test tunnels -value "as ifsocks"
+		note skip -subject ifsocks-acct -test udp -value "not run"
+		note skip -subject ifsocks-acct -test connrate-tw -value "not run"
 		;;
 	microsocks)
 		groups=(tunnels tcp connrate twreuse)
@@ -222,8 +236,13 @@ run_subject() {
 		case "$g" in
 		v6source) v6=1 ifsocks_conf=ifsocks-v6-source.toml probe_target=(-target "[$SVC6]:5002") ;;
 		v6pool) v6=1 ifsocks_conf=ifsocks-v6-pool.toml probe_target=(-target "[$SVC6]:5002") ;;
+		hook) ifsocks_conf=ifsocks-hook.toml ;;
 		esac
 		setup "$s"
+		if [ "$g" = hook ]; then
+			bg authhook "$P" "$work/ifsbench" authhook -addr 127.0.0.1:9009 -user bench -pass "$pass" -interface wan2
+			timeout 20 ip netns exec "$P" "$work/ifsbench" wait -addr 127.0.0.1:9009 -timeout 15s
+		fi
 		local ok=1
 		if [ "$s" = dante ]; then start_dante || ok=0; else start_proxy "$s" || ok=0; fi
 		if [ "$ok" = 0 ]; then
@@ -274,7 +293,7 @@ note meta -key CPU -value "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- 
 note meta -key memory -value "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 note meta -key Go -value "$(go version)"
 note meta -key ifsocks -value "$version (defaults: JSON flow log at info, to a file)"
-subjects_run=(kernel ifsocks)
+subjects_run=(kernel ifsocks ifsocks-acct)
 if command -v danted >/dev/null; then
 	subjects_run+=(dante)
 	note meta -key Dante -value "$(danted -v 2>&1 | head -n1 | cut -c1-40)"

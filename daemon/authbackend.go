@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ifsocks/ifsocks/accounting"
 	"github.com/ifsocks/ifsocks/auth"
 	"github.com/ifsocks/ifsocks/auth/hook"
 	"github.com/ifsocks/ifsocks/auth/ldap"
@@ -35,7 +36,9 @@ type remoteBackend struct {
 // newBackend builds cfg's auth backend. exists reports whether an
 // interface is present on the host: an answer naming one that is not is
 // refused, since its flows could only fail.
-func newBackend(cfg *config.Config, m *metrics.Metrics, exists func(string) bool) (*remoteBackend, error) {
+// account, when not nil, returns a user's accounting counter: backend users
+// are counted like [[users]] (quotas are for [[users]] only).
+func newBackend(cfg *config.Config, m *metrics.Metrics, exists func(string) bool, account func(string) *accounting.Counter) (*remoteBackend, error) {
 	a := cfg.Auth
 	b, err := openBackend(a)
 	if b == nil || err != nil {
@@ -53,6 +56,9 @@ func newBackend(cfg *config.Config, m *metrics.Metrics, exists func(string) bool
 			return nil, err
 		}
 		su := userOf(u)
+		if account != nil {
+			su.Account = account(user)
+		}
 		return &su, nil
 	}
 	return &remoteBackend{auth: auth.NewRemote(b.Backend, opt, build), closer: b.closer}, nil

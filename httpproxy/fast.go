@@ -124,7 +124,7 @@ type rawReply struct {
 	failed      bool // writing the answer failed
 }
 
-func (rp *rawReply) Refuse(status int) { rp.refuse(status, "", nil) }
+func (rp *rawReply) Refuse(status int, hint string) { rp.refuse(status, hint, nil) }
 
 func (rp *rawReply) refuse(status int, hint string, h http.Header) {
 	if rp.done {

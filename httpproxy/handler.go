@@ -128,12 +128,12 @@ type reply struct {
 	done bool
 }
 
-func (rp *reply) Refuse(status int) {
+func (rp *reply) Refuse(status int, hint string) {
 	if rp.done {
 		return
 	}
 	rp.done = true
-	refuse(rp.w, status, "")
+	refuse(rp.w, status, hint)
 }
 
 // errAnswered: Establish after the request was already answered.

@@ -46,7 +46,7 @@ func (b *testBackend) Connect(user, target string, rep Reply) bool {
 		b.mu.Unlock()
 		return err == nil && false
 	}
-	rep.Refuse(http.StatusForbidden)
+	rep.Refuse(http.StatusForbidden, "")
 	return false
 }
 

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ifsocks/ifsocks/accounting"
 	"github.com/ifsocks/ifsocks/bind"
 	"github.com/ifsocks/ifsocks/httpproxy"
 	"github.com/ifsocks/ifsocks/relay"
@@ -90,6 +91,7 @@ func (h *httpConn) Started() {
 }
 
 func (h *httpConn) Login(user, pass string) error {
+	defer h.recoverHandler()
 	name, _ := h.sc.st.splitSession(h.sc.lis, user)
 	err := h.sc.login(h.base.client.Addr(), name, pass)
 	if err != nil {
@@ -101,6 +103,7 @@ func (h *httpConn) Login(user, pass string) error {
 }
 
 func (h *httpConn) Connect(user, target string, rep httpproxy.Reply) bool {
+	defer h.recoverHandler()
 	rec := h.record(protoHTTPConnect, user, http.MethodConnect)
 	h.sc.ans = httpAnswer{rep: rep, rec: rec}
 	dst, err := parseTarget(target)
@@ -113,6 +116,7 @@ func (h *httpConn) Connect(user, target string, rep httpproxy.Reply) bool {
 }
 
 func (h *httpConn) Admit(user, target, method string, rep httpproxy.Reply) bool {
+	defer h.recoverHandler()
 	sc := h.sc
 	rec := h.record(protoHTTP, user, method)
 	sc.ans = httpAnswer{rep: rep, rec: rec}
@@ -129,6 +133,10 @@ func (h *httpConn) Admit(user, target, method string, rep httpproxy.Reply) bool 
 		if !ok || !sc.acquireFlow(rec, rec.user, u) {
 			return false
 		}
+	} else if err := sc.acct.Check(); err != nil {
+		// Later requests of the connection meet the quota too.
+		sc.refuse(rec, RepNotAllowed, outcomeQuota, err)
+		return false
 	}
 	if !sc.beginFlow(rec) {
 		return false
@@ -146,19 +154,25 @@ type upstream struct {
 	rotation string
 	lim      relay.Limits
 	ctx      context.Context // ends the waits for tokens when the server closes
+	// cnt are the user's accounting counters: forwarded requests are
+	// counted as they cross the upstream connection (heads included),
+	// as a relay counts a tunnel.
+	cnt relay.Counts
 }
 
 // Read reads at most a burst, then waits for the tokens of what it read:
 // the client gets the origin's bytes at the user's rate.
 func (u *upstream) Read(p []byte) (int, error) {
-	if u.lim.Down == nil {
-		return u.TCPConn.Read(p)
-	}
-	if b := u.lim.Down.Burst(); b > 0 && len(p) > b {
-		p = p[:b]
+	if u.lim.Down != nil {
+		if b := u.lim.Down.Burst(); b > 0 && len(p) > b {
+			p = p[:b]
+		}
 	}
 	n, err := u.TCPConn.Read(p)
-	if n > 0 {
+	if n > 0 && u.cnt.Down != nil {
+		u.cnt.Down.Add(int64(n))
+	}
+	if n > 0 && u.lim.Down != nil {
 		if werr := u.lim.Down.WaitN(u.ctx, n); werr != nil && err == nil {
 			err = werr
 		}
@@ -168,20 +182,22 @@ func (u *upstream) Read(p []byte) (int, error) {
 
 // Write sends p a burst at a time, each once its tokens are there.
 func (u *upstream) Write(p []byte) (int, error) {
-	if u.lim.Up == nil {
-		return u.TCPConn.Write(p)
-	}
 	done := 0
 	for done < len(p) {
 		n := len(p) - done
-		if b := u.lim.Up.Burst(); b > 0 && n > b {
-			n = b
-		}
-		if err := u.lim.Up.WaitN(u.ctx, n); err != nil {
-			return done, err
+		if u.lim.Up != nil {
+			if b := u.lim.Up.Burst(); b > 0 && n > b {
+				n = b
+			}
+			if err := u.lim.Up.WaitN(u.ctx, n); err != nil {
+				return done, err
+			}
 		}
 		w, err := u.TCPConn.Write(p[done : done+n])
 		done += w
+		if w > 0 && u.cnt.Up != nil {
+			u.cnt.Up.Add(int64(w))
+		}
 		if err != nil {
 			return done, err
 		}
@@ -202,7 +218,8 @@ func (e *dialError) Unwrap() error { return e.err }
 
 // Dial opens an upstream connection of user's forwarded requests by the
 // same egress plan, resolution, policy check and dial as a CONNECT.
-func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error) {
+func (h *httpConn) Dial(ctx context.Context, user, addr string) (_ net.Conn, err error) {
+	defer h.recoverDial(&err)
 	sc := h.sc
 	// The settings current now, read here rather than from sc.st: Dial
 	// runs in the HTTP transport's goroutines, beside the one serving
@@ -237,7 +254,7 @@ func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error
 		return nil, &dialError{iface: iface, err: cut}
 	}
 	return &upstream{TCPConn: up, iface: iface, skipped: use.skipped, rotation: use.rotation,
-		lim: sc.relayLimits(u), ctx: sc.srv.ctx}, nil
+		lim: sc.relayLimits(u), ctx: sc.srv.ctx, cnt: sc.flowCounts()}, nil
 }
 
 func (h *httpConn) Status(err error) int {
@@ -253,6 +270,7 @@ func (h *httpConn) Status(err error) int {
 
 // Forwarded writes the flow line of a forwarded request.
 func (h *httpConn) Forwarded(ex *httpproxy.Exchange) {
+	defer h.recoverHandler()
 	rec := h.record(protoHTTP, ex.User, ex.Method)
 	rec.start = ex.Start
 	rec.target, _ = parseTarget(ex.Target)
@@ -294,7 +312,7 @@ func (sc *serverConn) egressOf(st *Settings, name string, u *User) *Egress {
 	if name == "" {
 		*u = st.NoAuthUser
 		if sc.lis != nil {
-			*u = User{Egress: sc.lis.Egress}
+			*u = User{Egress: sc.lis.Egress, Account: sc.lis.Account}
 		}
 	}
 	if u.Egress.IsZero() && sc.lis != nil {
@@ -334,7 +352,11 @@ type httpAnswer struct {
 
 func (a httpAnswer) refusal(rep byte, err error) {
 	a.rec.status = httpStatus(rep, err)
-	a.rep.Refuse(a.rec.status)
+	hint := ""
+	if errors.Is(err, accounting.ErrQuotaExceeded) {
+		hint = err.Error()
+	}
+	a.rep.Refuse(a.rec.status, hint)
 }
 
 func (a httpAnswer) success(netip.AddrPort) ([]byte, error) {

@@ -12,13 +12,16 @@ import (
 
 // subjects in column order. kernel is the proxy namespace forwarding in
 // the kernel with no proxy at all.
-var subjects = []string{"kernel", "ifsocks", "dante", "microsocks"}
+// ifsocks-acct is ifsocks with [accounting] on (an SQLite file, the
+// default flush interval): throughput and connection rate only.
+var subjects = []string{"kernel", "ifsocks", "ifsocks-acct", "dante", "microsocks"}
 
 var subjectTitle = map[string]string{
-	"kernel":     "kernel forwarding",
-	"ifsocks":    "ifsocks",
-	"dante":      "Dante",
-	"microsocks": "microsocks",
+	"kernel":       "kernel forwarding",
+	"ifsocks":      "ifsocks",
+	"ifsocks-acct": "ifsocks, accounting on",
+	"dante":        "Dante",
+	"microsocks":   "microsocks",
 }
 
 var peers = []string{"dante", "microsocks"}
@@ -47,6 +50,8 @@ var summaryRows = []row{
 	{"connections in the first second", "connrate", "first_s", "%.0f", true},
 	{"connections in the last second", "connrate", "last_s", "%.0f", true},
 	{"failed connections", "connrate", "errors", "%.0f", false},
+	{"connections/s, user from an HTTP auth hook (cached)", "connrate-hook", "rate", "%.0f", true},
+	{"proxy CPU per connection, hook user, µs", "connrate-hook", "proxy_us", "%.0f", false},
 	{"connections/s, proxy netns tcp_tw_reuse=1", "connrate-tw", "rate", "%.0f", true},
 	{"… in the last second", "connrate-tw", "last_s", "%.0f", true},
 	{"proxy CPU per connection (tcp_tw_reuse=1), µs", "connrate-tw", "proxy_us", "%.0f", false},
@@ -68,7 +73,7 @@ var summaryRows = []row{
 // it proxy_us, the proxy's CPU time in microseconds per unit. On a shared
 // machine that drifts far less than a rate, which also counts the time
 // the proxy spent waiting for a core.
-var perUnit = map[string]string{"udp": "received", "connrate": "ok", "http-connrate": "ok", "connrate-tw": "ok", "connrate-v6-source": "ok", "connrate-v6-pool": "ok"}
+var perUnit = map[string]string{"udp": "received", "connrate": "ok", "http-connrate": "ok", "connrate-tw": "ok", "connrate-hook": "ok", "connrate-v6-source": "ok", "connrate-v6-pool": "ok"}
 
 // results is a run's records, indexed.
 type results struct {
@@ -179,7 +184,7 @@ func (rs *results) summaryTable(w io.Writer) {
 	for _, s := range subjects {
 		head = append(head, subjectTitle[s])
 	}
-	head = append(head, "ifsocks ÷ kernel", "ifsocks ÷ best peer")
+	head = append(head, "ifsocks ÷ kernel", "ifsocks ÷ best peer", "accounting on ÷ off")
 	fmt.Fprintf(w, "| %s |\n|%s\n", strings.Join(head, " | "), strings.Repeat(" --- |", len(head)))
 	for _, r := range summaryRows {
 		cells := []string{r.label}
@@ -193,7 +198,8 @@ func (rs *results) summaryTable(w io.Writer) {
 		if peerRatio != "—" {
 			peerRatio += " (" + subjectTitle[who] + ")"
 		}
-		cells = append(cells, ratio(ifs, k, okI && okK), peerRatio)
+		acct, okA := rs.value("ifsocks-acct", r.test, r.key)
+		cells = append(cells, ratio(ifs, k, okI && okK), peerRatio, ratio(acct, ifs, okA && okI))
 		fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
 	}
 }
