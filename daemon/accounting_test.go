@@ -175,3 +175,71 @@ func waitFlow(t *testing.T, logs *observer.ObservedLogs, user, outcome string, n
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestListenerQuota: flows of a no-auth listener are counted under its
+// name and capped by its quota; flows on [server] listen without
+// authentication are counted under "-", without a quota.
+func TestListenerQuota(t *testing.T) {
+	plain := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	named := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	maddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	target := echoServer(t, "127.0.0.1:0")
+	text := fmt.Sprintf(`[server]
+listen = [%q]
+deny = []
+deny_own_addresses = false
+[metrics]
+listen = %q
+[accounting]
+path = %q
+flush_interval = "200ms"
+[[listeners]]
+address = %q
+name = "office"
+auth = "none"
+quota = 30000
+quota_period = "week"
+`, plain, maddr, filepath.Join(t.TempDir(), "usage.db"), named)
+	d := startFileDaemonWith(t, text, nil)
+	c, err := socksDial(t, named, "", "", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, c, strings.Repeat("o", 20000)) // 40 000 of 30 000
+	c.Close()
+	p, err := socksDial(t, plain, "", "", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, p, strings.Repeat("p", 1234))
+	p.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := socksDial(t, named, "", "", target)
+		if err != nil {
+			if !strings.Contains(err.Error(), "not allowed") {
+				t.Fatalf("over the listener's quota: %v, want 0x02", err)
+			}
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the listener's flows are still admitted over its quota")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitFlow(t, d.logs, "", "quota", 1)
+	u := usageOf(t, maddr)
+	if o := u["office"]; o.Up < 20000 || o.Down < 20000 || o.Quota != 30000 || o.Period != "week" {
+		t.Errorf("/usage office = %+v", o)
+	}
+	if n := u["-"]; n.Up != 1234 || n.Down != 1234 || n.Flows != 1 || n.Quota != 0 {
+		t.Errorf("/usage - = %+v, want 1234 each way, 1 flow, no quota", n)
+	}
+	// Still open for [server] listen.
+	p, err = socksDial(t, plain, "", "", target)
+	if err != nil {
+		t.Fatalf("[server] listen refused: %v", err)
+	}
+	p.Close()
+}
