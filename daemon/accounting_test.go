@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ifsocks/ifsocks/accounting"
+	"github.com/ifsocks/ifsocks/usagedb"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -242,4 +243,54 @@ quota_period = "week"
 		t.Fatalf("[server] listen refused: %v", err)
 	}
 	p.Close()
+}
+
+// TestFlushOnReloadAndStop: with a flush interval far longer than the
+// test, a reload and the stop still write every byte counted.
+func TestFlushOnReloadAndStop(t *testing.T) {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	target := echoServer(t, "127.0.0.1:0")
+	db := filepath.Join(t.TempDir(), "usage.db")
+	text := reloadConfig(t, []string{addr}, []string{"flo"}, "") +
+		fmt.Sprintf("[accounting]\npath = %q\nflush_interval = \"1h\"\n", db)
+	d := startFileDaemonWith(t, text, nil)
+	stored := func() accounting.Row {
+		t.Helper()
+		s, err := usagedb.OpenReadOnly(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		rows, err := s.Load("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum accounting.Row
+		for _, r := range rows {
+			if r.Key == "flo" {
+				sum.Up, sum.Down, sum.Flows = sum.Up+r.Up, sum.Down+r.Down, sum.Flows+r.Flows
+			}
+		}
+		return sum
+	}
+	c, err := socksDial(t, addr, "flo", "flo-pw", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, c, strings.Repeat("f", 5000))
+	if r := stored(); r.Up != 0 {
+		t.Fatalf("written before any flush: %+v", r)
+	}
+	d.reloadWith(t, text)
+	if r := stored(); r.Up != 5000 || r.Down != 5000 || r.Flows != 1 {
+		t.Errorf("after the reload the file has %+v, want 5000 each way, 1 flow", r)
+	}
+	echo(t, c, strings.Repeat("g", 700)) // the flow runs on
+	c.Close()
+	if _, err := d.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if r := stored(); r.Up != 5700 || r.Down != 5700 || r.Flows != 1 {
+		t.Errorf("after the stop the file has %+v, want 5700 each way, 1 flow", r)
+	}
 }
