@@ -98,6 +98,7 @@ func (s *session) firstConnect(pc *prefixConn) bool {
 	if rep.close || rep.failed {
 		pc.closed = true
 	}
+	s.b.Idle()
 	return false
 }
 
