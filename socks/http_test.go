@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"go.uber.org/zap/zapcore"
 )
 
 // startOrigin is an HTTP server on loopback answering "hello".
@@ -71,5 +73,35 @@ func TestHTTPShutdownClosesIdle(t *testing.T) {
 	}
 	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) && !isReset(err) {
 		t.Errorf("client read %v after shutdown, want EOF", err)
+	}
+}
+
+// A connection that closes, or stays silent past handshake_timeout, before
+// its first byte is no HTTP request: no answer, only a debug line.
+func TestNoFirstByte(t *testing.T) {
+	st := testSettings(t)
+	st.Protocols = ProtoSOCKS5 | ProtoHTTP
+	st.HandshakeTimeout = 300 * time.Millisecond
+	e := startServer(t, st)
+	for _, silent := range []bool{false, true} {
+		c, err := net.Dial("tcp", e.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if !silent {
+			c.(*net.TCPConn).CloseWrite()
+		}
+		got, err := io.ReadAll(c)
+		c.Close()
+		if len(got) != 0 || (err != nil && !isReset(err)) {
+			t.Errorf("silent %v: server sent %q (%v), want a plain close", silent, got, err)
+		}
+	}
+	waitFor(t, 5*time.Second, "both connections to end", func() bool { return e.srv.ActiveConns() == 0 })
+	for _, l := range e.logs.All() {
+		if l.Level > zapcore.DebugLevel {
+			t.Errorf("%s line %q: want debug only", l.Level, l.Message)
+		}
 	}
 }
