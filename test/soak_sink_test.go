@@ -11,8 +11,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/crypto/bcrypt"
 )
 
 // soakSink receives the soak daemon's stdout and stderr (one pipe), writes
@@ -257,9 +255,4 @@ func (s *soakSink) close() soakSinkState {
 		s.f = nil
 	}
 	return s.st
-}
-
-func bcryptMin(pass string) (string, error) {
-	h, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
-	return string(h), err
 }
