@@ -403,7 +403,7 @@ func (p preDialed) DialContext(_ context.Context, network, addr string) (net.Con
 // wantMetricAtLeast checks that a sample is at least min.
 func wantMetricAtLeast(tb testing.TB, pm promMetrics, name string, labels map[string]string, min float64) {
 	tb.Helper()
-	got, ok := pm.get(name, labels)
+	got, ok := pm.Get(name, labels)
 	if !ok || got < min {
 		tb.Errorf("%s%v = %v (present: %v), want at least %v", name, labels, got, ok, min)
 	}

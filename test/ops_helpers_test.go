@@ -664,149 +664,28 @@ func restoreWan3Routes(topo *topology) error {
 }
 
 // ---------------------------------------------------------------------
-// Prometheus text format.
+// Prometheus text format: nstest's, under the names these tests use.
 
-type promSample struct {
-	name   string
-	labels map[string]string
-	value  float64
-}
+type (
+	promSample  = nstest.Sample
+	promMetrics = nstest.Metrics
+)
 
-type promMetrics []promSample
+func parseProm(text string) (promMetrics, error) { return nstest.ParseMetrics(text) }
 
-// parseProm parses the text exposition format (no timestamps expected).
-func parseProm(text string) (promMetrics, error) {
-	var out promMetrics
-	for i, line := range strings.Split(text, "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		s := promSample{labels: map[string]string{}}
-		rest := line
-		if j := strings.IndexAny(rest, "{ "); j < 0 {
-			return nil, fmt.Errorf("line %d: %q: no value", i+1, line)
-		} else {
-			s.name, rest = rest[:j], rest[j:]
-		}
-		if strings.HasPrefix(rest, "{") {
-			rest = rest[1:]
-			for {
-				rest = strings.TrimLeft(rest, ", ")
-				if strings.HasPrefix(rest, "}") {
-					rest = rest[1:]
-					break
-				}
-				eq := strings.Index(rest, `="`)
-				if eq < 0 {
-					return nil, fmt.Errorf("line %d: %q: bad label", i+1, line)
-				}
-				key := rest[:eq]
-				rest = rest[eq+2:]
-				var val strings.Builder
-				closed := false
-				for k := 0; k < len(rest); k++ {
-					c := rest[k]
-					if c == '\\' && k+1 < len(rest) {
-						k++
-						switch rest[k] {
-						case 'n':
-							val.WriteByte('\n')
-						default:
-							val.WriteByte(rest[k])
-						}
-						continue
-					}
-					if c == '"' {
-						rest = rest[k+1:]
-						closed = true
-						break
-					}
-					val.WriteByte(c)
-				}
-				if !closed {
-					return nil, fmt.Errorf("line %d: %q: unterminated label value", i+1, line)
-				}
-				s.labels[key] = val.String()
-			}
-		}
-		fields := strings.Fields(rest)
-		if len(fields) < 1 {
-			return nil, fmt.Errorf("line %d: %q: no value", i+1, line)
-		}
-		v, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			return nil, fmt.Errorf("line %d: %q: %v", i+1, line, err)
-		}
-		s.value = v
-		out = append(out, s)
-	}
-	return out, nil
-}
+func nsHTTP(ns, url string) (int, string, error) { return nstest.HTTPGet(ns, url) }
 
-// get returns the value of the sample with exactly these labels.
-func (pm promMetrics) get(name string, labels map[string]string) (float64, bool) {
-	for _, s := range pm {
-		if s.name != name || len(s.labels) != len(labels) {
-			continue
-		}
-		match := true
-		for k, v := range labels {
-			if s.labels[k] != v {
-				match = false
-				break
-			}
-		}
-		if match {
-			return s.value, true
-		}
-	}
-	return 0, false
-}
-
-// series returns every sample of name.
-func (pm promMetrics) series(name string) []promSample {
-	var out []promSample
-	for _, s := range pm {
-		if s.name == name {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// nsHTTP performs a GET from namespace ns and returns status and body.
-func nsHTTP(ns, url string) (int, string, error) {
-	tr := &http.Transport{DialContext: nstest.Dialer{NS: ns, Timeout: 5 * time.Second}.DialContext, DisableKeepAlives: true}
-	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(url)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body), err
-}
-
-// scrape fetches and parses /metrics from inside P.
+// scrape fetches and parses /metrics from inside ns.
 func scrape(tb testing.TB, ns, addr string) promMetrics {
 	tb.Helper()
-	code, body, err := nsHTTP(ns, "http://"+addr+"/metrics")
-	if err != nil || code != http.StatusOK {
-		tb.Fatalf("GET /metrics on %s: status %d, %v", addr, code, err)
-	}
-	pm, err := parseProm(body)
-	if err != nil {
-		tb.Fatalf("parse /metrics: %v", err)
-	}
-	return pm
+	return nstest.Scrape(tb, ns, addr)
 }
 
 // wantMetric checks one sample's exact value; a missing sample counts as
 // a failure unless want is 0 and absentOK.
 func wantMetric(tb testing.TB, pm promMetrics, name string, labels map[string]string, want float64) {
 	tb.Helper()
-	got, ok := pm.get(name, labels)
+	got, ok := pm.Get(name, labels)
 	if !ok {
 		tb.Errorf("%s%v: no such sample, want %v", name, labels, want)
 		return

@@ -94,8 +94,8 @@ func (d *soakDaemon) waitReady(t *testing.T, limit time.Duration) {
 		if err == nil {
 			c.Close()
 			pm, err := scrapeTry(d.topo.P, soakMetrics)
-			up1, _ := pm.get("ifsocks_interface_up", map[string]string{"interface": "wan1"})
-			up2, _ := pm.get("ifsocks_interface_up", map[string]string{"interface": "wan2"})
+			up1, _ := pm.Get("ifsocks_interface_up", map[string]string{"interface": "wan1"})
+			up2, _ := pm.Get("ifsocks_interface_up", map[string]string{"interface": "wan2"})
 			if err == nil && up1 == 1 && up2 == 1 {
 				return
 			}
@@ -200,7 +200,7 @@ func (d *soakDaemon) resources() (soakRes, error) {
 	if err != nil {
 		return r, err
 	}
-	g, ok := pm.get("go_goroutines", map[string]string{})
+	g, ok := pm.Get("go_goroutines", map[string]string{})
 	if !ok {
 		return r, fmt.Errorf("no go_goroutines in /metrics")
 	}
@@ -317,7 +317,7 @@ func (d *soakDaemon) memStats() string {
 	if err != nil {
 		return err.Error()
 	}
-	v := func(name string) float64 { x, _ := pm.get(name, map[string]string{}); return x }
+	v := func(name string) float64 { x, _ := pm.Get(name, map[string]string{}); return x }
 	mib := func(name string) string { return fmt.Sprintf("%.1f", v("go_memstats_"+name+"_bytes")/(1<<20)) }
 	return fmt.Sprintf("MiB: heap alloc %s inuse %s idle %s released %s; stacks %s; runtime sys %s; %v GCs so far",
 		mib("heap_alloc"), mib("heap_inuse"), mib("heap_idle"), mib("heap_released"), mib("stack_inuse"),

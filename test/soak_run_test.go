@@ -101,8 +101,8 @@ func (r *soakRun) drain(t *testing.T) {
 	var active float64
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		active = 0
-		for _, s := range scrape(t, r.topo.P, soakMetrics).series("ifsocks_active_flows") {
-			active += s.value
+		for _, s := range scrape(t, r.topo.P, soakMetrics).Series("ifsocks_active_flows") {
+			active += s.Value
 		}
 		if active == 0 {
 			return
@@ -246,8 +246,8 @@ func (r *soakRun) wantMetricsMatch(t *testing.T, l *soakLoad, exact func(user st
 	t.Helper()
 	pm := scrape(t, r.topo.P, soakMetrics)
 	delta := func(name string, labels map[string]string) float64 {
-		v1, _ := pm.get(name, labels)
-		v0, _ := r.pm0.get(name, labels)
+		v1, _ := pm.Get(name, labels)
+		v0, _ := r.pm0.Get(name, labels)
 		return v1 - v0
 	}
 	for _, u := range l.usersCopy() {
@@ -275,10 +275,10 @@ func (r *soakRun) wantMetricsMatch(t *testing.T, l *soakLoad, exact func(user st
 			t.Errorf("%s: ifsocks_bytes_total{direction=down} grew by %.0f, the client received %.0f", u.u.name, got, want)
 		}
 	}
-	for _, s := range pm.series("ifsocks_flows_total") {
-		if o := s.labels["outcome"]; o != "ok" && !slices.Contains(outcomesOK, o) {
-			if d := delta("ifsocks_flows_total", s.labels); d != 0 {
-				t.Errorf("ifsocks_flows_total%v grew by %v during the load, want no %q flows", s.labels, d, o)
+	for _, s := range pm.Series("ifsocks_flows_total") {
+		if o := s.Labels["outcome"]; o != "ok" && !slices.Contains(outcomesOK, o) {
+			if d := delta("ifsocks_flows_total", s.Labels); d != 0 {
+				t.Errorf("ifsocks_flows_total%v grew by %v during the load, want no %q flows", s.Labels, d, o)
 			}
 		}
 	}
