@@ -193,7 +193,7 @@ const (
 
 // msgKey is how zap's JSON encoder writes a message without special
 // characters; matching the raw text keeps polling cheap on long logs.
-func msgKey(msg string) string { return `"msg":"` + msg + `"` }
+func msgKey(msg string) string { return nstest.MsgKey(msg) }
 
 // countMsg counts the log lines whose msg is msg.
 func (od *opsDaemon) countMsg(msg string) int {
@@ -681,18 +681,10 @@ func scrape(tb testing.TB, ns, addr string) promMetrics {
 	return nstest.Scrape(tb, ns, addr)
 }
 
-// wantMetric checks one sample's exact value; a missing sample counts as
-// a failure unless want is 0 and absentOK.
+// wantMetric checks one sample's exact value; a missing sample fails.
 func wantMetric(tb testing.TB, pm promMetrics, name string, labels map[string]string, want float64) {
 	tb.Helper()
-	got, ok := pm.Get(name, labels)
-	if !ok {
-		tb.Errorf("%s%v: no such sample, want %v", name, labels, want)
-		return
-	}
-	if got != want {
-		tb.Errorf("%s%v = %v, want %v", name, labels, got, want)
-	}
+	nstest.WantMetric(tb, pm, name, labels, want)
 }
 
 // wantFields checks exact field values of a log line.

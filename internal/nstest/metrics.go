@@ -158,3 +158,16 @@ func Scrape(tb testing.TB, ns, addr string) Metrics {
 	}
 	return pm
 }
+
+// WantMetric checks one sample's exact value; a missing sample fails.
+func WantMetric(tb testing.TB, pm Metrics, name string, labels map[string]string, want float64) {
+	tb.Helper()
+	got, ok := pm.Get(name, labels)
+	if !ok {
+		tb.Errorf("%s%v: no such sample, want %v", name, labels, want)
+		return
+	}
+	if got != want {
+		tb.Errorf("%s%v = %v, want %v", name, labels, got, want)
+	}
+}

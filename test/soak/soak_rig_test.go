@@ -1,6 +1,6 @@
 //go:build linux
 
-package test
+package soak
 
 import (
 	"errors"
@@ -28,10 +28,14 @@ import (
 // daemon's descriptors, goroutines and RSS.
 
 const (
-	soakPrefix    = "ifss-"
-	soakReaperEnv = "IFSS_REAPER_FOR_PID"
-	soakListen    = proxyListen4
-	soakMetrics   = "127.0.0.1:9810"
+	soakPrefix = "ifss-"
+	// The daemon's reload lines.
+	msgReloaded     = "configuration reloaded"
+	msgReloadFailed = "reload failed; the running configuration is unchanged"
+	soakReaperEnv   = "IFSS_REAPER_FOR_PID"
+	soakListen      = "10.231.0.1:1080" // P's address facing C (nstest.Topology, Net 231)
+	svcV4           = "10.231.9.9"      // U's service address
+	soakMetrics     = "127.0.0.1:9810"
 )
 
 // Copies of the test binary started with soakReaperEnv or soakServerEnv
@@ -147,6 +151,9 @@ var soakReaperPipe *os.File
 
 // ---------------------------------------------------------------------
 // Topology.
+
+// topology names the namespaces of a soak run.
+type topology struct{ C, P, U string }
 
 // newSoakTopology builds a C/P/U triple like the package's (wan1 and wan2
 // in P, strict rp_filter in U) under soak names, removed at the end of
@@ -265,15 +272,3 @@ func ensureNoFile(tb testing.TB, pid int, need uint64, what string, perTunnel ui
 // sockets: listeners, epoll, netlink, logs, handshakes in flight, a
 // flow's sockets still closing while its successor opens.
 const soakFDSlack = 100
-
-// scrapeTry is scrape without failing the test (used from goroutines).
-func scrapeTry(ns, addr string) (promMetrics, error) {
-	code, body, err := nsHTTP(ns, "http://"+addr+"/metrics")
-	if err != nil {
-		return nil, err
-	}
-	if code != 200 {
-		return nil, fmt.Errorf("GET /metrics: status %d", code)
-	}
-	return parseProm(body)
-}

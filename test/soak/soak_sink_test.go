@@ -1,6 +1,6 @@
 //go:build linux
 
-package test
+package soak
 
 import (
 	"bytes"
@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // soakSink receives the soak daemon's stdout and stderr (one pipe), writes
@@ -88,10 +90,10 @@ func (s *soakSink) Write(p []byte) (int, error) {
 }
 
 var (
-	keyReloaded     = []byte(msgKey(msgReloaded))
-	keyReloadFailed = []byte(msgKey(msgReloadFailed))
-	keyIfaceState   = []byte(msgKey("egress interface state changed"))
-	keyCut          = []byte(msgKey("closed the flows of a lost egress interface"))
+	keyReloaded     = []byte(nstest.MsgKey(msgReloaded))
+	keyReloadFailed = []byte(nstest.MsgKey(msgReloadFailed))
+	keyIfaceState   = []byte(nstest.MsgKey("egress interface state changed"))
+	keyCut          = []byte(nstest.MsgKey("closed the flows of a lost egress interface"))
 	raceBanner      = []byte("WARNING: DATA RACE")
 )
 

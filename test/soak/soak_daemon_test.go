@@ -1,6 +1,6 @@
 //go:build linux
 
-package test
+package soak
 
 import (
 	"errors"
@@ -93,7 +93,7 @@ func (d *soakDaemon) waitReady(t *testing.T, limit time.Duration) {
 		c, err := nstest.Dialer{NS: d.topo.C, Timeout: time.Second}.Dial("tcp", soakListen)
 		if err == nil {
 			c.Close()
-			pm, err := scrapeTry(d.topo.P, soakMetrics)
+			pm, err := nstest.ScrapeErr(d.topo.P, soakMetrics)
 			up1, _ := pm.Get("ifsocks_interface_up", map[string]string{"interface": "wan1"})
 			up2, _ := pm.Get("ifsocks_interface_up", map[string]string{"interface": "wan2"})
 			if err == nil && up1 == 1 && up2 == 1 {
@@ -196,7 +196,7 @@ func (d *soakDaemon) resources() (soakRes, error) {
 	if r.rssKiB, err = procStatusKiB(d.pid(), "VmRSS:"); err != nil {
 		return r, err
 	}
-	pm, err := scrapeTry(d.topo.P, soakMetrics)
+	pm, err := nstest.ScrapeErr(d.topo.P, soakMetrics)
 	if err != nil {
 		return r, err
 	}
@@ -313,7 +313,7 @@ func (d *soakDaemon) waitBaseline(t *testing.T, base soakRes, peakG int, limit t
 // tell a leak (live heap) from memory the runtime has freed but not yet
 // returned to the kernel (idle minus released).
 func (d *soakDaemon) memStats() string {
-	pm, err := scrapeTry(d.topo.P, soakMetrics)
+	pm, err := nstest.ScrapeErr(d.topo.P, soakMetrics)
 	if err != nil {
 		return err.Error()
 	}
