@@ -22,11 +22,11 @@ type cache struct {
 	size int
 
 	mu      sync.Mutex
-	entries map[[32]byte]time.Time // expiry
+	entries map[Key]time.Time // expiry
 }
 
 func newCache(ttl time.Duration, size int) *cache {
-	return &cache{keyer: newKeyer(), ttl: ttl, size: size, entries: make(map[[32]byte]time.Time)}
+	return &cache{keyer: newKeyer(), ttl: ttl, size: size, entries: make(map[Key]time.Time)}
 }
 
 // keyer makes the cache keys of credentials: HMAC-SHA256 under a random
@@ -45,19 +45,19 @@ func newKeyer() keyer {
 	return k
 }
 
-func (c *keyer) key(name, password string) [32]byte {
+func (c *keyer) key(name, password string) Key {
 	// The name goes in with its length so that no two (name, password)
 	// pairs give the same input: both may contain any byte.
 	m := hmac.New(sha256.New, c.secret[:])
 	m.Write([]byte{byte(len(name) >> 8), byte(len(name))})
 	m.Write([]byte(name))
 	m.Write([]byte(password))
-	var k [32]byte
+	var k Key
 	m.Sum(k[:0])
 	return k
 }
 
-func (c *cache) hit(k [32]byte) bool {
+func (c *cache) hit(k Key) bool {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -69,7 +69,7 @@ func (c *cache) hit(k [32]byte) bool {
 	return ok
 }
 
-func (c *cache) put(k [32]byte) {
+func (c *cache) put(k Key) {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -201,6 +201,13 @@ var checkCases = []checkCase{
 		wantRows:     [][]string{{"bob", "eth2", "up", "10.0.2.5/24", "2001:db8:2::5/64", "yes", "yes", "plaintext password"}},
 	},
 	{
+		name:         "mixed bcrypt costs",
+		config:       alice + "[[users]]\nname = \"carol\"\npassword_hash = \"$2a$04$fOw3dOqfA/vSHXlFNs7rg.4LlXdWWZmqsq/L69ZjMdaREIhT5ZSzC\"\ninterface = \"eth1\"\n",
+		wantWarnings: []string{"users: bcrypt costs differ (4 to 10): every failed login costs as much as cost 10"},
+		wantRows: [][]string{{"alice", "eth1", "up", "10.0.1.5/24", "2001:db8:1::5/64", "yes", "yes", ""},
+			{"carol", "eth1", "up", "10.0.1.5/24", "2001:db8:1::5/64", "yes", "yes", ""}},
+	},
+	{
 		name:         "world-readable file with hashes",
 		config:       alice,
 		host:         func(h *fakeHost) { h.mode = 0o644 },

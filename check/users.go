@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/ifsocks/ifsocks/auth"
 	"github.com/ifsocks/ifsocks/config"
 )
 
@@ -111,6 +112,7 @@ func (r *result) users(h host, cfg *config.Config) {
 			r.add(warning, o.label, "mark = %d sets SO_MARK, which needs CAP_NET_ADMIN: the shipped systemd unit grants only CAP_NET_RAW and CAP_NET_BIND_SERVICE, so add CAP_NET_ADMIN to its AmbientCapabilities and CapabilityBoundingSet, or flows fail with reply 0x03; and route the mark with: ip rule add fwmark %d lookup TABLE", m, m)
 		}
 	}
+	r.bcryptCosts(cfg)
 	for _, st := range order {
 		r.inspectIface(h, st)
 	}
@@ -314,4 +316,20 @@ func tables(v []int) string {
 		return "table " + s[0]
 	}
 	return "tables " + strings.Join(s, ", ")
+}
+
+// bcryptCosts warns about users whose password hashes have different bcrypt
+// costs: the daemon makes every failed login cost as much as the highest
+// (so that names cannot be told apart by timing), while a stolen file is
+// only as hard to crack as each hash's own cost.
+func (r *result) bcryptCosts(cfg *config.Config) {
+	var hashes []string
+	for _, u := range cfg.Users {
+		if u.PasswordHash != "" {
+			hashes = append(hashes, u.PasswordHash)
+		}
+	}
+	if lo, hi := auth.Costs(hashes); lo != hi {
+		r.add(warning, "users", "bcrypt costs differ (%d to %d): every failed login costs as much as cost %d, while the cheaper hashes are easier to crack from a stolen file; rehash them at one cost (ifsocks hash-password -cost %d)", lo, hi, hi, hi)
+	}
 }

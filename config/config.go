@@ -45,9 +45,21 @@ const (
 	// handshakes all wait for the first bcrypt) and still bounds one
 	// client to a tiny share of the descriptors for handshake_timeout.
 	DefaultMaxHandshakesPerIP = 128
-	DefaultAuthFailLimit      = 10
-	DefaultAuthFailWindow     = time.Minute
-	DefaultAuthFailCooldown   = 5 * time.Minute
+	// MaxHandshakesFromNoFile, the default of max_handshakes, has the
+	// daemon derive the server-wide cap from its RLIMIT_NOFILE (at start
+	// and at each reload): NoFileShareForHandshakes of it, so that
+	// clients without credentials can never take the descriptors the
+	// flows need.
+	MaxHandshakesFromNoFile  = -1
+	NoFileShareForHandshakes = 4 // a quarter
+	DefaultAuthFailLimit     = 10
+	// auth_fail_limit_ip, when unset, is this many times auth_fail_limit:
+	// room for the typos of several users behind one address (an office
+	// NAT) before all of them are locked out, while guessing across many
+	// names from one address still stops soon.
+	DefaultAuthFailLimitIPFactor = 5
+	DefaultAuthFailWindow        = time.Minute
+	DefaultAuthFailCooldown      = 5 * time.Minute
 	// DefaultMaxConnections 0 means no server-wide cap on flows: the
 	// real bound is the descriptor limit (LimitNOFILE), which the
 	// operator sizes for the host; a built-in number would either cut a
@@ -242,12 +254,19 @@ type Server struct {
 	UDPRequirePort bool
 
 	// MaxHandshakesPerIP caps the connections one client IP (IPv6: one
-	// /64) may have in their handshake at once; 0 disables the cap.
+	// /64, and four times as many per /56) may have in their handshake at
+	// once; 0 disables the cap.
 	MaxHandshakesPerIP int
+	// MaxHandshakes caps the connections of all clients in their
+	// handshake; 0 disables the cap, MaxHandshakesFromNoFile derives it
+	// from the descriptor limit.
+	MaxHandshakes int
 	// AuthFailLimit failed authentications from one client IP (IPv6: one
-	// /64) within AuthFailWindow block its attempts for
-	// AuthFailCooldown; 0 disables blocking.
+	// /64) with one user name within AuthFailWindow block that name's
+	// attempts from that client for AuthFailCooldown; AuthFailLimitIP
+	// failures with any names block the client. 0 disables each.
 	AuthFailLimit    int
+	AuthFailLimitIP  int
 	AuthFailWindow   time.Duration
 	AuthFailCooldown time.Duration
 	// MaxConnections caps the server's concurrent flows (CONNECT tunnels

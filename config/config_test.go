@@ -113,6 +113,8 @@ func TestLoadExample(t *testing.T) {
 	}{
 		{"max_handshakes_per_ip", s.MaxHandshakesPerIP, config.DefaultMaxHandshakesPerIP},
 		{"auth_fail_limit", s.AuthFailLimit, config.DefaultAuthFailLimit},
+		{"auth_fail_limit_ip", s.AuthFailLimitIP, config.DefaultAuthFailLimitIPFactor * config.DefaultAuthFailLimit},
+		{"max_handshakes", s.MaxHandshakes, config.MaxHandshakesFromNoFile},
 		{"auth_fail_window", s.AuthFailWindow, config.DefaultAuthFailWindow},
 		{"auth_fail_cooldown", s.AuthFailCooldown, config.DefaultAuthFailCooldown},
 		{"max_connections", s.MaxConnections, config.DefaultMaxConnections},
@@ -191,7 +193,9 @@ func TestDefault(t *testing.T) {
 			DenyOwnAddresses: true,
 
 			MaxHandshakesPerIP: 128,
+			MaxHandshakes:      config.MaxHandshakesFromNoFile,
 			AuthFailLimit:      10,
+			AuthFailLimitIP:    50,
 			AuthFailWindow:     time.Minute,
 			AuthFailCooldown:   5 * time.Minute,
 		},
@@ -223,6 +227,8 @@ func equalConfig(a, b *config.Config) bool {
 		a.Server.AllowOpen == b.Server.AllowOpen &&
 		a.Server.MaxHandshakesPerIP == b.Server.MaxHandshakesPerIP &&
 		a.Server.AuthFailLimit == b.Server.AuthFailLimit &&
+		a.Server.AuthFailLimitIP == b.Server.AuthFailLimitIP &&
+		a.Server.MaxHandshakes == b.Server.MaxHandshakes &&
 		a.Server.AuthFailWindow == b.Server.AuthFailWindow &&
 		a.Server.AuthFailCooldown == b.Server.AuthFailCooldown &&
 		a.Server.MaxConnections == b.Server.MaxConnections &&

@@ -20,7 +20,10 @@ func (v *validator) limits(s *Server, f *file) {
 		*dst = n
 	}
 	nonNegative("max_handshakes_per_ip", f.Server.MaxHandshakesPerIP, &s.MaxHandshakesPerIP)
+	nonNegative("max_handshakes", f.Server.MaxHandshakes, &s.MaxHandshakes)
 	nonNegative("auth_fail_limit", f.Server.AuthFailLimit, &s.AuthFailLimit)
+	s.AuthFailLimitIP = DefaultAuthFailLimitIPFactor * s.AuthFailLimit
+	nonNegative("auth_fail_limit_ip", f.Server.AuthFailLimitIP, &s.AuthFailLimitIP)
 	nonNegative("max_connections", f.Server.MaxConnections, &s.MaxConnections)
 	v.duration(f, "auth_fail_window", f.Server.AuthFailWindow, &s.AuthFailWindow, false)
 	v.duration(f, "auth_fail_cooldown", f.Server.AuthFailCooldown, &s.AuthFailCooldown, false)

@@ -38,11 +38,26 @@ func TestParseLimits(t *testing.T) {
 		},
 		{
 			name: "zero disables",
-			text: "[server]\nmax_handshakes_per_ip = 0\nauth_fail_limit = 0\nmax_connections = 0\n",
+			text: "[server]\nmax_handshakes_per_ip = 0\nmax_handshakes = 0\nauth_fail_limit = 0\nauth_fail_limit_ip = 0\nmax_connections = 0\n",
 			got: func(c *config.Config) any {
-				return []int{c.Server.MaxHandshakesPerIP, c.Server.AuthFailLimit, c.Server.MaxConnections}
+				s := c.Server
+				return []int{s.MaxHandshakesPerIP, s.MaxHandshakes, s.AuthFailLimit, s.AuthFailLimitIP, s.MaxConnections}
 			},
-			want: []int{0, 0, 0},
+			want: []int{0, 0, 0, 0, 0},
+		},
+		{
+			name: "auth_fail_limit_ip defaults to 5 x auth_fail_limit",
+			text: "[server]\nauth_fail_limit = 3\n",
+			got:  func(c *config.Config) any { return []int{c.Server.AuthFailLimit, c.Server.AuthFailLimitIP} },
+			want: []int{3, 15},
+		},
+		{
+			name: "auth_fail_limit_ip and max_handshakes set",
+			text: "[server]\nauth_fail_limit = 3\nauth_fail_limit_ip = 7\nmax_handshakes = 5000\n",
+			got: func(c *config.Config) any {
+				return []int{c.Server.AuthFailLimit, c.Server.AuthFailLimitIP, c.Server.MaxHandshakes}
+			},
+			want: []int{3, 7, 5000},
 		},
 		{
 			name: "integer rate, default burst at its minimum",
@@ -91,6 +106,8 @@ func TestParseLimitErrors(t *testing.T) {
 	}{
 		{"negative handshakes per IP", "[server]\nmax_handshakes_per_ip = -1\n", "server.max_handshakes_per_ip", []string{`"-1"`, "0 (no limit) or more"}},
 		{"negative auth fail limit", "[server]\nauth_fail_limit = -3\n", "server.auth_fail_limit", []string{`"-3"`}},
+		{"negative auth fail limit per IP", "[server]\nauth_fail_limit_ip = -1\n", "server.auth_fail_limit_ip", []string{`"-1"`}},
+		{"negative max handshakes", "[server]\nmax_handshakes = -1\n", "server.max_handshakes", []string{`"-1"`, "0 (no limit) or more"}},
 		{"negative max connections", "[server]\nmax_connections = -1\n", "server.max_connections", []string{`"-1"`}},
 		{"zero window", "[server]\nauth_fail_window = \"0s\"\n", "server.auth_fail_window", []string{`"0s"`, "greater than zero"}},
 		{"cooldown without unit", "[server]\nauth_fail_cooldown = \"300\"\n", "server.auth_fail_cooldown", []string{`"300"`, "not a duration"}},

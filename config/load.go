@@ -38,7 +38,9 @@ type file struct {
 		ReloadClosesRemoved bool `toml:"reload_closes_removed"`
 
 		MaxHandshakesPerIP int    `toml:"max_handshakes_per_ip"`
+		MaxHandshakes      int    `toml:"max_handshakes"`
 		AuthFailLimit      int    `toml:"auth_fail_limit"`
+		AuthFailLimitIP    int    `toml:"auth_fail_limit_ip"`
 		AuthFailWindow     string `toml:"auth_fail_window"`
 		AuthFailCooldown   string `toml:"auth_fail_cooldown"`
 		MaxConnections     int    `toml:"max_connections"`
@@ -299,7 +301,9 @@ func applyDefaults(c *Config, f *file) {
 		c.Server.UDPRequirePort = f.Server.UDPRequirePort
 	}
 	c.Server.MaxHandshakesPerIP = DefaultMaxHandshakesPerIP
+	c.Server.MaxHandshakes = MaxHandshakesFromNoFile
 	c.Server.AuthFailLimit = DefaultAuthFailLimit
+	c.Server.AuthFailLimitIP = DefaultAuthFailLimitIPFactor * DefaultAuthFailLimit
 	c.Server.AuthFailWindow = DefaultAuthFailWindow
 	c.Server.AuthFailCooldown = DefaultAuthFailCooldown
 	c.Server.MaxConnections = DefaultMaxConnections

@@ -100,7 +100,8 @@ func Run(ctx context.Context, opts Options) error {
 	d.metrics.Loaded()
 	notify(d.log, notifyReady)
 	d.log.Info("ifsocks started", zap.String("config", cfg.Source), zap.Int("users", len(cfg.Users)),
-		zap.String("auth_backend", string(cfg.Auth.Backend)))
+		zap.String("auth_backend", string(cfg.Auth.Backend)),
+		zap.Int("max_handshakes", st.Limits.MaxHandshakes), zap.Uint64("nofile", noFileLimit()))
 
 	runErr := d.loop(ctx)
 
@@ -144,6 +145,9 @@ func (d *daemon) settings(cfg *config.Config) (*socks.Settings, *remoteBackend, 
 		return nil, nil, err
 	}
 	st.Metrics = d.metrics
+	if cfg.Server.MaxHandshakes == config.MaxHandshakesFromNoFile {
+		st.Limits.MaxHandshakes = handshakeCap()
+	}
 	if d.watcher != nil && d.watcher.Primed() {
 		st.CheckInterface = d.checkInterface
 		st.AddrOwner = d.watcher.Owner

@@ -60,7 +60,12 @@ func TestListenNetwork(t *testing.T) {
 // bcryptHash hashes pw at the cheapest cost.
 func bcryptHash(tb testing.TB, pw string) string {
 	tb.Helper()
-	h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.MinCost)
+	return bcryptHashCost(tb, pw, bcrypt.MinCost)
+}
+
+func bcryptHashCost(tb testing.TB, pw string, cost int) string {
+	tb.Helper()
+	h, err := bcrypt.GenerateFromPassword([]byte(pw), cost)
 	if err != nil {
 		tb.Fatal(err)
 	}

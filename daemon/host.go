@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"github.com/ifsocks/ifsocks/auth"
 	"github.com/ifsocks/ifsocks/bind"
 	"github.com/ifsocks/ifsocks/config"
 	"go.uber.org/zap"
@@ -15,6 +16,16 @@ func reportHost(cfg *config.Config, log *zap.Logger) {
 	if !cfg.HasUsers() {
 		log.Warn("no users configured: accepting clients without authentication",
 			zap.Strings("listen", cfg.Server.Listen))
+	}
+	hashes := make([]string, 0, len(cfg.Users))
+	for _, u := range cfg.Users {
+		if u.PasswordHash != "" {
+			hashes = append(hashes, u.PasswordHash)
+		}
+	}
+	if lo, hi := auth.Costs(hashes); lo != hi {
+		log.Warn("users' bcrypt costs differ: every failed login costs as much as the highest, so the cheaper hashes are easier to crack offline for the same CPU; rehash them at one cost",
+			zap.Int("lowest_cost", lo), zap.Int("highest_cost", hi))
 	}
 	for i, u := range cfg.Users {
 		if u.Password != "" {
@@ -70,4 +81,11 @@ func reportPool(log *zap.Logger, e config.Egress) {
 	if len(nics) > 1 {
 		log.Warn("source_ips addresses sit on several interfaces; set interface to give the pool one NIC")
 	}
+}
+
+// handshakeCap is max_handshakes when unset: the share of the descriptor
+// limit (RLIMIT_NOFILE, read now: at start and at each reload) that
+// clients in their handshake may hold.
+func handshakeCap() int {
+	return int(min(noFileLimit()/config.NoFileShareForHandshakes, 1<<30))
 }

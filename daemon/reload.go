@@ -76,11 +76,14 @@ func (d *daemon) reload() {
 	if cfg.Server.ReloadClosesRemoved && len(gone) > 0 {
 		closed = d.srv.CloseUsers(gone)
 	}
+	// A reload is also how an operator lets a blocked client in again.
+	unblocked := d.srv.ClearAuthBlocks()
 	reportHost(cfg, d.log)
 	d.metrics.Reload(true)
 	d.log.Info("configuration reloaded", zap.String("config", cfg.Source),
 		zap.Int("users", len(cfg.Users)), zap.Int("users_removed", len(gone)),
-		zap.Int("flows_closed", closed),
+		zap.Int("flows_closed", closed), zap.Int("auth_blocks_lifted", unblocked),
+		zap.Int("max_handshakes", st.Limits.MaxHandshakes),
 		zap.Int("listeners_added", len(opened)), zap.Int("listeners_removed", len(removed)))
 }
 

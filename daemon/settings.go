@@ -62,10 +62,14 @@ func Settings(cfg *config.Config) (*socks.Settings, error) {
 		},
 		Limits: socks.Limits{
 			MaxHandshakesPerIP: cfg.Server.MaxHandshakesPerIP,
+			// Unset (MaxHandshakesFromNoFile), the daemon derives it
+			// from the host (daemon.settings, host.go).
+			MaxHandshakes: max(cfg.Server.MaxHandshakes, 0),
 			AuthFail: socks.AuthFailLimit{
-				Max:      cfg.Server.AuthFailLimit,
-				Window:   cfg.Server.AuthFailWindow,
-				Cooldown: cfg.Server.AuthFailCooldown,
+				Max:       cfg.Server.AuthFailLimit,
+				MaxClient: cfg.Server.AuthFailLimitIP,
+				Window:    cfg.Server.AuthFailWindow,
+				Cooldown:  cfg.Server.AuthFailCooldown,
 			},
 			MaxConnections: cfg.Server.MaxConnections,
 		},

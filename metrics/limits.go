@@ -10,25 +10,32 @@ import (
 // never labels: an attacker controls how many there are.
 type limitMetrics struct {
 	connRefused *prometheus.CounterVec
+	hsEvicted   *prometheus.CounterVec
 	authBlocks  prometheus.Counter
 
 	blockedMu sync.Mutex
 	blockedFn func() int
+	checksFn  func() int
+	hsFn      func() int
 }
 
 func (m *Metrics) newLimits(register func(prometheus.Collector)) {
 	l := &m.limits
 	l.connRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ifsocks_connections_refused_total",
-		Help: "Client connections closed at accept, before any byte was read, by reason (handshakes_per_ip: the client IP had max_handshakes_per_ip connections in their handshake; not_allowed: outside the listener's allow_clients).",
+		Help: "Client connections closed at accept, before any byte was read, by reason (handshakes_per_ip: the client IP (IPv6: /64) had max_handshakes_per_ip connections in their handshake, handshakes_per_prefix: its IPv6 /56 had 4 times that, max_handshakes: the server had max_handshakes, none of which could be evicted; not_allowed: outside the listener's allow_clients).",
+	}, []string{"reason"})
+	l.hsEvicted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ifsocks_handshakes_evicted_total",
+		Help: "Connections in their handshake closed to make room for a new one, by the cap that was reached (handshakes_per_ip, handshakes_per_prefix, max_handshakes).",
 	}, []string{"reason"})
 	l.authBlocks = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "ifsocks_auth_blocks_total",
-		Help: "Times a client IP (IPv6: /64) was blocked after auth_fail_limit failed authentications; its refused attempts count in ifsocks_auth_failures_total{reason=\"blocked\"}.",
+		Help: "Blocks begun: a client IP (IPv6: /64) with one user name after auth_fail_limit failed authentications, or with any names after auth_fail_limit_ip; refused attempts count in ifsocks_auth_failures_total{reason=\"blocked\"}.",
 	})
 	blocked := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ifsocks_auth_blocked_clients",
-		Help: "Client IPs (IPv6: /64) currently refused authentication for auth_fail_cooldown.",
+		Help: "Blocks in force: client IPs (IPv6: /64), and client IPs with one user name, refused authentication for auth_fail_cooldown.",
 	}, func() float64 {
 		l.blockedMu.Lock()
 		fn := l.blockedFn
@@ -38,10 +45,40 @@ func (m *Metrics) newLimits(register func(prometheus.Collector)) {
 		}
 		return float64(fn())
 	})
+	checks := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ifsocks_auth_checks_running",
+		Help: "Password checks (bcrypt) running now; at most 2 per core server-wide and 4 per client IP, more wait.",
+	}, func() float64 {
+		l.blockedMu.Lock()
+		fn := l.checksFn
+		l.blockedMu.Unlock()
+		if fn == nil {
+			return 0
+		}
+		return float64(fn())
+	})
+	handshakes := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ifsocks_handshakes",
+		Help: "Client connections in their handshake now (accepted, request not yet read), when a handshake cap is set.",
+	}, func() float64 {
+		l.blockedMu.Lock()
+		fn := l.hsFn
+		l.blockedMu.Unlock()
+		if fn == nil {
+			return 0
+		}
+		return float64(fn())
+	})
 	register(l.connRefused)
+	register(l.hsEvicted)
+	register(handshakes)
 	register(l.authBlocks)
 	register(blocked)
-	l.connRefused.WithLabelValues("handshakes_per_ip")
+	register(checks)
+	for _, r := range []string{"handshakes_per_ip", "handshakes_per_prefix", "max_handshakes"} {
+		l.connRefused.WithLabelValues(r)
+		l.hsEvicted.WithLabelValues(r)
+	}
 }
 
 // ConnRefused counts a client connection closed at accept.
@@ -71,4 +108,35 @@ func (m *Metrics) AuthBlockedClients(fn func() int) {
 	m.limits.blockedMu.Lock()
 	defer m.limits.blockedMu.Unlock()
 	m.limits.blockedFn = fn
+}
+
+// AuthChecksRunning sets the source of ifsocks_auth_checks_running: fn is
+// called at each scrape.
+func (m *Metrics) AuthChecksRunning(fn func() int) {
+	if m == nil {
+		return
+	}
+	m.limits.blockedMu.Lock()
+	defer m.limits.blockedMu.Unlock()
+	m.limits.checksFn = fn
+}
+
+// HandshakeEvicted counts a connection in its handshake closed to make
+// room under the cap named by reason.
+func (m *Metrics) HandshakeEvicted(reason string) {
+	if m == nil {
+		return
+	}
+	m.limits.hsEvicted.WithLabelValues(reason).Inc()
+}
+
+// Handshakes sets the source of ifsocks_handshakes: fn is called at each
+// scrape.
+func (m *Metrics) Handshakes(fn func() int) {
+	if m == nil {
+		return
+	}
+	m.limits.blockedMu.Lock()
+	defer m.limits.blockedMu.Unlock()
+	m.limits.hsFn = fn
 }

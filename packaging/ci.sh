@@ -61,12 +61,17 @@ cmp systemd/ifsocks.service /lib/systemd/system/ifsocks.service ||
 	fail "man page or sysusers.d file missing"
 
 # Installing again (as an upgrade does) keeps a changed configuration and
-# its group and mode.
-echo "# changed by the package test" >>/etc/ifsocks/config.toml
-dpkg -i --force-confold "$deb" >/dev/null
+# its group and mode; a configuration that -check rejects is reported and
+# the installation still succeeds.
+cp /etc/ifsocks/config.toml "$tmp/config.good"
+printf '# changed by the package test\nbogus_key = 1\n' >>/etc/ifsocks/config.toml
+dpkg -i --force-confold "$deb" >"$tmp/reinstall.log" 2>&1 || { cat "$tmp/reinstall.log" >&2; fail "reinstall with a bad configuration failed"; }
+grep -q "bogus_key" "$tmp/reinstall.log" && grep -q "the check above found problems" "$tmp/reinstall.log" ||
+	{ cat "$tmp/reinstall.log" >&2; fail "postinst did not report the bad configuration"; }
 grep -q "^# changed by the package test" /etc/ifsocks/config.toml || fail "reinstall replaced the changed configuration"
 perm=$(stat -c '%U:%G %a' /etc/ifsocks/config.toml)
 [ "$perm" = "root:ifsocks 640" ] || fail "after reinstall /etc/ifsocks/config.toml is $perm"
+cat "$tmp/config.good" >/etc/ifsocks/config.toml
 
 # The proxy's namespace has loopback (where the installed configuration
 # listens) and a veth to the upstream's namespace.

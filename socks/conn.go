@@ -2,6 +2,7 @@ package socks
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,10 @@ import (
 
 // errNoMethod: the client offered no method the server accepts.
 var errNoMethod = errors.New("no acceptable authentication method")
+
+// errEvicted: the connection was closed in its handshake to make room for
+// a new one (a handshake cap was reached).
+var errEvicted = errors.New("closed in its handshake to make room for a new connection (handshake cap)")
 
 // serverConn is one accepted client connection.
 type serverConn struct {
@@ -48,11 +53,18 @@ type serverConn struct {
 	// SOCKS5); set by that protocol's serve before any flow starts.
 	ans  answerer
 	stop func() // cancels a paced relay's context (flowlimit.go); set once, under srv.mu
+	// cancelWait ends a wait for a password check (login.go), if one is on.
+	cancelWait func()
 
-	// Limit bookkeeping (limits.go, flowlimit.go), used by the connection's own
-	// goroutines only: the client key holding a handshake slot (invalid
-	// once given back), and the user's running flows once counted.
-	hsKey    netip.Addr
+	// Handshake caps (handshakes.go): the groups holding a slot of sc
+	// and its place in their lists, under srv.lim.hsMu; the state is
+	// written under it and may be read without.
+	hsGroups [levels]*hsGroup
+	hsLinks  [levels]hsLink
+	hsState  atomic.Uint32
+
+	// Flow limits (flowlimit.go), used by the connection's own
+	// goroutines only: the user's running flows once counted.
 	flow     *userFlows
 	flowName string
 
@@ -73,23 +85,25 @@ func (sc *serverConn) close() {
 	if sc.stop != nil {
 		sc.stop()
 	}
+	if sc.cancelWait != nil {
+		sc.cancelWait()
+	}
 	sc.conn.Close()
 	if sc.upstream != nil {
 		sc.upstream.Close()
 	}
 }
 
-// refresh takes the settings current now for the steps that follow. A
-// listener the reload removed keeps the settings it had (the daemon
-// closes it; its connections in handshake finish under them).
+// refresh takes the settings current now for the steps that follow.
+//
+// Only sc.st changes, and only in the goroutine that serves the
+// connection: code that runs in other goroutines of it (the HTTP
+// transport's dials) reads Server.Settings itself, never sc.st. sc.lis
+// stays the listener's settings at accept for the same reason.
 func (sc *serverConn) refresh() *Settings {
 	st := sc.srv.settings.Load()
-	if st == sc.st {
-		return st
-	}
-	sc.st = st
-	if l := st.Listeners[sc.lisKey]; sc.lisKey != "" && l != nil {
-		sc.lis = l
+	if st != sc.st {
+		sc.st = st
 	}
 	return st
 }
@@ -110,6 +124,9 @@ func (sc *serverConn) serve() (handedOff bool) {
 		sc.conn.SetDeadline(rec.start.Add(st.HandshakeTimeout))
 	}
 	hs := newHSReader(sc.conn)
+	if sc.hsState.Load() != hsNone {
+		hs.owner = sc
+	}
 	proto, err := sc.sniff(hs)
 	sc.proto = proto
 	if err != nil {
@@ -186,7 +203,7 @@ func (sc *serverConn) flowUser(rec *record, name string) (User, *Egress, bool) {
 		sc.refuseRemoved(rec)
 		return user, nil, false
 	}
-	eg := sc.egressOf(name, &user)
+	eg := sc.egressOf(st, name, &user)
 	return user, eg, true
 }
 
@@ -233,7 +250,7 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
 		return "", err
 	}
-	// A blocked client gets the reply of a wrong password (RFC 1929 has
+	// A refused login gets the reply of a wrong password (RFC 1929 has
 	// no other failure status).
 	if err := sc.login(rec.client.Addr(), name, pass); err != nil {
 		sc.conn.Write([]byte{userPassVersion, authStatusFailed})
@@ -246,42 +263,33 @@ func (sc *serverConn) negotiate(hs *hsReader, rec *record) (string, error) {
 }
 
 // login checks the credentials of sc's client, for every protocol that
-// has them. A client in its auth_fail_cooldown is refused unchecked,
-// without the bcrypt; a wrong name or password counts toward the block,
-// and is recorded before the caller replies, so a client that retries at
-// once already finds itself blocked.
+// has them (login.go). A blocked client is refused unchecked, without the
+// bcrypt; a wrong name or password counts toward the block, and is
+// recorded before the caller replies, so a client that retries at once
+// already finds itself blocked.
 func (sc *serverConn) login(client netip.Addr, name, pass string) error {
+	// The client has sent all it can: from here its handshake is not
+	// evicted (unless it was a moment ago).
+	if !sc.srv.hsProtect(sc) {
+		return errEvicted
+	}
 	// Checked against the users and passwords current now: a reload
 	// since accept (while the client typed) may have removed or changed
 	// the user.
 	sc.refresh()
-	if sc.srv.lim.guard.blocked(client, sc.st.Limits.AuthFail, time.Now()) {
-		sc.st.Metrics.AuthFailure("blocked")
-		return errAuthBlocked
+	err := sc.authenticate(client, name, pass)
+	if reason := authMetric(err); reason != "" {
+		sc.st.Metrics.AuthFailure(reason)
 	}
-	if err := sc.authenticate(client, name, pass); err != nil {
-		if errors.Is(err, auth.ErrUnavailable) {
-			// The backend's failure, not the client's: refused, but
-			// not counted against the client.
-			sc.st.Metrics.AuthFailure("backend_unavailable")
-			return err
-		}
-		sc.st.Metrics.AuthFailure("bad_credentials")
-		sc.authFailed(client)
-		return err
-	}
-	return nil
+	return err
 }
 
-// authenticate checks a login against Users when the name is there (or
-// there is no backend), else against the backend, whose answer, the
-// user's settings, it keeps for the connection's flows (userOf).
-func (sc *serverConn) authenticate(client netip.Addr, name, pass string) error {
+// remoteLogin checks a login of a name Users lacks against the auth
+// backend, whose answer, the user's settings, it keeps for the
+// connection's flows (userOf).
+func (sc *serverConn) remoteLogin(ctx context.Context, client netip.Addr, name, pass string) error {
 	st := sc.st
-	if _, local := st.Users[name]; local || st.Backend == nil {
-		return st.Auth.Verify(name, pass)
-	}
-	u, err := st.Backend.Authenticate(sc.srv.ctx, auth.Request{User: name, Password: pass,
+	u, err := st.Backend.Authenticate(ctx, auth.Request{User: name, Password: pass,
 		Client: netip.AddrPortFrom(client, sc.clientAddr().Port()), Listener: addrPortOf(sc.conn.LocalAddr()),
 		Protocol: protocolName(sc.proto)})
 	if err != nil {
@@ -334,6 +342,10 @@ func (sc *serverConn) logHandshake(rec *record, err error) {
 	lvl := zap.WarnLevel
 	msg := "handshake failed"
 	switch {
+	case evictedConn(sc):
+		// Counted, and logged at most once a second, by admit.
+		lvl = zap.DebugLevel
+		msg = "handshake evicted"
 	case errors.Is(err, auth.ErrBadCredentials), errors.Is(err, auth.ErrUnavailable):
 		msg = "authentication failed"
 	case errors.Is(err, io.EOF), errors.Is(err, errNoFirstByte):

@@ -29,7 +29,7 @@ func (sc *serverConn) connect(rec *record, dst Addr, user User, eg *Egress, earl
 	}
 	ctx, cancel := context.WithTimeout(sc.srv.ctx, st.ConnectTimeout)
 	start := time.Now()
-	up, use, err := sc.dialTarget(ctx, eg, dst, rec.flowID())
+	up, use, err := sc.dialTarget(ctx, st, eg, dst, rec.flowID())
 	cancel()
 	st.Metrics.Dial(use.route.Interface, time.Since(start), err == nil)
 	rec.tookEgress(use)
@@ -162,8 +162,7 @@ func (sc *serverConn) relayDone(rec *record, res relay.Result) {
 // that works (see openEgress): a route whose interface cannot be bound or
 // has no route to the network is passed over; any other failure (refused,
 // timeout, denied) ends the attempt.
-func (sc *serverConn) dialTarget(ctx context.Context, eg *Egress, dst Addr, id flowID) (*net.TCPConn, egressUse, error) {
-	st := sc.st
+func (sc *serverConn) dialTarget(ctx context.Context, st *Settings, eg *Egress, dst Addr, id flowID) (*net.TCPConn, egressUse, error) {
 	return openEgress(st, eg, sc.localIP(), targetKey(dst), &sc.srv.turn, id, func(route bind.Dialer) (*net.TCPConn, error) {
 		return dialRoute(ctx, st, route, dst)
 	})

@@ -15,6 +15,9 @@ type hsReader struct {
 	c    net.Conn
 	buf  *[hsBufSize]byte
 	r, w int
+	// owner, when set, is told of every read that brought bytes (the
+	// handshake caps order evictions by it).
+	owner *serverConn
 }
 
 // hsBufSize holds any greeting or request and most authentications in one
@@ -29,9 +32,7 @@ func newHSReader(c net.Conn) *hsReader {
 
 func (h *hsReader) Read(p []byte) (int, error) {
 	if h.r == h.w {
-		n, err := h.c.Read(h.buf[:])
-		h.r, h.w = 0, n
-		if n == 0 {
+		if n, err := h.fill(); n == 0 {
 			return 0, err
 		}
 	}
@@ -56,11 +57,19 @@ func (h *hsReader) detach() []byte {
 // from the connection if none is buffered.
 func (h *hsReader) peekByte() (byte, error) {
 	for h.r == h.w {
-		n, err := h.c.Read(h.buf[:])
-		h.r, h.w = 0, n
-		if n == 0 && err != nil {
+		if n, err := h.fill(); n == 0 && err != nil {
 			return 0, err
 		}
 	}
 	return h.buf[h.r], nil
+}
+
+// fill reads what the connection has into the (consumed) buffer.
+func (h *hsReader) fill() (int, error) {
+	n, err := h.c.Read(h.buf[:])
+	h.r, h.w = 0, n
+	if n > 0 && h.owner != nil {
+		h.owner.srv.hsProgress(h.owner)
+	}
+	return n, err
 }

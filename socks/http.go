@@ -159,7 +159,10 @@ func (e *dialError) Unwrap() error { return e.err }
 // same egress plan, resolution, policy check and dial as a CONNECT.
 func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error) {
 	sc := h.sc
-	st := sc.st
+	// The settings current now, read here rather than from sc.st: Dial
+	// runs in the HTTP transport's goroutines, beside the one serving
+	// the connection, which may be refreshing sc.st.
+	st := sc.srv.Settings()
 	dst, err := parseTarget(addr)
 	if err != nil {
 		return nil, &dialError{err: err}
@@ -169,13 +172,13 @@ func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error
 	if name != "" && !ok {
 		return nil, &dialError{err: fmt.Errorf("user %q has no egress settings", name)}
 	}
-	eg := sc.egressOf(name, &u)
+	eg := sc.egressOf(st, name, &u)
 	ctx, cancel := context.WithTimeout(ctx, st.ConnectTimeout)
 	defer cancel()
 	stop := context.AfterFunc(sc.srv.ctx, cancel)
 	defer stop()
 	start := time.Now()
-	up, use, err := sc.dialTarget(ctx, eg, dst, flowID{user: name, session: session})
+	up, use, err := sc.dialTarget(ctx, st, eg, dst, flowID{user: name, session: session})
 	iface := use.route.Interface
 	st.Metrics.Dial(iface, time.Since(start), err == nil)
 	if err != nil {
@@ -241,9 +244,9 @@ func (h *httpConn) Forwarded(ex *httpproxy.Exchange) {
 
 // egressOf is the egress of user name's flows: the user's own, else the
 // listener's. u is the user's settings (zero without authentication).
-func (sc *serverConn) egressOf(name string, u *User) *Egress {
+func (sc *serverConn) egressOf(st *Settings, name string, u *User) *Egress {
 	if name == "" {
-		*u = sc.st.NoAuthUser
+		*u = st.NoAuthUser
 		if sc.lis != nil {
 			*u = User{Egress: sc.lis.Egress}
 		}

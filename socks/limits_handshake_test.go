@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -143,10 +145,13 @@ func TestSlowloris(t *testing.T) {
 	waitFor(t, 5*time.Second, "connections gone", func() bool { return env.srv.ActiveConns() == 0 })
 }
 
-// TestHandshakesPerIP: a client IP with max_handshakes_per_ip connections
-// in their handshake has its next connection closed at once; other IPs
-// are not affected; a connection gives its slot back when its request has
-// been read (a running flow holds none) and when it closes.
+// TestHandshakesPerIP: a client IP at max_handshakes_per_ip makes room
+// for a new connection by closing its handshake that has waited longest
+// without progress — silent ones first, oldest first; handshakes whose
+// password is being checked are never closed, and when all are such the
+// new connection is refused; other IPs are not affected; a connection
+// gives its slot back when its request has been read (a running flow
+// holds none).
 func TestHandshakesPerIP(t *testing.T) {
 	const limit = 3
 	st := testSettings(t)
@@ -155,53 +160,196 @@ func TestHandshakesPerIP(t *testing.T) {
 	st.Metrics = metrics.New()
 	env := startServer(t, st)
 	echo := echoServer(t)
-	const refusedMetric = "ifsocks_connections_refused_total"
+	const (
+		refusedMetric = "ifsocks_connections_refused_total"
+		evictedMetric = "ifsocks_handshakes_evicted_total"
+		perIP         = `reason="handshakes_per_ip"`
+	)
 
-	silent := make([]*rawClient, 0, limit)
+	// Three silent connections; the second then sends a byte of its
+	// greeting.
+	conns := make([]*rawClient, 0, limit)
 	for range limit {
-		silent = append(silent, dialFrom(t, "127.0.0.2", env.addr))
+		conns = append(conns, dialFrom(t, "127.0.0.2", env.addr))
 	}
-	waitFor(t, 2*time.Second, "silent connections accepted", func() bool { return env.srv.ActiveConns() == limit })
-	expectRefused(t, "127.0.0.2", env.addr)
-	if n := metricValue(t, st.Metrics, refusedMetric, `reason="handshakes_per_ip"`); n != 1 {
-		t.Errorf("%s = %v, want 1", refusedMetric, n)
+	waitFor(t, 2*time.Second, "connections accepted", func() bool { return env.srv.ActiveConns() == limit })
+	conns[1].send(5)
+	waitFor(t, 2*time.Second, "progress seen", func() bool {
+		env.srv.lim.hsMu.Lock()
+		defer env.srv.lim.hsMu.Unlock()
+		return conns[1].c != nil && env.srv.lim.hs.groups[levelClient][netip.MustParseAddr("127.0.0.2")].active.head != nil
+	})
+	// Each new connection closes the oldest silent one: 0, then 2; then
+	// the newcomers, silent too, go before the one that spoke.
+	n1 := dialFrom(t, "127.0.0.2", env.addr)
+	conns[0].expectClosed()
+	dialFrom(t, "127.0.0.2", env.addr)
+	conns[2].expectClosed()
+	dialFrom(t, "127.0.0.2", env.addr)
+	n1.expectClosed()
+	// The one that spoke is still there: it completes its handshake.
+	conns[1].send(1, methodUserPass)
+	conns[1].expect(5, methodUserPass)
+	if got := metricValue(t, st.Metrics, evictedMetric, perIP); got != 3 {
+		t.Errorf("%s{%s} = %v, want 3", evictedMetric, perIP, got)
 	}
 
-	// 127.0.0.3 has two flows running and fills its slots too: the
-	// flows hold none.
+	// 127.0.0.3: two flows running hold no slot; three logins waiting
+	// for their check cannot be evicted, so a fourth connection is
+	// refused; once the checks run, all three are answered.
 	for range 2 {
 		r := dialFrom(t, "127.0.0.3", env.addr)
 		r.login("alice", alicePass)
 		if rep, _ := r.connect(echo); rep != RepSucceeded {
-			t.Fatalf("127.0.0.3: CONNECT reply %#x while 127.0.0.2 is at its limit", rep)
+			t.Fatalf("127.0.0.3: CONNECT reply %#x", rep)
 		}
 	}
-	for range limit {
-		dialFrom(t, "127.0.0.3", env.addr)
+	release := holdChecks(t, env.srv)
+	var held []*rawClient
+	for i := range limit {
+		held = append(held, heldLogin(t, "127.0.0.3", env.addr, fmt.Sprintf("probe%d", i)))
 	}
-	waitFor(t, 2*time.Second, "127.0.0.3's connections accepted", func() bool { return env.srv.ActiveConns() == 2*limit+2 })
+	waitProtected(t, env.srv, "127.0.0.3", limit)
 	expectRefused(t, "127.0.0.3", env.addr)
-
-	// When 127.0.0.2's silent connections end, it is served again.
-	for _, r := range silent {
-		r.c.Close()
+	if n := metricValue(t, st.Metrics, refusedMetric, perIP); n != 1 {
+		t.Errorf("%s{%s} = %v, want 1", refusedMetric, perIP, n)
 	}
-	waitFor(t, 2*time.Second, "silent connections gone", func() bool { return env.srv.ActiveConns() == limit+2 })
-	r := dialFrom(t, "127.0.0.2", env.addr)
+	// Meanwhile 127.0.0.4 is served.
+	r := dialFrom(t, "127.0.0.4", env.addr)
 	r.login("alice", alicePass)
 	if rep, _ := r.connect(echo); rep != RepSucceeded {
-		t.Fatalf("127.0.0.2 after its connections ended: CONNECT reply %#x", rep)
+		t.Fatalf("127.0.0.4 while 127.0.0.3 is at its limit: CONNECT reply %#x", rep)
+	}
+	release()
+	for _, r := range held {
+		var b [2]byte
+		if _, err := io.ReadFull(r.c, b[:]); err != nil || b != [2]byte{1, authStatusFailed} {
+			t.Errorf("held login: % x, %v; want 01 01", b, err)
+		}
 	}
 
-	if n := metricValue(t, st.Metrics, refusedMetric, `reason="handshakes_per_ip"`); n != 2 {
-		t.Errorf("%s = %v, want 2", refusedMetric, n)
-	}
 	lines := env.logs.FilterMessage("connection refused: client has too many connections in handshake").All()
-	if len(lines) < 1 || len(lines) > 2 {
-		t.Fatalf("%d refusal lines for 2 refusals within a second, want 1 or 2", len(lines))
+	if len(lines) != 1 {
+		t.Fatalf("%d refusal lines, want 1", len(lines))
 	}
-	if l := lines[0]; l.Level != zapcore.DebugLevel || l.ContextMap()["client"] != "127.0.0.2" {
-		t.Errorf("refusal line %v %v, want debug naming 127.0.0.2", l.Level, l.ContextMap())
+	if l := lines[0]; l.Level != zapcore.DebugLevel || l.ContextMap()["client"] != "127.0.0.3" {
+		t.Errorf("refusal line %v %v, want debug naming 127.0.0.3", l.Level, l.ContextMap())
+	}
+	ev := env.logs.FilterMessage("handshake closed to make room for a new connection").All()
+	if len(ev) < 1 || ev[0].Level != zapcore.DebugLevel || ev[0].ContextMap()["client"] != "127.0.0.2" {
+		t.Errorf("eviction lines %v, want debug naming 127.0.0.2 (at most one a second)", ev)
+	}
+}
+
+// TestHandshakeTracker: the order and the caps of evictions, on the
+// bookkeeping alone: per client, per IPv6 /56 (4 × the per-client cap)
+// and server-wide; refusal evicts nothing.
+func TestHandshakeTracker(t *testing.T) {
+	type step struct {
+		op     string // "add", "progress", "protect", "end"
+		conn   int    // index of the connection (add: new one, from addr)
+		addr   string
+		evicts []int // add: the connections evicted, in order
+		refuse bool  // add: refused
+	}
+	tests := []struct {
+		name  string
+		caps  hsCaps
+		steps []step
+	}{
+		{"oldest silent first", hsCaps{2, 8, 0}, []step{
+			{op: "add", conn: 0, addr: "192.0.2.1"},
+			{op: "add", conn: 1, addr: "192.0.2.1"},
+			{op: "add", conn: 2, addr: "192.0.2.1", evicts: []int{0}},
+			{op: "add", conn: 3, addr: "192.0.2.2"},
+		}},
+		{"silent before active", hsCaps{2, 8, 0}, []step{
+			{op: "add", conn: 0, addr: "192.0.2.1"},
+			{op: "add", conn: 1, addr: "192.0.2.1"},
+			{op: "progress", conn: 0},
+			{op: "add", conn: 2, addr: "192.0.2.1", evicts: []int{1}},
+			{op: "progress", conn: 2},
+			{op: "add", conn: 3, addr: "192.0.2.1", evicts: []int{0}},
+		}},
+		{"protected never", hsCaps{2, 8, 0}, []step{
+			{op: "add", conn: 0, addr: "192.0.2.1"},
+			{op: "add", conn: 1, addr: "192.0.2.1"},
+			{op: "protect", conn: 0},
+			{op: "protect", conn: 1},
+			{op: "add", conn: 2, addr: "192.0.2.1", refuse: true},
+			{op: "end", conn: 0},
+			{op: "add", conn: 3, addr: "192.0.2.1"},
+		}},
+		{"IPv6 by /64 and /56", hsCaps{1, 4, 0}, []step{
+			{op: "add", conn: 0, addr: "2001:db8:0:100::1"},
+			{op: "add", conn: 1, addr: "2001:db8:0:100::2", evicts: []int{0}}, // same /64
+			{op: "add", conn: 2, addr: "2001:db8:0:101::1"},
+			{op: "add", conn: 3, addr: "2001:db8:0:1ff::1"},
+			{op: "add", conn: 4, addr: "2001:db8:0:1aa::1"},
+			{op: "add", conn: 5, addr: "2001:db8:0:1bb::1", evicts: []int{1}}, // same /56, at 4
+			{op: "add", conn: 6, addr: "2001:db8:0:200::1"},                   // another /56
+		}},
+		{"server-wide", hsCaps{0, 0, 3}, []step{
+			{op: "add", conn: 0, addr: "192.0.2.1"},
+			{op: "add", conn: 1, addr: "192.0.2.2"},
+			{op: "progress", conn: 0},
+			{op: "add", conn: 2, addr: "192.0.2.3"},
+			{op: "add", conn: 3, addr: "192.0.2.4", evicts: []int{1}},
+			{op: "protect", conn: 0},
+			{op: "protect", conn: 2},
+			{op: "protect", conn: 3},
+			{op: "add", conn: 4, addr: "192.0.2.5", refuse: true},
+		}},
+		{"refusal evicts nothing", hsCaps{1, 4, 2}, []step{
+			{op: "add", conn: 0, addr: "192.0.2.1"},
+			{op: "protect", conn: 0},
+			{op: "add", conn: 1, addr: "192.0.2.2"},
+			{op: "add", conn: 2, addr: "192.0.2.1", refuse: true}, // the server group had a victim (1)
+			{op: "end", conn: 1},
+			{op: "add", conn: 3, addr: "192.0.2.3"},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var tr hsTracker
+			conns := map[int]*serverConn{}
+			for i, s := range tt.steps {
+				switch s.op {
+				case "add":
+					sc := &serverConn{}
+					conns[s.conn] = sc
+					ev, _, ok := tr.admit(sc, netip.MustParseAddr(s.addr), tt.caps, nil)
+					var got []int
+					for _, e := range ev {
+						for k, c := range conns {
+							if c == e.sc {
+								got = append(got, k)
+							}
+						}
+					}
+					if ok == s.refuse || fmt.Sprint(got) != fmt.Sprint(s.evicts) && len(got)+len(s.evicts) > 0 {
+						t.Fatalf("step %d: add %d from %s: admitted %v, evicted %v; want admitted %v, evicted %v",
+							i, s.conn, s.addr, ok, got, !s.refuse, s.evicts)
+					}
+				case "progress":
+					tr.progress(conns[s.conn])
+				case "protect":
+					if !tr.protect(conns[s.conn]) {
+						t.Fatalf("step %d: protect %d: it was evicted", i, s.conn)
+					}
+				case "end":
+					tr.release(conns[s.conn], hsNone, true)
+				}
+			}
+			// Ending everything leaves no group behind.
+			for _, sc := range conns {
+				tr.release(sc, hsNone, true)
+			}
+			if tr.count() != 0 || len(tr.groups[levelClient])+len(tr.groups[levelPrefix]) != 0 {
+				t.Errorf("after all ended: %d counted, %d client and %d prefix groups left",
+					tr.count(), len(tr.groups[levelClient]), len(tr.groups[levelPrefix]))
+			}
+		})
 	}
 }
 
@@ -227,5 +375,114 @@ func expectRefused(tb testing.TB, src, addr string) {
 	}
 	if el := time.Since(start); el > time.Second {
 		tb.Errorf("connection from %s over the limit closed after %v, want at once", src, el)
+	}
+}
+
+// TestHandshakeNAT: behind one address (a NAT), a program opens 1,000
+// connections and sends nothing, and keeps opening more, while 20 honest
+// clients from the same address log in and CONNECT one after another.
+// Before eviction, every honest connection was closed at accept once the
+// silent ones held max_handshakes_per_ip; now each new connection takes
+// the place of the oldest silent one, so all 20 must succeed. Their p99
+// is logged; the bound asserted is loose (a loaded 2-core machine), far
+// above the latency of a working server and far below the handshake
+// timeout a locked-out client would wait.
+func TestHandshakeNAT(t *testing.T) {
+	if testing.Short() {
+		t.Skip("1,000 connections")
+	}
+	const (
+		silent = 1000
+		honest = 20
+		src    = "127.0.0.2"
+	)
+	raiseNoFile(t, 2*silent+1024)
+	st := testSettings(t)
+	st.HandshakeTimeout = 10 * time.Second
+	st.Limits.MaxHandshakesPerIP = 128 // the default
+	st.Metrics = metrics.New()
+	env := startServer(t, st)
+	echo := echoServer(t)
+
+	for range silent {
+		dialFrom(t, src, env.addr)
+	}
+	waitFor(t, 10*time.Second, "the silent connections accepted", func() bool {
+		return metricValue(t, st.Metrics, "ifsocks_handshakes_evicted_total", `reason="handshakes_per_ip"`)+
+			metricValue(t, st.Metrics, "ifsocks_connections_refused_total", `reason="handshakes_per_ip"`) >= silent-128
+	})
+	// The flood goes on during the measurement.
+	stop := make(chan struct{})
+	var flood sync.WaitGroup
+	var flooded atomic.Int64
+	flood.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 2 * time.Second}
+			if c, err := d.Dial("tcp", env.addr); err == nil {
+				flooded.Add(1)
+				t.Cleanup(func() { c.Close() })
+			}
+			time.Sleep(time.Millisecond)
+		}
+	})
+
+	lat := make([]time.Duration, 0, honest)
+	failed := 0
+	for i := range honest {
+		start := time.Now()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", env.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(8 * time.Second))
+		ok := func() bool {
+			defer c.Close()
+			if _, err := c.Write([]byte{5, 1, methodUserPass}); err != nil {
+				return false
+			}
+			var b [2]byte
+			if _, err := io.ReadFull(c, b[:]); err != nil || b != [2]byte{5, methodUserPass} {
+				t.Logf("honest client %d: method selection % x, %v", i, b, err)
+				return false
+			}
+			r := &rawClient{tb: t, c: c}
+			r.send(append(append([]byte{1, 5}, "alice"...), append([]byte{byte(len(alicePass))}, alicePass...)...)...)
+			r.expect(1, authStatusOK)
+			if rep, _ := r.connect(echo); rep != RepSucceeded {
+				t.Logf("honest client %d: CONNECT reply %#x", i, rep)
+				return false
+			}
+			r.send('p', 'i', 'n', 'g')
+			r.expect('p', 'i', 'n', 'g')
+			return true
+		}()
+		if !ok {
+			failed++
+			continue
+		}
+		lat = append(lat, time.Since(start))
+	}
+	close(stop)
+	flood.Wait()
+	evicted := metricValue(t, st.Metrics, "ifsocks_handshakes_evicted_total", `reason="handshakes_per_ip"`)
+	refused := metricValue(t, st.Metrics, "ifsocks_connections_refused_total", `reason="handshakes_per_ip"`)
+	if failed > 0 {
+		t.Fatalf("%d of %d honest clients failed behind the silent flood (%d more silent connections during the run; %v evicted, %v refused)",
+			failed, honest, flooded.Load(), evicted, refused)
+	}
+	p99 := percentile(lat, 99)
+	t.Logf("%d silent connections, %d more during the run, from %s: %d honest logins + CONNECTs all succeeded: p50 %v, p99 %v, max %v; %v handshakes evicted, %v connections refused",
+		silent, flooded.Load(), src, honest, percentile(lat, 50), p99, percentile(lat, 100), evicted, refused)
+	if p99 > 3*time.Second {
+		t.Errorf("p99 %v, want well under the handshake timeout (bound 3s on a loaded machine; 200ms is the goal)", p99)
+	}
+	if refused != 0 {
+		t.Errorf("%v connections refused, want 0: silent handshakes can always be evicted", refused)
 	}
 }

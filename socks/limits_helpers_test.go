@@ -2,7 +2,9 @@ package socks
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"net"
 	"net/http/httptest"
@@ -36,17 +38,30 @@ func realisticCost() int {
 // real metrics.
 func costSettings(tb testing.TB, cost int) *Settings {
 	tb.Helper()
-	h, err := bcrypt.GenerateFromPassword([]byte(alicePass), cost)
-	if err != nil {
-		tb.Fatal(err)
+	return costSettingsUsers(tb, map[string]int{"alice": cost})
+}
+
+// costSettingsUsers has the named users, each with a bcrypt hash of its
+// cost and the password alicePass, egressing by "lo", and real metrics.
+func costSettingsUsers(tb testing.TB, costs map[string]int) *Settings {
+	tb.Helper()
+	var accounts []auth.Account
+	users := map[string]User{}
+	for name, cost := range costs {
+		h, err := bcrypt.GenerateFromPassword([]byte(alicePass), cost)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		accounts = append(accounts, auth.Account{Name: name, Hash: string(h)})
+		users[name] = User{Egress: Egress{Interfaces: []string{"lo"}}}
 	}
-	store, err := auth.NewStore([]auth.Account{{Name: "alice", Hash: string(h)}}, auth.Options{})
+	store, err := auth.NewStore(accounts, auth.Options{})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	return &Settings{
 		Auth:             store,
-		Users:            map[string]User{"alice": {Egress: Egress{Interfaces: []string{"lo"}}}},
+		Users:            users,
 		Policy:           policy.New(nil, false),
 		Metrics:          metrics.New(),
 		HandshakeTimeout: 5 * time.Second,
@@ -249,4 +264,45 @@ func (b *blaster) run(c net.Conn, size int) transferResult {
 		}
 	}
 	return res
+}
+
+// holdChecks takes every server-wide password-check slot of srv, so that
+// logins wait (unevictable) until the returned function (also a cleanup)
+// gives them back.
+func holdChecks(tb testing.TB, srv *Server) (release func()) {
+	tb.Helper()
+	n := maxChecks()
+	if err := srv.lim.checks.Acquire(context.Background(), n); err != nil {
+		tb.Fatal(err)
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { srv.lim.checks.Release(n) }) }
+	tb.Cleanup(release)
+	return release
+}
+
+// heldLogin connects from src and sends a login of user (a name the server
+// does not know, so no cached success skips the check) without waiting for
+// the answer.
+func heldLogin(tb testing.TB, src, addr, user string) *rawClient {
+	tb.Helper()
+	r := dialFrom(tb, src, addr)
+	r.send(5, 1, methodUserPass)
+	r.expect(5, methodUserPass)
+	msg := append([]byte{1, byte(len(user))}, user...)
+	r.send(append(append(msg, 5), "guess"...)...)
+	return r
+}
+
+// waitProtected waits until client (an IPv4 address) has n handshakes
+// counted and none of them evictable.
+func waitProtected(tb testing.TB, srv *Server, client string, n int) {
+	tb.Helper()
+	key := netip.MustParseAddr(client)
+	waitFor(tb, 5*time.Second, fmt.Sprintf("%d protected handshakes of %s", n, client), func() bool {
+		srv.lim.hsMu.Lock()
+		defer srv.lim.hsMu.Unlock()
+		g := srv.lim.hs.groups[levelClient][key]
+		return g != nil && g.n == n && g.victim() == nil
+	})
 }

@@ -97,12 +97,23 @@ func TestLogFieldsEveryLine(t *testing.T) {
 		}},
 		{"connection refused: client has too many connections in handshake", func() {
 			waitFor(t, 5*time.Second, "earlier connections closed", func() bool { return env.srv.ActiveConns() == 0 })
-			hold := []*rawClient{dialFrom(t, "127.0.0.4", env.addr), dialFrom(t, "127.0.0.4", env.addr)}
-			waitFor(t, 2*time.Second, "handshake slots taken", func() bool { return env.srv.ActiveConns() == 2 })
+			// Two handshakes whose passwords wait for their check
+			// cannot be evicted: the third connection is refused.
+			release := holdChecks(t, env.srv)
+			hold := []*rawClient{heldLogin(t, "127.0.0.4", env.addr, "probe1"), heldLogin(t, "127.0.0.4", env.addr, "probe2")}
+			waitProtected(t, env.srv, "127.0.0.4", 2)
 			dialFrom(t, "127.0.0.4", env.addr).expectClosed()
+			release()
 			for _, r := range hold {
 				r.c.Close()
 			}
+		}},
+		{"handshake closed to make room for a new connection", func() {
+			waitFor(t, 5*time.Second, "earlier connections closed", func() bool { return env.srv.ActiveConns() == 0 })
+			old := dialFrom(t, "127.0.0.4", env.addr)
+			dialFrom(t, "127.0.0.4", env.addr)
+			dialFrom(t, "127.0.0.4", env.addr)
+			old.expectClosed()
 		}},
 		{"BIND: connection from an address the client did not name; closed", func() {
 			r := dialRaw(t, env.addr)

@@ -255,6 +255,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.wg.Wait()
 		close(done)
 	}()
+	defer s.lim.guard.stop()
 	select {
 	case <-done:
 		s.cancel()
@@ -272,6 +273,7 @@ func (s *Server) Close() error {
 	s.closeListeners()
 	s.forceClose()
 	s.wg.Wait()
+	s.lim.guard.stop()
 	return nil
 }
 

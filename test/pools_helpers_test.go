@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,10 +23,10 @@ import (
 	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
-// Helpers of the address pool tests (pools_test.go): a topology with IPv6,
-// a routed /80 for the proxy, secondary IPv4 addresses, and an upstream
-// that tells, for TCP and UDP, the source address and the NIC a packet
-// arrived on.
+// Helpers of the address pool tests (pools_test.go): nstest's topology
+// with IPv6, plus a routed /80 for the proxy and secondary IPv4 addresses,
+// and an upstream that tells, for TCP and UDP, the source address and the
+// NIC a packet arrived on.
 //
 //	C (client)              P (proxy, the daemon)            U (upstream)
 //	c0 10.214.0.2 -------- cl0 10.214.0.1
@@ -42,7 +41,7 @@ import (
 // fd14:81::/80 (a pool P has no local route for) to P via up2. U's servers
 // have one socket per NIC (SO_BINDTODEVICE); each answers "SRC DEV".
 const (
-	poolNSPrefix = "h14-"
+	poolNSPrefix = "h14"
 
 	poolClient   = "10.214.0.2"
 	poolProxy    = "10.214.0.1"
@@ -60,86 +59,31 @@ const (
 // poolSecondaries are wan2's secondary IPv4 addresses.
 var poolSecondaries = []string{"10.214.2.11", "10.214.2.12", "10.214.2.13", "10.214.2.14"}
 
-var poolStaleOnce sync.Once
-
-// newPoolTopology builds the topology above for one test and removes it at
-// the end of the test.
+// newPoolTopology builds the topology above on nstest's (which has the
+// links, addresses, default routes and U's strict reverse-path filter)
+// and adds the pool's parts; it is removed at the end of the test.
 func newPoolTopology(t *testing.T) *topology {
 	t.Helper()
-	nstest.RequireRoot(t)
-	poolStaleOnce.Do(func() { removeStalePrefix(poolNSPrefix) })
-	base := fmt.Sprintf("%s%d-%d-", poolNSPrefix, os.Getpid(), egSeq.Add(1))
-	topo := &topology{C: base + "c", P: base + "p", U: base + "u"}
-	t.Cleanup(func() {
-		if err := topo.destroy(); err != nil {
-			t.Errorf("pool topology teardown: %v", err)
-		}
-	})
-	if err := buildPoolTopology(topo); err != nil {
-		t.Fatalf("pool topology: %v", err)
+	nt := nstest.NewTopology(t, nstest.TopologyConfig{Prefix: poolNSPrefix, Net: 214, V6: "fd14"})
+	if nt.ClientV4() != poolClient || nt.ProxyV4() != poolProxy || nt.ServiceV4() != poolSvc4 || nt.ServiceV6() != poolSvc6 {
+		t.Fatalf("nstest topology addresses changed: %s %s %s %s", nt.ClientV4(), nt.ProxyV4(), nt.ServiceV4(), nt.ServiceV6())
 	}
+	var secondaries []string
+	for _, a := range poolSecondaries {
+		secondaries = append(secondaries, a+"/24")
+	}
+	if err := nt.P.AddAddr(nt.WAN(2), secondaries...); err != nil {
+		t.Fatal(err)
+	}
+	// The AnyIP setup of a delegated prefix: the host takes every address
+	// of it as its own, though no interface holds one.
+	nt.P.IP(t, "-6", "route", "add", "local", poolPrefix, "dev", "lo")
+	for _, p := range []string{poolPrefix, poolNoRoute} {
+		nt.U.IP(t, "-6", "route", "add", p, "via", nt.WANV6(2), "dev", nt.Up(2))
+	}
+	topo := &topology{C: nt.C.Name, P: nt.P.Name, U: nt.U.Name}
 	startPoolServers(t, topo)
 	return topo
-}
-
-func buildPoolTopology(topo *topology) error {
-	C, P, U := topo.C, topo.P, topo.U
-	for _, ns := range []string{C, P, U} {
-		if _, err := nstest.IPErr("netns", "add", ns); err != nil {
-			return err
-		}
-		topo.created = append(topo.created, ns)
-		// Before the links exist, so they inherit it: no DAD (addresses
-		// usable at once), no router advertisements, no forwarding.
-		if err := nstest.Sysctl(ns, "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0",
-			"net.ipv6.conf.all.accept_ra=0", "net.ipv6.conf.default.accept_ra=0",
-			"net.ipv4.ip_forward=0", "net.ipv6.conf.all.forwarding=0"); err != nil {
-			return err
-		}
-	}
-	steps := [][]string{
-		{"-n", C, "link", "add", "c0", "type", "veth", "peer", "name", "cl0", "netns", P},
-		{"-n", P, "link", "add", "wan1", "type", "veth", "peer", "name", "up1", "netns", U},
-		{"-n", P, "link", "add", "wan2", "type", "veth", "peer", "name", "up2", "netns", U},
-		{"-n", C, "addr", "add", poolClient + "/24", "dev", "c0"},
-		{"-n", P, "addr", "add", poolProxy + "/24", "dev", "cl0"},
-		{"-n", P, "addr", "add", "10.214.1.1/24", "dev", "wan1"},
-		{"-n", P, "addr", "add", "fd14:1::1/64", "dev", "wan1", "nodad"},
-		{"-n", P, "addr", "add", "10.214.2.1/24", "dev", "wan2"},
-		{"-n", P, "addr", "add", "fd14:2::1/64", "dev", "wan2", "nodad"},
-		{"-n", U, "addr", "add", "10.214.1.2/24", "dev", "up1"},
-		{"-n", U, "addr", "add", "fd14:1::2/64", "dev", "up1", "nodad"},
-		{"-n", U, "addr", "add", "10.214.2.2/24", "dev", "up2"},
-		{"-n", U, "addr", "add", "fd14:2::2/64", "dev", "up2", "nodad"},
-		{"-n", U, "addr", "add", poolSvc4 + "/32", "dev", "lo"},
-		{"-n", U, "addr", "add", poolSvc6 + "/128", "dev", "lo"},
-	}
-	for _, a := range poolSecondaries {
-		steps = append(steps, []string{"-n", P, "addr", "add", a + "/24", "dev", "wan2"})
-	}
-	for ns, links := range map[string][]string{C: {"lo", "c0"}, P: {"lo", "cl0", "wan1", "wan2"}, U: {"lo", "up1", "up2"}} {
-		for _, l := range links {
-			steps = append(steps, []string{"-n", ns, "link", "set", l, "up"})
-		}
-	}
-	steps = append(steps,
-		[]string{"-n", P, "route", "add", "default", "via", "10.214.1.2", "dev", "wan1", "metric", "100"},
-		[]string{"-n", P, "route", "add", "default", "via", "10.214.2.2", "dev", "wan2", "metric", "200"},
-		[]string{"-n", P, "-6", "route", "add", "default", "via", "fd14:1::2", "dev", "wan1", "metric", "100"},
-		[]string{"-n", P, "-6", "route", "add", "default", "via", "fd14:2::2", "dev", "wan2", "metric", "200"},
-		// The AnyIP setup of a delegated prefix: the host takes every
-		// address of it as its own, though no interface holds one.
-		[]string{"-n", P, "-6", "route", "add", "local", poolPrefix, "dev", "lo"},
-		[]string{"-n", U, "-6", "route", "add", poolPrefix, "via", "fd14:2::1", "dev", "up2"},
-		[]string{"-n", U, "-6", "route", "add", poolNoRoute, "via", "fd14:2::1", "dev", "up2"})
-	for _, s := range steps {
-		if _, err := nstest.IPErr(s...); err != nil {
-			return err
-		}
-	}
-	// Strict reverse-path filtering in U: an IPv4 packet from wan2's
-	// addresses arriving on up1 is dropped.
-	return nstest.Sysctl(U, "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.up1.rp_filter=1", "net.ipv4.conf.up2.rp_filter=1")
 }
 
 // startPoolServers runs, in U, an HTTP server on port 8080 (all
