@@ -146,10 +146,7 @@ func TestAuthFailuresCostTheSame(t *testing.T) {
 			st := costSettingsUsers(t, tt.costs)
 			env := startServer(t, st)
 			users := slices.Sorted(maps.Keys(tt.costs))
-			creds := []string{"mallory"}
-			for _, u := range users {
-				creds = append(creds, u)
-			}
+			creds := append([]string{"mallory"}, users...)
 			cpu, wall, replies := failedLoginCosts(t, env, creds, tt.tries)
 			for j, u := range creds {
 				t.Logf("%s (cost %d), wrong password: reply % x, CPU least %v, median %v; wall median %v (fastest %v)",

@@ -129,6 +129,8 @@ func (h *hookServer) set(user, egress string) {
 }
 
 // setRaw makes the hook answer user's logins with this body.
+//
+//lint:ignore U1000 for the auth-hook tests in progress (issue 16)
 func (h *hookServer) setRaw(user, answer string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -666,12 +666,7 @@ func restoreWan3Routes(topo *topology) error {
 // ---------------------------------------------------------------------
 // Prometheus text format: nstest's, under the names these tests use.
 
-type (
-	promSample  = nstest.Sample
-	promMetrics = nstest.Metrics
-)
-
-func parseProm(text string) (promMetrics, error) { return nstest.ParseMetrics(text) }
+type promMetrics = nstest.Metrics
 
 func nsHTTP(ns, url string) (int, string, error) { return nstest.HTTPGet(ns, url) }
 
