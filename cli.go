@@ -19,6 +19,7 @@ type subcommand struct {
 // so a new one is added here only.
 var subcommands = []subcommand{
 	{"hash-password", "[-cost N]", "read a password on stdin, print a bcrypt hash for password_hash", hashPassword},
+	{"usage", "[-config FILE] [-period day|week|month] [-json]", "print each user's traffic and quota use from the accounting database", usageReport},
 }
 
 func findSubcommand(name string) (subcommand, bool) {

@@ -4,8 +4,9 @@
 // Usage:
 //
 //	ifsocks [-config FILE]     run the daemon in the foreground
-//	ifsocks [-config FILE] -check
+//	ifsocks [-config FILE] -check [-check-user NAME]
 //	                           check the configuration against this host
+//	                           (and the auth backend, with a dry login)
 //	ifsocks hash-password      read a password on stdin, print a bcrypt hash
 //	ifsocks -version           the version, module version and VCS revision
 //	ifsocks -h                 this usage, with every subcommand
@@ -24,6 +25,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/ifsocks/ifsocks/check"
 	"github.com/ifsocks/ifsocks/config"
@@ -58,6 +60,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	pprofAddr := fs.String("pprof", "", "serve net/http/pprof on this IP:port (profiling; keep it on loopback)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	checkOnly := fs.Bool("check", false, "check the configuration against this host (interfaces, addresses, routes, file mode), print a report and exit; exit status 1 if it finds errors")
+	checkUser := fs.String("check-user", "", "with -check: also ask the auth backend ([auth] http or ldap) about this user's login, with the password read from stdin, and print the egress it would get")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage(stdout, fs) // asked for: not an error
@@ -73,8 +76,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, versionString())
 		return nil
 	}
+	if *checkUser != "" && !*checkOnly {
+		return errors.New("-check-user only goes with -check")
+	}
 	if *checkOnly {
-		return checkConfig(*cfgPath, stdout)
+		return checkConfig(*cfgPath, *checkUser, stdin, stdout, stderr)
 	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
@@ -135,7 +141,7 @@ func loadConfig(path string) (*config.Config, error) {
 
 // checkConfig is -check: it loads the file the daemon would read and
 // explains it against this host (package check).
-func checkConfig(path string, stdout io.Writer) error {
+func checkConfig(path, user string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if path == "" {
 		path = config.DefaultPath
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
@@ -147,7 +153,24 @@ func checkConfig(path string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if n := check.Report(stdout, cfg, path); n > 0 {
+	var pass string
+	if user != "" {
+		if pass, err = readPassword(stdin, stderr); err != nil {
+			return err
+		}
+	}
+	n := check.Report(stdout, cfg, path)
+	// The backend is contacted once (a dry login with -check-user), so
+	// the report says whether logins can work at all.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := daemon.CheckAuth(ctx, cfg, stdout, user, pass); err != nil {
+		if n == 0 {
+			return fmt.Errorf("check of %s: %w", path, err)
+		}
+		n++
+	}
+	if n > 0 {
 		return fmt.Errorf("check of %s failed with %d error(s), listed above", path, n)
 	}
 	return nil
@@ -174,6 +197,31 @@ func newLogger(lc config.Log, w io.Writer) (*zap.Logger, zap.AtomicLevel, error)
 	return zap.New(core, zap.ErrorOutput(zapcore.Lock(zapcore.AddSync(w)))), lvl, nil
 }
 
+// usageReport prints the traffic per user from the accounting database
+// (daemon.Usage).
+func usageReport(args []string, _ io.Reader, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ifsocks usage", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "configuration file, for [accounting] path and the quotas (default "+config.DefaultPath+")")
+	period := fs.String("period", "", "day, week or month: the current one for every user (default: each user's quota period, month without a quota)")
+	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("usage: unexpected argument %q", fs.Arg(0))
+	}
+	path := *cfgPath
+	if path == "" {
+		path = config.DefaultPath
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	return daemon.Usage(stdout, cfg, *period, *asJSON, time.Now())
+}
+
 // hashPassword prints a bcrypt hash of the password read from stdin (one
 // line; without echo when stdin is a terminal).
 func hashPassword(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -198,24 +246,9 @@ func hashPassword(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 	if *cost < bcrypt.MinCost || *cost > bcrypt.MaxCost {
 		return fmt.Errorf("-cost %d: must be %d-%d", *cost, bcrypt.MinCost, bcrypt.MaxCost)
 	}
-	var pw string
-	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		fmt.Fprint(stderr, "Password: ")
-		b, err := term.ReadPassword(int(f.Fd()))
-		fmt.Fprintln(stderr)
-		if err != nil {
-			return fmt.Errorf("read password: %w", err)
-		}
-		pw = string(b)
-	} else {
-		line, err := bufio.NewReader(stdin).ReadString('\n')
-		if err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("read password: %w", err)
-		}
-		pw = strings.TrimRight(line, "\r\n")
-	}
-	if pw == "" {
-		return errors.New("empty password")
+	pw, err := readPassword(stdin, stderr)
+	if err != nil {
+		return err
 	}
 	h, err := bcrypt.GenerateFromPassword([]byte(pw), *cost)
 	if err != nil {
@@ -223,4 +256,29 @@ func hashPassword(args []string, stdin io.Reader, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintln(stdout, string(h))
 	return nil
+}
+
+// readPassword reads one password from stdin: without echo when it is a
+// terminal, else its first line.
+func readPassword(stdin io.Reader, stderr io.Writer) (string, error) {
+	var pw string
+	if f, ok := stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		fmt.Fprint(stderr, "Password: ")
+		b, err := term.ReadPassword(int(f.Fd()))
+		fmt.Fprintln(stderr)
+		if err != nil {
+			return "", fmt.Errorf("read password: %w", err)
+		}
+		pw = string(b)
+	} else {
+		line, err := bufio.NewReader(stdin).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return "", fmt.Errorf("read password: %w", err)
+		}
+		pw = strings.TrimRight(line, "\r\n")
+	}
+	if pw == "" {
+		return "", errors.New("empty password")
+	}
+	return pw, nil
 }

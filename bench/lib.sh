@@ -136,6 +136,9 @@ name = "bench"
 password_hash = "$hash"
 interface = "wan2"
 TOML
+	# The same with accounting on: every byte counted per user, flushed
+	# to an SQLite file every 10 s (the default).
+	{ cat "$work/ifsocks.toml"; printf '\n[accounting]\npath = "%s"\n' "$work/usage.db"; } >"$work/ifsocks-acct.toml"
 	# The address pool rows: the same user with one IPv6 source_ip, and
 	# with a /80 pool rotated per connection.
 	sed 's/^interface = "wan2"$/source_ip = "'"$WAN2_6"'"/' "$work/ifsocks.toml" >"$work/ifsocks-v6-source.toml"
@@ -179,6 +182,8 @@ start_proxy() {
 		;;
 	# shellcheck disable=SC2086 # IFSBENCH_IFSOCKS_ARGS is split into flags on purpose
 	ifsocks) bg ifsocks "$P" "$work/ifsocks" -config "$work/${ifsocks_conf:-ifsocks.toml}" ${IFSBENCH_IFSOCKS_ARGS:-} ;;
+	# shellcheck disable=SC2086
+	ifsocks-acct) rm -f "$work"/usage.db*; bg ifsocks-acct "$P" "$work/ifsocks" -config "$work/ifsocks-acct.toml" ${IFSBENCH_IFSOCKS_ARGS:-} ;;
 	dante) bg dante "$P" danted -f "$work/danted-$dante_method.conf" -p "$work/danted.pid" ;;
 	microsocks) bg microsocks "$P" microsocks -i "$LISTEN" -p 1080 -u bench -P "$pass" -b "$WAN2" ;;
 	esac

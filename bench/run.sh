@@ -9,8 +9,9 @@
 # --install  apt-get install dante-server, microsocks and strace first
 # --short    CI smoke mode: 2 s per test, 300 tunnels
 # --out      where to write the report (default bench/RESULTS.md)
-# --only     comma-separated subjects to run (kernel,ifsocks,dante,microsocks)
-# --groups   comma-separated tests to run (tunnels,tcp,udp,connrate,twreuse)
+# --only     comma-separated subjects to run (kernel,ifsocks,ifsocks-acct,dante,microsocks)
+# --groups   comma-separated tests to run (tunnels,tcp,udp,connrate,twreuse,
+#            v6source,v6pool,httpconnect)
 # --p-sysctl KEY=VALUE  set a sysctl in the proxy namespace (diagnosis,
 #            e.g. net.ipv4.tcp_tw_reuse=1); recorded in the report
 #
@@ -90,6 +91,16 @@ group_tcp() {
 		done
 	done
 	if [ "$1" = ifsocks ]; then strace_run; fi
+}
+
+# group_httpconnect: the same tunnels asked for with HTTP CONNECT and Basic
+# proxy credentials instead of SOCKS5 (ifsocks serves both on one port).
+group_httpconnect() {
+	local dir
+	for dir in up down; do
+		measure "$1" $((durs + 90)) "http-tcp-1-$dir" tcp "${via[@]}" -proxy-proto http -streams 1 -dir "$dir" -duration "$dur" -test "http-tcp-1-$dir"
+	done
+	measure "$1" $((durs + 60)) http-connrate connrate "${via[@]}" -proxy-proto http -concurrency 50 -duration "$dur" -test http-connrate
 }
 
 group_udp() {
@@ -181,10 +192,11 @@ start_dante() {
 }
 
 run_subject() {
-	local s=$1 g groups=(tunnels tcp udp connrate twreuse v6source v6pool)
+	local s=$1 g groups=(tunnels tcp udp connrate twreuse v6source v6pool httpconnect) t
 	if [ "$s" != ifsocks ]; then
-		note skip -subject "$s" -test connrate-v6-source -value "ifsocks only"
-		note skip -subject "$s" -test connrate-v6-pool -value "ifsocks only"
+		for t in connrate-v6-source connrate-v6-pool http-tcp-1-up http-tcp-1-down http-connrate; do
+			note skip -subject "$s" -test "$t" -value "ifsocks only"
+		done
 	fi
 	case "$s" in
 	kernel)
@@ -195,6 +207,12 @@ run_subject() {
 	dante)
 		groups=(tunnels tcp udp connrate)
 		note skip -subject dante -test connrate-tw -value "bcrypt-bound"
+		;;
+	ifsocks-acct)
+		groups=(tcp connrate)
+		note skip -subject ifsocks-acct -test tunnels -value "as ifsocks"
+		note skip -subject ifsocks-acct -test udp -value "not run"
+		note skip -subject ifsocks-acct -test connrate-tw -value "not run"
 		;;
 	microsocks)
 		groups=(tunnels tcp connrate twreuse)
@@ -262,7 +280,7 @@ note meta -key CPU -value "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- 
 note meta -key memory -value "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
 note meta -key Go -value "$(go version)"
 note meta -key ifsocks -value "$version (defaults: JSON flow log at info, to a file)"
-subjects_run=(kernel ifsocks)
+subjects_run=(kernel ifsocks ifsocks-acct)
 if command -v danted >/dev/null; then
 	subjects_run+=(dante)
 	note meta -key Dante -value "$(danted -v 2>&1 | head -n1 | cut -c1-40)"

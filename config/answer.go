@@ -25,7 +25,9 @@ import (
 // answerKeys are the keys an answer may hold.
 var answerKeys = func() map[string]bool {
 	keys := tomlKeys(reflect.TypeOf(fileUser{}), "")
-	for _, k := range []string{"name", "password", "password_hash"} {
+	// Quotas are per host and known at start and reload, where the
+	// ledger reads them: they are [[users]] keys only.
+	for _, k := range []string{"name", "password", "password_hash", "quota", "quota_period", "quota_reset_day"} {
 		delete(keys, k)
 	}
 	return keys

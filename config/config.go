@@ -118,7 +118,9 @@ type Config struct {
 	Server  Server
 	Log     Log
 	Metrics Metrics
-	Users   []User
+	// Accounting is off when Accounting.Path is "".
+	Accounting Accounting
+	Users      []User
 	// Listeners are the [[listeners]] entries: addresses with their own
 	// authentication, client list and egress, served besides
 	// Server.Listen.
@@ -195,6 +197,9 @@ type Listener struct {
 	// listener does not set its own.
 	Protocols Protocols
 	Egress
+	// Quota caps the listener's unauthenticated flows (auth = "none"
+	// only: users have their own).
+	Quota Quota
 }
 
 // Metrics is the [metrics] table.
@@ -296,6 +301,8 @@ type User struct {
 	// size in bytes, set (to DefaultRateBurst) whenever RateLimit is.
 	RateLimit int64
 	RateBurst int64
+	// Quota caps the user's traffic per period.
+	Quota Quota
 }
 
 // DefaultRateBurst is the burst of a rate limit whose rate_burst is unset.

@@ -127,6 +127,9 @@ func TestLoadExample(t *testing.T) {
 	if !s.DenyOwnAddresses || s.AllowOpen {
 		t.Errorf("DenyOwnAddresses, AllowOpen = %v, %v, want true, false", s.DenyOwnAddresses, s.AllowOpen)
 	}
+	if a := c.Accounting; a.Path != "" || a.FlushInterval != config.DefaultFlushInterval || a.OnError != config.DefaultOnError {
+		t.Errorf("Accounting = %+v, want off with the default flush_interval and on_error", a)
+	}
 	if c.Log.Level != "info" || c.Log.Format != "json" {
 		t.Errorf("Log = %+v, want info/json", c.Log)
 	}

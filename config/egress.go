@@ -143,6 +143,10 @@ func (v *validator) listeners(c *Config, f *file) {
 		} else if l.Protocols.SOCKS4 && !l.NoAuth {
 			v.add(key("protocols"), c.Server.Protocols.String(), "inherited from server.protocols: SOCKS4 carries no password; set protocols for this listener")
 		}
+		l.Quota = v.quota(key, fl.fileQuota, c.Accounting.Path != "")
+		if l.Quota.Bytes > 0 && !l.NoAuth {
+			v.add(key("quota"), fmt.Sprint(fl.Quota), "only with auth = \"none\": authenticated flows count against their user's quota")
+		}
 		if l.NoAuth && len(fl.AllowClients) == 0 && l.Address != "" && !isLoopback(l.Address) {
 			v.add(key("allow_clients"), "[]", "required with auth = \"none\" on a non-loopback address: without it this is an open proxy")
 		}

@@ -68,22 +68,29 @@ func (v *validator) userLimits(key func(string) string, u *User, fu fileUser, s 
 
 // byteSize is an integer followed by an optional unit; nothing else, not
 // even spaces, so that a typo is an error rather than a different number.
-var byteSize = regexp.MustCompile(`^([0-9]+)(B|kB|KB|MB|GB|KiB|MiB|GiB)?$`)
+var byteSize = regexp.MustCompile(`^([0-9]+)(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$`)
 
 var byteUnits = map[string]int64{
 	"": 1, "B": 1,
-	"kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9,
-	"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30,
+	"kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+	"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
 }
 
 // maxByteSize bounds sizes far above any NIC (1 TiB), so that products
 // never overflow.
 const maxByteSize = 1 << 40
 
+// maxQuota bounds a quota (1 PiB per period): far above what one host
+// moves in a month, far below an overflow.
+const maxQuota = 1 << 50
+
 // parseByteSize accepts a TOML integer (bytes) or a string such as
 // "1048576", "500kB" or "10MiB" and returns the number of bytes.
-func parseByteSize(raw any) (int64, error) {
-	const want = `want an integer or a string like "10MiB" (units B, kB, MB, GB, KiB, MiB, GiB)`
+func parseByteSize(raw any) (int64, error) { return parseSize(raw, maxByteSize) }
+
+// parseSize is parseByteSize with limit as the largest size accepted.
+func parseSize(raw any, limit int64) (int64, error) {
+	const want = `want an integer or a string like "10MiB" (units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)`
 	var n int64
 	switch x := raw.(type) {
 	case int64:
@@ -96,7 +103,7 @@ func parseByteSize(raw any) (int64, error) {
 		d, err := strconv.ParseInt(m[1], 10, 64)
 		unit := byteUnits[m[2]]
 		if err != nil || d > math.MaxInt64/unit {
-			return 0, fmt.Errorf("too large (at most 1TiB)")
+			return 0, tooLarge(limit)
 		}
 		n = d * unit
 	default:
@@ -105,8 +112,15 @@ func parseByteSize(raw any) (int64, error) {
 	switch {
 	case n < 0:
 		return 0, fmt.Errorf("must not be negative")
-	case n > maxByteSize:
-		return 0, fmt.Errorf("too large (at most 1TiB)")
+	case n > limit:
+		return 0, tooLarge(limit)
 	}
 	return n, nil
+}
+
+func tooLarge(limit int64) error {
+	if limit == maxQuota {
+		return fmt.Errorf("too large (at most 1024TiB)")
+	}
+	return fmt.Errorf("too large (at most 1TiB)")
 }

@@ -52,6 +52,11 @@ type file struct {
 	Metrics struct {
 		Listen string `toml:"listen"`
 	} `toml:"metrics"`
+	Accounting struct {
+		Path          string `toml:"path"`
+		FlushInterval string `toml:"flush_interval"`
+		OnError       string `toml:"on_error"`
+	} `toml:"accounting"`
 	Users     []fileUser     `toml:"users"`
 	Listeners []fileListener `toml:"listeners"`
 	Auth      fileAuth       `toml:"auth"`
@@ -83,6 +88,7 @@ type fileUser struct {
 	RateLimit any `toml:"rate_limit"`
 	RateBurst any `toml:"rate_burst"`
 	fileEgress
+	fileQuota
 }
 
 type fileListener struct {
@@ -92,6 +98,7 @@ type fileListener struct {
 	AllowClients []string `toml:"allow_clients"`
 	Protocols    []string `toml:"protocols"`
 	fileEgress
+	fileQuota
 }
 
 func (f *file) defined(key ...string) bool { return f.md.IsDefined(key...) }
@@ -123,10 +130,12 @@ func Parse(data []byte, name string) (*Config, error) {
 	v.server(c, &f)
 	v.log(c)
 	v.metrics(c)
+	v.accounting(c, &f)
 	v.users(c, &f)
 	v.auth(c, &f)
 	v.serverProtocols(c, &f)
 	v.listeners(c, &f)
+	v.accountingKeys(c)
 	v.openRelay(c)
 	if len(v.errs) > 0 {
 		for i, e := range v.errs {
@@ -307,6 +316,8 @@ func applyDefaults(c *Config, f *file) {
 	c.Server.AuthFailWindow = DefaultAuthFailWindow
 	c.Server.AuthFailCooldown = DefaultAuthFailCooldown
 	c.Server.MaxConnections = DefaultMaxConnections
+	c.Accounting.FlushInterval = DefaultFlushInterval
+	c.Accounting.OnError = DefaultOnError
 	c.Log.Level = DefaultLogLevel
 	if f.defined("log", "level") {
 		c.Log.Level = f.Log.Level

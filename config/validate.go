@@ -227,6 +227,7 @@ func (v *validator) users(c *Config, f *file) {
 		key := func(k string) string { return fmt.Sprintf("users[%d].%s", i, k) }
 		u := v.userSettings(key, fu, &c.Server)
 		u.Name, u.PasswordHash, u.Password = fu.Name, fu.PasswordHash, fu.Password
+		u.Quota = v.quota(key, fu.fileQuota, c.Accounting.Path != "")
 		switch {
 		case u.Name == "":
 			v.add(key("name"), u.Name, "a name is required")

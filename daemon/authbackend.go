@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ifsocks/ifsocks/accounting"
 	"github.com/ifsocks/ifsocks/auth"
 	"github.com/ifsocks/ifsocks/auth/hook"
 	"github.com/ifsocks/ifsocks/auth/ldap"
@@ -34,11 +36,55 @@ type remoteBackend struct {
 // newBackend builds cfg's auth backend. exists reports whether an
 // interface is present on the host: an answer naming one that is not is
 // refused, since its flows could only fail.
-func newBackend(cfg *config.Config, m *metrics.Metrics, exists func(string) bool) (*remoteBackend, error) {
+// account, when not nil, returns a user's accounting counter: backend users
+// are counted like [[users]] (quotas are for [[users]] only).
+func newBackend(cfg *config.Config, m *metrics.Metrics, exists func(string) bool, account func(string) *accounting.Counter) (*remoteBackend, error) {
 	a := cfg.Auth
-	var b auth.Backend
-	var closer io.Closer
-	var wait time.Duration
+	b, err := openBackend(a)
+	if b == nil || err != nil {
+		return nil, err
+	}
+	name := string(a.Backend)
+	opt := auth.RemoteOptions{
+		CacheTTL: a.CacheTTL, NegativeTTL: a.NegativeCacheTTL, StaleIfError: a.StaleIfError,
+		MaxConcurrent: a.MaxConcurrent, Wait: b.timeout,
+		Observe: func(result string, d time.Duration) { m.AuthBackend(name, result, d) },
+	}
+	build := func(user string, ans auth.Answer) (*socks.User, error) {
+		u, err := answerUser(cfg, user, ans, exists)
+		if err != nil {
+			return nil, err
+		}
+		su := userOf(u)
+		if account != nil {
+			su.Account = account(user)
+		}
+		return &su, nil
+	}
+	return &remoteBackend{auth: auth.NewRemote(b.Backend, opt, build), closer: b.closer}, nil
+}
+
+// answerUser validates an accepted answer: the [[users]] rules, and
+// interfaces this host has.
+func answerUser(cfg *config.Config, user string, ans auth.Answer, exists func(string) bool) (config.User, error) {
+	u, err := cfg.UserFromAnswer(user, ans.Fields)
+	if err != nil {
+		return u, err
+	}
+	return u, present(u.Egress, exists)
+}
+
+// backend is an opened auth backend with what using it needs.
+type backend struct {
+	auth.Backend
+	closer  io.Closer
+	timeout time.Duration
+	// probe contacts the service once, for -check.
+	probe func(context.Context) (string, error)
+}
+
+// openBackend builds the client of a's backend; nil for "file".
+func openBackend(a config.Auth) (*backend, error) {
 	switch a.Backend {
 	case config.BackendHTTP:
 		h, err := hook.New(hook.Options{URL: a.HTTP.URL, Socket: a.HTTP.Socket, Timeout: a.HTTP.Timeout,
@@ -46,34 +92,15 @@ func newBackend(cfg *config.Config, m *metrics.Metrics, exists func(string) bool
 		if err != nil {
 			return nil, err
 		}
-		b, closer, wait = h, h, a.HTTP.Timeout
+		return &backend{Backend: h, closer: h, timeout: a.HTTP.Timeout, probe: h.Probe}, nil
 	case config.BackendLDAP:
 		l, err := newLDAP(a.LDAP)
 		if err != nil {
 			return nil, err
 		}
-		b, closer, wait = l, l, a.LDAP.Timeout
-	default:
-		return nil, nil
+		return &backend{Backend: l, closer: l, timeout: a.LDAP.Timeout, probe: l.Probe}, nil
 	}
-	name := string(a.Backend)
-	opt := auth.RemoteOptions{
-		CacheTTL: a.CacheTTL, NegativeTTL: a.NegativeCacheTTL, StaleIfError: a.StaleIfError,
-		MaxConcurrent: a.MaxConcurrent, Wait: wait,
-		Observe: func(result string, d time.Duration) { m.AuthBackend(name, result, d) },
-	}
-	build := func(user string, ans auth.Answer) (*socks.User, error) {
-		u, err := cfg.UserFromAnswer(user, ans.Fields)
-		if err != nil {
-			return nil, err
-		}
-		if err := present(u.Egress, exists); err != nil {
-			return nil, err
-		}
-		su := userOf(u)
-		return &su, nil
-	}
-	return &remoteBackend{auth: auth.NewRemote(b, opt, build), closer: closer}, nil
+	return nil, nil
 }
 
 // present checks that the interfaces an answer names exist.

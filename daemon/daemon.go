@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ifsocks/ifsocks/accounting"
 	"github.com/ifsocks/ifsocks/bind"
 	"github.com/ifsocks/ifsocks/config"
 	"github.com/ifsocks/ifsocks/link"
@@ -33,6 +34,8 @@ type Options struct {
 	Reload <-chan os.Signal
 	// Pprof, when set, is an address to serve net/http/pprof on.
 	Pprof string
+	// Now is the clock of accounting periods; nil means time.Now.
+	Now func() time.Time
 }
 
 type daemon struct {
@@ -43,7 +46,11 @@ type daemon struct {
 	metrics *metrics.Metrics
 	watcher *link.Watcher
 	lns     map[string]*listener // by address as written in the config
-	backend *remoteBackend       // the auth backend in force; nil for file users
+	// ledger counts traffic per user; nil when accounting is off or its
+	// database failed at start (then accountingErr says why).
+	ledger        *accounting.Ledger
+	accountingErr error
+	backend       *remoteBackend // the auth backend in force; nil for file users
 
 	wg       sync.WaitGroup // Serve loops, the watcher, the metrics server
 	serveErr chan error     // a listener failed on its own
@@ -54,6 +61,7 @@ type daemon struct {
 // cut. It returns an error if the service cannot start or a listener fails.
 func Run(ctx context.Context, opts Options) error {
 	cfg := opts.Config
+	var err error
 	d := &daemon{
 		opts:     opts,
 		log:      opts.Log,
@@ -62,6 +70,11 @@ func Run(ctx context.Context, opts Options) error {
 		serveErr: make(chan error, 1),
 	}
 	d.watcher = d.newWatcher(cfg)
+	if d.ledger, err = d.openAccounting(cfg); err != nil {
+		return err
+	}
+	// Last, after every flow and goroutine has ended: the final counts.
+	defer d.closeAccounting()
 	st, backend, err := d.settings(cfg)
 	if err != nil {
 		return err
@@ -94,6 +107,7 @@ func Run(ctx context.Context, opts Options) error {
 	defer stopPprof()
 	watchCtx, stopWatch := context.WithCancel(context.Background())
 	d.runWatcher(watchCtx)
+	d.runAccounting(watchCtx)
 	for _, l := range d.lns {
 		d.serve(l)
 	}
@@ -152,7 +166,23 @@ func (d *daemon) settings(cfg *config.Config) (*socks.Settings, *remoteBackend, 
 		st.CheckInterface = d.checkInterface
 		st.AddrOwner = d.watcher.Owner
 	}
-	b, err := newBackend(cfg, d.metrics, d.interfaceExists)
+	if d.ledger != nil {
+		for name, u := range st.Users {
+			u.Account = d.ledger.Counter(name)
+			st.Users[name] = u
+		}
+		for _, l := range cfg.Listeners {
+			if sl := st.Listeners[l.Address]; sl != nil {
+				sl.Account = d.ledger.Counter(listenerKey(l))
+			}
+		}
+		st.NoAuthUser.Account = d.ledger.Counter(accounting.NoAuthKey)
+	}
+	var account func(string) *accounting.Counter
+	if d.ledger != nil {
+		account = d.ledger.Counter
+	}
+	b, err := newBackend(cfg, d.metrics, d.interfaceExists, account)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -261,6 +291,7 @@ func (d *daemon) metricsMux() *http.ServeMux {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})
+	mux.HandleFunc("/usage", d.usageHandler)
 	return mux
 }
 

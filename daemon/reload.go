@@ -71,6 +71,7 @@ func (d *daemon) reload() {
 			zap.String("running", old.Metrics.Listen), zap.String("configured", cfg.Metrics.Listen))
 	}
 	d.watcher.Watch(interfaces(cfg))
+	d.reloadAccounting(old, cfg)
 	gone := removedUsers(old, cfg)
 	closed := 0
 	if cfg.Server.ReloadClosesRemoved && len(gone) > 0 {

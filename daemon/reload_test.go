@@ -34,6 +34,12 @@ type fileDaemon struct {
 
 func startFileDaemon(tb testing.TB, text string) *fileDaemon {
 	tb.Helper()
+	return startFileDaemonWith(tb, text, nil)
+}
+
+// startFileDaemonWith is startFileDaemon with edit applied to the options.
+func startFileDaemonWith(tb testing.TB, text string, edit func(*Options)) *fileDaemon {
+	tb.Helper()
 	path := filepath.Join(tb.TempDir(), "config.toml")
 	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
 		tb.Fatal(err)
@@ -50,6 +56,9 @@ func startFileDaemon(tb testing.TB, text string) *fileDaemon {
 		path:          path, hup: make(chan os.Signal, 1), level: level,
 	}
 	opts := Options{Path: path, Config: cfg, Log: zap.New(core), Level: level, Reload: d.hup}
+	if edit != nil {
+		edit(&opts)
+	}
 	go func() { d.errc <- Run(ctx, opts) }()
 	tb.Cleanup(func() { d.stop(tb) })
 	d.waitLog(tb, "ifsocks started")

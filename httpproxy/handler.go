@@ -102,7 +102,10 @@ func parseBasic(h string) (user, pass string, ok bool) {
 		return "", "", false
 	}
 	user, pass, ok = strings.Cut(string(raw), ":")
-	return user, pass, ok
+	if !ok {
+		return "", "", false
+	}
+	return user, pass, true
 }
 
 // refuse writes status with a one-line text body: the status text, and a
@@ -125,12 +128,12 @@ type reply struct {
 	done bool
 }
 
-func (rp *reply) Refuse(status int) {
+func (rp *reply) Refuse(status int, hint string) {
 	if rp.done {
 		return
 	}
 	rp.done = true
-	refuse(rp.w, status, "")
+	refuse(rp.w, status, hint)
 }
 
 // errAnswered: Establish after the request was already answered.

@@ -53,8 +53,9 @@ type Options struct {
 
 // Reply answers one request for the core.
 type Reply interface {
-	// Refuse answers with status and a one-line body.
-	Refuse(status int)
+	// Refuse answers with status and a one-line body, which ends with
+	// hint when it is not empty ("403 Forbidden: quota exceeded").
+	Refuse(status int, hint string)
 	// Establish answers a CONNECT with 200 and takes the connection
 	// from the HTTP server; it returns the bytes the client sent after
 	// its request head, which belong to the tunnel.

@@ -36,6 +36,7 @@ type Metrics struct {
 	reloads      *prometheus.CounterVec
 	lastReload   prometheus.Gauge
 	limits       limitMetrics
+	accounting   accountingMetrics
 	authBackend  authBackendMetrics
 	panics       *prometheus.CounterVec
 }
@@ -89,6 +90,7 @@ func New() *Metrics {
 		Help: "Unix time of the last successful configuration load (start or reload).",
 	})
 	m.newLimits(f)
+	m.newAccounting(f)
 	m.newAuthBackend(f)
 	m.newPanics(f)
 	for _, c := range []prometheus.Collector{m.flows, m.active, m.bytes, m.authFailures, m.dial,

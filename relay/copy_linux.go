@@ -28,7 +28,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, smallCopy); return &
 // much by the same path as copyConn, splice included. Bytes waiting for
 // tokens stay in the socket's receive queue, where TCP flow control slows
 // the sender; the relay holds no buffer meanwhile.
-func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter, moved *atomic.Int64) (int64, error) {
+func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter, moved, live *atomic.Int64) (int64, error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return 0, err
@@ -47,6 +47,7 @@ func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter, 
 		}
 		m, err := move(dst, src, n)
 		total += m
+		add(live, m)
 		if m > 0 {
 			moved.Store(time.Now().UnixNano())
 		}

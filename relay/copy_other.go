@@ -14,10 +14,15 @@ import (
 )
 
 // copyConn is a plain copy outside Linux (ifsocks as a whole needs Linux).
-func copyConn(dst, src *net.TCPConn) (int64, error) { return io.Copy(dst, src) }
+// Its bytes are counted when it ends.
+func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
+	n, err := io.Copy(dst, src)
+	add(live, n)
+	return n, err
+}
 
 // copyLimited is a buffered copy paced by lim outside Linux.
-func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter, moved *atomic.Int64) (int64, error) {
+func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter, moved, live *atomic.Int64) (int64, error) {
 	buf := make([]byte, 32<<10)
 	var total int64
 	for {
@@ -37,6 +42,7 @@ func copyLimited(ctx context.Context, dst, src *net.TCPConn, lim *rate.Limiter, 
 				return total, werr
 			}
 			total += int64(n)
+			add(live, int64(n))
 			moved.Store(time.Now().UnixNano())
 		}
 		if errors.Is(err, io.EOF) {

@@ -32,7 +32,7 @@ type Limits struct {
 // only in chunks of at most the burst and after the limiter allows them.
 // Callers with nothing to pace should call Start, which does not watch a
 // context at all.
-func StartLimited(ctx context.Context, client, upstream *net.TCPConn, idle time.Duration, lim Limits, done func(Result)) {
+func StartLimited(ctx context.Context, client, upstream *net.TCPConn, idle time.Duration, lim Limits, cnt Counts, done func(Result)) {
 	f := &flow{conns: [2]*net.TCPConn{client, upstream}, done: done, pending: 2}
 	f.ctx, f.cancel = context.WithCancel(ctx)
 	// Registered before the copiers start: a ctx already done closes
@@ -41,8 +41,8 @@ func StartLimited(ctx context.Context, client, upstream *net.TCPConn, idle time.
 	if idle > 0 {
 		f.timer = StartIdleTimer(idle, f.quiet, f.expire)
 	}
-	go f.half(upstream, client, &f.up, lim.Up)
-	go f.half(client, upstream, &f.down, lim.Down)
+	go f.half(upstream, client, &f.up, lim.Up, cnt.Up)
+	go f.half(client, upstream, &f.down, lim.Down, cnt.Down)
 }
 
 // chunk is how many of avail queued bytes a paced direction may take at

@@ -19,7 +19,7 @@ func startLimited(tb testing.TB, ctx context.Context, lim relay.Limits) *flow {
 	client, proxyClient := tcpPair(tb)
 	proxyUp, upstream := tcpPair(tb)
 	f := &flow{client: client, upstream: upstream, done: make(chan relay.Result, 1), start: time.Now()}
-	relay.StartLimited(ctx, proxyClient, proxyUp, 0, lim, func(r relay.Result) { f.done <- r })
+	relay.StartLimited(ctx, proxyClient, proxyUp, 0, lim, relay.Counts{}, func(r relay.Result) { f.done <- r })
 	tb.Cleanup(func() {
 		client.SetLinger(0)
 		client.Close()
@@ -224,7 +224,7 @@ func TestLimitedNotIdle(t *testing.T) {
 	client, proxyClient := tcpPair(t)
 	proxyUp, upstream := tcpPair(t)
 	done := make(chan relay.Result, 1)
-	relay.StartLimited(context.Background(), proxyClient, proxyUp, idle, lim, func(r relay.Result) { done <- r })
+	relay.StartLimited(context.Background(), proxyClient, proxyUp, idle, lim, relay.Counts{}, func(r relay.Result) { done <- r })
 	if _, err := client.Write(randomBytes(t, size)); err != nil {
 		t.Fatal(err)
 	}

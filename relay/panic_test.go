@@ -29,7 +29,7 @@ func TestRelayPanic(t *testing.T) {
 	proxyUp, upstream := tcpPair(t)
 	done := make(chan relay.Result, 2)
 	lim := relay.Limits{Up: rate.NewLimiter(1<<20, 64<<10)}
-	relay.StartLimited(panicDeadline{context.Background()}, proxyClient, proxyUp, 0, lim, func(r relay.Result) { done <- r })
+	relay.StartLimited(panicDeadline{context.Background()}, proxyClient, proxyUp, 0, lim, relay.Counts{}, func(r relay.Result) { done <- r })
 	if _, err := client.Write([]byte("trigger")); err != nil {
 		t.Fatal(err)
 	}

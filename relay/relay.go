@@ -53,18 +53,34 @@ type Result struct {
 	Idle bool
 }
 
+// Counts receive the bytes each direction moves while the flow runs, for
+// accounting and quotas: one atomic add per read or splice, so a counter
+// shared by all of a user's flows knows its traffic within one such step.
+// A nil pointer counts nothing; the zero Counts counts nothing.
+type Counts struct {
+	Up   *atomic.Int64 // client to upstream
+	Down *atomic.Int64 // upstream to client
+}
+
+// add adds n to a live counter, if there is one.
+func add(c *atomic.Int64, n int64) {
+	if c != nil && n > 0 {
+		c.Add(n)
+	}
+}
+
 // Start relays between client and upstream in two new goroutines and
 // returns at once. When both directions have ended, one fails, or neither
 // has received data for idle (0 disables the idle timeout), both
 // connections are closed and done is called once, from one of those
-// goroutines, with the result.
-func Start(client, upstream *net.TCPConn, idle time.Duration, done func(Result)) {
+// goroutines, with the result. cnt is added to as bytes move.
+func Start(client, upstream *net.TCPConn, idle time.Duration, cnt Counts, done func(Result)) {
 	f := &flow{conns: [2]*net.TCPConn{client, upstream}, done: done, pending: 2}
 	if idle > 0 {
 		f.timer = StartIdleTimer(idle, f.quiet, f.expire)
 	}
-	go f.half(upstream, client, &f.up, nil)
-	go f.half(client, upstream, &f.down, nil)
+	go f.half(upstream, client, &f.up, nil, cnt.Up)
+	go f.half(client, upstream, &f.down, nil, cnt.Down)
 }
 
 type flow struct {
@@ -94,7 +110,7 @@ type flow struct {
 // with CloseWrite and leaves the other direction running; on an error it
 // closes both connections so the other direction ends too. The direction
 // that ends last finishes the flow.
-func (f *flow) half(dst, src *net.TCPConn, count *int64, lim *rate.Limiter) {
+func (f *flow) half(dst, src *net.TCPConn, count *int64, lim *rate.Limiter, live *atomic.Int64) {
 	var (
 		n     int64
 		err   error
@@ -102,9 +118,9 @@ func (f *flow) half(dst, src *net.TCPConn, count *int64, lim *rate.Limiter) {
 	)
 	defer f.recoverHalf(&ended)
 	if lim == nil {
-		n, err = copyConn(dst, src)
+		n, err = copyConn(dst, src, live)
 	} else {
-		n, err = copyLimited(f.ctx, dst, src, lim, &f.moved)
+		n, err = copyLimited(f.ctx, dst, src, lim, &f.moved, live)
 	}
 	if err == nil {
 		err = dst.CloseWrite()

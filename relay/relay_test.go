@@ -81,7 +81,7 @@ func startRelay(tb testing.TB, idle time.Duration) *flow {
 	client, proxyClient := tcpPair(tb)
 	proxyUp, upstream := tcpPair(tb)
 	f := &flow{client: client, upstream: upstream, done: make(chan relay.Result, 1), start: time.Now()}
-	relay.Start(proxyClient, proxyUp, idle, func(r relay.Result) { f.done <- r })
+	relay.Start(proxyClient, proxyUp, idle, relay.Counts{}, func(r relay.Result) { f.done <- r })
 	tb.Cleanup(func() {
 		// Unblock a relay a failed test left running, then wait for it.
 		client.SetLinger(0)
@@ -687,9 +687,9 @@ func spliceHelper() int {
 	done := func(r relay.Result) { ch <- r }
 	if bps, _ := strconv.Atoi(os.Getenv(spliceRateEnv)); bps > 0 {
 		lim := rate.NewLimiter(rate.Limit(bps), 1<<20)
-		relay.StartLimited(context.Background(), client, upstream, time.Minute, relay.Limits{Up: lim, Down: lim}, done)
+		relay.StartLimited(context.Background(), client, upstream, time.Minute, relay.Limits{Up: lim, Down: lim}, relay.Counts{}, done)
 	} else {
-		relay.Start(client, upstream, time.Minute, done)
+		relay.Start(client, upstream, time.Minute, relay.Counts{}, done)
 	}
 	r := <-ch
 	fmt.Printf("up=%d down=%d err=%v\n", r.Up, r.Down, r.Err)

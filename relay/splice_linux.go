@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -28,7 +29,7 @@ const pipeSize = 1 << 20
 // From then on the flow counts as bulk: each new burst first asks the
 // kernel how much is queued, so that bulk bytes do not pass through the
 // buffer, until a burst turns out small again.
-func copyConn(dst, src *net.TCPConn) (int64, error) {
+func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
 		return 0, err
@@ -48,6 +49,7 @@ func copyConn(dst, src *net.TCPConn) (int64, error) {
 			if avail < smallCopy {
 				n, err := copySmall(dst, src, avail)
 				total += n
+				add(live, n)
 				if err != nil {
 					return total, err
 				}
@@ -57,6 +59,7 @@ func copyConn(dst, src *net.TCPConn) (int64, error) {
 		} else {
 			n, err := copyBurstStart(dst, rc)
 			total += int64(n)
+			add(live, int64(n))
 			if err != nil || n == 0 { // n == 0: EOF
 				return total, err
 			}
@@ -64,7 +67,7 @@ func copyConn(dst, src *net.TCPConn) (int64, error) {
 				continue
 			}
 		}
-		m, eof, err := spliceBurst(wc, rc)
+		m, eof, err := spliceBurst(wc, rc, live)
 		total += m
 		if errors.Is(err, errNoPipe) {
 			// Out of descriptors: go on through the buffer.
@@ -121,7 +124,9 @@ func copyBurstStart(dst *net.TCPConn, rc syscall.RawConn) (int, error) {
 // spliceBurst moves src to dst through a pooled pipe until src has nothing
 // queued, reaches EOF (eof true) or fails. Without a pipe (descriptor
 // limit) it says so with errNoPipe and nothing moved.
-func spliceBurst(dst, src syscall.RawConn) (moved int64, eof bool, err error) {
+// Each splice out is added to live as it completes: a bulk burst can last
+// as long as the transfer.
+func spliceBurst(dst, src syscall.RawConn, live *atomic.Int64) (moved int64, eof bool, err error) {
 	p, err := getPipe()
 	if err != nil {
 		return 0, false, errNoPipe
@@ -138,6 +143,7 @@ func spliceBurst(dst, src syscall.RawConn) (moved int64, eof bool, err error) {
 		}
 		m, err := spliceOut(dst, p, n)
 		moved += int64(m)
+		add(live, int64(m))
 		if err != nil {
 			// Bytes may be left in the pipe: it must not be reused.
 			p.close()

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ifsocks/ifsocks/accounting"
 	"github.com/ifsocks/ifsocks/auth"
 	"go.uber.org/zap"
 )
@@ -67,6 +68,9 @@ type serverConn struct {
 	// goroutines only: the user's running flows once counted.
 	flow     *userFlows
 	flowName string
+	// acct counts the flow's bytes (nil without accounting); set before
+	// the flow begins, then read under srv.mu to cut flows over quota.
+	acct *accounting.Counter
 
 	// proto is the protocol the client speaks (sniff), for the auth
 	// backend's request.

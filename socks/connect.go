@@ -102,6 +102,7 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 	if err == nil && len(early) > 0 {
 		_, err = up.Write(early)
 		rec.up = int64(len(early))
+		sc.acct.AddUp(rec.up)
 	}
 	if err != nil {
 		up.Close()
@@ -123,10 +124,10 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 		sc.relayDone(rec, res)
 	}
 	if lim := sc.relayLimits(user); lim != (relay.Limits{}) {
-		relay.StartLimited(sc.srv.flowContext(sc), client, up, st.IdleTimeout, lim, done)
+		relay.StartLimited(sc.srv.flowContext(sc), client, up, st.IdleTimeout, lim, sc.flowCounts(), done)
 		return true
 	}
-	relay.Start(client, up, st.IdleTimeout, done)
+	relay.Start(client, up, st.IdleTimeout, sc.flowCounts(), done)
 	return true
 }
 

@@ -23,12 +23,20 @@ type userFlows struct {
 	up, down *rate.Limiter // nil while the user has no rate limit
 }
 
-// acquireFlow counts the flow sc is about to start against the user's and
-// the server's max_connections. Over either it replies, logs the flow with
-// outcome "limit" and returns false. A user's limit gets reply 0x02 (a
-// rule about this user); the server's gets 0x01, since the request itself
-// is allowed and may succeed later.
+// acquireFlow counts the flow sc is about to start against the user's
+// quota and the user's and the server's max_connections. Over a limit it
+// replies, logs the flow with outcome "limit" ("quota" for the quota) and
+// returns false. A user's limit or quota gets reply 0x02 (a rule about
+// this user); the server's gets 0x01, since the request itself is allowed
+// and may succeed later. Once admitted, the flow is counted in the user's
+// accounting, and its bytes will be (flowCounts).
 func (sc *serverConn) acquireFlow(rec *record, name string, u User) bool {
+	if err := u.Account.Check(); err != nil {
+		sc.answerRefusal(RepNotAllowed, err)
+		rec.finish(RepNotAllowed, outcomeQuota, err)
+		sc.logFlow(rec, zap.InfoLevel)
+		return false
+	}
 	e, err := sc.srv.lim.takeFlow(name, u, sc.st.Limits.MaxConnections)
 	if err != nil {
 		rep := byte(RepNotAllowed)
@@ -41,7 +49,18 @@ func (sc *serverConn) acquireFlow(rec *record, name string, u User) bool {
 		return false
 	}
 	sc.flow, sc.flowName = e, name
+	sc.acct = u.Account
+	u.Account.Started()
 	return true
+}
+
+// flowCounts are the live counters the relay adds a flow's bytes to: the
+// one counting hook of every relayed flow.
+func (sc *serverConn) flowCounts() relay.Counts {
+	if sc.acct == nil {
+		return relay.Counts{}
+	}
+	return relay.Counts{Up: &sc.acct.Up, Down: &sc.acct.Down}
 }
 
 func (l *limitState) takeFlow(name string, u User, global int) (*userFlows, error) {

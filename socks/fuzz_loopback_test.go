@@ -25,8 +25,10 @@ import (
 // with its peer, UDP ASSOCIATE with its datagrams, and the replies of each.
 // The targets are in-process echo servers on loopback; every egress is
 // bound to lo and the policy refuses every address that is not loopback,
-// so no input can send a packet off the host, and no input names anything
-// but "localhost" (resolved from /etc/hosts), so none causes a DNS query.
+// so no input can send a packet off the host; no input names anything but
+// "localhost" (resolved from /etc/hosts), so none causes a DNS query; and
+// loopback targets are only ever the echoes' ports, so no input touches
+// another program's loopback service.
 //
 // The input chooses the login, the command, the target and its encoding
 // (IPv4, IPv4-mapped, NAT64, a name, raw bytes), whether data is
@@ -231,14 +233,18 @@ func (rig *loopbackRig) target(sel byte, in *fuzzInput) target {
 		copy(raw, in.bytes(n))
 		ip, _ := netip.AddrFromSlice(raw)
 		port := uint16(in.byte())<<8 | uint16(in.byte())
+		u := ip.Unmap()
+		allowed := u.IsLoopback() && (u.Is4() || u == netip.IPv6Loopback())
+		if allowed {
+			// Only the echo's port: the machine's other loopback
+			// services (other tests' servers) are not the fuzzer's.
+			port = echo.Port()
+		}
 		enc := ip4(ip, port)
 		if sel == tgtRaw6 {
 			enc = ip6(ip, port)
 		}
-		u := ip.Unmap()
-		t := target{enc: enc, ip: u, port: port, allowed: u.IsLoopback() && (u.Is4() || u == netip.IPv6Loopback())}
-		t.echo = t.allowed && u == echo.Addr() && port == echo.Port()
-		return t
+		return target{enc: enc, ip: u, port: port, allowed: allowed, echo: allowed && u == echo.Addr()}
 	case tgtZero:
 		return target{enc: ip4(netip.IPv4Unspecified(), 0), ip: netip.IPv4Unspecified()}
 	default: // tgtNAT64
@@ -448,12 +454,15 @@ func (rig *loopbackRig) udp(t *testing.T, c net.Conn, anyPort bool, in *fuzzInpu
 			a := make([]byte, 4)
 			copy(a, data)
 			dgram = append([]byte{0, 0, 0, atypIPv4}, a...)
-			dgram = append(dgram, 0, 9) // discard port
+			dgram = append(dgram, byte(echo.Port()>>8), byte(echo.Port()))
 			dgram = append(dgram, data...)
 		case 3:
 			dst, _, err := parseUDPHeader(data)
 			if err == nil && dst.Name != "" && dst.Name != "localhost" {
 				continue // would be a DNS query
+			}
+			if err == nil && dst.IP.Unmap().IsLoopback() && dst.Port != echo.Port() {
+				continue // another test's loopback service, perhaps
 			}
 			dgram = data
 		}

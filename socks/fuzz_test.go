@@ -554,6 +554,7 @@ func seedCorpus() map[string]map[string][]byte {
 		"FuzzReadRequest":    request,
 		"FuzzParseUDPHeader": udp,
 		"FuzzServeConn":      serve,
+		"FuzzServeMixed":     mixedSeeds(),
 	}
 }
 

@@ -13,8 +13,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ifsocks/ifsocks/accounting"
 	"github.com/ifsocks/ifsocks/bind"
 	"github.com/ifsocks/ifsocks/httpproxy"
+	"github.com/ifsocks/ifsocks/relay"
 	"go.uber.org/zap"
 )
 
@@ -128,6 +130,10 @@ func (h *httpConn) Admit(user, target, method string, rep httpproxy.Reply) bool 
 		if !ok || !sc.acquireFlow(rec, rec.user, u) {
 			return false
 		}
+	} else if err := sc.acct.Check(); err != nil {
+		// Later requests of the connection meet the quota too.
+		sc.refuse(rec, RepNotAllowed, outcomeQuota, err)
+		return false
 	}
 	if !sc.beginFlow(rec) {
 		return false
@@ -136,12 +142,64 @@ func (h *httpConn) Admit(user, target, method string, rep httpproxy.Reply) bool 
 }
 
 // upstream is an upstream connection of forwarded requests, with what
-// their flow records need of how it was opened.
+// their flow records need of how it was opened, paced by the user's
+// rate_limit (the limiters a CONNECT's relay would use) when it has one.
 type upstream struct {
 	*net.TCPConn
 	iface    string
 	skipped  []string
 	rotation string
+	lim      relay.Limits
+	ctx      context.Context // ends the waits for tokens when the server closes
+	// cnt are the user's accounting counters: forwarded requests are
+	// counted as they cross the upstream connection (heads included),
+	// as a relay counts a tunnel.
+	cnt relay.Counts
+}
+
+// Read reads at most a burst, then waits for the tokens of what it read:
+// the client gets the origin's bytes at the user's rate.
+func (u *upstream) Read(p []byte) (int, error) {
+	if u.lim.Down != nil {
+		if b := u.lim.Down.Burst(); b > 0 && len(p) > b {
+			p = p[:b]
+		}
+	}
+	n, err := u.TCPConn.Read(p)
+	if n > 0 && u.cnt.Down != nil {
+		u.cnt.Down.Add(int64(n))
+	}
+	if n > 0 && u.lim.Down != nil {
+		if werr := u.lim.Down.WaitN(u.ctx, n); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	return n, err
+}
+
+// Write sends p a burst at a time, each once its tokens are there.
+func (u *upstream) Write(p []byte) (int, error) {
+	done := 0
+	for done < len(p) {
+		n := len(p) - done
+		if u.lim.Up != nil {
+			if b := u.lim.Up.Burst(); b > 0 && n > b {
+				n = b
+			}
+			if err := u.lim.Up.WaitN(u.ctx, n); err != nil {
+				return done, err
+			}
+		}
+		w, err := u.TCPConn.Write(p[done : done+n])
+		done += w
+		if w > 0 && u.cnt.Up != nil {
+			u.cnt.Up.Add(int64(w))
+		}
+		if err != nil {
+			return done, err
+		}
+	}
+	return done, nil
 }
 
 // dialError is a failure to open an upstream connection, with the
@@ -191,7 +249,8 @@ func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error
 		}
 		return nil, &dialError{iface: iface, err: cut}
 	}
-	return &upstream{TCPConn: up, iface: iface, skipped: use.skipped, rotation: use.rotation}, nil
+	return &upstream{TCPConn: up, iface: iface, skipped: use.skipped, rotation: use.rotation,
+		lim: sc.relayLimits(u), ctx: sc.srv.ctx, cnt: sc.flowCounts()}, nil
 }
 
 func (h *httpConn) Status(err error) int {
@@ -248,7 +307,7 @@ func (sc *serverConn) egressOf(st *Settings, name string, u *User) *Egress {
 	if name == "" {
 		*u = st.NoAuthUser
 		if sc.lis != nil {
-			*u = User{Egress: sc.lis.Egress}
+			*u = User{Egress: sc.lis.Egress, Account: sc.lis.Account}
 		}
 	}
 	if u.Egress.IsZero() && sc.lis != nil {
@@ -288,7 +347,11 @@ type httpAnswer struct {
 
 func (a httpAnswer) refusal(rep byte, err error) {
 	a.rec.status = httpStatus(rep, err)
-	a.rep.Refuse(a.rec.status)
+	hint := ""
+	if errors.Is(err, accounting.ErrQuotaExceeded) {
+		hint = err.Error()
+	}
+	a.rep.Refuse(a.rec.status, hint)
 }
 
 func (a httpAnswer) success(netip.AddrPort) ([]byte, error) {

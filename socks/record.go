@@ -2,6 +2,8 @@ package socks
 
 import (
 	"errors"
+
+	"github.com/ifsocks/ifsocks/accounting"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -30,6 +32,7 @@ const (
 	outcomeError      = "error"          // our own fault
 	outcomeIfaceLost  = "interface_lost" // cut: the egress interface went down or away
 	outcomeRemoved    = "user_removed"   // cut: user removed by a reload
+	outcomeQuota      = "quota"          // refused or cut: the user's quota is used up
 )
 
 // relayOutcome names a flow that err ended after its success reply (or
@@ -61,6 +64,8 @@ func cutOutcome(reason error) string {
 		return outcomeRemoved
 	case errors.Is(reason, ErrInterfaceLost):
 		return outcomeIfaceLost
+	case errors.Is(reason, accounting.ErrQuotaExceeded):
+		return outcomeQuota
 	}
 	return outcomeShutdown
 }

@@ -1,6 +1,7 @@
 package socks
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"testing"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/ifsocks/ifsocks/auth"
 	"github.com/ifsocks/ifsocks/policy"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -235,5 +237,27 @@ func TestReloadRunningTCPKeepsTarget(t *testing.T) {
 	n.login("alice", alicePass)
 	if rep, _ := n.connect(echo); rep != RepNotAllowed {
 		t.Fatalf("new CONNECT after the reload: reply %#x, want %#x", rep, RepNotAllowed)
+	}
+}
+
+// TestBeginFlowAfterReload: the last check before a flow starts, under the
+// server's lock, refuses a user the current settings lack. A reload stores
+// its settings before it cuts the removed users' flows, so a flow of bob
+// that authenticated just before the reload either started before the cut
+// (and is cut) or is refused here.
+func TestBeginFlowAfterReload(t *testing.T) {
+	st := testSettings(t)
+	srv := New(zap.NewNop(), st)
+	defer srv.Close()
+	sc := &serverConn{srv: srv, st: st}
+	srv.Update(reloaded(t, testSettings, "bob", nil))
+	if err := srv.beginFlow(sc, "bob"); !errors.Is(err, ErrUserRemoved) {
+		t.Fatalf("beginFlow for a removed user: %v, want ErrUserRemoved", err)
+	}
+	if sc.active {
+		t.Fatal("the refused flow was marked active")
+	}
+	if err := srv.beginFlow(sc, "alice"); err != nil {
+		t.Fatalf("beginFlow for alice: %v", err)
 	}
 }

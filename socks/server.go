@@ -30,6 +30,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ifsocks/ifsocks/accounting"
 	"go.uber.org/zap"
 )
 
@@ -345,6 +346,14 @@ var ErrUserRemoved = errors.New("user removed by configuration reload")
 // returns how many were closed.
 func (s *Server) CloseInterface(iface string) int {
 	return s.cutFlows(ErrInterfaceLost, func(sc *serverConn) bool { return sc.iface == iface })
+}
+
+// CloseAccount ends the running flows counted under an accounting key
+// whose quota is used up, with outcome "quota".
+func (s *Server) CloseAccount(key string) int {
+	return s.cutFlows(accounting.ErrQuotaExceeded, func(sc *serverConn) bool {
+		return sc.acct != nil && sc.acct.Key() == key
+	})
 }
 
 // CloseUsers ends the running flows of the named users.

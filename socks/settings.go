@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/ifsocks/ifsocks/accounting"
 	"github.com/ifsocks/ifsocks/auth"
 	"github.com/ifsocks/ifsocks/bind"
 	"github.com/ifsocks/ifsocks/config"
@@ -25,6 +26,10 @@ type User struct {
 	MaxConnections int
 	// Rate paces the user's traffic; the zero value leaves it unpaced.
 	Rate Rate
+	// Account counts the user's traffic and holds its quota; nil when
+	// accounting is off. It is the same counter in every Settings, so
+	// counts and quotas carry across reloads.
+	Account *accounting.Counter
 }
 
 // ReplyFilter says which datagrams from the network a UDP association
@@ -145,6 +150,9 @@ type Listener struct {
 	// Egress applies to the listener's flows without authentication, and
 	// to users whose own Egress is zero.
 	Egress Egress
+	// Account counts the listener's flows without authentication; nil
+	// when accounting is off.
+	Account *accounting.Counter
 	// Protocols are the protocols served; zero means Settings.Protocols.
 	Protocols Protocols
 }

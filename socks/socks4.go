@@ -108,18 +108,17 @@ func (sc *serverConn) serveSOCKS4(hs *hsReader, rec *record) bool {
 	sc.srv.endHandshake(sc)
 	rec.target = req.Dst
 	sc.ans = socks4Answer{sc.conn}
-	if sc.needsPassword() {
+	var re *requestError
+	switch {
+	case err != nil && !errors.As(err, &re):
+		sc.logHandshake(rec, err)
+		return false
+	case sc.needsPassword():
 		// The config never allows this; refuse rather than serve a
 		// password listener without one.
 		sc.refuse(rec, RepNotAllowed, outcomeDenied, errors.New("SOCKS4 on a listen address that requires a password"))
 		return false
-	}
-	if err != nil {
-		var re *requestError
-		if !errors.As(err, &re) {
-			sc.logHandshake(rec, err)
-			return false
-		}
+	case err != nil:
 		sc.refuse(rec, re.reply, outcomeBadRequest, err)
 		return false
 	}

@@ -127,6 +127,7 @@ func (sc *serverConn) associate(rec *record, req Addr, user User, eg *Egress, na
 	a.lim = sc.relayLimits(user)
 	a.stats.metrics = st.Metrics
 	a.stats.counters = st.Metrics.UDP(rec.user, rec.iface)
+	a.stats.acct = sc.acct
 	bnd := addrPortOfUDP(a.relay.LocalAddr())
 	if st.UDP.Advertise.IsValid() {
 		bnd = netip.AddrPortFrom(st.UDP.Advertise, bnd.Port())

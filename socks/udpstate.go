@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ifsocks/ifsocks/accounting"
 	"github.com/ifsocks/ifsocks/metrics"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -49,18 +50,21 @@ type udpStats struct {
 
 	metrics  *metrics.Metrics
 	counters *metrics.UDPCounters
+	acct     *accounting.Counter // the user's accounting; nil when off
 }
 
 func (s *udpStats) up(n int) {
 	s.dgramsUp.Add(1)
 	s.bytesUp.Add(int64(n))
 	s.counters.Up(n)
+	s.acct.AddUp(int64(n))
 }
 
 func (s *udpStats) down(n int) {
 	s.dgramsDown.Add(1)
 	s.bytesDown.Add(int64(n))
 	s.counters.Down(n)
+	s.acct.AddDown(int64(n))
 }
 
 func (s *udpStats) drop(r dropReason) {

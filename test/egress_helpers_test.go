@@ -84,9 +84,19 @@ var (
 // (killing what still runs inside) at the end of the test.
 func newEgressTopology(t *testing.T) *topology {
 	t.Helper()
+	return newEgressTopologyAs(t, egPrefix)
+}
+
+// newEgressTopologyAs is newEgressTopology with namespace names that start
+// with prefix, for tests whose names must carry their own.
+func newEgressTopologyAs(t *testing.T, prefix string) *topology {
+	t.Helper()
 	nstest.RequireRoot(t)
-	egStaleOnce.Do(removeStaleEgress)
-	base := fmt.Sprintf("%s%d-%d-", egPrefix, os.Getpid(), egSeq.Add(1))
+	egStaleOnce.Do(func() {
+		removeStaleEgress()
+		removeStalePrefix(acctPrefix)
+	})
+	base := fmt.Sprintf("%s%d-%d-", prefix, os.Getpid(), egSeq.Add(1))
 	topo := &topology{C: base + "c", P: base + "p", U: base + "u"}
 	t.Cleanup(func() {
 		start := time.Now()

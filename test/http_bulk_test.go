@@ -57,13 +57,15 @@ func TestHTTPProxyBulk(t *testing.T) {
 		bytes := straceBytes(t, trace)
 		t.Logf("daemon system calls during the download: %v", bytes)
 		// Each byte is spliced twice (socket to pipe, pipe to socket),
-		// apart from the small bursts the relay reads into a buffer
-		// (the heads, the first segment): over 99% in all.
-		if bytes["splice"] < 2*size*99/100 {
-			t.Errorf("splice moved %d bytes, want at least 99%% of %d: the tunnel did not splice", bytes["splice"], 2*size)
+		// apart from the small bursts the relay reads into a buffer (the
+		// heads, the first segment, what trickles in while the loaded
+		// machine is slow): 98% at least, and under 5% through user
+		// space. Without splice it would be 0% and 200%.
+		if bytes["splice"] < 2*size*98/100 {
+			t.Errorf("splice moved %d bytes, want at least 98%% of %d: the tunnel did not splice", bytes["splice"], 2*size)
 		}
-		if other := bytes["read"] + bytes["write"] + bytes["readv"] + bytes["writev"] + bytes["recvfrom"] + bytes["sendto"] + bytes["recvmsg"] + bytes["sendmsg"]; other > size/100 {
-			t.Errorf("%d bytes went through read/write system calls, want under 1%% of %d", other, size)
+		if other := bytes["read"] + bytes["write"] + bytes["readv"] + bytes["writev"] + bytes["recvfrom"] + bytes["sendto"] + bytes["recvmsg"] + bytes["sendmsg"]; other > size/20 {
+			t.Errorf("%d bytes went through read/write system calls, want under 5%% of %d", other, size)
 		}
 	})
 
@@ -160,4 +162,27 @@ func straceBytes(t *testing.T, file string) map[string]int64 {
 		out[name] += n
 	}
 	return out
+}
+
+// rate_limit holds for the HTTP proxy too, forwarding included: a user at
+// 1 MiB/s cannot fetch 4 MiB in under 3 s whichever way it asks.
+func TestHTTPProxyRateLimit(t *testing.T) {
+	topo := newEgressTopology(t)
+	startHTTPUpstream(t, topo)
+	startEgressDaemon(t, topo, egressConfig([]string{egHTTPListen},
+		userBlock(egFo, "interface = \"wan1\"\nrate_limit = \"1MiB\"")), egHTTPListen)
+	const size = 4 << 20
+	url := fmt.Sprintf("http://%s/bytes?n=%d&seed=7", net2(egSvc, egHTTPUpPort), size)
+	want := expectedSHA256(7, size)
+	for _, flag := range []string{"", "--proxytunnel"} {
+		start := time.Now()
+		if sum := curlSHA256(t, topo.C, flag, url); sum != want {
+			t.Fatalf("%q: sha256 %s, want %s", flag, sum, want)
+		}
+		took := time.Since(start)
+		t.Logf("%q: 4 MiB in %v", flag, took)
+		if took < 3*time.Second {
+			t.Errorf("%q: 4 MiB in %v at 1 MiB/s: the rate limit did not hold", flag, took)
+		}
+	}
 }

@@ -19,6 +19,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -160,4 +161,28 @@ func (c *Client) Close() error {
 	c.retired.Store(true)
 	c.tr.CloseIdleConnections()
 	return nil
+}
+
+// Probe connects to the hook once, without a request, for -check.
+func (c *Client) Probe(ctx context.Context) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.hc.Timeout)
+	defer cancel()
+	u, err := url.Parse(c.url)
+	if err != nil {
+		return "", err
+	}
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	addr := net.JoinHostPort(u.Hostname(), port)
+	conn, err := c.tr.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("auth hook: %w", err)
+	}
+	conn.Close()
+	return "connects", nil
 }

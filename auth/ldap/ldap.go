@@ -337,7 +337,7 @@ func (c *Client) Probe(ctx context.Context) (string, error) {
 	if !ok || len(st.PeerCertificates) == 0 {
 		return "", errors.New("ldap: no TLS session")
 	}
-	out := fmt.Sprintf("TLS %s, server certificate %q", tls.VersionName(st.Version), st.PeerCertificates[0].Subject)
+	out := fmt.Sprintf("%s, server certificate %q", tls.VersionName(st.Version), st.PeerCertificates[0].Subject)
 	if c.opt.ServiceDN != "" {
 		if err := conn.Bind(c.opt.ServiceDN, c.opt.ServicePassword); err != nil {
 			return out, fmt.Errorf("ldap service bind as %s: %w", c.opt.ServiceDN, err)

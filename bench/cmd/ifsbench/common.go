@@ -48,6 +48,7 @@ type endpoint struct {
 	subject string
 	test    string // overrides the test name in the record
 	proxy   string // "" connects directly (kernel forwarding baseline)
+	proto   string // how to ask the proxy for a tunnel: socks5 or http
 	user    string
 	pass    string
 	target  string
@@ -62,6 +63,7 @@ func (e *endpoint) register(fs *flag.FlagSet, defPort int) {
 	fs.StringVar(&e.subject, "subject", "", "label of the system under test (kernel, ifsocks, ...)")
 	fs.StringVar(&e.test, "test", "", "name of the test in the record (default: from the subcommand)")
 	fs.StringVar(&e.proxy, "proxy", "", "SOCKS5 proxy IP:port; empty connects to the target directly")
+	fs.StringVar(&e.proto, "proxy-proto", "socks5", "socks5, or http (CONNECT with Basic proxy credentials; TCP tests only)")
 	fs.StringVar(&e.user, "user", "", "RFC 1929 username; empty offers no authentication")
 	fs.StringVar(&e.pass, "pass", "", "RFC 1929 password")
 	fs.StringVar(&e.target, "target", "10.233.9.9:"+strconv.Itoa(defPort), "upstream server IP:port")
@@ -84,6 +86,9 @@ func (e *endpoint) parse() error {
 		return fmt.Errorf("-target %q: want IP:port (IPv6 in brackets)", e.target)
 	}
 	e.targetAP = ap
+	if e.proto != "socks5" && e.proto != "http" {
+		return fmt.Errorf("-proxy-proto %q: want socks5 or http", e.proto)
+	}
 	if e.cpu == "" {
 		return nil
 	}
@@ -109,7 +114,12 @@ func (e *endpoint) open(ctx context.Context) (*net.TCPConn, error) {
 		return nil, err
 	}
 	c.SetDeadline(time.Now().Add(e.timeout))
-	if _, err := handshake(c, e.user, e.pass, cmdConnect, e.targetAP); err != nil {
+	if e.proto == "http" {
+		err = httpConnect(c, e.user, e.pass, e.targetAP)
+	} else {
+		_, err = handshake(c, e.user, e.pass, cmdConnect, e.targetAP)
+	}
+	if err != nil {
 		c.Close()
 		return nil, err
 	}

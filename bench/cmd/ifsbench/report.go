@@ -12,13 +12,16 @@ import (
 
 // subjects in column order. kernel is the proxy namespace forwarding in
 // the kernel with no proxy at all.
-var subjects = []string{"kernel", "ifsocks", "dante", "microsocks"}
+// ifsocks-acct is ifsocks with [accounting] on (an SQLite file, the
+// default flush interval): throughput and connection rate only.
+var subjects = []string{"kernel", "ifsocks", "ifsocks-acct", "dante", "microsocks"}
 
 var subjectTitle = map[string]string{
-	"kernel":     "kernel forwarding",
-	"ifsocks":    "ifsocks",
-	"dante":      "Dante",
-	"microsocks": "microsocks",
+	"kernel":       "kernel forwarding",
+	"ifsocks":      "ifsocks",
+	"ifsocks-acct": "ifsocks, accounting on",
+	"dante":        "Dante",
+	"microsocks":   "microsocks",
 }
 
 var peers = []string{"dante", "microsocks"}
@@ -37,7 +40,11 @@ var summaryRows = []row{
 	{"TCP 1 stream download, Mbit/s", "tcp-1-down", "mbps", "%.0f", true},
 	{"TCP 8 streams upload, Mbit/s", "tcp-8-up", "mbps", "%.0f", true},
 	{"TCP 8 streams download, Mbit/s", "tcp-8-down", "mbps", "%.0f", true},
+	{"HTTP CONNECT: TCP 1 stream upload, Mbit/s", "http-tcp-1-up", "mbps", "%.0f", true},
+	{"HTTP CONNECT: TCP 1 stream download, Mbit/s", "http-tcp-1-down", "mbps", "%.0f", true},
 	{"connections/s (c=50, auth, 64 B echo)", "connrate", "rate", "%.0f", true},
+	{"HTTP CONNECT: connections/s (c=50, Basic auth, 64 B echo)", "http-connrate", "rate", "%.0f", true},
+	{"HTTP CONNECT: proxy CPU per connection, µs", "http-connrate", "proxy_us", "%.0f", false},
 	{"connection p50 latency, ms", "connrate", "p50_ms", "%.2f", false},
 	{"connection p99 latency, ms", "connrate", "p99_ms", "%.2f", false},
 	{"connections in the first second", "connrate", "first_s", "%.0f", true},
@@ -64,7 +71,7 @@ var summaryRows = []row{
 // it proxy_us, the proxy's CPU time in microseconds per unit. On a shared
 // machine that drifts far less than a rate, which also counts the time
 // the proxy spent waiting for a core.
-var perUnit = map[string]string{"udp": "received", "connrate": "ok", "connrate-tw": "ok", "connrate-v6-source": "ok", "connrate-v6-pool": "ok"}
+var perUnit = map[string]string{"udp": "received", "connrate": "ok", "http-connrate": "ok", "connrate-tw": "ok", "connrate-v6-source": "ok", "connrate-v6-pool": "ok"}
 
 // results is a run's records, indexed.
 type results struct {
@@ -175,7 +182,7 @@ func (rs *results) summaryTable(w io.Writer) {
 	for _, s := range subjects {
 		head = append(head, subjectTitle[s])
 	}
-	head = append(head, "ifsocks ÷ kernel", "ifsocks ÷ best peer")
+	head = append(head, "ifsocks ÷ kernel", "ifsocks ÷ best peer", "accounting on ÷ off")
 	fmt.Fprintf(w, "| %s |\n|%s\n", strings.Join(head, " | "), strings.Repeat(" --- |", len(head)))
 	for _, r := range summaryRows {
 		cells := []string{r.label}
@@ -189,7 +196,8 @@ func (rs *results) summaryTable(w io.Writer) {
 		if peerRatio != "—" {
 			peerRatio += " (" + subjectTitle[who] + ")"
 		}
-		cells = append(cells, ratio(ifs, k, okI && okK), peerRatio)
+		acct, okA := rs.value("ifsocks-acct", r.test, r.key)
+		cells = append(cells, ratio(ifs, k, okI && okK), peerRatio, ratio(acct, ifs, okA && okI))
 		fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
 	}
 }

@@ -25,6 +25,9 @@ func udpCmd(args []string) error {
 	if err := e.parse(); err != nil {
 		return err
 	}
+	if e.proto != "socks5" {
+		return fmt.Errorf("-proxy-proto %s: UDP needs SOCKS5", e.proto)
+	}
 	if !e.targetAP.Addr().Is4() {
 		return fmt.Errorf("-target %s: the UDP test speaks IPv4 only", e.targetAP)
 	}

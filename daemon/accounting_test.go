@@ -1,0 +1,177 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ifsocks/ifsocks/accounting"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// testClock is a clock tests move by hand.
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *testClock) now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *testClock) set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
+func (c *testClock) edit(o *Options) { o.Now = c.now }
+func usageOf(tb testing.TB, maddr string) map[string]accounting.Usage {
+	tb.Helper()
+	var us []accounting.Usage
+	if err := json.Unmarshal([]byte(scrape(tb, "http://"+maddr+"/usage")), &us); err != nil {
+		tb.Fatal(err)
+	}
+	out := map[string]accounting.Usage{}
+	for _, u := range us {
+		out[u.User] = u
+	}
+	return out
+}
+
+// quotaConfig is a daemon with accounting in dir and alice's daily quota.
+func quotaConfig(addr, maddr, dir, quota string) string {
+	return fmt.Sprintf(`[server]
+listen = [%q]
+deny = []
+deny_own_addresses = false
+[metrics]
+listen = %q
+[accounting]
+path = %q
+flush_interval = "200ms"
+[[users]]
+name = "alice"
+password = "alice-pw"
+quota = %s
+quota_period = "day"
+[[users]]
+name = "bob"
+password = "bob-pw"
+`, addr, maddr, filepath.Join(dir, "usage.db"), quota)
+}
+
+// TestQuotaPeriodAndReload: over quota a running flow is closed (outcome
+// quota) and new ones get 0x02, other users are untouched; a reload
+// raising the quota lets the user in at once, and so does the next period
+// on a clock the test moves, without a reload.
+func TestQuotaPeriodAndReload(t *testing.T) {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	maddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	target := echoServer(t, "127.0.0.1:0")
+	dir := t.TempDir()
+	clk := &testClock{t: time.Date(2026, 12, 3, 23, 0, 0, 0, time.UTC)}
+	d := startFileDaemonWith(t, quotaConfig(addr, maddr, dir, "100000"), clk.edit)
+
+	bob, err := socksDial(t, addr, "bob", "bob-pw", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bob.Close()
+	c, err := socksDial(t, addr, "alice", "alice-pw", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	echo(t, c, strings.Repeat("q", 60000)) // 120 000 bytes both ways
+	// The running flow is cut at a flush; reads end.
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	var ne net.Error
+	if _, err := io.Copy(io.Discard, c); errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("alice's flow over quota not closed: %v", err)
+	}
+	d.waitLog(t, "quota exceeded: new flows refused and running ones closed until the period ends")
+	waitFlow(t, d.logs, "alice", "quota", 1)
+	if _, err := socksDial(t, addr, "alice", "alice-pw", target); err == nil || !strings.Contains(err.Error(), "not allowed") {
+		t.Fatalf("alice over quota: dial error %v, want connection not allowed (0x02)", err)
+	}
+	echo(t, bob, "bob is not limited")
+	u := usageOf(t, maddr)["alice"]
+	if u.Up != 60000 || u.Down != 60000 || u.Quota != 100000 || u.PercentUsed < 100 || u.PeriodStart != "2026-12-03" {
+		t.Errorf("/usage alice = %+v", u)
+	}
+	if m := scrape(t, "http://"+maddr+"/metrics"); !strings.Contains(m, `ifsocks_quota_exceeded{user="alice"} 1`+"\n") {
+		t.Error("ifsocks_quota_exceeded{user=alice} is not 1")
+	}
+
+	// A reload raising the quota: in at once.
+	d.reloadWith(t, quotaConfig(addr, maddr, dir, "200000"))
+	c2, err := socksDial(t, addr, "alice", "alice-pw", target)
+	if err != nil {
+		t.Fatalf("alice after the quota was raised: %v", err)
+	}
+	echo(t, c2, strings.Repeat("r", 50000)) // 220 000 in all: over again
+	c2.Close()
+	waitDialRefused(t, addr, target)
+	if n := d.logs.FilterMessageSnippet("quota exceeded").Len(); n != 1 {
+		t.Errorf("%d quota warnings, want 1 in this period", n)
+	}
+
+	// Midnight on the daemon's clock: the next flush opens the new period.
+	clk.set(time.Date(2026, 12, 4, 0, 0, 1, 0, time.UTC))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c3, err := socksDial(t, addr, "alice", "alice-pw", target)
+		if err == nil {
+			echo(t, c3, "new day")
+			c3.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alice still refused in the next period: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if m := scrape(t, "http://"+maddr+"/metrics"); !strings.Contains(m, `ifsocks_quota_exceeded{user="alice"} 0`+"\n") {
+		t.Error("ifsocks_quota_exceeded{user=alice} is not 0 in the new period")
+	}
+}
+
+// waitDialRefused waits (bounded) until alice's flows are refused.
+func waitDialRefused(t *testing.T, addr, target string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := socksDial(t, addr, "alice", "alice-pw", target)
+		if err != nil {
+			if !strings.Contains(err.Error(), "not allowed") {
+				t.Fatalf("dial error %v, want connection not allowed", err)
+			}
+			return
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("alice never refused after going over her quota")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitFlow waits until user has at least n flow lines with outcome.
+func waitFlow(t *testing.T, logs *observer.ObservedLogs, user, outcome string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got := logs.Filter(func(e observer.LoggedEntry) bool {
+			m := e.ContextMap()
+			return e.Message == "flow" && m["user"] == user && m["outcome"] == outcome
+		}).Len()
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d flow lines of %s with outcome %s, want %d; logs %v", got, user, outcome, n, messages(logs))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
