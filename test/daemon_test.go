@@ -33,6 +33,9 @@ type daemon struct {
 	cmd  *exec.Cmd
 	logs *nstest.LogBuffer
 	done <-chan struct{} // closed when the process has exited
+	// killed marks a daemon a test killed on purpose: its exit is no
+	// failure.
+	killed bool
 }
 
 func wrapDaemon(nd *nstest.Daemon, bin string) *daemon {
@@ -40,7 +43,12 @@ func wrapDaemon(nd *nstest.Daemon, bin string) *daemon {
 }
 
 // exitErr is the process's exit (nil: status 0), once done is closed.
-func (d *daemon) exitErr() error { return d.nd.Err() }
+func (d *daemon) exitErr() error {
+	if d.killed {
+		return nil
+	}
+	return d.nd.Err()
+}
 
 var (
 	daemonOnce sync.Once
