@@ -3,9 +3,9 @@ package metrics
 import "github.com/prometheus/client_golang/prometheus"
 
 // newPanics registers ifsocks_panics_total. Its one label, where, takes
-// the few names of the goroutines of a connection (handshake, relay,
-// relay_done, udp_upstream, udp_downstream, bind_wait), so it stays
-// bounded.
+// the few names of the goroutines of a connection (conn, relay,
+// relay_done, udp_upstream, udp_downstream, bind_wait, http, http_dial),
+// so it stays bounded.
 func (m *Metrics) newPanics(register func(prometheus.Collector)) {
 	m.panics = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ifsocks_panics_total",

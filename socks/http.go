@@ -91,6 +91,7 @@ func (h *httpConn) Started() {
 }
 
 func (h *httpConn) Login(user, pass string) error {
+	defer h.recoverHandler()
 	name, _ := h.sc.st.splitSession(h.sc.lis, user)
 	err := h.sc.login(h.base.client.Addr(), name, pass)
 	if err != nil {
@@ -102,6 +103,7 @@ func (h *httpConn) Login(user, pass string) error {
 }
 
 func (h *httpConn) Connect(user, target string, rep httpproxy.Reply) bool {
+	defer h.recoverHandler()
 	rec := h.record(protoHTTPConnect, user, http.MethodConnect)
 	h.sc.ans = httpAnswer{rep: rep, rec: rec}
 	dst, err := parseTarget(target)
@@ -114,6 +116,7 @@ func (h *httpConn) Connect(user, target string, rep httpproxy.Reply) bool {
 }
 
 func (h *httpConn) Admit(user, target, method string, rep httpproxy.Reply) bool {
+	defer h.recoverHandler()
 	sc := h.sc
 	rec := h.record(protoHTTP, user, method)
 	sc.ans = httpAnswer{rep: rep, rec: rec}
@@ -215,7 +218,8 @@ func (e *dialError) Unwrap() error { return e.err }
 
 // Dial opens an upstream connection of user's forwarded requests by the
 // same egress plan, resolution, policy check and dial as a CONNECT.
-func (h *httpConn) Dial(ctx context.Context, user, addr string) (net.Conn, error) {
+func (h *httpConn) Dial(ctx context.Context, user, addr string) (_ net.Conn, err error) {
+	defer h.recoverDial(&err)
 	sc := h.sc
 	// The settings current now, read here rather than from sc.st: Dial
 	// runs in the HTTP transport's goroutines, beside the one serving
@@ -266,6 +270,7 @@ func (h *httpConn) Status(err error) int {
 
 // Forwarded writes the flow line of a forwarded request.
 func (h *httpConn) Forwarded(ex *httpproxy.Exchange) {
+	defer h.recoverHandler()
 	rec := h.record(protoHTTP, ex.User, ex.Method)
 	rec.start = ex.Start
 	rec.target, _ = parseTarget(ex.Target)

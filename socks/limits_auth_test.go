@@ -145,8 +145,7 @@ func TestAuthFailuresCostTheSame(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			st := costSettingsUsers(t, tt.costs)
 			env := startServer(t, st)
-			users := slices.Sorted(maps.Keys(tt.costs))
-			creds := append([]string{"mallory"}, users...)
+			creds := append([]string{"mallory"}, slices.Sorted(maps.Keys(tt.costs))...)
 			cpu, wall, replies := failedLoginCosts(t, env, creds, tt.tries)
 			for j, u := range creds {
 				t.Logf("%s (cost %d), wrong password: reply % x, CPU least %v, median %v; wall median %v (fastest %v)",

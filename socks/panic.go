@@ -2,6 +2,7 @@ package socks
 
 import (
 	"fmt"
+	"net/http"
 	"runtime/debug"
 
 	"go.uber.org/zap"
@@ -26,6 +27,8 @@ const (
 	panicUDPUpstream   = "udp_upstream"   // datagrams from the client
 	panicUDPDownstream = "udp_downstream" // datagrams to the client
 	panicBindWait      = "bind_wait"      // BIND's watch on the client while it waits for the peer
+	panicHTTP          = "http"           // an HTTP request's handling (net/http's handler goroutine)
+	panicHTTPDial      = "http_dial"      // an HTTP upstream dial (net/http's transport goroutine)
 )
 
 // recoverConn, deferred at the top of a goroutine of sc, turns a panic
@@ -52,4 +55,30 @@ func (s *Server) panicked(sc *serverConn, where string, p any, stack []byte) {
 		zap.String("user", logSafe(user)),
 		zap.String("panic", logSafe(fmt.Sprint(p))),
 		zap.ByteString("stack", stack))
+}
+
+// recoverHandler, deferred by the httpConn methods that run in net/http's
+// handler goroutine, logs and counts a panic of ours like any other, then
+// aborts the handler with http.ErrAbortHandler: net/http, which recovers
+// handler panics itself, then closes the connection without logging it
+// again. net/http's own aborts pass through untouched.
+func (h *httpConn) recoverHandler() {
+	p := recover()
+	if p == nil {
+		return
+	}
+	if p != http.ErrAbortHandler {
+		h.sc.srv.panicked(h.sc, panicHTTP, p, debug.Stack())
+	}
+	panic(http.ErrAbortHandler)
+}
+
+// recoverDial, deferred by Dial, which runs in net/http's transport
+// goroutines where nothing recovers a panic: it logs and counts it, closes
+// the connection, and fails the dial instead.
+func (h *httpConn) recoverDial(err *error) {
+	if p := recover(); p != nil {
+		h.sc.srv.panicked(h.sc, panicHTTPDial, p, debug.Stack())
+		*err = &dialError{err: fmt.Errorf("panic in dial: %v", p)}
+	}
 }

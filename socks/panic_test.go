@@ -1,6 +1,11 @@
 package socks
 
 import (
+	"bufio"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +57,26 @@ func TestPanicIsolation(t *testing.T) {
 			r.send(append([]byte{5, cmdConnect, 0}, appendAddr(nil, echo)...)...)
 			r.expectClosed()
 		}},
+		{"http connect", panicHTTP, func(t *testing.T, env *testEnv, _ func(testing.TB) *Settings) {
+			r := dialRaw(t, env.addr)
+			auth := base64.StdEncoding.EncodeToString([]byte("alice:" + alicePass))
+			fmt.Fprintf(r.c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n", echo, echo, auth)
+			if b, err := io.ReadAll(r.c); err != nil || len(b) != 0 {
+				t.Fatalf("after the panic: read %q, %v; want the connection closed with nothing", b, err)
+			}
+		}},
+		{"http forward dial", panicHTTPDial, func(t *testing.T, env *testEnv, _ func(testing.TB) *Settings) {
+			r := dialRaw(t, env.addr)
+			auth := base64.StdEncoding.EncodeToString([]byte("alice:" + alicePass))
+			fmt.Fprintf(r.c, "GET http://%s/ HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n", echo, echo, auth)
+			resp, err := http.ReadResponse(bufio.NewReader(r.c), nil)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode < 500 {
+					t.Fatalf("forwarded request whose dial panicked: status %d, want a 5xx", resp.StatusCode)
+				}
+			}
+		}},
 		{"udp upstream", panicUDPUpstream, func(t *testing.T, env *testEnv, settings func(testing.TB) *Settings) {
 			u := associate(t, env, "bob", bobPass)
 			u.send(udpEcho.addr(), []byte("fine"))
@@ -72,6 +97,7 @@ func TestPanicIsolation(t *testing.T) {
 			settings := func(testing.TB) *Settings {
 				st := udpSettings(t)
 				st.Metrics = m
+				st.Protocols = ProtoSOCKS5 | ProtoHTTP
 				// alice leaves by "boom0", whose check panics.
 				st.Users["alice"] = User{Egress: Egress{Interfaces: []string{"boom0"}}}
 				st.CheckInterface = func(name string) error {

@@ -25,6 +25,9 @@ import (
 // loopback), answering per user; the daemon in P asks it for the users it
 // does not have in [[users]] and sends their flows where the hook says.
 
+// authPrefix starts the namespace names of the auth backend tests.
+const authPrefix = "h16-"
+
 // hookToken is the bearer token the daemon reads from token_file; the
 // hook refuses requests without it.
 const hookToken = "hook-token-5f1e"
@@ -174,7 +177,7 @@ var hookLocal = egUser{"local", "local-Pw-8d21"}
 var hookPasswords = []string{hookLocal.pass, "pw-alice", "pw-bob", "pw-carol", "pw-many", "pw-slow", "pw-badif", "pw-badkey", "wrong-Pw-0b9c", hookToken}
 
 func TestAuthHook(t *testing.T) {
-	topo := newEgressTopology(t)
+	topo := newEgressTopologyAs(t, authPrefix)
 	startEgressWhoami(t, topo)
 	hook := startHook(t, topo.P)
 	dir := t.TempDir()
@@ -222,6 +225,26 @@ func TestAuthHook(t *testing.T) {
 		// A wrong password is the hook's refusal.
 		if _, err := egFetch(topo.C, proxyAddr, egUser{"alice", "wrong-Pw-0b9c"}, egTarget); err == nil {
 			t.Error("alice with a wrong password was let in")
+		}
+	})
+
+	t.Run("HTTP proxy on the same port", func(t *testing.T) {
+		// The login of every protocol goes to the hook, whose answer
+		// steers the flow: bob leaves by wan2 through curl's HTTP
+		// proxy too, forwarded and tunnelled.
+		for _, tunnel := range []bool{false, true} {
+			args := []string{"-w", "\n%{http_code}", "http://" + egTarget + "/"}
+			if tunnel {
+				args = append([]string{"--proxytunnel"}, args...)
+			}
+			out, errOut, code := curlHTTP(t, topo.C, proxyURL(bob, proxyAddr), args...)
+			if code != 0 || !strings.HasPrefix(out, seenWan2+"\n") {
+				t.Errorf("curl -x as bob (tunnel %v): exit %d, %q %q; want %q", tunnel, code, out, errOut, seenWan2)
+			}
+		}
+		out, _, _ := curlHTTP(t, topo.C, proxyURL(egUser{"bob", "wrong-Pw-0b9c"}, proxyAddr), "-o", "/dev/null", "-w", "%{http_code}", "http://"+egTarget+"/")
+		if out != "407" {
+			t.Errorf("bob with a wrong password through the HTTP proxy: status %s, want 407", out)
 		}
 	})
 

@@ -95,6 +95,7 @@ func newEgressTopologyAs(t *testing.T, prefix string) *topology {
 	egStaleOnce.Do(func() {
 		removeStaleEgress()
 		removeStalePrefix(acctPrefix)
+		removeStalePrefix(authPrefix)
 	})
 	base := fmt.Sprintf("%s%d-%d-", prefix, os.Getpid(), egSeq.Add(1))
 	topo := &topology{C: base + "c", P: base + "p", U: base + "u"}

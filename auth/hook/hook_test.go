@@ -185,6 +185,12 @@ func TestRemoteCache(t *testing.T) {
 	if v, _ := r.Authenticate(ctx, req); v != "eth1" || s.calls.Load() != 1 {
 		t.Errorf("within cache_ttl: %q after %d calls, want eth1 after 1", v, s.calls.Load())
 	}
+	if v, ok := r.Cached(req.User, req.Password); !ok || v != "eth1" {
+		t.Errorf("Cached = %q, %v; want eth1 from the cache", v, ok)
+	}
+	if _, ok := r.Cached(req.User, "other"); ok {
+		t.Error("Cached answered for a password never checked")
+	}
 	// A different password is a different entry.
 	other := req
 	other.Password = "pw2"
