@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -292,5 +293,48 @@ func TestFlushOnReloadAndStop(t *testing.T) {
 	}
 	if r := stored(); r.Up != 5700 || r.Down != 5700 || r.Flows != 1 {
 		t.Errorf("after the stop the file has %+v, want 5700 each way, 1 flow", r)
+	}
+}
+
+// TestServeWithoutAccounting: with on_error = "serve", a database that
+// cannot be opened leaves the daemon serving, without accounting or
+// quotas, and saying so again at each interval (a minute in service).
+func TestServeWithoutAccounting(t *testing.T) {
+	old := accountingOffWarn
+	accountingOffWarn = 100 * time.Millisecond
+	t.Cleanup(func() { accountingOffWarn = old })
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	maddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	target := echoServer(t, "127.0.0.1:0")
+	db := filepath.Join(t.TempDir(), "no", "such", "dir", "usage.db")
+	text := reloadConfig(t, []string{addr}, []string{"sam"}, "") +
+		fmt.Sprintf("[metrics]\nlisten = %q\n[accounting]\npath = %q\non_error = \"serve\"\n[[users]]\nname = \"q\"\npassword = \"q-pw\"\nquota = 1\n", maddr, db)
+	d := startFileDaemonWith(t, text, nil)
+	// The quota of 1 byte is not enforced: there is no accounting.
+	c, err := socksDial(t, addr, "q", "q-pw", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, c, "not counted")
+	c.Close()
+	const repeat = "serving WITHOUT accounting or quotas: the database could not be opened at start; fix it and restart"
+	waitFor := time.Now().Add(20 * time.Second)
+	for d.logs.FilterMessage(repeat).Len() < 2 {
+		if time.Now().After(waitFor) {
+			t.Fatalf("%d repeated warnings, want 2 or more", d.logs.FilterMessage(repeat).Len())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	first := d.logs.FilterMessageSnippet("serving WITHOUT accounting").All()[0]
+	if msg, _ := first.ContextMap()["error"].(string); !strings.Contains(msg, db) {
+		t.Errorf("first warning %q does not name %s", msg, db)
+	}
+	resp, err := http.Get("http://" + maddr + "/usage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("/usage without accounting: %s, want 404", resp.Status)
 	}
 }
