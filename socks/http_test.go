@@ -105,3 +105,83 @@ func TestNoFirstByte(t *testing.T) {
 		}
 	}
 }
+
+// httpGet sends one absolute-form GET with Basic credentials user:pass
+// ("" user: none) on a new connection and returns the status and body.
+func httpGet(t *testing.T, proxy, target, user, pass, method, body string) (int, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	hdr := ""
+	if user != "" {
+		hdr = "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass)) + "\r\n"
+	}
+	fmt.Fprintf(c, "%s http://%s/ HTTP/1.1\r\nHost: %s\r\n%sContent-Length: %d\r\n\r\n%s", method, target, target, hdr, len(body), body)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// HTTP logins go through the SOCKS5 login's guard: wrong passwords count
+// toward auth_fail_limit, and a blocked client gets 407 even with the right
+// one. The users' max_connections holds for forwarding (403), and request
+// bodies reach the origin.
+func TestHTTPLimits(t *testing.T) {
+	st := testSettings(t)
+	st.Protocols = ProtoSOCKS5 | ProtoHTTP
+	st.Limits.AuthFail = AuthFailLimit{Max: 2, Window: time.Minute, Cooldown: time.Minute}
+	u := st.Users["alice"]
+	u.MaxConnections = 1
+	st.Users["alice"] = u
+	e := startServer(t, st)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "%s %s", r.Method, b)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	origin := ln.Addr().String()
+
+	if code, body := httpGet(t, e.addr, origin, "alice", alicePass, "POST", "payload"); code != 200 || body != "POST payload" {
+		t.Fatalf("POST as alice: %d %q", code, body)
+	}
+
+	// max_connections 1: a connection holding alice's flow refuses the
+	// next one (once the POST's connection has given its flow back).
+	waitFor(t, 5*time.Second, "the POST's connection to end", func() bool { return e.srv.ActiveConns() == 0 })
+	held, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	held.SetDeadline(time.Now().Add(20 * time.Second))
+	fmt.Fprintf(held, "GET http://%s/ HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n", origin, origin,
+		base64.StdEncoding.EncodeToString([]byte("alice:"+alicePass)))
+	if resp, err := http.ReadResponse(bufio.NewReader(held), nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("held connection: %v %v", resp, err)
+	}
+	if code, _ := httpGet(t, e.addr, origin, "alice", alicePass, "GET", ""); code != 403 {
+		t.Errorf("second connection of alice (max_connections 1): %d, want 403", code)
+	}
+	held.Close()
+
+	for i := range 2 {
+		if code, _ := httpGet(t, e.addr, origin, "bob", "wrong", "GET", ""); code != 407 {
+			t.Fatalf("wrong password %d: %d, want 407", i, code)
+		}
+	}
+	if code, _ := httpGet(t, e.addr, origin, "bob", bobPass, "GET", ""); code != 407 {
+		t.Errorf("blocked client with the right password: %d, want 407", code)
+	}
+}

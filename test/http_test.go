@@ -170,6 +170,18 @@ func TestHTTPProxyCurl(t *testing.T) {
 	t.Run("socks5 still", func(t *testing.T) {
 		wantSeen(t, od, topo.C, egHTTPListen, egSid, egTarget, seenWan2)
 	})
+
+	t.Run("metrics", func(t *testing.T) {
+		// Each protocol has its own series: one ok flow of each kind per
+		// user above, the SOCKS5 one included.
+		pm := scrape(t, topo.P, egMetrics)
+		for _, s := range []struct{ proto, user, iface string }{
+			{"http", "fo", "wan1"}, {"http-connect", "fo", "wan1"},
+			{"http", "sid", "wan2"}, {"http-connect", "sid", "wan2"}, {"socks5", "sid", "wan2"},
+		} {
+			wantMetric(t, pm, "ifsocks_flows_total", map[string]string{"protocol": s.proto, "user": s.user, "interface": s.iface, "outcome": "ok"}, 1)
+		}
+	})
 	if leaks := od.passwordLeaks(); len(leaks) > 0 {
 		t.Errorf("passwords in the log: %v", leaks)
 	}
