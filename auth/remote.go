@@ -124,15 +124,35 @@ func (r *Remote[T]) Authenticate(ctx context.Context, req Request) (T, error) {
 		return e.val, ErrBadCredentials
 	}
 	// Concurrent logins with the same credentials (a client opening many
-	// connections at once) share one request.
-	v, err, _ := r.flight.Do(string(key[:]), func() (any, error) {
-		return r.ask(ctx, key, req)
+	// connections at once) share one request. It runs without the
+	// first caller's cancellation: that client giving up must not fail
+	// the others; the backend's own timeout bounds it. Each caller waits
+	// only as long as its own ctx allows.
+	ch := r.flight.DoChan(string(key[:]), func() (any, error) {
+		return r.ask(context.WithoutCancel(ctx), key, req)
 	})
-	if err != nil {
-		var zero T
-		return zero, err
+	var zero T
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return zero, res.Err
+		}
+		return res.Val.(T), nil
+	case <-ctx.Done():
+		return zero, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 	}
-	return v.(T), nil
+}
+
+// Cached returns the settings of an accepted login still fresh in the
+// cache, without asking the backend: the cheap path of a client that
+// logs in again, which needs neither a request slot nor the login
+// limits' bookkeeping.
+func (r *Remote[T]) Cached(user, password string) (T, bool) {
+	if e := r.cached(r.keys.key(user, password), time.Now()); e != nil && e.allow {
+		return e.val, true
+	}
+	var zero T
+	return zero, false
 }
 
 // cached returns the fresh cache entry for key, or nil.

@@ -143,6 +143,18 @@ TOML
 	# with a /80 pool rotated per connection.
 	sed 's/^interface = "wan2"$/source_ip = "'"$WAN2_6"'"/' "$work/ifsocks.toml" >"$work/ifsocks-v6-source.toml"
 	sed 's|^interface = "wan2"$|interface = "wan2"\nsource_ips = ["'"$POOL6"'"]|' "$work/ifsocks.toml" >"$work/ifsocks-v6-pool.toml"
+	# The auth hook row: the same user, from an HTTP hook (ifsbench
+	# authhook in P) instead of [[users]]; its answer is cached.
+	cat >"$work/ifsocks-hook.toml" <<TOML
+[server]
+listen = ["$LISTEN:1080"]
+
+[auth]
+backend = "http"
+
+[auth.http]
+url = "http://127.0.0.1:9009/ifsocks/auth"
+TOML
 	local method
 	for method in username none; do
 		cat >"$work/danted-$method.conf" <<DANTE

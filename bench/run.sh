@@ -10,8 +10,8 @@
 # --short    CI smoke mode: 2 s per test, 300 tunnels
 # --out      where to write the report (default bench/RESULTS.md)
 # --only     comma-separated subjects to run (kernel,ifsocks,ifsocks-acct,dante,microsocks)
-# --groups   comma-separated tests to run (tunnels,tcp,udp,connrate,twreuse,
-#            v6source,v6pool,httpconnect)
+# --groups   comma-separated tests to run (tunnels,tcp,udp,connrate,hook,
+#            twreuse,v6source,v6pool,httpconnect)
 # --p-sysctl KEY=VALUE  set a sysctl in the proxy namespace (diagnosis,
 #            e.g. net.ipv4.tcp_tw_reuse=1); recorded in the report
 #
@@ -126,6 +126,14 @@ group_v6pool() {
 	tw_count "$1"
 }
 
+# group_hook: the connection test with the user from an HTTP auth hook
+# ([auth] backend = "http") instead of [[users]]: after the first login
+# every one is answered from the cache, so it should cost what a
+# [[users]] login costs once bcrypt is cached.
+group_hook() {
+	measure "$1" $((durs + 60)) connrate-hook connrate "${via[@]}" -concurrency 50 -duration "$dur" -test connrate-hook
+}
+
 # group_twreuse repeats the connection test with tcp_tw_reuse=1 in the
 # proxy namespace (set by run_subject): when the default run collapses,
 # this tells whether ports held in TIME_WAIT were the cause.
@@ -192,9 +200,9 @@ start_dante() {
 }
 
 run_subject() {
-	local s=$1 g groups=(tunnels tcp udp connrate twreuse v6source v6pool httpconnect) t
+	local s=$1 g groups=(tunnels tcp udp connrate hook twreuse v6source v6pool httpconnect) t
 	if [ "$s" != ifsocks ]; then
-		for t in connrate-v6-source connrate-v6-pool http-tcp-1-up http-tcp-1-down http-connrate; do
+		for t in connrate-hook connrate-v6-source connrate-v6-pool http-tcp-1-up http-tcp-1-down http-connrate; do
 			note skip -subject "$s" -test "$t" -value "ifsocks only"
 		done
 	fi
@@ -228,8 +236,13 @@ run_subject() {
 		case "$g" in
 		v6source) v6=1 ifsocks_conf=ifsocks-v6-source.toml probe_target=(-target "[$SVC6]:5002") ;;
 		v6pool) v6=1 ifsocks_conf=ifsocks-v6-pool.toml probe_target=(-target "[$SVC6]:5002") ;;
+		hook) ifsocks_conf=ifsocks-hook.toml ;;
 		esac
 		setup "$s"
+		if [ "$g" = hook ]; then
+			bg authhook "$P" "$work/ifsbench" authhook -addr 127.0.0.1:9009 -user bench -pass "$pass" -interface wan2
+			timeout 20 ip netns exec "$P" "$work/ifsbench" wait -addr 127.0.0.1:9009 -timeout 15s
+		fi
 		local ok=1
 		if [ "$s" = dante ]; then start_dante || ok=0; else start_proxy "$s" || ok=0; fi
 		if [ "$ok" = 0 ]; then

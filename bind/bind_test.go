@@ -114,10 +114,19 @@ func TestCheckInterfaceDown(t *testing.T) {
 				nstest.IP(t, append([]string{"-n", ns}, c...)...)
 			}
 			var err error
-			if nerr := nstest.Enter(ns, func() error { err = bind.CheckInterface(st.iface); return nil }); nerr != nil {
-				t.Fatal(nerr)
+			check := func() {
+				if nerr := nstest.Enter(ns, func() error { err = bind.CheckInterface(st.iface); return nil }); nerr != nil {
+					t.Fatal(nerr)
+				}
 			}
+			check()
 			if st.wantErr == nil {
+				// The kernel reports carrier asynchronously after the
+				// peer comes up: wait for it, bounded.
+				for deadline := time.Now().Add(5 * time.Second); err != nil && time.Now().Before(deadline); {
+					time.Sleep(20 * time.Millisecond)
+					check()
+				}
 				if err != nil {
 					t.Fatalf("CheckInterface(%q) = %v, want nil", st.iface, err)
 				}

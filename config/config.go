@@ -86,9 +86,11 @@ var DefaultDeny = []netip.Prefix{
 	netip.MustParsePrefix("0.0.0.0/8"),
 	netip.MustParsePrefix("::/128"),
 	// Link-local (RFC 3927, RFC 4291 section 2.5.6). It holds the
-	// metadata service of AWS, Google Cloud, Azure (IMDS), Oracle Cloud
-	// and others at 169.254.169.254, AWS's ECS and time endpoints, and
-	// Tencent Cloud's 169.254.0.23.
+	// metadata service at 169.254.169.254 of AWS ("Retrieve instance
+	// metadata", Amazon EC2 User Guide), Google Cloud ("View and query VM
+	// metadata", Compute Engine docs), Azure ("Azure Instance Metadata
+	// Service", Microsoft Learn) and Oracle Cloud ("Getting Instance
+	// Metadata", OCI docs).
 	netip.MustParsePrefix("169.254.0.0/16"),
 	netip.MustParsePrefix("fe80::/10"),
 	// AWS instance metadata over IPv6 ("Retrieve instance metadata",

@@ -14,8 +14,8 @@ import (
 )
 
 // accountingOffWarn is how often a daemon serving without its accounting
-// database (on_error = "serve") says so.
-const accountingOffWarn = time.Minute
+// database (on_error = "serve") says so. A variable for tests only.
+var accountingOffWarn = time.Minute
 
 // openAccounting opens the usage database of cfg and loads its ledger.
 // It returns a nil ledger when accounting is off, or when the database

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ifsocks/ifsocks/accounting"
+	"github.com/ifsocks/ifsocks/usagedb"
 	"go.uber.org/zap/zaptest/observer"
 )
 
@@ -173,5 +175,166 @@ func waitFlow(t *testing.T, logs *observer.ObservedLogs, user, outcome string, n
 			t.Fatalf("%d flow lines of %s with outcome %s, want %d; logs %v", got, user, outcome, n, messages(logs))
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestListenerQuota: flows of a no-auth listener are counted under its
+// name and capped by its quota; flows on [server] listen without
+// authentication are counted under "-", without a quota.
+func TestListenerQuota(t *testing.T) {
+	plain := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	named := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	maddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	target := echoServer(t, "127.0.0.1:0")
+	text := fmt.Sprintf(`[server]
+listen = [%q]
+deny = []
+deny_own_addresses = false
+[metrics]
+listen = %q
+[accounting]
+path = %q
+flush_interval = "200ms"
+[[listeners]]
+address = %q
+name = "office"
+auth = "none"
+quota = 30000
+quota_period = "week"
+`, plain, maddr, filepath.Join(t.TempDir(), "usage.db"), named)
+	d := startFileDaemonWith(t, text, nil)
+	c, err := socksDial(t, named, "", "", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, c, strings.Repeat("o", 20000)) // 40 000 of 30 000
+	c.Close()
+	p, err := socksDial(t, plain, "", "", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, p, strings.Repeat("p", 1234))
+	p.Close()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := socksDial(t, named, "", "", target)
+		if err != nil {
+			if !strings.Contains(err.Error(), "not allowed") {
+				t.Fatalf("over the listener's quota: %v, want 0x02", err)
+			}
+			break
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the listener's flows are still admitted over its quota")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitFlow(t, d.logs, "", "quota", 1)
+	u := usageOf(t, maddr)
+	if o := u["office"]; o.Up < 20000 || o.Down < 20000 || o.Quota != 30000 || o.Period != "week" {
+		t.Errorf("/usage office = %+v", o)
+	}
+	if n := u["-"]; n.Up != 1234 || n.Down != 1234 || n.Flows != 1 || n.Quota != 0 {
+		t.Errorf("/usage - = %+v, want 1234 each way, 1 flow, no quota", n)
+	}
+	// Still open for [server] listen.
+	p, err = socksDial(t, plain, "", "", target)
+	if err != nil {
+		t.Fatalf("[server] listen refused: %v", err)
+	}
+	p.Close()
+}
+
+// TestFlushOnReloadAndStop: with a flush interval far longer than the
+// test, a reload and the stop still write every byte counted.
+func TestFlushOnReloadAndStop(t *testing.T) {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	target := echoServer(t, "127.0.0.1:0")
+	db := filepath.Join(t.TempDir(), "usage.db")
+	text := reloadConfig(t, []string{addr}, []string{"flo"}, "") +
+		fmt.Sprintf("[accounting]\npath = %q\nflush_interval = \"1h\"\n", db)
+	d := startFileDaemonWith(t, text, nil)
+	stored := func() accounting.Row {
+		t.Helper()
+		s, err := usagedb.OpenReadOnly(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		rows, err := s.Load("")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum accounting.Row
+		for _, r := range rows {
+			if r.Key == "flo" {
+				sum.Up, sum.Down, sum.Flows = sum.Up+r.Up, sum.Down+r.Down, sum.Flows+r.Flows
+			}
+		}
+		return sum
+	}
+	c, err := socksDial(t, addr, "flo", "flo-pw", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, c, strings.Repeat("f", 5000))
+	if r := stored(); r.Up != 0 {
+		t.Fatalf("written before any flush: %+v", r)
+	}
+	d.reloadWith(t, text)
+	if r := stored(); r.Up != 5000 || r.Down != 5000 || r.Flows != 1 {
+		t.Errorf("after the reload the file has %+v, want 5000 each way, 1 flow", r)
+	}
+	echo(t, c, strings.Repeat("g", 700)) // the flow runs on
+	c.Close()
+	if _, err := d.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	if r := stored(); r.Up != 5700 || r.Down != 5700 || r.Flows != 1 {
+		t.Errorf("after the stop the file has %+v, want 5700 each way, 1 flow", r)
+	}
+}
+
+// TestServeWithoutAccounting: with on_error = "serve", a database that
+// cannot be opened leaves the daemon serving, without accounting or
+// quotas, and saying so again at each interval (a minute in service).
+func TestServeWithoutAccounting(t *testing.T) {
+	old := accountingOffWarn
+	accountingOffWarn = 100 * time.Millisecond
+	t.Cleanup(func() { accountingOffWarn = old })
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	maddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	target := echoServer(t, "127.0.0.1:0")
+	db := filepath.Join(t.TempDir(), "no", "such", "dir", "usage.db")
+	text := reloadConfig(t, []string{addr}, []string{"sam"}, "") +
+		fmt.Sprintf("[metrics]\nlisten = %q\n[accounting]\npath = %q\non_error = \"serve\"\n[[users]]\nname = \"q\"\npassword = \"q-pw\"\nquota = 1\n", maddr, db)
+	d := startFileDaemonWith(t, text, nil)
+	// The quota of 1 byte is not enforced: there is no accounting.
+	c, err := socksDial(t, addr, "q", "q-pw", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo(t, c, "not counted")
+	c.Close()
+	const repeat = "serving WITHOUT accounting or quotas: the database could not be opened at start; fix it and restart"
+	waitFor := time.Now().Add(20 * time.Second)
+	for d.logs.FilterMessage(repeat).Len() < 2 {
+		if time.Now().After(waitFor) {
+			t.Fatalf("%d repeated warnings, want 2 or more", d.logs.FilterMessage(repeat).Len())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	first := d.logs.FilterMessageSnippet("serving WITHOUT accounting").All()[0]
+	if msg, _ := first.ContextMap()["error"].(string); !strings.Contains(msg, db) {
+		t.Errorf("first warning %q does not name %s", msg, db)
+	}
+	resp, err := http.Get("http://" + maddr + "/usage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("/usage without accounting: %s, want 404", resp.Status)
 	}
 }

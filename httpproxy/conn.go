@@ -46,6 +46,8 @@ func (dummyAddr) String() string  { return "ifsocks-connection" }
 type prefixConn struct {
 	net.Conn
 	buf []byte
+	// closed: the fast path (fast.go) ended the connection.
+	closed bool
 }
 
 func (c *prefixConn) Read(p []byte) (int, error) {

@@ -112,7 +112,14 @@ func Serve(c net.Conn, early []byte, opt Options, b Backend) (handedOff bool) {
 		opt.ErrorLog = log.New(discard{}, "", 0)
 	}
 	s := &session{b: b, opt: opt}
-	ln := &connListener{c: &prefixConn{Conn: c, buf: early}, done: make(chan struct{})}
+	pc := &prefixConn{Conn: c, buf: early}
+	if s.firstConnect(pc) {
+		return true
+	}
+	if pc.closed {
+		return false
+	}
+	ln := &connListener{c: pc, done: make(chan struct{})}
 	srv := &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: opt.HeaderTimeout,

@@ -23,6 +23,7 @@ type testBackend struct {
 	logins    []string
 	exchanges []Exchange
 	dials     int
+	early     string
 }
 
 func (b *testBackend) Started() {}
@@ -38,6 +39,13 @@ func (b *testBackend) Login(user, pass string) error {
 }
 
 func (b *testBackend) Connect(user, target string, rep Reply) bool {
+	if target == "early.test:1" {
+		early, err := rep.Establish()
+		b.mu.Lock()
+		b.early = string(early)
+		b.mu.Unlock()
+		return err == nil && false
+	}
 	rep.Refuse(http.StatusForbidden, "")
 	return false
 }
@@ -270,4 +278,61 @@ func FuzzParseBasic(f *testing.F) {
 			t.Fatalf("round trip of %q:%q gave %q:%q %v", user, pass, u, p, ok)
 		}
 	})
+}
+
+// A refused CONNECT (the fast path's 407) leaves the connection to the
+// server: the retry with credentials and a GET on the same connection are
+// answered; the bytes a client sends right after its CONNECT head reach
+// the tunnel.
+func TestConnectThenMore(t *testing.T) {
+	b := &testBackend{}
+	up := origin(t)
+	proxy := serveOne(t, b, Options{HeaderTimeout: 5 * time.Second, AuthRequired: true})
+	c, err := net.Dial("tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	auth := "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("alice:pässword")) + "\r\n"
+	for i, step := range []struct {
+		req  string
+		want int
+	}{
+		{"CONNECT x.test:443 HTTP/1.1\r\nHost: x.test:443\r\n\r\n", 407},
+		{"CONNECT x.test:443 HTTP/1.1\r\nHost: x.test:443\r\n" + auth + "\r\n", 403},
+		{"GET http://" + up + "/ HTTP/1.1\r\nHost: " + up + "\r\n" + auth + "\r\n", 200},
+	} {
+		resp, body := roundTrip(t, c, br, step.req)
+		if resp.StatusCode != step.want {
+			t.Fatalf("step %d: %d %q, want %d", i, resp.StatusCode, body, step.want)
+		}
+	}
+
+	proxy = serveOne(t, b, Options{HeaderTimeout: 5 * time.Second})
+	c2, err := net.Dial("tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(c2, "CONNECT early.test:1 HTTP/1.1\r\n\r\n\x16\x03\x01early bytes")
+	line, _ := bufio.NewReader(c2).ReadString('\n')
+	if line != "HTTP/1.1 200 Connection established\r\n" {
+		t.Fatalf("answer %q", line)
+	}
+	// The backend notes the bytes once Establish has returned, after
+	// the 200 went out.
+	var early string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b.mu.Lock()
+		early = b.early
+		b.mu.Unlock()
+		if early != "" {
+			break
+		}
+	}
+	if early != "\x16\x03\x01early bytes" {
+		t.Errorf("early data %q, want the bytes sent after the head", early)
+	}
 }

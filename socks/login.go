@@ -35,6 +35,15 @@ func (sc *serverConn) authenticate(client netip.Addr, name, pass string) error {
 	}
 	_, local := st.Users[name]
 	local = local || st.Backend == nil
+	if !local {
+		// A login the backend accepted and its cache still holds
+		// costs what a cached [[users]] login does: no guard flight,
+		// no request slot.
+		if u, ok := st.Backend.Cached(name, pass); ok {
+			sc.remote.Store(&remoteUser{name: name, user: u})
+			return nil
+		}
+	}
 	var key auth.Key
 	if st.Auth != nil {
 		var ok bool

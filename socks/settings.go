@@ -129,6 +129,9 @@ type Backend interface {
 	// auth.ErrBadCredentials (refused) or auth.ErrUnavailable (no usable
 	// answer). The returned User is shared and must not be modified.
 	Authenticate(ctx context.Context, req auth.Request) (*User, error)
+	// Cached returns the settings of a login accepted and still cached,
+	// without asking the backend.
+	Cached(user, password string) (*User, bool)
 }
 
 // authenticates reports whether clients must log in.

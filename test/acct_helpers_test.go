@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -277,7 +279,7 @@ func (od *opsDaemon) sigkill(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-od.done
-	od.err = nil // killed on purpose; done is closed, so Wait has returned
+	od.killed = true // on purpose; done is closed, so Wait has returned
 }
 
 // stopTerm stops the daemon with SIGTERM and requires a clean exit.
@@ -286,8 +288,8 @@ func (od *opsDaemon) stopTerm(t *testing.T) {
 	if err := od.stop(); err != nil {
 		t.Fatal(err)
 	}
-	if od.err != nil {
-		t.Fatalf("daemon exited with %v after SIGTERM", od.err)
+	if od.exitErr() != nil {
+		t.Fatalf("daemon exited with %v after SIGTERM", od.exitErr())
 	}
 }
 

@@ -1,3 +1,5 @@
+//go:build linux
+
 package test
 
 import (
@@ -64,7 +66,7 @@ var (
 )
 
 func TestAuthLDAP(t *testing.T) {
-	topo := newEgressTopology(t)
+	topo := newEgressTopologyAs(t, authPrefix)
 	startEgressWhoami(t, topo)
 	srv := slapdtest.Start(t, slapdtest.Options{LDIF: ldapPeople, Netns: topo.P,
 		Dial: nstest.Dialer{NS: topo.P, Timeout: time.Second}.Dial})

@@ -3,16 +3,12 @@
 package test
 
 import (
+	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/ifsocks/ifsocks/internal/nstest"
 )
@@ -29,13 +25,29 @@ const (
 
 var allPasswords = []string{alicePass, bobPass, carolPass, wrongPass}
 
+// daemon is an ifsocks process of these tests: an nstest.Daemon under the
+// names the tests use.
 type daemon struct {
-	dir  string
+	nd   *nstest.Daemon
 	bin  string // the ifsocks binary, also used by the ops tests' own instances
 	cmd  *exec.Cmd
 	logs *nstest.LogBuffer
-	done chan struct{} // closed when the process has exited
-	err  error         // Wait result, valid after done
+	done <-chan struct{} // closed when the process has exited
+	// killed marks a daemon a test killed on purpose: its exit is no
+	// failure.
+	killed bool
+}
+
+func wrapDaemon(nd *nstest.Daemon, bin string) *daemon {
+	return &daemon{nd: nd, bin: bin, cmd: nd.Cmd, logs: nd.Logs, done: nd.Done()}
+}
+
+// exitErr is the process's exit (nil: status 0), once done is closed.
+func (d *daemon) exitErr() error {
+	if d.killed {
+		return nil
+	}
+	return d.nd.Err()
 }
 
 var (
@@ -63,34 +75,21 @@ func getDaemon(tb testing.TB) (*env, *daemon) {
 }
 
 func startDaemon(topo *topology) (*daemon, error) {
-	dir, err := os.MkdirTemp("", "ifst-daemon-")
-	if err != nil {
-		return nil, err
-	}
-	d := &daemon{dir: dir, logs: &nstest.LogBuffer{}, done: make(chan struct{})}
 	bin, err := nstest.BinaryErr() // or $IFSOCKS_BIN, prebuilt
 	if err != nil {
-		os.RemoveAll(dir)
 		return nil, err
 	}
-	d.bin = bin
-	cfg := filepath.Join(dir, "ifsocks.toml")
-	if err := writeConfig(cfg); err != nil {
-		os.RemoveAll(dir)
+	cfg, err := mainConfig()
+	if err != nil {
 		return nil, err
 	}
 	// `ip netns exec` bind-mounts /etc/netns/P/resolv.conf and then execs the
 	// daemon (no fork), so the pid we hold is the daemon's.
-	d.cmd = exec.Command("ip", "netns", "exec", topo.P, bin, "-config", cfg)
-	d.cmd.Env = nstest.CleanEnv
-	d.cmd.Stdout, d.cmd.Stderr = d.logs, d.logs
-	// If this test process dies, the kernel kills the daemon too.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := d.cmd.Start(); err != nil {
-		os.RemoveAll(dir)
+	nd, err := nstest.LaunchDaemon(bin, &nstest.NS{Name: topo.P}, cfg)
+	if err != nil {
 		return nil, err
 	}
-	go func() { d.err = d.cmd.Wait(); close(d.done) }()
+	d := wrapDaemon(nd, bin)
 	if err := d.waitReady(topo.C, 10*time.Second); err != nil {
 		_ = d.stop()
 		return nil, fmt.Errorf("%w\ndaemon log:\n%s", err, d.logs.String())
@@ -98,40 +97,22 @@ func startDaemon(topo *topology) (*daemon, error) {
 	return d, nil
 }
 
-func writeConfig(path string) error {
-	// MinCost keeps bcrypt cheap; the daemon must accept any valid cost.
-	hash, err := bcrypt.GenerateFromPassword([]byte(alicePass), bcrypt.MinCost)
-	if err != nil {
-		return err
-	}
-	cfg := fmt.Sprintf(`[server]
-listen = ["10.231.0.1:1080", "[fd31:0::1]:1080"]
-handshake_timeout = "10s"
-idle_timeout = "5m"
-connect_timeout = "5s"
-# The suite's clients fail logins on purpose, from one address.
-auth_fail_limit = 0
-
-[log]
-level = "debug"
-format = "json"
-
-[[users]]
-name = "alice"
-password_hash = %q
-interface = "wan1"
-
-[[users]]
-name = "bob"
-password = %q
-interface = "wan2"
-
-[[users]]
-name = "carol"
-password = %q
-interface = "nosuch0"
-`, hash, bobPass, carolPass)
-	return os.WriteFile(path, []byte(cfg), 0o600)
+// mainConfig is the configuration of the package's shared daemon.
+func mainConfig() (string, error) {
+	// alice's hash is made at the lowest cost: the daemon must accept any.
+	return nstest.Config{
+		Listen: []string{"10.231.0.1:1080", "[fd31:0::1]:1080"},
+		Server: []string{
+			`shutdown_timeout = "30s"`,
+			"# The suite's clients fail logins on purpose, from one address.",
+			"auth_fail_limit = 0",
+		},
+		Users: []nstest.User{
+			{Name: "alice", Password: alicePass, Hashed: true, Egress: `interface = "wan1"`},
+			{Name: "bob", Password: bobPass, Egress: `interface = "wan2"`},
+			{Name: "carol", Password: carolPass, Egress: `interface = "nosuch0"`},
+		},
+	}.Text()
 }
 
 // waitReady polls both listeners from the client namespace, as a client
@@ -147,7 +128,7 @@ func (d *daemon) waitReady(clientNS string, limit time.Duration) error {
 			}
 			select {
 			case <-d.done:
-				return fmt.Errorf("daemon exited before listening on %s: %v", addr, d.err)
+				return fmt.Errorf("daemon exited before listening on %s: %v", addr, d.exitErr())
 			case <-time.After(100 * time.Millisecond):
 			}
 			if time.Now().After(deadline) {
@@ -158,20 +139,13 @@ func (d *daemon) waitReady(clientNS string, limit time.Duration) error {
 	return nil
 }
 
-// stop sends SIGTERM and escalates to SIGKILL after 5 s, which it reports
-// as an error.
+// stop sends SIGTERM and escalates to SIGKILL after nstest.StopTimeout,
+// which it reports as an error (an exit status is for exitErr).
 func (d *daemon) stop() error {
-	var err error
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(5 * time.Second):
-		err = fmt.Errorf("daemon still running 5s after SIGTERM; killed it")
-		_ = d.cmd.Process.Kill()
-		<-d.done
+	if err := d.nd.Stop(); errors.Is(err, nstest.ErrKilled) {
+		return err
 	}
-	os.RemoveAll(d.dir)
-	return err
+	return nil
 }
 
 func stopDaemon() error {

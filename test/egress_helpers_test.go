@@ -95,6 +95,7 @@ func newEgressTopologyAs(t *testing.T, prefix string) *topology {
 	egStaleOnce.Do(func() {
 		removeStaleEgress()
 		removeStalePrefix(acctPrefix)
+		removeStalePrefix(authPrefix)
 	})
 	base := fmt.Sprintf("%s%d-%d-", prefix, os.Getpid(), egSeq.Add(1))
 	topo := &topology{C: base + "c", P: base + "p", U: base + "u"}
@@ -311,20 +312,16 @@ var (
 // when nil: only the [[listeners]] of body) and short timeouts, a debug
 // JSON log, metrics on egMetrics in P, then body ([[users]], [[listeners]]).
 func egressConfig(listen []string, body string) string {
-	var b strings.Builder
-	b.WriteString("[server]\n")
-	if listen != nil {
-		quoted := make([]string, len(listen))
-		for i, a := range listen {
-			quoted[i] = strconv.Quote(a)
-		}
-		fmt.Fprintf(&b, "listen = [%s]\n", strings.Join(quoted, ", "))
+	return must(nstest.Config{Listen: listen, Server: []string{`connect_timeout = "3s"`}, Metrics: egMetrics, Extra: body}.Text())
+}
+
+// must is text of a configuration that cannot fail to render (no hashed
+// users).
+func must(text string, err error) string {
+	if err != nil {
+		panic(err)
 	}
-	b.WriteString("connect_timeout = \"3s\"\nshutdown_timeout = \"2s\"\n")
-	b.WriteString("\n[log]\nlevel = \"debug\"\nformat = \"json\"\n")
-	fmt.Fprintf(&b, "\n[metrics]\nlisten = %q\n", egMetrics)
-	b.WriteString(body)
-	return b.String()
+	return text
 }
 
 // startEgressDaemon runs the package's ifsocks binary in topo's P with the
@@ -352,7 +349,7 @@ func startEgressDaemon(t *testing.T, topo *topology, cfg string, ready ...string
 
 // userBlock renders a [[users]] entry with the given egress lines.
 func userBlock(u egUser, egress string) string {
-	return fmt.Sprintf("\n[[users]]\nname = %q\npassword = %q\n%s\n", u.name, u.pass, egress)
+	return must(nstest.User{Name: u.name, Password: u.pass, Egress: egress}.Text()) + "\n"
 }
 
 // ---------------------------------------------------------------------

@@ -159,7 +159,7 @@ func TestNICListenerChromium(t *testing.T) {
 			t.Fatalf("from %s: got % x (%v), want 05 00", egClient, got, err)
 		}
 		before := scrape(t, topo.P, egMetrics)
-		refused0, _ := before.get("ifsocks_connections_refused_total", map[string]string{"reason": "not_allowed"})
+		refused0, _ := before.Get("ifsocks_connections_refused_total", map[string]string{"reason": "not_allowed"})
 		// ... from outside it the connection ends without a byte.
 		got, err = greetFrom(topo.C, egStranger, egAnonListen)
 		if !closedWithoutReply(got, err) {

@@ -104,7 +104,7 @@ func TestAcceptEMFILE(t *testing.T) {
 	time.Sleep(window)
 	cpu1, lines1 := mustCPU(t, pid), od.countMsg(msgAcceptFail)
 	if !od.running() {
-		t.Fatalf("daemon exited while out of descriptors: %v", od.err)
+		t.Fatalf("daemon exited while out of descriptors: %v", od.exitErr())
 	}
 	used, retries := cpu1-cpu0, lines1-lines0
 	t.Logf("exhausted for %v: daemon used %v CPU, logged %d retries", window, used, retries)

@@ -75,6 +75,8 @@ func startHTTPUpstream(t *testing.T, topo *topology) *httpUpstream {
 }
 
 // peerCounts returns the requests per upstream peer so far.
+//
+//lint:ignore U1000 for the HTTP tests in progress (issue 13)
 func (up *httpUpstream) peerCounts() map[string]int {
 	up.mu.Lock()
 	defer up.mu.Unlock()

@@ -14,19 +14,13 @@ import (
 	"maps"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/ifsocks/ifsocks/internal/nstest"
 )
@@ -57,32 +51,6 @@ var (
 
 var opsPasswords = []string{alicePass, carolPass, wrongPass, opsDave.pass, opsErin.pass, opsFrank.pass, opsAliceNew.pass}
 
-var (
-	opsHashOnce sync.Once
-	opsHashes   = map[string]string{}
-	opsHashErr  error
-)
-
-// opsHash returns a bcrypt hash (minimum cost) of every hashed ops user's
-// password, computed once.
-func opsHash(tb testing.TB, u opsUser) string {
-	tb.Helper()
-	opsHashOnce.Do(func() {
-		for _, u := range []opsUser{opsAlice, opsDave, opsErin, opsFrank, opsCarol, opsAliceNew} {
-			h, err := bcrypt.GenerateFromPassword([]byte(u.pass), bcrypt.MinCost)
-			if err != nil {
-				opsHashErr = err
-				return
-			}
-			opsHashes[u.pass] = string(h)
-		}
-	})
-	if opsHashErr != nil {
-		tb.Fatal(opsHashErr)
-	}
-	return opsHashes[u.pass]
-}
-
 type opsConfig struct {
 	listen        []string
 	users         []opsUser
@@ -93,31 +61,23 @@ type opsConfig struct {
 
 func (c opsConfig) render(tb testing.TB) string {
 	tb.Helper()
-	var b strings.Builder
-	quoted := make([]string, len(c.listen))
-	for i, a := range c.listen {
-		quoted[i] = strconv.Quote(a)
-	}
-	fmt.Fprintf(&b, "[server]\nlisten = [%s]\n", strings.Join(quoted, ", "))
-	b.WriteString("handshake_timeout = \"10s\"\nidle_timeout = \"5m\"\nconnect_timeout = \"5s\"\nshutdown_timeout = \"2s\"\n")
+	var server []string
 	if c.closesRemoved {
-		b.WriteString("reload_closes_removed = true\n")
+		server = append(server, "reload_closes_removed = true")
 	}
-	b.WriteString(c.serverExtra)
-	if c.metrics != "" {
-		fmt.Fprintf(&b, "\n[metrics]\nlisten = %q\n", c.metrics)
+	if c.serverExtra != "" {
+		server = append(server, c.serverExtra)
 	}
-	b.WriteString("\n[log]\nlevel = \"debug\"\nformat = \"json\"\n")
-	for _, u := range c.users {
-		fmt.Fprintf(&b, "\n[[users]]\nname = %q\n", u.name)
-		if u.hashed {
-			fmt.Fprintf(&b, "password_hash = %q\n", opsHash(tb, u))
-		} else {
-			fmt.Fprintf(&b, "password = %q\n", u.pass)
-		}
-		fmt.Fprintf(&b, "interface = %q\n", u.iface)
+	users := make([]nstest.User, len(c.users))
+	for i, u := range c.users {
+		users[i] = u.user()
 	}
-	return b.String()
+	return nstest.Config{Listen: c.listen, Server: server, Metrics: c.metrics, Users: users}.Render(tb)
+}
+
+// user is u as the harness writes it.
+func (u opsUser) user() nstest.User {
+	return nstest.User{Name: u.name, Password: u.pass, Hashed: u.hashed, Egress: fmt.Sprintf("interface = %q", u.iface)}
 }
 
 // ---------------------------------------------------------------------
@@ -165,30 +125,16 @@ func launchOpsDaemon(t *testing.T, cfg opsConfig, extraEnv ...string) *opsDaemon
 func spawnDaemon(t *testing.T, topo *topology, label, cfg string, extraEnv []string, check func(*opsDaemon)) *opsDaemon {
 	t.Helper()
 	_, shared := getDaemon(t) // builds the binary once for the package
-	dir, err := os.MkdirTemp("", "ifst-"+label+"-")
+	nd, err := nstest.LaunchDaemon(shared.bin, &nstest.NS{Name: topo.P}, cfg, extraEnv...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	od := &opsDaemon{
-		daemon:  &daemon{dir: dir, bin: shared.bin, logs: &nstest.LogBuffer{}, done: make(chan struct{})},
-		cfgPath: filepath.Join(dir, "ifsocks.toml"),
-		topo:    topo,
-	}
-	od.writeConfig(t, cfg)
-	od.cmd = exec.Command("ip", "netns", "exec", topo.P, od.bin, "-config", od.cfgPath)
-	od.cmd.Env = append(append([]string{}, nstest.CleanEnv...), extraEnv...)
-	od.cmd.Stdout, od.cmd.Stderr = od.logs, od.logs
-	od.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := od.cmd.Start(); err != nil {
-		os.RemoveAll(dir)
-		t.Fatal(err)
-	}
-	go func() { od.err = od.cmd.Wait(); close(od.done) }()
+	od := &opsDaemon{daemon: wrapDaemon(nd, shared.bin), cfgPath: nd.ConfigPath, topo: topo}
 	t.Cleanup(func() {
 		if err := od.stop(); err != nil {
 			t.Errorf("%s daemon: %v", label, err)
-		} else if od.err != nil {
-			t.Errorf("%s daemon exited with %v after SIGTERM, want status 0", label, od.err)
+		} else if od.exitErr() != nil {
+			t.Errorf("%s daemon exited with %v after SIGTERM, want status 0", label, od.exitErr())
 		}
 		check(od)
 		if t.Failed() {
@@ -222,7 +168,7 @@ func (od *opsDaemon) waitListening(addrs []string, limit time.Duration) error {
 			}
 			select {
 			case <-od.done:
-				return fmt.Errorf("ops daemon exited before listening on %s: %v\nlog:\n%s", addr, od.err, od.logs.String())
+				return fmt.Errorf("ops daemon exited before listening on %s: %v\nlog:\n%s", addr, od.exitErr(), od.logs.String())
 			case <-time.After(50 * time.Millisecond):
 			}
 			if time.Now().After(deadline) {
@@ -237,13 +183,7 @@ func (od *opsDaemon) waitListening(addrs []string, limit time.Duration) error {
 // reload never reads half a file.
 func (od *opsDaemon) writeConfig(tb testing.TB, text string) {
 	tb.Helper()
-	tmp := od.cfgPath + ".tmp"
-	if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	if err := os.Rename(tmp, od.cfgPath); err != nil {
-		tb.Fatal(err)
-	}
+	od.nd.WriteConfig(tb, text)
 }
 
 const (
@@ -253,7 +193,7 @@ const (
 
 // msgKey is how zap's JSON encoder writes a message without special
 // characters; matching the raw text keeps polling cheap on long logs.
-func msgKey(msg string) string { return `"msg":"` + msg + `"` }
+func msgKey(msg string) string { return nstest.MsgKey(msg) }
 
 // countMsg counts the log lines whose msg is msg.
 func (od *opsDaemon) countMsg(msg string) int {
@@ -346,7 +286,7 @@ func (od *opsDaemon) reload(tb testing.TB) (bool, map[string]any) {
 			return false, od.lastMsg(msgReloadFailed)
 		}
 		if !od.running() {
-			tb.Fatalf("daemon exited after SIGHUP: %v; log tail:\n%s", od.err, tail(od.logs.String(), 30))
+			tb.Fatalf("daemon exited after SIGHUP: %v; log tail:\n%s", od.exitErr(), tail(od.logs.String(), 30))
 		}
 		if time.Now().After(deadline) {
 			tb.Fatalf("no reload outcome line within 5s of SIGHUP; log tail:\n%s", tail(od.logs.String(), 30))
@@ -724,156 +664,22 @@ func restoreWan3Routes(topo *topology) error {
 }
 
 // ---------------------------------------------------------------------
-// Prometheus text format.
+// Prometheus text format: nstest's, under the names these tests use.
 
-type promSample struct {
-	name   string
-	labels map[string]string
-	value  float64
-}
+type promMetrics = nstest.Metrics
 
-type promMetrics []promSample
+func nsHTTP(ns, url string) (int, string, error) { return nstest.HTTPGet(ns, url) }
 
-// parseProm parses the text exposition format (no timestamps expected).
-func parseProm(text string) (promMetrics, error) {
-	var out promMetrics
-	for i, line := range strings.Split(text, "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		s := promSample{labels: map[string]string{}}
-		rest := line
-		if j := strings.IndexAny(rest, "{ "); j < 0 {
-			return nil, fmt.Errorf("line %d: %q: no value", i+1, line)
-		} else {
-			s.name, rest = rest[:j], rest[j:]
-		}
-		if strings.HasPrefix(rest, "{") {
-			rest = rest[1:]
-			for {
-				rest = strings.TrimLeft(rest, ", ")
-				if strings.HasPrefix(rest, "}") {
-					rest = rest[1:]
-					break
-				}
-				eq := strings.Index(rest, `="`)
-				if eq < 0 {
-					return nil, fmt.Errorf("line %d: %q: bad label", i+1, line)
-				}
-				key := rest[:eq]
-				rest = rest[eq+2:]
-				var val strings.Builder
-				closed := false
-				for k := 0; k < len(rest); k++ {
-					c := rest[k]
-					if c == '\\' && k+1 < len(rest) {
-						k++
-						switch rest[k] {
-						case 'n':
-							val.WriteByte('\n')
-						default:
-							val.WriteByte(rest[k])
-						}
-						continue
-					}
-					if c == '"' {
-						rest = rest[k+1:]
-						closed = true
-						break
-					}
-					val.WriteByte(c)
-				}
-				if !closed {
-					return nil, fmt.Errorf("line %d: %q: unterminated label value", i+1, line)
-				}
-				s.labels[key] = val.String()
-			}
-		}
-		fields := strings.Fields(rest)
-		if len(fields) < 1 {
-			return nil, fmt.Errorf("line %d: %q: no value", i+1, line)
-		}
-		v, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			return nil, fmt.Errorf("line %d: %q: %v", i+1, line, err)
-		}
-		s.value = v
-		out = append(out, s)
-	}
-	return out, nil
-}
-
-// get returns the value of the sample with exactly these labels.
-func (pm promMetrics) get(name string, labels map[string]string) (float64, bool) {
-	for _, s := range pm {
-		if s.name != name || len(s.labels) != len(labels) {
-			continue
-		}
-		match := true
-		for k, v := range labels {
-			if s.labels[k] != v {
-				match = false
-				break
-			}
-		}
-		if match {
-			return s.value, true
-		}
-	}
-	return 0, false
-}
-
-// series returns every sample of name.
-func (pm promMetrics) series(name string) []promSample {
-	var out []promSample
-	for _, s := range pm {
-		if s.name == name {
-			out = append(out, s)
-		}
-	}
-	return out
-}
-
-// nsHTTP performs a GET from namespace ns and returns status and body.
-func nsHTTP(ns, url string) (int, string, error) {
-	tr := &http.Transport{DialContext: nstest.Dialer{NS: ns, Timeout: 5 * time.Second}.DialContext, DisableKeepAlives: true}
-	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get(url)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body), err
-}
-
-// scrape fetches and parses /metrics from inside P.
+// scrape fetches and parses /metrics from inside ns.
 func scrape(tb testing.TB, ns, addr string) promMetrics {
 	tb.Helper()
-	code, body, err := nsHTTP(ns, "http://"+addr+"/metrics")
-	if err != nil || code != http.StatusOK {
-		tb.Fatalf("GET /metrics on %s: status %d, %v", addr, code, err)
-	}
-	pm, err := parseProm(body)
-	if err != nil {
-		tb.Fatalf("parse /metrics: %v", err)
-	}
-	return pm
+	return nstest.Scrape(tb, ns, addr)
 }
 
-// wantMetric checks one sample's exact value; a missing sample counts as
-// a failure unless want is 0 and absentOK.
+// wantMetric checks one sample's exact value; a missing sample fails.
 func wantMetric(tb testing.TB, pm promMetrics, name string, labels map[string]string, want float64) {
 	tb.Helper()
-	got, ok := pm.get(name, labels)
-	if !ok {
-		tb.Errorf("%s%v: no such sample, want %v", name, labels, want)
-		return
-	}
-	if got != want {
-		tb.Errorf("%s%v = %v, want %v", name, labels, got, want)
-	}
+	nstest.WantMetric(tb, pm, name, labels, want)
 }
 
 // wantFields checks exact field values of a log line.

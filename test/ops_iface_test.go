@@ -59,7 +59,7 @@ func TestOpsInterfaceDownUp(t *testing.T) {
 	pid := d.pid()
 	ifaceUp := func(t *testing.T) float64 {
 		t.Helper()
-		v, ok := scrape(t, e.topo.P, metricsAddr).get("ifsocks_interface_up", map[string]string{"interface": "wan3"})
+		v, ok := scrape(t, e.topo.P, metricsAddr).Get("ifsocks_interface_up", map[string]string{"interface": "wan3"})
 		if !ok {
 			t.Fatalf("no ifsocks_interface_up{interface=\"wan3\"} sample")
 		}

@@ -41,18 +41,18 @@ func TestOpsMetrics(t *testing.T) {
 	var pm promMetrics
 	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		pm = scrape(t, P, metricsAddr)
-		if v, _ := pm.get("ifsocks_interface_up", map[string]string{"interface": "wan1"}); v == 1 || time.Now().After(deadline) {
+		if v, _ := pm.Get("ifsocks_interface_up", map[string]string{"interface": "wan1"}); v == 1 || time.Now().After(deadline) {
 			break
 		}
 	}
 	wantMetric(t, pm, "ifsocks_config_reloads_total", map[string]string{"result": "success"}, 0)
 	wantMetric(t, pm, "ifsocks_config_reloads_total", map[string]string{"result": "failure"}, 0)
 	wantIfaceSet(t, pm, map[string]float64{"wan1": 1, "nosuch0": 0})
-	if v, _ := pm.get("ifsocks_config_last_reload_success_timestamp_seconds", map[string]string{}); v < unixSeconds(started) || v > unixSeconds(time.Now()) {
+	if v, _ := pm.Get("ifsocks_config_last_reload_success_timestamp_seconds", map[string]string{}); v < unixSeconds(started) || v > unixSeconds(time.Now()) {
 		t.Errorf("last reload success timestamp %f before any reload, want the start time (%f..%f)", v, unixSeconds(started), unixSeconds(time.Now()))
 	}
 	for _, name := range []string{"ifsocks_flows_total", "ifsocks_bytes_total", "ifsocks_auth_failures_total", "ifsocks_udp_datagrams_total"} {
-		if s := pm.series(name); len(s) != 0 {
+		if s := pm.Series(name); len(s) != 0 {
 			t.Errorf("%s before any traffic: %v, want no series", name, s)
 		}
 	}
@@ -105,7 +105,7 @@ func TestOpsMetrics(t *testing.T) {
 	// (The gauge moves just after the reply is sent: allow a moment.)
 	activeLabels := map[string]string{"user": "alice", "interface": "wan1"}
 	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if v, _ := scrape(t, P, metricsAddr).get("ifsocks_active_flows", activeLabels); v == 1 {
+		if v, _ := scrape(t, P, metricsAddr).Get("ifsocks_active_flows", activeLabels); v == 1 {
 			break
 		}
 	}
@@ -228,15 +228,15 @@ func TestOpsMetrics(t *testing.T) {
 	}, "interface", "result")
 	wantMetric(t, pm, "ifsocks_config_reloads_total", map[string]string{"result": "success"}, 1)
 	wantMetric(t, pm, "ifsocks_config_reloads_total", map[string]string{"result": "failure"}, 1)
-	if v, _ := pm.get("ifsocks_config_last_reload_success_timestamp_seconds", map[string]string{}); v < unixSeconds(beforeOK) || v > unixSeconds(afterOK) {
+	if v, _ := pm.Get("ifsocks_config_last_reload_success_timestamp_seconds", map[string]string{}); v < unixSeconds(beforeOK) || v > unixSeconds(afterOK) {
 		t.Errorf("last reload success timestamp %f, want the good reload's time (%f..%f), unchanged by the bad one",
 			v, unixSeconds(beforeOK), unixSeconds(afterOK))
 	}
 	if testing.Verbose() {
 		var b strings.Builder
 		for _, smp := range pm {
-			if strings.HasPrefix(smp.name, "ifsocks_") && !strings.Contains(smp.name, "_bucket") {
-				fmt.Fprintf(&b, "\n  %s%v %v", smp.name, smp.labels, smp.value)
+			if strings.HasPrefix(smp.Name, "ifsocks_") && !strings.Contains(smp.Name, "_bucket") {
+				fmt.Fprintf(&b, "\n  %s%v %v", smp.Name, smp.Labels, smp.Value)
 			}
 		}
 		t.Logf("scraped:%s", b.String())
@@ -259,15 +259,15 @@ func wantIfaceSet(tb testing.TB, pm promMetrics, want map[string]float64) {
 func wantSeries(tb testing.TB, pm promMetrics, name string, want map[string]float64, labels ...string) {
 	tb.Helper()
 	got := map[string]float64{}
-	for _, s := range pm.series(name) {
+	for _, s := range pm.Series(name) {
 		vals := make([]string, len(labels))
 		for i, l := range labels {
-			vals[i] = s.labels[l]
+			vals[i] = s.Labels[l]
 		}
-		if len(s.labels) != len(labels) {
-			tb.Errorf("%s sample with labels %v, want exactly %v", name, s.labels, labels)
+		if len(s.Labels) != len(labels) {
+			tb.Errorf("%s sample with labels %v, want exactly %v", name, s.Labels, labels)
 		}
-		got[strings.Join(vals, "/")] = s.value
+		got[strings.Join(vals, "/")] = s.Value
 	}
 	if !maps.Equal(got, want) {
 		keys := slices.Sorted(maps.Keys(got))

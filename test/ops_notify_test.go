@@ -145,8 +145,8 @@ func TestOpsNotify(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("daemon still running 5s after SIGTERM")
 	}
-	if d.err != nil {
-		t.Errorf("daemon exit: %v, want status 0", d.err)
+	if d.exitErr() != nil {
+		t.Errorf("daemon exit: %v, want status 0", d.exitErr())
 	}
 	if got, err := ns.next(200 * time.Millisecond); err != errNoMessage {
 		t.Errorf("message after STOPPING=1: %q (%v), want none", got, err)

@@ -146,29 +146,11 @@ func copyFile(src, dst string) error {
 // users: alice (bcrypt) on wan1, dave (plaintext) on wan2.
 func privConfig(t *testing.T, listen, handshake string) string {
 	t.Helper()
-	return fmt.Sprintf(`[server]
-listen = [%q]
-handshake_timeout = %q
-idle_timeout = "5m"
-connect_timeout = "5s"
-shutdown_timeout = "2s"
-
-[log]
-level = "debug"
-format = "json"
-
-[[users]]
-name = %q
-password_hash = %q
-interface = %q
-
-[[users]]
-name = %q
-password = %q
-interface = %q
-`, listen, handshake,
-		opsAlice.name, opsHash(t, opsAlice), opsAlice.iface,
-		opsDave.name, opsDave.pass, opsDave.iface)
+	return nstest.Config{
+		Listen: []string{listen},
+		Server: []string{fmt.Sprintf("handshake_timeout = %q", handshake)},
+		Users:  []nstest.User{opsAlice.user(), opsDave.user()},
+	}.Render(t)
 }
 
 // writePrivConfig writes the configuration into dir, readable only by
@@ -190,19 +172,14 @@ func writePrivConfig(t *testing.T, dir, text string) string {
 // listeners.
 func startWrapped(t *testing.T, topo *topology, bin, cfgPath string, argv []string) *opsDaemon {
 	t.Helper()
-	od := &opsDaemon{
-		daemon:  &daemon{bin: bin, logs: &nstest.LogBuffer{}, done: make(chan struct{})},
-		cfgPath: cfgPath,
-		topo:    topo,
-	}
-	od.cmd = exec.Command(argv[0], argv[1:]...)
-	od.cmd.Env = nstest.CleanEnv
-	od.cmd.Stdout, od.cmd.Stderr = od.logs, od.logs
-	od.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := od.cmd.Start(); err != nil {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = nstest.CleanEnv
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	nd, err := nstest.StartCommand(cmd, cfgPath)
+	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { od.err = od.cmd.Wait(); close(od.done) }()
+	od := &opsDaemon{daemon: wrapDaemon(nd, bin), cfgPath: cfgPath, topo: topo}
 	t.Cleanup(func() {
 		if err := od.stop(); err != nil {
 			t.Errorf("daemon: %v", err)
@@ -223,12 +200,12 @@ func startWrapped(t *testing.T, topo *topology, bin, cfgPath string, argv []stri
 func (od *opsDaemon) stopClean(t *testing.T) {
 	t.Helper()
 	if !od.running() {
-		t.Fatalf("daemon exited on its own: %v", od.err)
+		t.Fatalf("daemon exited on its own: %v", od.exitErr())
 	}
 	if err := od.stop(); err != nil {
 		t.Error(err)
-	} else if od.err != nil {
-		t.Errorf("daemon exited with %v after SIGTERM, want status 0", od.err)
+	} else if od.exitErr() != nil {
+		t.Errorf("daemon exited with %v after SIGTERM, want status 0", od.exitErr())
 	}
 }
 
@@ -243,7 +220,7 @@ func (od *opsDaemon) waitDaemonExec(t *testing.T) {
 			return
 		}
 		if !od.running() {
-			t.Fatalf("daemon exited before exec'ing %s: %v; log:\n%s", od.bin, od.err, od.logs.String())
+			t.Fatalf("daemon exited before exec'ing %s: %v; log:\n%s", od.bin, od.exitErr(), od.logs.String())
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("pid %d is %q after 10s, want %s", od.pid(), exe, od.bin)

@@ -245,7 +245,7 @@ func wantListenRefused(t *testing.T, od *opsDaemon, listen string) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("daemon still running 10s after start; it should not listen on %s without CAP_NET_BIND_SERVICE", listen)
 	}
-	if od.err == nil {
+	if od.exitErr() == nil {
 		t.Errorf("daemon exited with status 0, want a failure")
 	}
 	logs := od.logs.String()

@@ -185,6 +185,12 @@ func TestRemoteCache(t *testing.T) {
 	if v, _ := r.Authenticate(ctx, req); v != "eth1" || s.calls.Load() != 1 {
 		t.Errorf("within cache_ttl: %q after %d calls, want eth1 after 1", v, s.calls.Load())
 	}
+	if v, ok := r.Cached(req.User, req.Password); !ok || v != "eth1" {
+		t.Errorf("Cached = %q, %v; want eth1 from the cache", v, ok)
+	}
+	if _, ok := r.Cached(req.User, "other"); ok {
+		t.Error("Cached answered for a password never checked")
+	}
 	// A different password is a different entry.
 	other := req
 	other.Password = "pw2"
@@ -268,7 +274,37 @@ func TestRemoteConcurrency(t *testing.T) {
 	if n := s.calls.Load(); n != 2 {
 		t.Errorf("hook got %d requests, want 2 (max_concurrent)", n)
 	}
-	if busy != 9 && busy != 109 {
-		t.Errorf("%d logins failed for want of a slot, want 9 (or 109 when alice's flight lost)", busy)
+	// 9 of the 11 distinct logins found no slot: 9 failures, or, when
+	// alice's was among them, her 100 and 8 others.
+	if busy != 9 && busy != 108 {
+		t.Errorf("%d logins failed for want of a slot, want 9 (or 108 when alice's flight lost)", busy)
+	}
+}
+
+// TestRemoteLeaderGivesUp: the login whose request the others share
+// giving up (its client gone) does not fail them.
+func TestRemoteLeaderGivesUp(t *testing.T) {
+	s := start(t, false)
+	s.mu.Lock()
+	s.delay = 300 * time.Millisecond
+	s.mu.Unlock()
+	c := client(t, hook.Options{URL: s.url, Timeout: 5 * time.Second})
+	r := remote(c, auth.RemoteOptions{CacheTTL: time.Hour, MaxConcurrent: 2, Wait: time.Second})
+	leader, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { _, err := r.Authenticate(leader, req); done <- err }()
+	time.Sleep(50 * time.Millisecond) // the leader's request is out
+	follower := make(chan error, 1)
+	go func() { _, err := r.Authenticate(context.Background(), req); follower <- err }()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	if err := <-done; !errors.Is(err, auth.ErrUnavailable) {
+		t.Errorf("leader after giving up: %v, want ErrUnavailable", err)
+	}
+	if err := <-follower; err != nil {
+		t.Errorf("follower failed with the leader: %v", err)
+	}
+	if n := s.calls.Load(); n != 1 {
+		t.Errorf("hook asked %d times, want 1", n)
 	}
 }

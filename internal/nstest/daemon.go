@@ -186,11 +186,16 @@ type Daemon struct {
 
 	mu      sync.Mutex
 	secrets []string // plaintext passwords of every configuration written
+	ownDir  string   // the configuration's directory, made for it; Stop removes it
 }
 
 // passwordLine finds the plaintext passwords of a configuration, which no
 // log line may contain.
 var passwordLine = regexp.MustCompile(`(?m)^\s*password\s*=\s*("(?:[^"\\]|\\.)*")`)
+
+// ErrKilled is returned by Stop when SIGTERM did not end the process in
+// StopTimeout and it was killed.
+var ErrKilled = errors.New("did not exit after SIGTERM; killed")
 
 // StopTimeout is how long Stop waits after SIGTERM before SIGKILL.
 const StopTimeout = 15 * time.Second
@@ -220,31 +225,44 @@ func StartDaemon(tb testing.TB, ns *NS, cfg string, env ...string) *Daemon {
 		if tb.Failed() {
 			tb.Logf("daemon log (last 60 lines):\n%s", Tail(d.Logs.String(), 60))
 		}
-		os.RemoveAll(filepath.Dir(d.ConfigPath))
 	})
 	return d
 }
 
-// LaunchDaemon starts bin in ns with configuration text cfg; for setup
-// outside a test. The caller calls Stop.
+// LaunchDaemon starts bin in ns with configuration text cfg, written to
+// a directory of its own that Stop removes; for setup outside a test. The
+// caller calls Stop.
 func LaunchDaemon(bin string, ns *NS, cfg string, env ...string) (*Daemon, error) {
 	dir, err := os.MkdirTemp("", "ifsocks-daemon-")
 	if err != nil {
 		return nil, err
 	}
-	d := &Daemon{NS: ns, ConfigPath: filepath.Join(dir, "ifsocks.toml"), Logs: &LogBuffer{}, done: make(chan struct{})}
+	d := &Daemon{ConfigPath: filepath.Join(dir, "ifsocks.toml")}
 	if err := d.WriteConfigErr(cfg); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	d.Cmd = ns.Command(context.Background(), bin, "-config", d.ConfigPath)
-	d.Cmd.Env = append(d.Cmd.Env, env...)
-	d.Cmd.Stdout, d.Cmd.Stderr = d.Logs, d.Logs
-	if err := d.Cmd.Start(); err != nil {
+	cmd := ns.Command(context.Background(), bin, "-config", d.ConfigPath)
+	cmd.Env = append(cmd.Env, env...)
+	nd, err := StartCommand(cmd, d.ConfigPath)
+	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	go func() { d.err = d.Cmd.Wait(); close(d.done) }()
+	nd.NS, nd.ownDir, nd.secrets = ns, dir, d.secrets
+	return nd, nil
+}
+
+// StartCommand starts cmd, which runs the daemon with configPath (a
+// wrapper such as setpriv may come first, as long as it ends by exec'ing
+// the daemon), with its output going to Logs. The caller calls Stop.
+func StartCommand(cmd *exec.Cmd, configPath string) (*Daemon, error) {
+	d := &Daemon{ConfigPath: configPath, Cmd: cmd, Logs: &LogBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = d.Logs, d.Logs
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { d.err = cmd.Wait(); close(d.done) }()
 	return d, nil
 }
 
@@ -297,6 +315,9 @@ func (d *Daemon) Signal(sig syscall.Signal) error { return d.Cmd.Process.Signal(
 // or an exit status other than 0, is an error. Stopping a stopped daemon
 // reports its exit again.
 func (d *Daemon) Stop() error {
+	if d.ownDir != "" {
+		defer os.RemoveAll(d.ownDir)
+	}
 	if !d.Running() {
 		return d.exitErr()
 	}
@@ -307,7 +328,7 @@ func (d *Daemon) Stop() error {
 	case <-time.After(StopTimeout):
 		_ = d.Cmd.Process.Kill()
 		<-d.done
-		return fmt.Errorf("did not exit within %v of SIGTERM; killed", StopTimeout)
+		return fmt.Errorf("%w (waited %v)", ErrKilled, StopTimeout)
 	}
 }
 

@@ -1,9 +1,18 @@
 // Package nstest is the test harness of ifsocks: network namespaces, veth
 // pairs, addresses, `ip`, entering a namespace from Go, a log buffer safe
-// for concurrent writers, and builders for users, configuration text, a
-// client/proxy/upstream topology and a running daemon. Every package's
-// namespace tests use it; none keeps a copy of its own. It is for tests
-// only and is not a public API.
+// for concurrent writers, and builders for users (with bcrypt hashes made
+// once per process), configuration text, a client/proxy/upstream topology
+// and a running daemon (built once per process, plain or -race; started
+// from configuration text, or behind a wrapper with StartCommand), plus
+// Prometheus scrapes from inside a namespace. Every package's namespace
+// tests use it; none keeps a copy of its own. It is for tests only and is
+// not a public API.
+//
+// Where to find what: ip.go (ip, commands, root check), netns.go
+// (namespaces, veths, addresses, listeners and dialers inside one),
+// enter_linux.go (entering), topology.go, config.go and users.go (the
+// text a daemon reads), daemon.go (binary and process), logbuf.go (its
+// log), metrics.go (its /metrics).
 //
 // A namespace test in ten lines:
 //

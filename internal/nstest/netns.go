@@ -183,7 +183,7 @@ func (ns *NS) Do(fn func() error) error { return Enter(ns.Name, fn) }
 func (ns *NS) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns.Name, name}, args...)...)
 	cmd.Env = append([]string{}, CleanEnv...)
-	cmd.SysProcAttr = childAttr()
+	cmd.SysProcAttr = ChildAttr()
 	return cmd
 }
 

@@ -2,7 +2,8 @@ package nstest
 
 import "syscall"
 
-// childAttr makes the kernel kill a command when the test process dies.
-func childAttr() *syscall.SysProcAttr {
+// ChildAttr makes the kernel kill a command when the test process dies
+// (Linux; elsewhere it is empty).
+func ChildAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }

@@ -4,4 +4,4 @@ package nstest
 
 import "syscall"
 
-func childAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{} }
+func ChildAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{} }

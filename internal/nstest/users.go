@@ -22,17 +22,30 @@ type User struct {
 // Block is the user's [[users]] table.
 func (u User) Block(tb testing.TB) string {
 	tb.Helper()
+	text, err := u.Text()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return text
+}
+
+// Text is Block returning the error (of hashing the password).
+func (u User) Text() (string, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n[[users]]\nname = %q\n", u.Name)
 	if u.Hashed {
-		fmt.Fprintf(&b, "password_hash = %q\n", Hash(tb, u.Password))
+		h, err := HashErr(u.Password)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(&b, "password_hash = %q\n", h)
 	} else {
 		fmt.Fprintf(&b, "password = %q\n", u.Password)
 	}
 	if u.Egress != "" {
 		b.WriteString(strings.TrimRight(u.Egress, "\n") + "\n")
 	}
-	return b.String()
+	return b.String(), nil
 }
 
 var hashes sync.Map // password -> *hashEntry

@@ -22,6 +22,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Suffix is the directory's base DN; RootDN/RootPW its administrator.
@@ -114,7 +116,7 @@ func (s *Server) Restart() error {
 	cmd := exec.Command(args[0], args[1:]...)
 	var log strings.Builder
 	cmd.Stdout, cmd.Stderr = &log, &log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = nstest.ChildAttr()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start slapd: %w", err)
 	}

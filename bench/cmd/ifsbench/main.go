@@ -47,12 +47,13 @@ var commands = map[string]func(args []string) error{
 	"tunnels":  tunnelsCmd,
 	"udp":      udpCmd,
 	"note":     noteCmd,
+	"authhook": authhookCmd,
 	"report":   reportCmd,
 }
 
 func run(args []string) error {
 	if len(args) == 0 {
-		return errors.New("usage: ifsbench serve|wait|probe|tcp|connrate|tunnels|udp|note|report [flags]")
+		return errors.New("usage: ifsbench serve|wait|probe|tcp|connrate|tunnels|udp|authhook|note|report [flags]")
 	}
 	cmd, ok := commands[args[0]]
 	if !ok {

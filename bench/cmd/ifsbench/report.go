@@ -50,6 +50,8 @@ var summaryRows = []row{
 	{"connections in the first second", "connrate", "first_s", "%.0f", true},
 	{"connections in the last second", "connrate", "last_s", "%.0f", true},
 	{"failed connections", "connrate", "errors", "%.0f", false},
+	{"connections/s, user from an HTTP auth hook (cached)", "connrate-hook", "rate", "%.0f", true},
+	{"proxy CPU per connection, hook user, µs", "connrate-hook", "proxy_us", "%.0f", false},
 	{"connections/s, proxy netns tcp_tw_reuse=1", "connrate-tw", "rate", "%.0f", true},
 	{"… in the last second", "connrate-tw", "last_s", "%.0f", true},
 	{"proxy CPU per connection (tcp_tw_reuse=1), µs", "connrate-tw", "proxy_us", "%.0f", false},
@@ -71,7 +73,7 @@ var summaryRows = []row{
 // it proxy_us, the proxy's CPU time in microseconds per unit. On a shared
 // machine that drifts far less than a rate, which also counts the time
 // the proxy spent waiting for a core.
-var perUnit = map[string]string{"udp": "received", "connrate": "ok", "http-connrate": "ok", "connrate-tw": "ok", "connrate-v6-source": "ok", "connrate-v6-pool": "ok"}
+var perUnit = map[string]string{"udp": "received", "connrate": "ok", "http-connrate": "ok", "connrate-tw": "ok", "connrate-hook": "ok", "connrate-v6-source": "ok", "connrate-v6-pool": "ok"}
 
 // results is a run's records, indexed.
 type results struct {

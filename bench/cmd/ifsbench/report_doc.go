@@ -7,7 +7,7 @@ import (
 )
 
 // tests in the order they are reported.
-var testOrder = []string{"tcp-1-up", "tcp-1-down", "tcp-8-up", "tcp-8-down", "connrate", "connrate-tw", "connrate-v6-source", "connrate-v6-pool", "tunnels", "udp"}
+var testOrder = []string{"tcp-1-up", "tcp-1-down", "tcp-8-up", "tcp-8-down", "connrate", "connrate-hook", "connrate-tw", "connrate-v6-source", "connrate-v6-pool", "tunnels", "udp"}
 
 // document writes the whole RESULTS.md.
 func (rs *results) document(w io.Writer) {
@@ -75,7 +75,7 @@ func wallTime(rec Record) float64 {
 // (ports in TIME_WAIT, descriptor exhaustion, a lock) is visible.
 func (rs *results) rateSeries(w io.Writer) {
 	fmt.Fprintf(w, "\n## Connections completed per second\n\n")
-	for _, t := range []string{"connrate", "connrate-tw", "connrate-v6-source", "connrate-v6-pool"} {
+	for _, t := range []string{"connrate", "connrate-hook", "connrate-tw", "connrate-v6-source", "connrate-v6-pool"} {
 		for _, s := range subjects {
 			rec, ok := rs.res[s][t]
 			if !ok {
@@ -87,6 +87,8 @@ func (rs *results) rateSeries(w io.Writer) {
 			}
 			title := subjectTitle[s]
 			switch t {
+			case "connrate-hook":
+				title += ", user from an HTTP auth hook (cached)"
 			case "connrate-tw":
 				title += ", proxy netns tcp_tw_reuse=1"
 			case "connrate-v6-source":

@@ -1,6 +1,6 @@
 //go:build linux
 
-package test
+package soak
 
 import (
 	"errors"
@@ -28,10 +28,14 @@ import (
 // daemon's descriptors, goroutines and RSS.
 
 const (
-	soakPrefix    = "ifss-"
-	soakReaperEnv = "IFSS_REAPER_FOR_PID"
-	soakListen    = proxyListen4
-	soakMetrics   = "127.0.0.1:9810"
+	soakPrefix = "ifss-"
+	// The daemon's reload lines.
+	msgReloaded     = "configuration reloaded"
+	msgReloadFailed = "reload failed; the running configuration is unchanged"
+	soakReaperEnv   = "IFSS_REAPER_FOR_PID"
+	soakListen      = "10.231.0.1:1080" // P's address facing C (nstest.Topology, Net 231)
+	svcV4           = "10.231.9.9"      // U's service address
+	soakMetrics     = "127.0.0.1:9810"
 )
 
 // Copies of the test binary started with soakReaperEnv or soakServerEnv
@@ -148,6 +152,9 @@ var soakReaperPipe *os.File
 // ---------------------------------------------------------------------
 // Topology.
 
+// topology names the namespaces of a soak run.
+type topology struct{ C, P, U string }
+
 // newSoakTopology builds a C/P/U triple like the package's (wan1 and wan2
 // in P, strict rp_filter in U) under soak names, removed at the end of
 // the test. Ports: C and P get a wide ephemeral range and tcp_tw_reuse,
@@ -225,38 +232,19 @@ var soakPasswords = []string{soakAlice.pass, soakBob.pass, soakCarol.pass, soakB
 // goes into [server]; users are written in order.
 func soakConfig(tb testing.TB, handshake string, serverExtra string, users ...soakUser) string {
 	tb.Helper()
-	var b strings.Builder
+	nu := make([]nstest.User, len(users))
+	for i, u := range users {
+		nu[i] = nstest.User{Name: u.name, Password: u.pass, Hashed: u.hashed, Egress: fmt.Sprintf("interface = %q", u.iface)}
+	}
 	// All the load comes from one client address, like a busy office
 	// behind NAT, and the reload test's probes fail logins on purpose:
 	// the per-IP abuse limits are off, so they measure nothing here.
-	fmt.Fprintf(&b, "[server]\nlisten = [%q]\nhandshake_timeout = %q\nidle_timeout = \"5m\"\nconnect_timeout = \"5s\"\nshutdown_timeout = \"5s\"\nmax_handshakes_per_ip = 0\nauth_fail_limit = 0\n%s",
-		soakListen, handshake, serverExtra)
-	fmt.Fprintf(&b, "\n[metrics]\nlisten = %q\n\n[log]\nlevel = \"info\"\nformat = \"json\"\n", soakMetrics)
-	for _, u := range users {
-		fmt.Fprintf(&b, "\n[[users]]\nname = %q\n", u.name)
-		if u.hashed {
-			fmt.Fprintf(&b, "password_hash = %q\n", soakHash(tb, u.pass))
-		} else {
-			fmt.Fprintf(&b, "password = %q\n", u.pass)
-		}
-		fmt.Fprintf(&b, "interface = %q\n", u.iface)
+	server := []string{fmt.Sprintf("handshake_timeout = %q", handshake), `shutdown_timeout = "5s"`,
+		"max_handshakes_per_ip = 0", "auth_fail_limit = 0"}
+	if serverExtra != "" {
+		server = append(server, serverExtra)
 	}
-	return b.String()
-}
-
-var soakHashes sync.Map // password -> bcrypt hash (minimum cost)
-
-func soakHash(tb testing.TB, pass string) string {
-	tb.Helper()
-	if h, ok := soakHashes.Load(pass); ok {
-		return h.(string)
-	}
-	h, err := bcryptMin(pass)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	soakHashes.Store(pass, h)
-	return h
+	return nstest.Config{Listen: []string{soakListen}, Server: server, Metrics: soakMetrics, LogLevel: "info", Users: nu}.Render(tb)
 }
 
 // ensureNoFile makes the soft RLIMIT_NOFILE of process pid (0: this one)
@@ -284,15 +272,3 @@ func ensureNoFile(tb testing.TB, pid int, need uint64, what string, perTunnel ui
 // sockets: listeners, epoll, netlink, logs, handshakes in flight, a
 // flow's sockets still closing while its successor opens.
 const soakFDSlack = 100
-
-// scrapeTry is scrape without failing the test (used from goroutines).
-func scrapeTry(ns, addr string) (promMetrics, error) {
-	code, body, err := nsHTTP(ns, "http://"+addr+"/metrics")
-	if err != nil {
-		return nil, err
-	}
-	if code != 200 {
-		return nil, fmt.Errorf("GET /metrics: status %d", code)
-	}
-	return parseProm(body)
-}

@@ -1,6 +1,6 @@
 //go:build linux
 
-package test
+package soak
 
 import (
 	"bytes"
@@ -12,7 +12,7 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // soakSink receives the soak daemon's stdout and stderr (one pipe), writes
@@ -90,10 +90,10 @@ func (s *soakSink) Write(p []byte) (int, error) {
 }
 
 var (
-	keyReloaded     = []byte(msgKey(msgReloaded))
-	keyReloadFailed = []byte(msgKey(msgReloadFailed))
-	keyIfaceState   = []byte(msgKey("egress interface state changed"))
-	keyCut          = []byte(msgKey("closed the flows of a lost egress interface"))
+	keyReloaded     = []byte(nstest.MsgKey(msgReloaded))
+	keyReloadFailed = []byte(nstest.MsgKey(msgReloadFailed))
+	keyIfaceState   = []byte(nstest.MsgKey("egress interface state changed"))
+	keyCut          = []byte(nstest.MsgKey("closed the flows of a lost egress interface"))
 	raceBanner      = []byte("WARNING: DATA RACE")
 )
 
@@ -257,9 +257,4 @@ func (s *soakSink) close() soakSinkState {
 		s.f = nil
 	}
 	return s.st
-}
-
-func bcryptMin(pass string) (string, error) {
-	h, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
-	return string(h), err
 }

@@ -1,6 +1,6 @@
 //go:build linux
 
-package test
+package soak
 
 import (
 	"fmt"
@@ -23,7 +23,7 @@ type soakRun struct {
 	srv  soakServers
 	d    *soakDaemon
 	base soakRes
-	pm0  promMetrics     // after the warm-up, before the load
+	pm0  nstest.Metrics  // after the warm-up, before the load
 	srv0 soakServerStats // the same
 }
 
@@ -61,7 +61,7 @@ func newSoakRun(t *testing.T) *soakRun {
 	}
 	warm.finish(t, time.Second)
 	r.base = r.d.settledResources(t, 20*time.Second)
-	r.pm0 = scrape(t, r.topo.P, soakMetrics)
+	r.pm0 = nstest.Scrape(t, r.topo.P, soakMetrics)
 	r.srv0 = r.srv.stats(t)
 	t.Logf("daemon pid %d, baseline after warm-up: %v (%s)", r.d.pid(), r.base, r.d.memStats())
 	return r
@@ -101,8 +101,8 @@ func (r *soakRun) drain(t *testing.T) {
 	var active float64
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		active = 0
-		for _, s := range scrape(t, r.topo.P, soakMetrics).series("ifsocks_active_flows") {
-			active += s.value
+		for _, s := range nstest.Scrape(t, r.topo.P, soakMetrics).Series("ifsocks_active_flows") {
+			active += s.Value
 		}
 		if active == 0 {
 			return
@@ -242,12 +242,12 @@ func (s *soakSampler) plateau(t *testing.T, judge bool) {
 // may be counted as cut by the daemon (the NIC went down after the last
 // byte but before the client's close), so ok may only be lower. outcomesOK
 // lists the outcomes allowed besides "ok".
-func (r *soakRun) wantMetricsMatch(t *testing.T, l *soakLoad, exact func(user string) bool, outcomesOK ...string) promMetrics {
+func (r *soakRun) wantMetricsMatch(t *testing.T, l *soakLoad, exact func(user string) bool, outcomesOK ...string) nstest.Metrics {
 	t.Helper()
-	pm := scrape(t, r.topo.P, soakMetrics)
+	pm := nstest.Scrape(t, r.topo.P, soakMetrics)
 	delta := func(name string, labels map[string]string) float64 {
-		v1, _ := pm.get(name, labels)
-		v0, _ := r.pm0.get(name, labels)
+		v1, _ := pm.Get(name, labels)
+		v0, _ := r.pm0.Get(name, labels)
 		return v1 - v0
 	}
 	for _, u := range l.usersCopy() {
@@ -275,10 +275,10 @@ func (r *soakRun) wantMetricsMatch(t *testing.T, l *soakLoad, exact func(user st
 			t.Errorf("%s: ifsocks_bytes_total{direction=down} grew by %.0f, the client received %.0f", u.u.name, got, want)
 		}
 	}
-	for _, s := range pm.series("ifsocks_flows_total") {
-		if o := s.labels["outcome"]; o != "ok" && !slices.Contains(outcomesOK, o) {
-			if d := delta("ifsocks_flows_total", s.labels); d != 0 {
-				t.Errorf("ifsocks_flows_total%v grew by %v during the load, want no %q flows", s.labels, d, o)
+	for _, s := range pm.Series("ifsocks_flows_total") {
+		if o := s.Labels["outcome"]; o != "ok" && !slices.Contains(outcomesOK, o) {
+			if d := delta("ifsocks_flows_total", s.Labels); d != 0 {
+				t.Errorf("ifsocks_flows_total%v grew by %v during the load, want no %q flows", s.Labels, d, o)
 			}
 		}
 	}

@@ -1,6 +1,6 @@
 //go:build linux
 
-package test
+package soak
 
 import (
 	"fmt"
@@ -167,17 +167,17 @@ func TestSoakFlap(t *testing.T) {
 	st := r.wantServerClean(t, true) // cut tunnels' server sides time out
 	// alice's counters must match exactly; her flows are all "ok".
 	pm := r.wantMetricsMatch(t, l, func(u string) bool { return u != soakBob.name }, "interface_lost", "unreachable", "relay_error", "reset", "timeout")
-	for _, s := range pm.series("ifsocks_flows_total") {
-		if s.labels["user"] == soakAlice.name && s.labels["outcome"] != "ok" {
-			if v0, _ := r.pm0.get("ifsocks_flows_total", s.labels); s.value != v0 {
-				t.Errorf("ifsocks_flows_total%v grew by %v: alice's flows were touched by the wan2 flaps", s.labels, s.value-v0)
+	for _, s := range pm.Series("ifsocks_flows_total") {
+		if s.Labels["user"] == soakAlice.name && s.Labels["outcome"] != "ok" {
+			if v0, _ := r.pm0.Get("ifsocks_flows_total", s.Labels); s.Value != v0 {
+				t.Errorf("ifsocks_flows_total%v grew by %v: alice's flows were touched by the wan2 flaps", s.Labels, s.Value-v0)
 			}
 		}
 	}
 	t.Logf("bob: %d failures inside the flap windows (%s)", len(bobInside), kinds(bobInside))
-	lost, _ := pm.get("ifsocks_flows_total", map[string]string{"protocol": "socks5", "user": "bob", "interface": "wan2", "outcome": "interface_lost"})
-	lost0, _ := r.pm0.get("ifsocks_flows_total", map[string]string{"protocol": "socks5", "user": "bob", "interface": "wan2", "outcome": "interface_lost"})
-	unreach, _ := pm.get("ifsocks_flows_total", map[string]string{"protocol": "socks5", "user": "bob", "interface": "wan2", "outcome": "unreachable"})
+	lost, _ := pm.Get("ifsocks_flows_total", map[string]string{"protocol": "socks5", "user": "bob", "interface": "wan2", "outcome": "interface_lost"})
+	lost0, _ := r.pm0.Get("ifsocks_flows_total", map[string]string{"protocol": "socks5", "user": "bob", "interface": "wan2", "outcome": "interface_lost"})
+	unreach, _ := pm.Get("ifsocks_flows_total", map[string]string{"protocol": "socks5", "user": "bob", "interface": "wan2", "outcome": "unreachable"})
 	t.Logf("daemon: bob's flows interface_lost +%v, unreachable %v", lost-lost0, unreach)
 	logFlapStats(t, flaps)
 	r.logBytes(t, l, st, elapsed)

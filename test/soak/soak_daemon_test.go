@@ -1,6 +1,6 @@
 //go:build linux
 
-package test
+package soak
 
 import (
 	"errors"
@@ -93,9 +93,9 @@ func (d *soakDaemon) waitReady(t *testing.T, limit time.Duration) {
 		c, err := nstest.Dialer{NS: d.topo.C, Timeout: time.Second}.Dial("tcp", soakListen)
 		if err == nil {
 			c.Close()
-			pm, err := scrapeTry(d.topo.P, soakMetrics)
-			up1, _ := pm.get("ifsocks_interface_up", map[string]string{"interface": "wan1"})
-			up2, _ := pm.get("ifsocks_interface_up", map[string]string{"interface": "wan2"})
+			pm, err := nstest.ScrapeErr(d.topo.P, soakMetrics)
+			up1, _ := pm.Get("ifsocks_interface_up", map[string]string{"interface": "wan1"})
+			up2, _ := pm.Get("ifsocks_interface_up", map[string]string{"interface": "wan2"})
 			if err == nil && up1 == 1 && up2 == 1 {
 				return
 			}
@@ -196,11 +196,11 @@ func (d *soakDaemon) resources() (soakRes, error) {
 	if r.rssKiB, err = procStatusKiB(d.pid(), "VmRSS:"); err != nil {
 		return r, err
 	}
-	pm, err := scrapeTry(d.topo.P, soakMetrics)
+	pm, err := nstest.ScrapeErr(d.topo.P, soakMetrics)
 	if err != nil {
 		return r, err
 	}
-	g, ok := pm.get("go_goroutines", map[string]string{})
+	g, ok := pm.Get("go_goroutines", map[string]string{})
 	if !ok {
 		return r, fmt.Errorf("no go_goroutines in /metrics")
 	}
@@ -217,26 +217,34 @@ func (d *soakDaemon) mustResources(tb testing.TB) soakRes {
 	return r
 }
 
-// settledResources waits (bounded) until the descriptor and goroutine
-// counts have not changed for a second, and returns them.
+// settledResources waits (bounded) until five readings in a row are
+// within the scrape's own tolerance of each other, and returns the lowest
+// of them. On a loaded machine the scrape that reads go_goroutines may
+// still be closing its predecessor's connection, so exact equality of
+// consecutive readings would depend on scheduling.
 func (d *soakDaemon) settledResources(tb testing.TB, limit time.Duration) soakRes {
 	tb.Helper()
 	prev, same := d.mustResources(tb), 0
+	low := prev
 	for deadline := time.Now().Add(limit); same < 5; {
 		if time.Now().After(deadline) {
 			tb.Fatalf("daemon resources did not settle within %v (now %v)", limit, prev)
 		}
 		time.Sleep(200 * time.Millisecond)
 		next := d.mustResources(tb)
-		if next.fds == prev.fds && next.goroutines == prev.goroutines {
+		if abs(next.fds-prev.fds) <= soakFDTolerance/2 && abs(next.goroutines-prev.goroutines) <= soakGTolerance/2 {
 			same++
+			low.fds, low.goroutines = min(low.fds, next.fds), min(low.goroutines, next.goroutines)
+			low.rssKiB = next.rssKiB
 		} else {
-			same = 0
+			same, low = 0, next
 		}
 		prev = next
 	}
-	return prev
+	return low
 }
+
+func abs(n int) int { return max(n, -n) }
 
 // Tolerances of "back to baseline". The scrape that reads go_goroutines
 // holds a connection (one descriptor, one or two goroutines) while it is
@@ -313,11 +321,11 @@ func (d *soakDaemon) waitBaseline(t *testing.T, base soakRes, peakG int, limit t
 // tell a leak (live heap) from memory the runtime has freed but not yet
 // returned to the kernel (idle minus released).
 func (d *soakDaemon) memStats() string {
-	pm, err := scrapeTry(d.topo.P, soakMetrics)
+	pm, err := nstest.ScrapeErr(d.topo.P, soakMetrics)
 	if err != nil {
 		return err.Error()
 	}
-	v := func(name string) float64 { x, _ := pm.get(name, map[string]string{}); return x }
+	v := func(name string) float64 { x, _ := pm.Get(name, map[string]string{}); return x }
 	mib := func(name string) string { return fmt.Sprintf("%.1f", v("go_memstats_"+name+"_bytes")/(1<<20)) }
 	return fmt.Sprintf("MiB: heap alloc %s inuse %s idle %s released %s; stacks %s; runtime sys %s; %v GCs so far",
 		mib("heap_alloc"), mib("heap_inuse"), mib("heap_idle"), mib("heap_released"), mib("stack_inuse"),

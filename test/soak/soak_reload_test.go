@@ -1,12 +1,14 @@
 //go:build linux
 
-package test
+package soak
 
 import (
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
 
 // Test 2: reloads under load.
@@ -130,8 +132,8 @@ func TestSoakReload(t *testing.T) {
 	}
 	st := r.wantServerClean(t, false)
 	pm := r.wantMetricsMatch(t, l, allUsers)
-	wantMetric(t, pm, "ifsocks_config_reloads_total", map[string]string{"result": "success"}, float64(valid))
-	wantMetric(t, pm, "ifsocks_config_reloads_total", map[string]string{"result": "failure"}, float64(broken))
+	nstest.WantMetric(t, pm, "ifsocks_config_reloads_total", map[string]string{"result": "success"}, float64(valid))
+	nstest.WantMetric(t, pm, "ifsocks_config_reloads_total", map[string]string{"result": "failure"}, float64(broken))
 	slices.Sort(took)
 	if len(took) > 0 {
 		t.Logf("%d reloads (%d valid, %d broken) one per %v; SIGHUP to outcome line: median %v, max %v",
