@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -60,6 +61,12 @@ func (s *session) firstConnect(pc *prefixConn) bool {
 		pc.SetReadDeadline(time.Now().Add(s.opt.HeaderTimeout))
 	}
 	req, err := http.ReadRequest(br)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		// The head did not come within HeaderTimeout: the server
+		// would only wait for it as long again.
+		pc.closed = true
+		return false
+	}
 	if err != nil || req.Method != http.MethodConnect || req.ContentLength != 0 || len(req.TransferEncoding) > 0 {
 		// Not ours: the server reads it all again.
 		pc.buf = append(rc.buf, pc.buf...)
@@ -98,6 +105,7 @@ func (s *session) firstConnect(pc *prefixConn) bool {
 	if rep.close || rep.failed {
 		pc.closed = true
 	}
+	s.b.Idle()
 	return false
 }
 

@@ -83,6 +83,9 @@ type Backend interface {
 	Status(err error) int
 	// Forwarded reports a forwarded request's end.
 	Forwarded(ex *Exchange)
+	// Idle is called when the connection waits for its next request,
+	// its answers all sent: it carries no flow now.
+	Idle()
 }
 
 // Exchange is one forwarded request, for the flow record.
@@ -127,8 +130,11 @@ func Serve(c net.Conn, early []byte, opt Options, b Backend) (handedOff bool) {
 		MaxHeaderBytes:    MaxHeaderBytes - serverSlack,
 		ErrorLog:          opt.ErrorLog,
 		ConnState: func(_ net.Conn, st http.ConnState) {
-			if st == http.StateClosed || st == http.StateHijacked {
+			switch st {
+			case http.StateClosed, http.StateHijacked:
 				ln.Close()
+			case http.StateIdle:
+				b.Idle()
 			}
 		},
 	}

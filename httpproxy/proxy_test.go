@@ -28,6 +28,8 @@ type testBackend struct {
 
 func (b *testBackend) Started() {}
 
+func (b *testBackend) Idle() {}
+
 func (b *testBackend) Login(user, pass string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -82,6 +82,12 @@ func (h *httpConn) record(proto, user, method string) *record {
 	return &rec
 }
 
+// Idle: the connection waits for its next request. It carries no flow
+// then, so Shutdown closes it as it closes connections in their
+// handshake (and closes it now if shutdown has begun), instead of
+// waiting for a kept-alive connection that may never send again.
+func (h *httpConn) Idle() { h.sc.srv.idle(h.sc) }
+
 // Started gives back the handshake slot once a request head is in.
 func (h *httpConn) Started() {
 	if !h.started {

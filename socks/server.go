@@ -310,6 +310,17 @@ func (s *Server) beginFlow(sc *serverConn, user string) error {
 	return nil
 }
 
+// idle marks sc, an HTTP connection between requests, as carrying no
+// flow; once shutdown has begun, it closes it.
+func (s *Server) idle(sc *serverConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sc.active = false
+	if s.closed {
+		sc.close()
+	}
+}
+
 // setEgress records that sc's flow leaves by iface, and its upstream
 // connection (nil for UDP) so that cutting the flow closes it too. If the
 // flow was cut while its sockets were being opened, it closes up at once

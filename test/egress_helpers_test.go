@@ -10,12 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -75,11 +70,6 @@ func egSvcAddr(i int) string { return fmt.Sprintf("10.233.9.%d", 9+i) }
 // egTarget is the whoami endpoint of egSvc.
 var egTarget = net.JoinHostPort(egSvc, egWebPort)
 
-var (
-	egSeq       atomic.Int64
-	egStaleOnce sync.Once
-)
-
 // newEgressTopology builds the topology above for one test and removes it
 // (killing what still runs inside) at the end of the test.
 func newEgressTopology(t *testing.T) *topology {
@@ -91,102 +81,21 @@ func newEgressTopology(t *testing.T) *topology {
 // with prefix, for tests whose names must carry their own.
 func newEgressTopologyAs(t *testing.T, prefix string) *topology {
 	t.Helper()
-	nstest.RequireRoot(t)
-	egStaleOnce.Do(func() {
-		removeStaleEgress()
-		removeStalePrefix(acctPrefix)
-		removeStalePrefix(authPrefix)
-	})
-	base := fmt.Sprintf("%s%d-%d-", prefix, os.Getpid(), egSeq.Add(1))
-	topo := &topology{C: base + "c", P: base + "p", U: base + "u"}
-	t.Cleanup(func() {
-		start := time.Now()
-		defer func() { t.Logf("topology removed in %v", time.Since(start).Round(time.Millisecond)) }()
-		if err := topo.destroy(); err != nil {
-			t.Errorf("egress topology teardown: %v", err)
-		}
-	})
-	start := time.Now()
-	if err := buildEgressTopology(topo); err != nil {
-		t.Fatalf("egress topology: %v", err)
+	nt := nstest.NewTopology(t, nstest.TopologyConfig{Prefix: strings.TrimSuffix(prefix, "-"), Net: 233, ClientOnWANs: true})
+	// What the harness's topology lacks: a client address outside
+	// allow_clients, a second address on wan2, more service addresses.
+	if err := nt.C.AddAddr("c0", egStranger+"/24"); err != nil {
+		t.Fatal(err)
 	}
-	t.Logf("topology %s* built in %v", base, time.Since(start).Round(time.Millisecond))
-	return topo
-}
-
-func buildEgressTopology(topo *topology) error {
-	C, P, U := topo.C, topo.P, topo.U
-	for _, ns := range []string{C, P, U} {
-		if _, err := nstest.IPErr("netns", "add", ns); err != nil {
-			return err
-		}
-		topo.created = append(topo.created, ns)
+	if err := nt.P.AddAddr("wan2", egWan2Second+"/24"); err != nil {
+		t.Fatal(err)
 	}
-	// Set before the links exist, so every new link inherits "default":
-	// IPv4 only (no router solicitations or DAD to wait for), no
-	// forwarding anywhere (only the daemon bridges C and U), P without
-	// reverse-path filtering (replies to a marked flow arrive on wan2
-	// while the main table points back via wan1), U strict.
-	common := []string{"net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.ip_forward=0"}
-	for ns, rp := range map[string]string{C: "0", P: "0", U: "1"} {
-		if err := nstest.Sysctl(ns, append(common, "net.ipv4.conf.all.rp_filter="+rp, "net.ipv4.conf.default.rp_filter="+rp)...); err != nil {
-			return err
+	for i := 1; i < egSvcCount; i++ {
+		if err := nt.U.AddAddr("lo", egSvcAddr(i)+"/32"); err != nil {
+			t.Fatal(err)
 		}
 	}
-	steps := [][]string{
-		{"-n", C, "link", "add", "c0", "type", "veth", "peer", "name", "cl0", "netns", P},
-		{"-n", C, "link", "add", "c1", "type", "veth", "peer", "name", "uc1", "netns", U},
-		{"-n", C, "link", "add", "c2", "type", "veth", "peer", "name", "uc2", "netns", U},
-		{"-n", P, "link", "add", "wan1", "type", "veth", "peer", "name", "up1", "netns", U},
-		{"-n", P, "link", "add", "wan2", "type", "veth", "peer", "name", "up2", "netns", U},
-		{"-n", U, "link", "add", "br1", "type", "bridge"},
-		{"-n", U, "link", "add", "br2", "type", "bridge"},
-		{"-n", U, "link", "set", "up1", "master", "br1"},
-		{"-n", U, "link", "set", "uc1", "master", "br1"},
-		{"-n", U, "link", "set", "up2", "master", "br2"},
-		{"-n", U, "link", "set", "uc2", "master", "br2"},
-		{"-n", C, "addr", "add", egClient + "/24", "dev", "c0"},
-		{"-n", C, "addr", "add", egStranger + "/24", "dev", "c0"},
-		{"-n", C, "addr", "add", "10.233.1.50/24", "dev", "c1"},
-		{"-n", C, "addr", "add", "10.233.2.50/24", "dev", "c2"},
-		{"-n", P, "addr", "add", egProxy + "/24", "dev", "cl0"},
-		{"-n", P, "addr", "add", egWan1 + "/24", "dev", "wan1"},
-		{"-n", P, "addr", "add", egWan2 + "/24", "dev", "wan2"},
-		{"-n", P, "addr", "add", egWan2Second + "/24", "dev", "wan2"},
-		{"-n", U, "addr", "add", egGw1 + "/24", "dev", "br1"},
-		{"-n", U, "addr", "add", egGw2 + "/24", "dev", "br2"},
-	}
-	for i := range egSvcCount {
-		steps = append(steps, []string{"-n", U, "addr", "add", egSvcAddr(i) + "/32", "dev", "lo"})
-	}
-	for ns, links := range map[string][]string{
-		C: {"lo", "c0", "c1", "c2"},
-		P: {"lo", "cl0", "wan1", "wan2"},
-		U: {"lo", "up1", "uc1", "up2", "uc2", "br1", "br2"},
-	} {
-		for _, l := range links {
-			steps = append(steps, []string{"-n", ns, "link", "set", l, "up"})
-		}
-	}
-	steps = append(steps,
-		[]string{"-n", P, "route", "add", "default", "via", egGw1, "dev", "wan1", "metric", "100"},
-		[]string{"-n", P, "route", "add", "default", "via", egGw2, "dev", "wan2", "metric", "200"})
-	for _, s := range steps {
-		if _, err := nstest.IPErr(s...); err != nil {
-			return err
-		}
-	}
-	// The bridges exist now; "default" covered the rest.
-	if err := nstest.Sysctl(U, "net.ipv4.conf.br1.rp_filter=1", "net.ipv4.conf.br2.rp_filter=1"); err != nil {
-		return err
-	}
-	// The daemon resolves names (a browser asks for some of its own)
-	// with a nameserver of our own: U's service address, where nothing
-	// answers on port 53, so lookups fail at once and never leave.
-	if err := os.MkdirAll(nstest.EtcDir(P), 0o755); err != nil {
-		return err
-	}
-	return os.WriteFile(filepath.Join(nstest.EtcDir(P), "resolv.conf"), []byte("nameserver "+egSvc+"\n"), 0o644)
+	return &topology{C: nt.C.Name, P: nt.P.Name, U: nt.U.Name}
 }
 
 // restoreWan brings wan1 or wan2 back as a network manager would after an
@@ -201,41 +110,6 @@ func restoreWan(topo *topology, wan string) error {
 	}
 	_, err := nstest.IPErr("-n", topo.P, "route", "replace", "default", "via", gw, "dev", wan, "metric", metric)
 	return err
-}
-
-// removeStaleEgress deletes ifse-<pid>-* namespaces and /etc/netns
-// directories whose test process is gone (a run killed before its
-// cleanups), like removeStale does for the package's own ifst- ones.
-func removeStaleEgress() { removeStalePrefix(egPrefix) }
-
-// removeStalePrefix deletes the namespaces and /etc/netns directories
-// named prefix<pid>-* whose test process is gone.
-func removeStalePrefix(egPrefix string) {
-	for _, dir := range []string{"/run/netns", "/etc/netns"} {
-		entries, err := os.ReadDir(dir)
-		if err != nil {
-			continue // no such directory: nothing stale
-		}
-		for _, e := range entries {
-			rest, ok := strings.CutPrefix(e.Name(), egPrefix)
-			if !ok {
-				continue
-			}
-			pidStr, _, _ := strings.Cut(rest, "-")
-			pid, err := strconv.Atoi(pidStr)
-			if err != nil || pid <= 0 || pid == os.Getpid() || nstest.PidAlive(pid) {
-				continue
-			}
-			if dir == "/run/netns" {
-				err = nstest.DeleteNamed(e.Name())
-			} else {
-				err = os.RemoveAll(filepath.Join(dir, e.Name()))
-			}
-			if err != nil {
-				fmt.Fprintf(os.Stderr, "warning: removing stale %s/%s: %v\n", dir, e.Name(), err)
-			}
-		}
-	}
 }
 
 // ---------------------------------------------------------------------

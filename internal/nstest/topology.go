@@ -20,6 +20,11 @@ type TopologyConfig struct {
 	V6 string
 	// WANs is the number of proxy NICs to the upstream (default 2).
 	WANs int
+	// ClientOnWANs gives C a NIC on each wan's link too (cI, 10.NET.I.50),
+	// joined to P's wanI by a bridge brI in U that holds U's address on
+	// that link: C can then reach P's wan addresses (ingress tests), and
+	// U still sees by which link a connection came.
+	ClientOnWANs bool
 }
 
 // Topology is three namespaces:
@@ -106,12 +111,14 @@ func (t *Topology) build(base string) error {
 			return err
 		}
 	}
-	// Set before the links exist, so that every new link inherits it.
-	if err := t.U.Sysctl("net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.default.rp_filter=1"); err != nil {
-		return err
-	}
-	if err := t.P.Sysctl("net.ipv4.ip_forward=0"); err != nil {
-		return err
+	// Set before the links exist, so that every new link inherits it:
+	// no forwarding anywhere (only a proxy bridges C and U), strict
+	// reverse-path filtering in U only (replies to a marked flow may
+	// arrive in P by a NIC its main table does not route back by).
+	for ns, rp := range map[*NS]string{t.C: "0", t.P: "0", t.U: "1"} {
+		if err := ns.Sysctl("net.ipv4.ip_forward=0", "net.ipv4.conf.all.rp_filter="+rp, "net.ipv4.conf.default.rp_filter="+rp); err != nil {
+			return err
+		}
 	}
 	if t.cfg.V6 != "" {
 		if err := t.P.Sysctl("net.ipv6.conf.all.forwarding=0"); err != nil {
@@ -122,7 +129,11 @@ func (t *Topology) build(base string) error {
 		return err
 	}
 	for i := 1; i <= t.cfg.WANs; i++ {
-		if err := t.link(t.P, t.WAN(i), t.U, t.Up(i), i); err != nil {
+		link := t.link
+		if t.cfg.ClientOnWANs {
+			link = t.bridged
+		}
+		if err := link(t.P, t.WAN(i), t.U, t.Up(i), i); err != nil {
 			return err
 		}
 		if _, err := t.P.IPErr("route", "add", "default", "via", t.GatewayV4(i), "dev", t.WAN(i), "metric", strconv.Itoa(100*i)); err != nil {
@@ -165,6 +176,41 @@ func (t *Topology) link(a *NS, aDev string, b *NS, bDev string, i int) error {
 	}
 	return b.AddAddr(bDev, bAddrs...)
 }
+
+// bridged is link for ClientOnWANs: P's wanI and C's cI both reach U's
+// bridge brI, which holds U's address.
+func (t *Topology) bridged(p *NS, wan string, u *NS, up string, i int) error {
+	br, cDev, ucDev := t.Bridge(i), "c"+strconv.Itoa(i), "uc"+strconv.Itoa(i)
+	if err := VethErr(p, wan, u, up); err != nil {
+		return err
+	}
+	if err := VethErr(t.C, cDev, u, ucDev); err != nil {
+		return err
+	}
+	for _, args := range [][]string{
+		{"link", "add", br, "type", "bridge"},
+		{"link", "set", up, "master", br},
+		{"link", "set", ucDev, "master", br},
+		{"link", "set", br, "up"},
+	} {
+		if _, err := u.IPErr(args...); err != nil {
+			return err
+		}
+	}
+	if err := p.AddAddr(wan, t.v4(i, 1)+"/24"); err != nil {
+		return err
+	}
+	if err := u.AddAddr(br, t.v4(i, 2)+"/24"); err != nil {
+		return err
+	}
+	return t.C.AddAddr(cDev, t.ClientWANV4(i)+"/24")
+}
+
+// Bridge is U's bridge on wan i's link (ClientOnWANs).
+func (t *Topology) Bridge(i int) string { return "br" + strconv.Itoa(i) }
+
+// ClientWANV4 is C's address on wan i's link (ClientOnWANs).
+func (t *Topology) ClientWANV4(i int) string { return t.v4(i, 50) }
 
 func (t *Topology) v4(subnet, host int) string {
 	return fmt.Sprintf("10.%d.%d.%d", t.cfg.Net, subnet, host)
