@@ -2,6 +2,7 @@ package auth
 
 import (
 	"errors"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -312,4 +313,44 @@ func TestVerifyConcurrentMixed(t *testing.T) {
 	}
 	close(start)
 	wg.Wait()
+}
+
+// TestPadCosts checks structurally that a failed check of a cheaper hash
+// is made up to the highest cost: a padding hash for every cost from the
+// lowest configured one up to below the highest, so that 2^c plus the
+// pads from c on is 2^highest.
+func TestPadCosts(t *testing.T) {
+	h4 := hashPassword(t, "a", bcrypt.MinCost)
+	h7 := hashPassword(t, "b", bcrypt.MinCost+3)
+	tests := []struct {
+		name     string
+		accounts []Account
+		want     []int
+	}{
+		{"one cost", []Account{{Name: "a", Hash: h4}}, nil},
+		{"costs 4 and 7", []Account{{Name: "a", Hash: h4}, {Name: "b", Hash: h7}}, []int{4, 5, 6}},
+		{"plaintext only", []Account{{Name: "p", Password: "x"}}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := newStore(t, tt.accounts, Options{})
+			var got []int
+			for c := range 32 {
+				h, ok := s.pad[c]
+				if !ok {
+					continue
+				}
+				if hc, err := bcrypt.Cost(h); err != nil || hc != c {
+					t.Errorf("pad[%d] has cost %d, %v", c, hc, err)
+				}
+				got = append(got, c)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("pads for costs %v, want %v", got, tt.want)
+			}
+			if lo, hi := Costs([]string{h4, h7}); lo != 4 || hi != 7 {
+				t.Errorf("Costs = %d, %d, want 4, 7", lo, hi)
+			}
+		})
+	}
 }

@@ -26,7 +26,8 @@ func (g *authGuard) failed(e *authEntry, max int, lim AuthFailLimit, now time.Ti
 	}
 	e.until, e.blocked, e.refused = now.Add(lim.Cooldown), now, 0
 	if !g.stopped {
-		e.timer = time.AfterFunc(lim.Cooldown, func() { g.expire(e) })
+		until := e.until
+		e.timer = time.AfterFunc(lim.Cooldown, func() { g.expire(e, until) })
 	}
 	g.metrics.AuthBlocked()
 	fields := append([]zap.Field{zap.String("client", clientName(e.key.client)), zap.Int("failures", e.fails),
@@ -39,11 +40,13 @@ func (g *authGuard) failed(e *authEntry, max int, lim AuthFailLimit, now time.Ti
 	g.log.Warn("client blocked after failed authentications", fields...)
 }
 
-// expire ends e's block when its cool-down is over (e's timer).
-func (g *authGuard) expire(e *authEntry) {
+// expire ends e's block that lasts until until, when its cool-down is
+// over (e's timer). A timer that fired while its block was being ended
+// otherwise finds a later block, or none, and leaves it.
+func (g *authGuard) expire(e *authEntry, until time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.stopped || e.until.IsZero() {
+	if g.stopped || !e.until.Equal(until) {
 		return
 	}
 	g.endBlock(e, time.Now())

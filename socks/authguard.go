@@ -220,6 +220,12 @@ func (g *authGuard) begin(ctx context.Context, ip netip.Addr, user string, key a
 			g.mu.Unlock()
 			return &authTicket{client: ce, user: ue, key: key, check: c, leader: true}, nil
 		}
+		if ce.inflight == 0 {
+			// Over a limit with nothing running whose end could
+			// change that (a reload lowered the limit): refused.
+			g.mu.Unlock()
+			return nil, errAuthBlocked
+		}
 		if ce.changed == nil {
 			ce.changed = make(chan struct{})
 		}

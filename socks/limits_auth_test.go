@@ -2,6 +2,7 @@ package socks
 
 import (
 	"context"
+	"errors"
 	"io"
 	"maps"
 	"net/netip"
@@ -259,4 +260,25 @@ func guardFail(tb testing.TB, g *authGuard, client, user string, lim AuthFailLim
 		return err
 	}
 	return g.finish(tk, auth.ErrBadCredentials, lim)
+}
+
+// TestAuthGuardLoweredLimit: failures counted under a higher limit than
+// the one now in force (a reload lowered auth_fail_limit) refuse the next
+// attempt at once, rather than leave it waiting for a check that is not
+// running.
+func TestAuthGuardLoweredLimit(t *testing.T) {
+	g := authGuard{log: zap.NewNop()}
+	high := AuthFailLimit{Max: 5, Window: time.Minute, Cooldown: time.Minute}
+	for range 3 {
+		guardFail(t, &g, "192.0.2.1", "a", high)
+	}
+	low := high
+	low.Max = 2
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := g.begin(ctx, netip.MustParseAddr("192.0.2.1"), "a", auth.Key{}, low)
+	if !errors.Is(err, errAuthBlocked) || time.Since(start) > time.Second {
+		t.Errorf("begin under a lowered limit: %v after %v, want errAuthBlocked at once", err, time.Since(start))
+	}
 }

@@ -38,7 +38,11 @@ func TestAcceptEMFILE(t *testing.T) {
 	proxy := net.JoinHostPort(proxyV4, "1080")
 	// Clients that never send a byte keep their descriptor for the whole
 	// handshake timeout: far longer than the test's exhaustion phase.
-	cfg := writePrivConfig(t, dir, privConfig(t, proxy, "2m"))
+	// Without a server-wide handshake cap: by default (a quarter of the
+	// descriptor limit) the daemon would evict silent clients instead of
+	// running out of descriptors, which is not what this test is about.
+	text := strings.Replace(privConfig(t, proxy, "2m"), "[server]\n", "[server]\nmax_handshakes = 0\n", 1)
+	cfg := writePrivConfig(t, dir, text)
 	nofile := fmt.Sprintf("--nofile=%d:%d", emfileLimit, emfileLimit)
 	od := startWrapped(t, topo, bin, cfg, []string{"ip", "netns", "exec", topo.P, "prlimit", nofile, "--", bin, "-config", cfg})
 	od.waitDaemonExec(t)
