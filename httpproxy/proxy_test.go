@@ -338,3 +338,24 @@ func TestConnectThenMore(t *testing.T) {
 		t.Errorf("early data %q, want the bytes sent after the head", early)
 	}
 }
+
+// A kept-alive connection is closed after IdleTimeout without a request.
+func TestIdleTimeout(t *testing.T) {
+	b := &testBackend{}
+	up := origin(t)
+	proxy := serveOne(t, b, Options{HeaderTimeout: 5 * time.Second, IdleTimeout: 300 * time.Millisecond})
+	c, err := net.Dial("tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	resp, _ := roundTrip(t, c, br, "GET http://"+up+"/ HTTP/1.1\r\nHost: "+up+"\r\n\r\n")
+	if resp.StatusCode != 200 || resp.Close {
+		t.Fatalf("status %d close %v, want a kept-alive 200", resp.StatusCode, resp.Close)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("read on the idle connection: %v, want EOF (closed by the idle timeout)", err)
+	}
+}
