@@ -33,7 +33,7 @@ type Limits struct {
 // Callers with nothing to pace should call Start, which does not watch a
 // context at all.
 func StartLimited(ctx context.Context, client, upstream *net.TCPConn, idle time.Duration, lim Limits, cnt Counts, done func(Result)) {
-	f := &flow{conns: [2]*net.TCPConn{client, upstream}, done: done, pending: 2}
+	f := &flow{conns: [2]*net.TCPConn{client, upstream}, done: done, pending: 2, parent: ctx}
 	f.ctx, f.cancel = context.WithCancel(ctx)
 	// Registered before the copiers start: a ctx already done closes
 	// the connections at once and both directions end.

@@ -89,8 +89,12 @@ type flow struct {
 	timer *IdleTimer
 	// ctx, set only for a paced flow (StartLimited), cuts its limiter
 	// waits short; cancel is called by closeBoth, stopWatch by finish.
-	ctx       context.Context
-	cancel    context.CancelFunc
+	ctx    context.Context
+	cancel context.CancelFunc
+	// parent is the caller's context of a paced flow: when it ends the
+	// flow was cut, whichever way the copiers noticed (a limiter wait
+	// returns its error, a read only sees its socket closed).
+	parent    context.Context
 	stopWatch func() bool
 	// moved is when a paced direction last moved bytes (unix
 	// nanoseconds). Data a limiter lets out of the receive queue bit by
@@ -192,6 +196,9 @@ func (f *flow) finish() {
 	f.closeBoth()
 	f.mu.Lock()
 	f.finished = true
+	if f.err == nil && !f.idle && f.parent != nil && f.parent.Err() != nil {
+		f.err = f.parent.Err()
+	}
 	r := Result{Up: f.up, Down: f.down, Err: f.err, Idle: f.idle}
 	f.mu.Unlock()
 	f.done(r)

@@ -158,8 +158,10 @@ func TestAuthFailuresCostTheSame(t *testing.T) {
 			for j := 1; j < len(creds); j++ {
 				ratio := float64(slices.Min(cpu[0])) / float64(slices.Min(cpu[j]))
 				t.Logf("unknown user / %s: least CPU ratio %.2f (medians %.2f)", creds[j], ratio, float64(median(cpu[0]))/float64(median(cpu[j])))
-				if ratio < 0.9 || ratio > 1.1 {
-					t.Errorf("an unknown user costs %.2f times a wrong password of %s (cost %d), want 0.9-1.1",
+				// One bcrypt cost step is a factor of 2: a window of
+				// 0.7-1.4 catches it and leaves room for a loaded machine.
+				if ratio < 0.7 || ratio > 1.4 {
+					t.Errorf("an unknown user costs %.2f times a wrong password of %s (cost %d), want 0.7-1.4",
 						ratio, creds[j], tt.costs[creds[j]])
 				}
 			}
