@@ -59,13 +59,13 @@ func TestHTTPProxyBulk(t *testing.T) {
 		// Each byte is spliced twice (socket to pipe, pipe to socket),
 		// apart from the small bursts the relay reads into a buffer (the
 		// heads, the first segment, what trickles in while the loaded
-		// machine is slow): 98% at least, and under 5% through user
+		// machine is slow): 90% at least, and under 10% through user
 		// space. Without splice it would be 0% and 200%.
-		if bytes["splice"] < 2*size*98/100 {
-			t.Errorf("splice moved %d bytes, want at least 98%% of %d: the tunnel did not splice", bytes["splice"], 2*size)
+		if bytes["splice"] < 2*size*90/100 {
+			t.Errorf("splice moved %d bytes, want at least 90%% of %d: the tunnel did not splice", bytes["splice"], 2*size)
 		}
-		if other := bytes["read"] + bytes["write"] + bytes["readv"] + bytes["writev"] + bytes["recvfrom"] + bytes["sendto"] + bytes["recvmsg"] + bytes["sendmsg"]; other > size/20 {
-			t.Errorf("%d bytes went through read/write system calls, want under 5%% of %d", other, size)
+		if other := bytes["read"] + bytes["write"] + bytes["readv"] + bytes["writev"] + bytes["recvfrom"] + bytes["sendto"] + bytes["recvmsg"] + bytes["sendmsg"]; other > size/10 {
+			t.Errorf("%d bytes went through read/write system calls, want under 10%% of %d", other, size)
 		}
 	})
 

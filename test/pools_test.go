@@ -248,7 +248,11 @@ func TestPools(t *testing.T) {
 		if err != nil || res.authStatus != 0 || res.reply != 3 {
 			t.Fatalf("auth %d reply %d err %v, want reply 0x03", res.authStatus, res.reply, err)
 		}
-		line := od.flowOf(t, res.localAddr)
+		// Matched on the user too: after thousands of connections the
+		// client's port may be one an earlier flow of another user had.
+		line := od.waitFlow(t, 3*time.Second, func(m map[string]any) bool {
+			return m["client"] == res.localAddr && m["user"] == poolNone.name
+		})
 		if e := fmt.Sprint(line["error"]); !strings.Contains(e, "no local route") || !strings.Contains(e, poolNoRoute) {
 			t.Errorf("flow error %q: want it to name %s and the missing local route", e, poolNoRoute)
 		}
