@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"os"
@@ -9,28 +8,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
 )
-
-// lockedBuffer collects a child's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // quickStart returns the three command lines of the README's quick start:
 // the daemon, the upstream and the client.
@@ -65,7 +47,7 @@ func freePort(tb testing.TB) string {
 }
 
 // startCmd runs argv until the test ends.
-func startCmd(tb testing.TB, dir string, out *lockedBuffer, argv ...string) {
+func startCmd(tb testing.TB, dir string, out *nstest.LogBuffer, argv ...string) {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
@@ -78,7 +60,7 @@ func startCmd(tb testing.TB, dir string, out *lockedBuffer, argv ...string) {
 	tb.Cleanup(func() { cancel(); cmd.Wait() })
 }
 
-func waitListen(tb testing.TB, addr string, out *lockedBuffer) {
+func waitListen(tb testing.TB, addr string, out *nstest.LogBuffer) {
 	tb.Helper()
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		if c, err := net.Dial("tcp", addr); err == nil {
@@ -128,7 +110,7 @@ func TestQuickStart(t *testing.T) {
 	www := filepath.Join(dir, "www")
 	os.Mkdir(www, 0o755)
 	os.WriteFile(filepath.Join(www, "quick-start-marker.txt"), []byte("hello"), 0o644)
-	var upOut, dOut lockedBuffer
+	var upOut, dOut nstest.LogBuffer
 	startCmd(t, www, &upOut, strings.Fields(ports.Replace(upLine))...)
 	startCmd(t, "", &dOut, bin, "-config", cfgPath)
 	waitListen(t, "127.0.0.1:"+upPort, &upOut)
@@ -146,7 +128,7 @@ func TestQuickStart(t *testing.T) {
 	defPath := filepath.Join(dir, "default.toml")
 	defPort := freePort(t)
 	os.WriteFile(defPath, []byte("[server]\nlisten = [\"127.0.0.1:"+defPort+"\"]\n"), 0o600)
-	var defOut lockedBuffer
+	var defOut nstest.LogBuffer
 	startCmd(t, "", &defOut, bin, "-config", defPath)
 	waitListen(t, "127.0.0.1:"+defPort, &defOut)
 	curl = append(strings.Fields(strings.ReplaceAll(curlLine, "try:try-password@127.0.0.1:1080", "127.0.0.1:"+defPort)), "--silent", "--show-error", "--max-time", "20")
