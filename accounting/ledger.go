@@ -70,7 +70,11 @@ type Ledger struct {
 
 	mu       sync.RWMutex
 	counters map[string]*Counter
-	quotas   map[string]Quota
+	quotas   map[string]Quota // from the file: replaced by SetQuotas
+	// answered holds the quotas auth backends answered for their users.
+	// A reload keeps them: a backend is asked again when its cache ends,
+	// and the answer then replaces its user's quota.
+	answered map[string]Quota
 
 	// Guarded by flushMu, taken before mu.
 	flushMu sync.Mutex
@@ -94,6 +98,7 @@ func New(log *zap.Logger, store Store, opts Options) (*Ledger, error) {
 		opts:     opts,
 		counters: make(map[string]*Counter),
 		quotas:   make(map[string]Quota),
+		answered: make(map[string]Quota),
 		days:     make(map[string]map[string]*Row),
 		pending:  make(map[string]map[string]*Row),
 		warned:   make(map[string]time.Time),
@@ -156,6 +161,42 @@ func (l *Ledger) SetQuotas(q map[string]Quota) {
 	l.quotas = maps.Clone(q)
 	l.mu.Unlock()
 	l.applyQuotas(now, false)
+}
+
+// SetAnswerQuota puts in force the quota an auth backend answered for key
+// (Bytes 0: none). A quota the file gives key wins; a [[users]] name is
+// never asked of a backend. An unchanged answer costs a map lookup.
+func (l *Ledger) SetAnswerQuota(key string, q Quota) {
+	if l == nil {
+		return
+	}
+	l.mu.RLock()
+	cur, had := l.answered[key]
+	l.mu.RUnlock()
+	if (had && cur == q) || (!had && q.Bytes <= 0) {
+		return
+	}
+	l.Counter(key)
+	l.flushMu.Lock()
+	defer l.flushMu.Unlock()
+	l.mu.Lock()
+	if q.Bytes > 0 {
+		l.answered[key] = q
+	} else {
+		delete(l.answered, key)
+	}
+	l.mu.Unlock()
+	l.applyQuotas(l.opts.Now(), false)
+}
+
+// quotaOf is key's quota in force: the file's, else a backend's answer.
+// Called with mu held.
+func (l *Ledger) quotaOf(key string) (Quota, bool) {
+	if q, ok := l.quotas[key]; ok {
+		return q, true
+	}
+	q, ok := l.answered[key]
+	return q, ok
 }
 
 // Run flushes every interval until ctx ends. It does not flush at the
@@ -262,7 +303,7 @@ func (l *Ledger) applyQuotas(now time.Time, cut bool) {
 	l.mu.RLock()
 	defer l.mu.RUnlock()
 	for key, c := range l.counters {
-		q, ok := l.quotas[key]
+		q, ok := l.quotaOf(key)
 		if !ok || q.Bytes <= 0 {
 			had := c.quota.Swap(0) > 0
 			if (ok || had) && l.opts.Hooks.State != nil {

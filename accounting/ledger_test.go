@@ -169,6 +169,47 @@ func TestLedgerQuota(t *testing.T) {
 	}
 }
 
+// TestLedgerAnswerQuota: a quota from an auth backend's answer is enforced
+// like the file's, survives a reload's SetQuotas, yields to a file quota
+// of the same key, and goes when an answer has none.
+func TestLedgerAnswerQuota(t *testing.T) {
+	clk := &clock{t: time.Date(2026, 12, 3, 10, 0, 0, 0, time.UTC)}
+	h := &hooks{}
+	l, _ := newLedger(t, filepath.Join(t.TempDir(), "usage.db"), clk, h)
+	defer l.Close()
+	a := l.Counter("hookuser")
+	l.SetAnswerQuota("hookuser", accounting.Quota{Bytes: 1000, Period: accounting.Day})
+	a.Down.Add(1000)
+	if err := a.Check(); !errors.Is(err, accounting.ErrQuotaExceeded) {
+		t.Fatalf("Check at the answered quota = %v, want ErrQuotaExceeded", err)
+	}
+	l.Flush()
+	if h.over["hookuser"] != 1 {
+		t.Errorf("Over calls %v, want hookuser cut at the flush", h.over)
+	}
+	l.SetQuotas(nil) // a reload of a file without quotas
+	if err := a.Check(); err == nil {
+		t.Error("a reload dropped the answered quota")
+	}
+	l.SetQuotas(map[string]accounting.Quota{"hookuser": {Bytes: 5000, Period: accounting.Day}})
+	if err := a.Check(); err != nil {
+		t.Errorf("the file's larger quota should win: %v", err)
+	}
+	l.SetQuotas(nil)
+	l.SetAnswerQuota("hookuser", accounting.Quota{Bytes: 2000, Period: accounting.Day})
+	if err := a.Check(); err != nil {
+		t.Errorf("a raised answered quota: %v", err)
+	}
+	a.Down.Add(1000)
+	if err := a.Check(); err == nil {
+		t.Error("not refused at 2000 of an answered 2000")
+	}
+	l.SetAnswerQuota("hookuser", accounting.Quota{})
+	if err := a.Check(); err != nil {
+		t.Errorf("an answer without a quota: %v", err)
+	}
+}
+
 // TestCounterNoAlloc: the flow path allocates nothing.
 func TestCounterNoAlloc(t *testing.T) {
 	clk := &clock{t: time.Now()}

@@ -25,9 +25,10 @@ import (
 // answerKeys are the keys an answer may hold.
 var answerKeys = func() map[string]bool {
 	keys := tomlKeys(reflect.TypeOf(fileUser{}), "")
-	// Quotas are per host and known at start and reload, where the
-	// ledger reads them: they are [[users]] keys only.
-	for _, k := range []string{"name", "password", "password_hash", "quota", "quota_period", "quota_reset_day"} {
+	// The name and the password are what the backend was asked about.
+	// Quotas are answer keys too: they need [accounting] on this host,
+	// like a [[users]] quota, and count this host's traffic only.
+	for _, k := range []string{"name", "password", "password_hash"} {
 		delete(keys, k)
 	}
 	return keys
@@ -89,7 +90,7 @@ func (c *Config) UserFromAnswer(name string, fields map[string]any) (User, error
 		return User{}, &Error{Key: "egress", Value: strings.TrimSpace(buf.String()), Reason: err.Error()}
 	}
 	key := func(k string) string { return "egress." + k }
-	u := v.userSettings(key, fu, &c.Server)
+	u := v.userSettings(key, fu, c)
 	u.Name = name
 	if len(v.errs) > 0 {
 		return User{}, errors.Join(v.errs...)

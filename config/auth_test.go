@@ -236,6 +236,7 @@ func TestUserFromAnswer(t *testing.T) {
 		{"bad rate", `{"rate_limit":"fast"}`, "egress.rate_limit"},
 		{"source not an ip", `{"source_ip":"eth1"}`, "egress.source_ip"},
 		{"bad rotation", `{"source_ips":["10.0.0.10"],"source_rotation":"hourly"}`, "egress.source_rotation"},
+		{"quota without accounting", `{"quota":"1GiB"}`, "egress.quota"},
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
@@ -251,6 +252,24 @@ func TestUserFromAnswer(t *testing.T) {
 				t.Errorf("error %v does not name the key", err)
 			}
 		})
+	}
+}
+
+// TestUserFromAnswerQuota: a backend may answer a quota where this host
+// keeps accounting, validated as a [[users]] quota.
+func TestUserFromAnswerQuota(t *testing.T) {
+	c := mustParse(t, "[accounting]\npath = \"/var/lib/ifsocks/usage.db\"\n")
+	u, err := c.UserFromAnswer("alice", decodeJSON(t, `{"quota":"10MiB","quota_period":"week"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Quota.Bytes != 10<<20 || u.Quota.Period != config.PeriodWeek {
+		t.Errorf("Quota = %+v, want 10MiB a week", u.Quota)
+	}
+	_, err = c.UserFromAnswer("alice", decodeJSON(t, `{"quota":"10MiB","quota_period":"hourly"}`))
+	var ce *config.Error
+	if !errors.As(err, &ce) || ce.Key != "egress.quota_period" {
+		t.Errorf("bad period: error %v, want one with key egress.quota_period", err)
 	}
 }
 

@@ -225,9 +225,8 @@ func (v *validator) users(c *Config, f *file) {
 	seen := map[string]int{}
 	for i, fu := range f.Users {
 		key := func(k string) string { return fmt.Sprintf("users[%d].%s", i, k) }
-		u := v.userSettings(key, fu, &c.Server)
+		u := v.userSettings(key, fu, c)
 		u.Name, u.PasswordHash, u.Password = fu.Name, fu.PasswordHash, fu.Password
-		u.Quota = v.quota(key, fu.fileQuota, c.Accounting.Path != "")
 		switch {
 		case u.Name == "":
 			v.add(key("name"), u.Name, "a name is required")
@@ -245,12 +244,13 @@ func (v *validator) users(c *Config, f *file) {
 }
 
 // userSettings validates what a user entry says besides its name and
-// password: egress and limits. [[users]] entries and the answers of an
-// auth backend (answer.go) both go through it, so a key added here is a
-// key of both.
-func (v *validator) userSettings(key func(string) string, fu fileUser, s *Server) User {
+// password: egress, limits and quota (c's [accounting] must be in place).
+// [[users]] entries and the answers of an auth backend (answer.go) both go
+// through it, so a key added here is a key of both.
+func (v *validator) userSettings(key func(string) string, fu fileUser, c *Config) User {
 	u := User{MaxAssociations: fu.MaxAssociations, Egress: v.egress(key, fu.fileEgress)}
-	v.userLimits(key, &u, fu, s)
+	v.userLimits(key, &u, fu, &c.Server)
+	u.Quota = v.quota(key, fu.fileQuota, c.Accounting.Path != "")
 	if u.MaxAssociations < 0 {
 		v.add(key("max_associations"), strconv.Itoa(u.MaxAssociations), "must be at least 1 (or unset for the server default)")
 	}

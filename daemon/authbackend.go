@@ -36,9 +36,9 @@ type remoteBackend struct {
 // newBackend builds cfg's auth backend. exists reports whether an
 // interface is present on the host: an answer naming one that is not is
 // refused, since its flows could only fail.
-// account, when not nil, returns a user's accounting counter: backend users
-// are counted like [[users]] (quotas are for [[users]] only).
-func newBackend(cfg *config.Config, m *metrics.Metrics, exists func(string) bool, account func(string) *accounting.Counter) (*remoteBackend, error) {
+// ledger, when not nil, counts backend users like [[users]] and enforces
+// the quota an answer carries.
+func newBackend(cfg *config.Config, m *metrics.Metrics, exists func(string) bool, ledger *accounting.Ledger) (*remoteBackend, error) {
 	a := cfg.Auth
 	b, err := openBackend(a)
 	if b == nil || err != nil {
@@ -56,8 +56,9 @@ func newBackend(cfg *config.Config, m *metrics.Metrics, exists func(string) bool
 			return nil, err
 		}
 		su := userOf(u)
-		if account != nil {
-			su.Account = account(user)
+		if ledger != nil {
+			su.Account = ledger.Counter(user)
+			ledger.SetAnswerQuota(user, quota(u.Quota))
 		}
 		return &su, nil
 	}

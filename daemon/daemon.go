@@ -178,11 +178,7 @@ func (d *daemon) settings(cfg *config.Config) (*socks.Settings, *remoteBackend, 
 		}
 		st.NoAuthUser.Account = d.ledger.Counter(accounting.NoAuthKey)
 	}
-	var account func(string) *accounting.Counter
-	if d.ledger != nil {
-		account = d.ledger.Counter
-	}
-	b, err := newBackend(cfg, d.metrics, d.interfaceExists, account)
+	b, err := newBackend(cfg, d.metrics, d.interfaceExists, d.ledger)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -433,3 +433,68 @@ func wantMetricAtLeast(tb testing.TB, pm promMetrics, name string, labels map[st
 		tb.Errorf("%s%v = %v (present: %v), want at least %v", name, labels, got, ok, min)
 	}
 }
+
+// TestAuthHookQuota: a quota in the hook's answer is enforced on a host
+// with [accounting]: the user's flows are refused with 0x02 (outcome
+// quota) once their traffic reaches it, while another hook user without a
+// quota carries on.
+func TestAuthHookQuota(t *testing.T) {
+	topo := newEgressTopologyAs(t, authPrefix)
+	startEgressWhoami(t, topo)
+	hook := startHook(t, topo.P)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "token"), []byte(hookToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := hookConfig(dir, "http://"+hook.addr+"/auth", "1h", 0) +
+		fmt.Sprintf("\n[accounting]\npath = %q\nflush_interval = \"200ms\"\n", filepath.Join(dir, "usage.db"))
+	od := spawnDaemon(t, topo, "hookquota", cfg, nil, func(*opsDaemon) {})
+	proxyAddr := egProxy + ":1080"
+	if err := od.waitListening([]string{proxyAddr}, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	alice, bob := hookUser("alice"), hookUser("bob")
+	hook.set("alice", `{"interface": "wan1", "quota": "1KiB", "quota_period": "day"}`)
+	hook.set("bob", `{"interface": "wan1"}`)
+
+	// Each fetch moves a request and a whoami answer (a few hundred
+	// bytes); alice must be refused within a bounded number of them.
+	fetches := 0
+	var refused socksResult
+	for range 50 {
+		if _, err := egFetch(topo.C, proxyAddr, alice, egTarget); err == nil {
+			fetches++
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		res, err := socksDo(ctx, topo.C, socksRequest{proxy: proxyAddr, user: alice.name, pass: alice.pass, target: egTarget})
+		cancel()
+		if err != nil {
+			t.Fatalf("alice after %d fetches: %v", fetches, err)
+		}
+		if res.conn != nil {
+			res.conn.Close()
+		}
+		refused = res
+		break
+	}
+	if fetches == 0 {
+		t.Fatal("alice's first fetch failed: the answer with a quota was not accepted")
+	}
+	if refused.authStatus != 0 || refused.reply != 2 {
+		t.Fatalf("alice after %d fetches: auth %d reply %d, want refused with 0x02 by her quota", fetches, refused.authStatus, refused.reply)
+	}
+	line := od.waitFlow(t, 5*time.Second, func(m map[string]any) bool {
+		return m["user"] == alice.name && m["outcome"] == "quota"
+	})
+	t.Logf("alice refused after %d fetches: %s", fetches, jsonLine(line))
+	// bob, from the same hook without a quota, is not held to alice's.
+	for range fetches + 2 {
+		if _, err := egFetch(topo.C, proxyAddr, bob, egTarget); err != nil {
+			t.Fatalf("bob (no quota): %v", err)
+		}
+	}
+	if n := len(hook.requests("alice")); n != 1 {
+		t.Errorf("hook asked %d times about alice, want 1 (cached)", n)
+	}
+}
