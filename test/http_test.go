@@ -5,6 +5,8 @@ package test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -264,3 +266,72 @@ func TestHTTPProxySOCKS4ConfigRefused(t *testing.T) {
 		t.Errorf("error does not name the key and value:\n%s", msg)
 	}
 }
+
+// egSilent(i) is an address on wan1's link that nobody answers ARP for:
+// a dial there waits for the kernel to give up on ARP (about 3 s), so with
+// connect_timeout = "1s" the dial times out first rather than failing
+// with "host unreachable". Each attempt takes its own address: once the
+// kernel has given up on one (its neighbour entry FAILED), the next dial
+// to it fails at once.
+func egSilent(i int) string { return net.JoinHostPort(fmt.Sprintf("10.233.1.%d", 77+i), "80") }
+
+// A connect timeout is 504 with a one-line body for both HTTP CONNECT and
+// plain forwarding, and the flow line's outcome is timeout.
+func TestHTTPProxyConnectTimeout(t *testing.T) {
+	topo := newEgressTopologyAs(t, "h13b")
+	cfg := must(nstest.Config{Listen: []string{egHTTPListen}, Server: []string{`connect_timeout = "1s"`},
+		Metrics: egMetrics, Extra: userBlock(egFo, `interface = "wan1"`)}.Text())
+	od := startEgressDaemon(t, topo, cfg, egHTTPListen)
+	for i, tunnel := range []bool{false, true} {
+		mark := od.mark()
+		code, body := curlStatus(t, topo.C, egFo, tunnel, "http://"+egSilent(i)+"/")
+		line := od.waitLineSince(t, mark, "flow")
+		if code != 504 {
+			t.Errorf("tunnel %v: status %d, want 504 (flow line %v)", tunnel, code, line)
+		}
+		if !tunnel && body != "504 Gateway Timeout" {
+			// curl does not show the body of a refused CONNECT.
+			t.Errorf("tunnel %v: body %q, want the one line %q", tunnel, body, "504 Gateway Timeout")
+		}
+		wantFields(t, line, map[string]any{"user": egFo.name, "interface": "wan1", "outcome": "timeout", "status": float64(504)})
+	}
+	t.Run("CONNECT body", func(t *testing.T) {
+		// The refused CONNECT's own answer, read on a raw socket.
+		mark := od.mark()
+		out := python(t, topo.C, pyRawConnect, egHTTPListen, egFo.name, egFo.pass, egSilent(2))
+		head, body, _ := strings.Cut(out, "\r\n\r\n")
+		// python trims the output's final newline; the length says it was there.
+		if !strings.HasPrefix(head, "HTTP/1.1 504 ") || !strings.Contains(head, "\r\nContent-Length: 20\r\n") ||
+			body != "504 Gateway Timeout" {
+			t.Fatalf("answer %q, want 504 with the one-line body", out)
+		}
+		wantFields(t, od.waitLineSince(t, mark, "flow"), map[string]any{"protocol": "http-connect", "outcome": "timeout"})
+	})
+}
+
+// pyRawConnect sends one CONNECT with Basic credentials and prints all the
+// proxy sent until it closed or 10 s passed without a byte.
+const pyRawConnect = `
+import base64, socket, sys
+proxy, user, pw, target = sys.argv[1:5]
+host, port = proxy.rsplit(":", 1)
+s = socket.create_connection((host, int(port)), timeout=20)
+auth = base64.b64encode((user + ":" + pw).encode()).decode()
+s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n" % (target, target, auth)).encode())
+s.settimeout(10)
+data = b""
+try:
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        data += b
+        if b"\r\n\r\n" in data:
+            head, _, rest = data.partition(b"\r\n\r\n")
+            n = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+            if n and len(rest) >= n[0]:
+                break
+except socket.timeout:
+    pass
+sys.stdout.write(data.decode())
+`
