@@ -263,7 +263,7 @@ func TestHTTPProxyChromiumPassword(t *testing.T) {
 	startEgressWhoami(t, topo)
 	od := startEgressDaemon(t, topo, httpProxyConfig(), egHTTPListen)
 	url := "http://" + egTarget + "/page"
-	seen, challenges, err := chromiumWithAuth(t, bin, topo.C, egHTTPListen, egSid.name, egSid.pass, url, 60*time.Second)
+	seen, challenges, err := chromiumWithAuth(t, bin, topo.C, egHTTPListen, egSid.Name, egSid.Password, url, 60*time.Second)
 	if err != nil {
 		t.Fatalf("chromium: %v", err)
 	}
@@ -274,5 +274,5 @@ func TestHTTPProxyChromiumPassword(t *testing.T) {
 		t.Errorf("the browser answered no proxy challenge: the page came without authentication")
 	}
 	line := od.waitFlow(t, 5*time.Second, func(m map[string]any) bool { return m["target"] == egTarget && m["status"] == float64(200) })
-	wantFields(t, line, map[string]any{"protocol": "http", "user": egSid.name, "interface": "wan2"})
+	wantFields(t, line, map[string]any{"protocol": "http", "user": egSid.Name, "interface": "wan2"})
 }
