@@ -4,7 +4,9 @@ package test
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -87,6 +89,47 @@ data = b""
 while len(data) < n:
     data += s.recv(n - len(data))
 print(data.decode())
+`
+
+// pyStream reads GET /stream through the proxy: the first line, then
+// GET /release on a second connection, then the rest. A proxy that held
+// the answer back until the origin finished would show the first line
+// only after the origin gave up waiting for the release.
+const pyStream = `
+import base64, hashlib, http.client, json, sys
+proxy, user, pw, target = sys.argv[1:5]
+host, port = proxy.rsplit(":", 1)
+hdr = {"Proxy-Authorization": "Basic " + base64.b64encode((user + ":" + pw).encode()).decode()}
+c = http.client.HTTPConnection(host, int(port), timeout=30)
+c.request("GET", "http://%s/stream" % target, headers=hdr)
+r = c.getresponse()
+first = r.readline()
+c2 = http.client.HTTPConnection(host, int(port), timeout=30)
+c2.request("GET", "http://%s/release" % target, headers=hdr)
+rel = c2.getresponse().read()
+rest = r.read()
+print(json.dumps({"status": r.status, "te": r.getheader("Transfer-Encoding") or "", "first": first.decode(),
+                  "release": rel.decode().strip(), "sha": hashlib.sha256(rest).hexdigest(), "len": len(rest)}))
+`
+
+// pyChunkedPost POSTs a body given as a generator (http.client sends it
+// with Transfer-Encoding: chunked, one chunk a piece) and prints the
+// origin's answer, then the body's own sha256 and length.
+const pyChunkedPost = `
+import base64, hashlib, http.client, sys
+proxy, user, pw, target = sys.argv[1:5]
+host, port = proxy.rsplit(":", 1)
+pieces = [bytes((i * 31 + j) % 251 for j in range(n)) for i, n in enumerate([1, 1000, 70000, 5, 32768])]
+def gen():
+    for p in pieces:
+        yield p
+c = http.client.HTTPConnection(host, int(port), timeout=30)
+c.request("POST", "http://%s/sum" % target, body=gen(), encode_chunked=True, headers={
+    "Transfer-Encoding": "chunked",
+    "Proxy-Authorization": "Basic " + base64.b64encode((user + ":" + pw).encode()).decode()})
+r = c.getresponse()
+whole = b"".join(pieces)
+print(r.status, r.read().decode().strip(), "|", hashlib.sha256(whole).hexdigest(), len(whole))
 `
 
 // python runs a script in ns and returns its output.
@@ -184,6 +227,44 @@ func TestHTTPProxyPython(t *testing.T) {
 			t.Errorf("tunnel got %q, want 200 %s", got, seenWan1)
 		}
 		wantFields(t, od.waitLineSince(t, mark, "flow"), map[string]any{"protocol": "http-connect", "user": egFo.Name, "interface": "wan1"})
+	})
+
+	t.Run("chunked streaming", func(t *testing.T) {
+		// The first chunk reaches the client while the origin still
+		// waits for the release the client sends only after reading it.
+		out := python(t, topo.C, pyStream, egHTTPListen, egSid.name, egSid.pass, net.JoinHostPort(egSvc, egHTTPUpPort))
+		var got struct {
+			Status       int
+			TE           string
+			First        string
+			Release, SHA string
+			Len          int
+		}
+		if err := json.Unmarshal([]byte(out), &got); err != nil {
+			t.Fatalf("python printed %q: %v", out, err)
+		}
+		rest := streamRest()
+		want := fmt.Sprintf("%x", sha256.Sum256(rest))
+		if got.Status != 200 || got.TE != "chunked" || got.First != streamHead || got.Release != "released" {
+			t.Errorf("got %+v, want 200, chunked, first line %q, released", got, streamHead)
+		}
+		if !up.released.Load() {
+			t.Errorf("the origin wrote the rest without the release: the client saw chunk 1 only once the origin had finished")
+		}
+		if got.SHA != want || got.Len != len(rest) {
+			t.Errorf("rest of the body: %d bytes sha256 %s, want %d bytes %s", got.Len, got.SHA, len(rest), want)
+		}
+	})
+
+	t.Run("chunked request body", func(t *testing.T) {
+		mark := od.mark()
+		out := python(t, topo.C, pyChunkedPost, egHTTPListen, egFo.name, egFo.pass, net.JoinHostPort(egSvc, egHTTPUpPort))
+		origin, client, _ := strings.Cut(out, " | ")
+		f := strings.Fields(origin)
+		if len(f) != 4 || f[0] != "200" || f[1]+" "+f[2] != client || f[3] != "chunked" {
+			t.Fatalf("got %q, want 200, the origin's sum equal to the client's, chunked", out)
+		}
+		wantFields(t, od.waitLineSince(t, mark, "flow"), map[string]any{"protocol": "http", "method": "POST", "status": float64(200), "interface": "wan1"})
 	})
 
 	t.Run("websocket", func(t *testing.T) {

@@ -3,11 +3,13 @@
 package test
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -26,10 +28,28 @@ import (
 //	GET /peer           the connection's peer, "IP:port"
 //	GET /bytes?n=&seed= n bytes of seededStream(seed)
 //	GET /ws             WebSocket echo
+//	GET /stream         a chunked answer in pieces: streamHead, flushed;
+//	                    then, once GET /release came (at most 10 s later),
+//	                    streamRest(), flushed in two writes a pause apart
+//	GET /release        lets /stream go on
+//	POST /sum           "<hex sha256> <length> <transfer-encodings>" of the body
 type httpUpstream struct {
-	accepts atomic.Int64
-	mu      sync.Mutex
-	peers   map[string]int // requests per peer "IP:port"
+	accepts  atomic.Int64
+	mu       sync.Mutex
+	peers    map[string]int // requests per peer "IP:port"
+	release  chan struct{}  // closed by GET /release
+	once     sync.Once
+	released atomic.Bool // /stream saw the release before writing the rest
+}
+
+// streamHead is the first chunk of GET /stream.
+const streamHead = "chunk-1 sent before the release\n"
+
+// streamRest is what GET /stream writes after the release.
+func streamRest() []byte {
+	b := make([]byte, 64<<10)
+	_, _ = io.ReadFull(seededStream(13), b)
+	return append([]byte("chunk-2\n"), b...)
 }
 
 const egHTTPUpPort = "8081"
@@ -40,7 +60,7 @@ func startHTTPUpstream(t *testing.T, topo *topology) *httpUpstream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	up := &httpUpstream{peers: map[string]int{}}
+	up := &httpUpstream{peers: map[string]int{}, release: make(chan struct{})}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /peer", func(w http.ResponseWriter, r *http.Request) {
 		up.mu.Lock()
@@ -57,6 +77,39 @@ func startHTTPUpstream(t *testing.T, topo *topology) *httpUpstream {
 		}
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 		_, _ = io.CopyN(w, seededStream(seed), n)
+	})
+	mux.HandleFunc("GET /stream", func(w http.ResponseWriter, r *http.Request) {
+		// No Content-Length and flushes: net/http sends it chunked.
+		rc := http.NewResponseController(w)
+		_, _ = io.WriteString(w, streamHead)
+		_ = rc.Flush()
+		select {
+		case <-up.release:
+			up.released.Store(true)
+		case <-time.After(10 * time.Second):
+			_, _ = io.WriteString(w, "no release came\n")
+			return
+		case <-r.Context().Done():
+			return
+		}
+		rest := streamRest()
+		_, _ = w.Write(rest[:8])
+		_ = rc.Flush()
+		time.Sleep(50 * time.Millisecond)
+		_, _ = w.Write(rest[8:])
+	})
+	mux.HandleFunc("GET /release", func(w http.ResponseWriter, _ *http.Request) {
+		up.once.Do(func() { close(up.release) })
+		fmt.Fprintln(w, "released")
+	})
+	mux.HandleFunc("POST /sum", func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "%x %d %s\n", h.Sum(nil), n, strings.Join(r.TransferEncoding, ","))
 	})
 	mux.Handle("GET /ws", websocket.Handler(func(c *websocket.Conn) {
 		_ = c.SetDeadline(time.Now().Add(20 * time.Second))
