@@ -232,7 +232,7 @@ func TestHTTPProxyPython(t *testing.T) {
 	t.Run("chunked streaming", func(t *testing.T) {
 		// The first chunk reaches the client while the origin still
 		// waits for the release the client sends only after reading it.
-		out := python(t, topo.C, pyStream, egHTTPListen, egSid.name, egSid.pass, net.JoinHostPort(egSvc, egHTTPUpPort))
+		out := python(t, topo.C, pyStream, egHTTPListen, egSid.Name, egSid.Password, net.JoinHostPort(egSvc, egHTTPUpPort))
 		var got struct {
 			Status       int
 			TE           string
@@ -258,7 +258,7 @@ func TestHTTPProxyPython(t *testing.T) {
 
 	t.Run("chunked request body", func(t *testing.T) {
 		mark := od.mark()
-		out := python(t, topo.C, pyChunkedPost, egHTTPListen, egFo.name, egFo.pass, net.JoinHostPort(egSvc, egHTTPUpPort))
+		out := python(t, topo.C, pyChunkedPost, egHTTPListen, egFo.Name, egFo.Password, net.JoinHostPort(egSvc, egHTTPUpPort))
 		origin, client, _ := strings.Cut(out, " | ")
 		f := strings.Fields(origin)
 		if len(f) != 4 || f[0] != "200" || f[1]+" "+f[2] != client || f[3] != "chunked" {
