@@ -32,10 +32,10 @@ daemon="" upstream=""
 cleanup() {
 	[ -n "$daemon" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null || true
 	[ -n "$upstream" ] && kill "$upstream" 2>/dev/null && wait "$upstream" 2>/dev/null || true
-	ip netns del "$px" 2>/dev/null
-	ip netns del "$up" 2>/dev/null
+	ip netns del "$px" 2>/dev/null || true
+	ip netns del "$up" 2>/dev/null || true
 	if dpkg-query -W -f='${Status}' ifsocks 2>/dev/null | grep -q "installed"; then
-		dpkg --purge ifsocks >/dev/null 2>&1
+		dpkg --purge ifsocks >/dev/null 2>&1 || echo "cleanup: dpkg --purge ifsocks failed" >&2
 	fi
 	rm -rf "$tmp"
 	return 0

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -119,7 +120,8 @@ func (c *cdpClient) call(ctx context.Context, session, method string, params any
 // chromiumWithAuth loads url in headless Chromium in ns through the HTTP
 // proxy, answering proxy challenges with user and pass, and returns the
 // text of the element with id "seen" and how many challenges it answered.
-func chromiumWithAuth(t *testing.T, bin, ns, proxy, user, pass, url string, limit time.Duration) (string, int, error) {
+// flags are more Chromium flags.
+func chromiumWithAuth(t *testing.T, bin, ns, proxy, user, pass, url string, limit time.Duration, flags ...string) (string, int, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
@@ -141,8 +143,8 @@ func chromiumWithAuth(t *testing.T, bin, ns, proxy, user, pass, url string, limi
 		"--disable-breakpad", "--disable-features=NetworkTimeServiceQuerying",
 		"--user-data-dir=" + filepath.Join(home, "profile"),
 		"--proxy-server=http://" + proxy,
-		"--remote-debugging-pipe", "about:blank",
 	}
+	args = append(append(args, flags...), "--remote-debugging-pipe", "about:blank")
 	cmd := exec.Command("ip", args...)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "HOME=" + home,
 		"XDG_CONFIG_HOME=" + filepath.Join(home, ".config"), "XDG_CACHE_HOME=" + filepath.Join(home, ".cache")}
@@ -275,4 +277,33 @@ func TestHTTPProxyChromiumPassword(t *testing.T) {
 	}
 	line := od.waitFlow(t, 5*time.Second, func(m map[string]any) bool { return m["target"] == egTarget && m["status"] == float64(200) })
 	wantFields(t, line, map[string]any{"protocol": "http", "user": egSid.Name, "interface": "wan2"})
+}
+
+// Chromium reaches an https origin through CONNECT with a password given
+// at the proxy's challenge: the TLS session is the browser's own, end to
+// end, and the tunnel leaves by the user's NIC.
+func TestHTTPProxyChromiumHTTPS(t *testing.T) {
+	bin := chromiumPath(t)
+	topo := newEgressTopologyAs(t, "h13b")
+	startHTTPSOrigin(t, topo)
+	od := startEgressDaemon(t, topo, httpProxyConfig(), egHTTPListen)
+	target := net.JoinHostPort(egSvc, egHTTPSPort)
+	seen, challenges, err := chromiumWithAuth(t, bin, topo.C, egHTTPListen, egSid.name, egSid.pass,
+		"https://"+target+"/page", 60*time.Second, "--ignore-certificate-errors")
+	if err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	if want := egWan2 + " tls"; seen != want {
+		t.Errorf("page shows %q, want %q (over TLS, from sid's NIC)", seen, want)
+	}
+	if challenges == 0 {
+		t.Errorf("the browser answered no proxy challenge: the tunnel opened without authentication")
+	}
+	// The tunnel's line comes when the browser is gone (killed: outcome
+	// reset), with the bytes of the TLS session.
+	line := od.waitFlow(t, 10*time.Second, func(m map[string]any) bool { return m["target"] == target && m["status"] == float64(200) })
+	wantFields(t, line, map[string]any{"protocol": "http-connect", "user": egSid.name, "interface": "wan2", "method": "CONNECT"})
+	if down, _ := line["bytes_down"].(float64); down == 0 {
+		t.Errorf("tunnel carried no bytes down: %v", line)
+	}
 }

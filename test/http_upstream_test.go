@@ -3,9 +3,16 @@
 package test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"strconv"
@@ -138,4 +145,42 @@ func (up *httpUpstream) peerCounts() map[string]int {
 		out[k] = v
 	}
 	return out
+}
+
+const egHTTPSPort = "8443"
+
+// startHTTPSOrigin serves TLS on 0.0.0.0:egHTTPSPort in U, with a
+// self-signed certificate made here for egSvc. GET /page answers an HTML
+// page whose element "seen" holds the peer's address and "tls".
+func startHTTPSOrigin(t *testing.T, topo *topology) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: egSvc},
+		IPAddresses: []net.IP{net.ParseIP(egSvc)}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := nstest.ListenIn(topo.U, "tcp4", "0.0.0.0:"+egHTTPSPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /page", func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		tlsOn := "plain"
+		if r.TLS != nil {
+			tlsOn = "tls"
+		}
+		fmt.Fprintf(w, "<!doctype html><title>https origin</title><p id=\"seen\">%s %s</p>\n", host, tlsOn)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = srv.ServeTLS(l, "", "") }()
+	t.Cleanup(func() { _ = srv.Close(); <-done })
 }
