@@ -42,8 +42,8 @@ const (
 )
 
 // acctUser is the i-th user of the accounting tests.
-func acctUser(i int) egUser {
-	return egUser{fmt.Sprintf("acct%d", i), fmt.Sprintf("acct-Pw-%02d-x9", i)}
+func acctUser(i int) nstest.User {
+	return nstest.User{Name: fmt.Sprintf("acct%d", i), Password: fmt.Sprintf("acct-Pw-%02d-x9", i)}
 }
 
 // byteCount is what an upstream port received from the proxy (up) and
@@ -163,10 +163,10 @@ func serveCounted(c net.Conn, bc *byteCount) {
 
 // acctDialer is golang.org/x/net/proxy's SOCKS5 client (independent of
 // ours) in namespace ns.
-func acctDialer(ns string, u egUser) proxy.ContextDialer {
+func acctDialer(ns string, u nstest.User) proxy.ContextDialer {
 	var auth *proxy.Auth
 	if u != egAnon {
-		auth = &proxy.Auth{User: u.name, Password: u.pass}
+		auth = &proxy.Auth{User: u.Name, Password: u.Password}
 	}
 	d, err := proxy.SOCKS5("tcp", acctProxy, auth, nstest.Dialer{NS: ns, Timeout: 5 * time.Second})
 	if err != nil {
@@ -177,7 +177,7 @@ func acctDialer(ns string, u egUser) proxy.ContextDialer {
 
 // acctTCP runs one TCP flow of user u to its upstream port: up bytes sent,
 // down bytes asked for. It returns how many bytes came back.
-func acctTCP(ctx context.Context, ns string, u egUser, port, up, down int) (int64, error) {
+func acctTCP(ctx context.Context, ns string, u nstest.User, port, up, down int) (int64, error) {
 	c, err := acctDialer(ns, u).DialContext(ctx, "tcp", net.JoinHostPort(egSvc, strconv.Itoa(port)))
 	if err != nil {
 		return 0, err
@@ -202,7 +202,7 @@ func acctTCP(ctx context.Context, ns string, u egUser, port, up, down int) (int6
 // acctUDP opens a UDP association as u from ns and echoes n datagrams of
 // size bytes through it to the user's UDP port, one at a time (so none is
 // lost to a full queue and both ends count the same).
-func acctUDP(ns string, u egUser, port, n, size int) error {
+func acctUDP(ns string, u nstest.User, port, n, size int) error {
 	pc, err := nstest.ListenPacketIn(ns, "udp4", net.JoinHostPort(egClient, "0"))
 	if err != nil {
 		return err
@@ -212,7 +212,7 @@ func acctUDP(ns string, u egUser, port, n, size int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	local := a.pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	a.res, err = socksDo(ctx, ns, socksRequest{proxy: acctProxy, user: u.name, pass: u.pass, cmd: 3,
+	a.res, err = socksDo(ctx, ns, socksRequest{proxy: acctProxy, user: u.Name, pass: u.Password, cmd: 3,
 		target: netip.AddrPortFrom(netip.IPv4Unspecified(), local.Port()).String()})
 	if err != nil {
 		return err
@@ -246,7 +246,7 @@ func acctConfig(dbPath string, n int, flush, extra string, userExtra func(i int)
 	fmt.Fprintf(&b, "\n[accounting]\npath = %q\nflush_interval = %q\n%s\n", dbPath, flush, extra)
 	for i := range n {
 		u := acctUser(i)
-		fmt.Fprintf(&b, "\n[[users]]\nname = %q\npassword = %q\n", u.name, u.pass)
+		fmt.Fprintf(&b, "\n[[users]]\nname = %q\npassword = %q\n", u.Name, u.Password)
 		if userExtra != nil {
 			b.WriteString(userExtra(i))
 		}
@@ -260,7 +260,7 @@ func startAcctDaemon(t *testing.T, topo *topology, cfg string) *opsDaemon {
 	t.Helper()
 	od := spawnDaemon(t, topo, "acct", cfg, nil, func(od *opsDaemon) {
 		for i := range 10 {
-			if strings.Contains(od.logs.String(), acctUser(i).pass) {
+			if strings.Contains(od.logs.String(), acctUser(i).Password) {
 				t.Errorf("accounting daemon log contains users[%d]'s password", i)
 			}
 		}
@@ -392,7 +392,7 @@ func httpGetIn(ns, url string) (string, error) {
 
 // acctHTTPConnect is acctTCP through the daemon's HTTP proxy (CONNECT,
 // Basic credentials) on the same listener.
-func acctHTTPConnect(ctx context.Context, ns string, u egUser, port, up, down int) (int64, error) {
+func acctHTTPConnect(ctx context.Context, ns string, u nstest.User, port, up, down int) (int64, error) {
 	c, err := nstest.Dialer{NS: ns, Timeout: 5 * time.Second}.DialContext(ctx, "tcp", acctProxy)
 	if err != nil {
 		return 0, err
@@ -402,7 +402,7 @@ func acctHTTPConnect(ctx context.Context, ns string, u egUser, port, up, down in
 		c.SetDeadline(dl)
 	}
 	target := net.JoinHostPort(egSvc, strconv.Itoa(port))
-	cred := base64.StdEncoding.EncodeToString([]byte(u.name + ":" + u.pass))
+	cred := base64.StdEncoding.EncodeToString([]byte(u.Name + ":" + u.Password))
 	if _, err := fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: Basic %s\r\n\r\n", target, target, cred); err != nil {
 		return 0, err
 	}

@@ -46,11 +46,11 @@ func TestAccountingQuotaCut(t *testing.T) {
 	if got >= 200_000_000 || got < quota/2 {
 		t.Fatalf("download got %d of 200 MB; want it cut after about 50 MB", got)
 	}
-	line := od.waitFlow(t, 10*time.Second, func(m map[string]any) bool { return m["user"] == u.name && m["outcome"] == "quota" })
+	line := od.waitFlow(t, 10*time.Second, func(m map[string]any) bool { return m["user"] == u.Name && m["outcome"] == "quota" })
 	if line["reply"] != float64(0) {
 		t.Errorf("cut flow line %v: want reply 0 (it had started)", line)
 	}
-	used := liveUsage(t, topo)[u.name]
+	used := liveUsage(t, topo)[u.Name]
 	bound := int64(quota + rate*flush.Seconds() + rate/10 + 1<<20)
 	t.Logf("booked %d bytes down, %d up; quota %d, bound %d", used.Down, used.Up, quota, bound)
 	if total := used.Up + used.Down; total < quota || total > bound {
@@ -61,7 +61,7 @@ func TestAccountingQuotaCut(t *testing.T) {
 	}
 
 	// New flows: refused with 0x02, TCP and UDP alike.
-	res, err := socksDo(ctx, topo.C, socksRequest{proxy: acctProxy, user: u.name, pass: u.pass,
+	res, err := socksDo(ctx, topo.C, socksRequest{proxy: acctProxy, user: u.Name, pass: u.Password,
 		target: net.JoinHostPort(egSvc, strconv.Itoa(acctTCPBase))})
 	if err != nil || res.reply != 2 {
 		t.Errorf("CONNECT over quota: reply %d, %v; want 0x02", res.reply, err)
@@ -69,7 +69,7 @@ func TestAccountingQuotaCut(t *testing.T) {
 	if res.conn != nil {
 		res.conn.Close()
 	}
-	res, err = socksDo(ctx, topo.C, socksRequest{proxy: acctProxy, user: u.name, pass: u.pass, cmd: 3,
+	res, err = socksDo(ctx, topo.C, socksRequest{proxy: acctProxy, user: u.Name, pass: u.Password, cmd: 3,
 		target: netip.AddrPortFrom(netip.IPv4Unspecified(), 9).String()})
 	if err != nil || res.reply != 2 {
 		t.Errorf("UDP ASSOCIATE over quota: reply %d, %v; want 0x02", res.reply, err)
@@ -78,7 +78,7 @@ func TestAccountingQuotaCut(t *testing.T) {
 		res.conn.Close()
 	}
 	// curl, an independent client, says the same.
-	r := curlIn(t, topo.C, curlOpts{proxy: "socks5h://" + u.name + ":" + u.pass + "@" + acctProxy}, "http://"+egTarget+"/")
+	r := curlIn(t, topo.C, curlOpts{proxy: "socks5h://" + u.Name + ":" + u.Password + "@" + acctProxy}, "http://"+egTarget+"/")
 	if r.exit == 0 {
 		t.Errorf("curl over quota succeeded: %+v", r)
 	}
@@ -86,7 +86,7 @@ func TestAccountingQuotaCut(t *testing.T) {
 	// forwarded request and for CONNECT.
 	for _, extra := range [][]string{nil, {"-p"}} {
 		args := append([]string{"netns", "exec", topo.C, "curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}",
-			"-x", "http://" + u.name + ":" + u.pass + "@" + acctProxy}, extra...)
+			"-x", "http://" + u.Name + ":" + u.Password + "@" + acctProxy}, extra...)
 		out, errOut, _ := nstest.Run(ctx, nil, "ip", append(args, "http://"+egTarget+"/")...)
 		if !strings.Contains(out+errOut, "403") || (extra == nil && !strings.Contains(out, "quota exceeded")) {
 			t.Errorf("curl -x http %v over quota: %q %q, want 403 quota exceeded", extra, out, errOut)
@@ -102,16 +102,16 @@ func TestAccountingQuotaCut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := `ifsocks_quota_exceeded{user="` + u.name + `"} 1`; !strings.Contains(metrics, want+"\n") {
+	if want := `ifsocks_quota_exceeded{user="` + u.Name + `"} 1`; !strings.Contains(metrics, want+"\n") {
 		t.Errorf("metrics lack %s", want)
 	}
 	quotaFlows := false
 	for _, line := range strings.Split(metrics, "\n") {
-		if strings.HasPrefix(line, "ifsocks_flows_total{") && strings.Contains(line, `outcome="quota"`) && strings.Contains(line, `user="`+u.name+`"`) {
+		if strings.HasPrefix(line, "ifsocks_flows_total{") && strings.Contains(line, `outcome="quota"`) && strings.Contains(line, `user="`+u.Name+`"`) {
 			quotaFlows = true
 		}
 	}
 	if !quotaFlows {
-		t.Errorf("metrics lack ifsocks_flows_total with outcome quota for %s", u.name)
+		t.Errorf("metrics lack ifsocks_flows_total with outcome quota for %s", u.Name)
 	}
 }

@@ -34,12 +34,12 @@ func acctTraffic(t *testing.T, topo *topology, round int) {
 				err = fmt.Errorf("got %d of %d bytes", got, down)
 			}
 			if err != nil {
-				errc <- fmt.Errorf("%s bulk: %w", u.name, err)
+				errc <- fmt.Errorf("%s bulk: %w", u.Name, err)
 			}
 		})
 		wg.Go(func() {
 			if _, err := acctTCP(ctx, topo.C, u, acctTCPBase+i, 100+i, 300+round); err != nil {
-				errc <- fmt.Errorf("%s small: %w", u.name, err)
+				errc <- fmt.Errorf("%s small: %w", u.Name, err)
 			}
 		})
 		wg.Go(func() {
@@ -49,12 +49,12 @@ func acctTraffic(t *testing.T, topo *topology, round int) {
 				err = fmt.Errorf("got %d of %d bytes", got, down)
 			}
 			if err != nil {
-				errc <- fmt.Errorf("%s HTTP CONNECT: %w", u.name, err)
+				errc <- fmt.Errorf("%s HTTP CONNECT: %w", u.Name, err)
 			}
 		})
 		wg.Go(func() {
 			if err := acctUDP(topo.C, u, acctUDPBase+i, 8+round, 200+17*i); err != nil {
-				errc <- fmt.Errorf("%s udp: %w", u.name, err)
+				errc <- fmt.Errorf("%s udp: %w", u.Name, err)
 			}
 		})
 	}
@@ -74,7 +74,7 @@ func wantTotals(t *testing.T, dbPath string, up *acctUpstream, flows int64) {
 	t.Helper()
 	rows := sqliteTotals(t, dbPath)
 	for i := range acctUsers {
-		name := acctUser(i).name
+		name := acctUser(i).Name
 		wantUp, wantDown := up.total(i)
 		got := rows[name]
 		if got.up != wantUp || got.down != wantDown || got.flows != flows {
@@ -126,7 +126,7 @@ func TestAccountingTotals(t *testing.T) {
 	live := liveUsage(t, topo)
 	report := usageCmd(t, od.bin, cfg)
 	for i := range acctUsers {
-		name := acctUser(i).name
+		name := acctUser(i).Name
 		wantUp, wantDown := up.total(i)
 		if l := live[name]; l.Up != wantUp || l.Down != wantDown || l.Flows != 8 {
 			t.Errorf("/usage %s = %+v, want %d up %d down 8 flows", name, l, wantUp, wantDown)
@@ -192,7 +192,7 @@ func TestAccountingSIGKILL(t *testing.T) {
 	mu.Lock()
 	got := received
 	mu.Unlock()
-	booked := sqliteTotals(t, db)[u.name].down
+	booked := sqliteTotals(t, db)[u.Name].down
 	// What the client got passed the relay, which counted it first; at
 	// most the last interval (plus one burst of the limiter in flight)
 	// may be missing from the file.

@@ -33,7 +33,7 @@ const authPrefix = "h16-"
 const hookToken = "hook-token-5f1e"
 
 // hookUser is a user the hook knows; its password is "pw-" + name.
-func hookUser(name string) egUser { return egUser{name, "pw-" + name} }
+func hookUser(name string) nstest.User { return nstest.User{Name: name, Password: "pw-" + name} }
 
 // hookRequest is what the hook saw of one request.
 type hookRequest struct {
@@ -171,10 +171,10 @@ token_file = %q
 	return strings.Replace(cfg, "[server]\n", fmt.Sprintf("[server]\nmax_handshakes_per_ip = 0\nauth_fail_limit = %d\n", authFailLimit), 1)
 }
 
-var hookLocal = egUser{"local", "local-Pw-8d21"}
+var hookLocal = nstest.User{Name: "local", Password: "local-Pw-8d21"}
 
 // hookPasswords are the passwords of this file, which no log may hold.
-var hookPasswords = []string{hookLocal.pass, "pw-alice", "pw-bob", "pw-carol", "pw-many", "pw-slow", "pw-badif", "pw-badkey", "wrong-Pw-0b9c", hookToken}
+var hookPasswords = []string{hookLocal.Password, "pw-alice", "pw-bob", "pw-carol", "pw-many", "pw-slow", "pw-badif", "pw-badkey", "wrong-Pw-0b9c", hookToken}
 
 func TestAuthHook(t *testing.T) {
 	topo := newEgressTopologyAs(t, authPrefix)
@@ -219,11 +219,11 @@ func TestAuthHook(t *testing.T) {
 		}
 		// [[users]] first: the hook is never asked about a local name.
 		wantSeen(t, od, topo.C, proxyAddr, hookLocal, egTarget, seenWan2)
-		if n := len(hook.requests(hookLocal.name)); n != 0 {
+		if n := len(hook.requests(hookLocal.Name)); n != 0 {
 			t.Errorf("hook asked %d times about the [[users]] account, want 0", n)
 		}
 		// A wrong password is the hook's refusal.
-		if _, err := egFetch(topo.C, proxyAddr, egUser{"alice", "wrong-Pw-0b9c"}, egTarget); err == nil {
+		if _, err := egFetch(topo.C, proxyAddr, nstest.User{Name: "alice", Password: "wrong-Pw-0b9c"}, egTarget); err == nil {
 			t.Error("alice with a wrong password was let in")
 		}
 	})
@@ -242,7 +242,7 @@ func TestAuthHook(t *testing.T) {
 				t.Errorf("curl -x as bob (tunnel %v): exit %d, %q %q; want %q", tunnel, code, out, errOut, seenWan2)
 			}
 		}
-		out, _, _ := curlHTTP(t, topo.C, proxyURL(egUser{"bob", "wrong-Pw-0b9c"}, proxyAddr), "-o", "/dev/null", "-w", "%{http_code}", "http://"+egTarget+"/")
+		out, _, _ := curlHTTP(t, topo.C, proxyURL(nstest.User{Name: "bob", Password: "wrong-Pw-0b9c"}, proxyAddr), "-o", "/dev/null", "-w", "%{http_code}", "http://"+egTarget+"/")
 		if out != "407" {
 			t.Errorf("bob with a wrong password through the HTTP proxy: status %s, want 407", out)
 		}
@@ -270,7 +270,7 @@ func TestAuthHook(t *testing.T) {
 		// than cache_ttl after the first.
 		var at []time.Duration
 		for _, r := range hook.requests("alice") {
-			if r.body["password"] == alice.pass {
+			if r.body["password"] == alice.Password {
 				at = append(at, r.at.Sub(first))
 			}
 		}
@@ -395,7 +395,7 @@ func TestAuthHook(t *testing.T) {
 		od.mustReload(t)
 		hook.set("dave", `{"interface": "wan1"}`)
 		for range 3 {
-			if _, err := egFetch(topo.C, proxyAddr, egUser{"dave", "wrong-Pw-0b9c"}, egTarget); err == nil {
+			if _, err := egFetch(topo.C, proxyAddr, nstest.User{Name: "dave", Password: "wrong-Pw-0b9c"}, egTarget); err == nil {
 				t.Fatal("dave with a wrong password was let in")
 			}
 		}

@@ -60,9 +60,9 @@ member: uid=otto,ou=people,dc=example,dc=org
 `
 
 var (
-	ldLina = egUser{"lina", "lina-Pw-5e02"}
-	ldOtto = egUser{"otto", "otto-Pw-aa31"}
-	ldNemo = egUser{"nemo", "nemo-Pw-61d0"} // not in the group
+	ldLina = nstest.User{Name: "lina", Password: "lina-Pw-5e02"}
+	ldOtto = nstest.User{Name: "otto", Password: "otto-Pw-aa31"}
+	ldNemo = nstest.User{Name: "nemo", Password: "nemo-Pw-61d0"} // not in the group
 )
 
 func TestAuthLDAP(t *testing.T) {
@@ -93,7 +93,7 @@ group_dn = "cn=proxy,dc=example,dc=org"
 interface = "departmentNumber"
 `, srv.LDAP, srv.CAFile, filepath.Join(dir, "svc"))
 	cfg := strings.Replace(egressConfig([]string{egProxy + ":1080"}, body), "[server]\n", "[server]\nauth_fail_limit = 0\n", 1)
-	secrets := []string{ldLina.pass, ldOtto.pass, ldNemo.pass, "svc-Pw-e8a4"}
+	secrets := []string{ldLina.Password, ldOtto.Password, ldNemo.Password, "svc-Pw-e8a4"}
 	od := spawnDaemon(t, topo, "ldap", cfg, nil, func(od *opsDaemon) {
 		for _, line := range strings.Split(od.logs.String(), "\n") {
 			for _, p := range secrets {
@@ -111,21 +111,21 @@ interface = "departmentNumber"
 	// Each user leaves by the NIC of its entry's departmentNumber.
 	wantSeen(t, od, topo.C, proxyAddr, ldLina, egTarget, seenWan1)
 	wantSeen(t, od, topo.C, proxyAddr, ldOtto, egTarget, seenWan2)
-	for _, u := range []egUser{
-		{"lina", "otto-Pw-aa31"}, // wrong password
-		ldNemo,                   // not in group_dn
-		{"*)(uid=*", ldLina.pass},
-		{"lin*", ldLina.pass},
-		{"*)(departmentNumber=wan1", ldLina.pass},
+	for _, u := range []nstest.User{
+		{Name: "lina", Password: "otto-Pw-aa31"}, // wrong password
+		ldNemo,                                   // not in group_dn
+		{Name: "*)(uid=*", Password: ldLina.Password},
+		{Name: "lin*", Password: ldLina.Password},
+		{Name: "*)(departmentNumber=wan1", Password: ldLina.Password},
 	} {
 		mark := od.mark()
 		if f, err := egFetch(topo.C, proxyAddr, u, egTarget); err == nil {
-			t.Errorf("%q let in (left as %q)", u.name, f.seen)
+			t.Errorf("%q let in (left as %q)", u.Name, f.seen)
 			continue
 		}
 		line := od.waitLineSince(t, mark, "authentication failed")
 		if !strings.Contains(fmt.Sprint(line["error"]), "invalid username or password") {
-			t.Errorf("%q: %v, want a refusal by the directory", u.name, line)
+			t.Errorf("%q: %v, want a refusal by the directory", u.Name, line)
 		}
 	}
 
@@ -134,7 +134,7 @@ interface = "departmentNumber"
 	srv.Stop()
 	wantSeen(t, od, topo.C, proxyAddr, ldOtto, egTarget, seenWan2)
 	mark := od.mark()
-	if _, err := egFetch(topo.C, proxyAddr, egUser{"lina", "another-Pw"}, egTarget); err == nil {
+	if _, err := egFetch(topo.C, proxyAddr, nstest.User{Name: "lina", Password: "another-Pw"}, egTarget); err == nil {
 		t.Error("a login was let in with the directory down")
 	}
 	line := od.waitLineSince(t, mark, "authentication failed")

@@ -265,7 +265,7 @@ func TestHTTPProxyChromiumPassword(t *testing.T) {
 	startEgressWhoami(t, topo)
 	od := startEgressDaemon(t, topo, httpProxyConfig(), egHTTPListen)
 	url := "http://" + egTarget + "/page"
-	seen, challenges, err := chromiumWithAuth(t, bin, topo.C, egHTTPListen, egSid.name, egSid.pass, url, 60*time.Second)
+	seen, challenges, err := chromiumWithAuth(t, bin, topo.C, egHTTPListen, egSid.Name, egSid.Password, url, 60*time.Second)
 	if err != nil {
 		t.Fatalf("chromium: %v", err)
 	}
@@ -276,7 +276,7 @@ func TestHTTPProxyChromiumPassword(t *testing.T) {
 		t.Errorf("the browser answered no proxy challenge: the page came without authentication")
 	}
 	line := od.waitFlow(t, 5*time.Second, func(m map[string]any) bool { return m["target"] == egTarget && m["status"] == float64(200) })
-	wantFields(t, line, map[string]any{"protocol": "http", "user": egSid.name, "interface": "wan2"})
+	wantFields(t, line, map[string]any{"protocol": "http", "user": egSid.Name, "interface": "wan2"})
 }
 
 // Chromium reaches an https origin through CONNECT with a password given
@@ -288,7 +288,7 @@ func TestHTTPProxyChromiumHTTPS(t *testing.T) {
 	startHTTPSOrigin(t, topo)
 	od := startEgressDaemon(t, topo, httpProxyConfig(), egHTTPListen)
 	target := net.JoinHostPort(egSvc, egHTTPSPort)
-	seen, challenges, err := chromiumWithAuth(t, bin, topo.C, egHTTPListen, egSid.name, egSid.pass,
+	seen, challenges, err := chromiumWithAuth(t, bin, topo.C, egHTTPListen, egSid.Name, egSid.Password,
 		"https://"+target+"/page", 60*time.Second, "--ignore-certificate-errors")
 	if err != nil {
 		t.Fatalf("chromium: %v", err)
@@ -302,7 +302,7 @@ func TestHTTPProxyChromiumHTTPS(t *testing.T) {
 	// The tunnel's line comes when the browser is gone (killed: outcome
 	// reset), with the bytes of the TLS session.
 	line := od.waitFlow(t, 10*time.Second, func(m map[string]any) bool { return m["target"] == target && m["status"] == float64(200) })
-	wantFields(t, line, map[string]any{"protocol": "http-connect", "user": egSid.name, "interface": "wan2", "method": "CONNECT"})
+	wantFields(t, line, map[string]any{"protocol": "http-connect", "user": egSid.Name, "interface": "wan2", "method": "CONNECT"})
 	if down, _ := line["bytes_down"].(float64); down == 0 {
 		t.Errorf("tunnel carried no bytes down: %v", line)
 	}

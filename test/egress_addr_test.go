@@ -4,6 +4,7 @@ package test
 
 import (
 	"fmt"
+	"github.com/ifsocks/ifsocks/internal/nstest"
 	"net"
 	"strings"
 	"testing"
@@ -34,7 +35,7 @@ interface = "ingress"
 
 	for _, c := range []struct {
 		name string
-		u    egUser
+		u    nstest.User
 		port string
 	}{
 		{"user", egIngrid, userPort},
@@ -50,7 +51,7 @@ interface = "ingress"
 				} {
 					proxy := net.JoinHostPort(nic.addr, c.port)
 					line := wantSeen(t, od, topo.C, proxy, c.u, egTarget, nic.seen)
-					wantFields(t, line, map[string]any{"user": c.u.name, "interface": nic.iface, "reply": float64(0), "outcome": "ok"})
+					wantFields(t, line, map[string]any{"user": c.u.Name, "interface": nic.iface, "reply": float64(0), "outcome": "ok"})
 					if round == 0 {
 						t.Logf("via %s: upstream saw %q, flow interface %v local %v", proxy, nic.seen, line["interface"], line["local"])
 					}
@@ -83,7 +84,7 @@ func TestNICSourceIP(t *testing.T) {
 				t.Errorf("BND.ADDR:PORT %v, want %s with a port", f.bound, egWan2Second)
 			}
 			line := od.flowOf(t, f.client)
-			wantFields(t, line, map[string]any{"user": egSid.name, "interface": "wan2", "reply": float64(0), "outcome": "ok"})
+			wantFields(t, line, map[string]any{"user": egSid.Name, "interface": "wan2", "reply": float64(0), "outcome": "ok"})
 			if l := fmt.Sprint(line["local"]); !strings.HasPrefix(l, egWan2Second+":") {
 				t.Errorf("flow local %s, want %s:port", l, egWan2Second)
 			}
@@ -108,7 +109,7 @@ func TestNICSourceIP(t *testing.T) {
 		line := od.flowOf(t, res.localAddr)
 		// Like a missing interface: the host's state, not a fault of
 		// the daemon (info, "unreachable").
-		wantFields(t, line, map[string]any{"level": "info", "user": egNos.name, "reply": float64(3), "outcome": "unreachable"})
+		wantFields(t, line, map[string]any{"level": "info", "user": egNos.Name, "reply": float64(3), "outcome": "unreachable"})
 		if e := fmt.Sprint(line["error"]); !strings.Contains(e, "10.233.7.7") {
 			t.Errorf("flow error %q does not name the source address", e)
 		}

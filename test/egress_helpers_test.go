@@ -167,19 +167,17 @@ func startEgressWhoami(t *testing.T, topo *topology) {
 // appear in a daemon's log.
 var egressPasswords = []string{"fo-Pw-91a3", "rr-Pw-2c77", "hh-Pw-0d4e", "ingrid-Pw-6b10", "sid-Pw-44f2", "nos-Pw-13e8", "mika-Pw-7a05", "kern-Pw-e3c9"}
 
-// egUser is a user of an egress daemon; pass is one of egressPasswords.
-type egUser struct{ name, pass string }
-
+// Users of the egress daemons; each password is one of egressPasswords.
 var (
-	egFo     = egUser{"fo", "fo-Pw-91a3"}
-	egRR     = egUser{"rr", "rr-Pw-2c77"}
-	egHash   = egUser{"hh", "hh-Pw-0d4e"}
-	egIngrid = egUser{"ingrid", "ingrid-Pw-6b10"}
-	egSid    = egUser{"sid", "sid-Pw-44f2"}
-	egNos    = egUser{"nos", "nos-Pw-13e8"}
-	egMika   = egUser{"mika", "mika-Pw-7a05"}
-	egKern   = egUser{"kern", "kern-Pw-e3c9"}
-	egAnon   = egUser{} // no authentication
+	egFo     = nstest.User{Name: "fo", Password: "fo-Pw-91a3"}
+	egRR     = nstest.User{Name: "rr", Password: "rr-Pw-2c77"}
+	egHash   = nstest.User{Name: "hh", Password: "hh-Pw-0d4e"}
+	egIngrid = nstest.User{Name: "ingrid", Password: "ingrid-Pw-6b10"}
+	egSid    = nstest.User{Name: "sid", Password: "sid-Pw-44f2"}
+	egNos    = nstest.User{Name: "nos", Password: "nos-Pw-13e8"}
+	egMika   = nstest.User{Name: "mika", Password: "mika-Pw-7a05"}
+	egKern   = nstest.User{Name: "kern", Password: "kern-Pw-e3c9"}
+	egAnon   = nstest.User{} // no authentication
 )
 
 // egressConfig renders a daemon configuration: [server] with listen (none
@@ -222,8 +220,8 @@ func startEgressDaemon(t *testing.T, topo *topology, cfg string, ready ...string
 }
 
 // userBlock renders a [[users]] entry with the given egress lines.
-func userBlock(u egUser, egress string) string {
-	return must(nstest.User{Name: u.name, Password: u.pass, Egress: egress}.Text()) + "\n"
+func userBlock(u nstest.User, egress string) string {
+	return must(nstest.User{Name: u.Name, Password: u.Password, Egress: egress}.Text()) + "\n"
 }
 
 // ---------------------------------------------------------------------
@@ -239,10 +237,10 @@ type fetched struct {
 // egFetch asks whoami at target through the SOCKS server at proxy, from
 // namespace ns, as u (egAnon: method "no authentication"). Errors are
 // returned, not reported, so it can run on any goroutine.
-func egFetch(ns, proxy string, u egUser, target string) (fetched, error) {
+func egFetch(ns, proxy string, u nstest.User, target string) (fetched, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	req := socksRequest{proxy: proxy, user: u.name, pass: u.pass, target: target}
+	req := socksRequest{proxy: proxy, user: u.Name, pass: u.Password, target: target}
 	if u == egAnon {
 		req.methods = []byte{methodNoAuth}
 	}
@@ -274,22 +272,22 @@ func egFetch(ns, proxy string, u egUser, target string) (fetched, error) {
 }
 
 // mustFetch is egFetch that fails the test on error.
-func mustFetch(t *testing.T, ns, proxy string, u egUser, target string) fetched {
+func mustFetch(t *testing.T, ns, proxy string, u nstest.User, target string) fetched {
 	t.Helper()
 	f, err := egFetch(ns, proxy, u, target)
 	if err != nil {
-		t.Fatalf("%q via %s to %s: %v", u.name, proxy, target, err)
+		t.Fatalf("%q via %s to %s: %v", u.Name, proxy, target, err)
 	}
 	return f
 }
 
 // wantSeen fetches and checks what the upstream saw; it returns the flow's
 // log line.
-func wantSeen(t *testing.T, od *opsDaemon, ns, proxy string, u egUser, target, want string) map[string]any {
+func wantSeen(t *testing.T, od *opsDaemon, ns, proxy string, u nstest.User, target, want string) map[string]any {
 	t.Helper()
 	f := mustFetch(t, ns, proxy, u, target)
 	if f.seen != want {
-		t.Errorf("%q via %s to %s: upstream saw %q, want %q", u.name, proxy, target, f.seen, want)
+		t.Errorf("%q via %s to %s: upstream saw %q, want %q", u.Name, proxy, target, f.seen, want)
 	}
 	return od.flowOf(t, f.client)
 }
@@ -360,17 +358,17 @@ func closedWithoutReply(got []byte, err error) bool {
 // socksAsEg performs greeting, authentication and CONNECT as u and
 // returns the raw result; a connection left open is closed at the end of
 // the test.
-func socksAsEg(t *testing.T, ns, proxy string, u egUser, target string) socksResult {
+func socksAsEg(t *testing.T, ns, proxy string, u nstest.User, target string) socksResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	req := socksRequest{proxy: proxy, user: u.name, pass: u.pass, target: target}
+	req := socksRequest{proxy: proxy, user: u.Name, pass: u.Password, target: target}
 	if u == egAnon {
 		req.methods = []byte{methodNoAuth}
 	}
 	res, err := socksDo(ctx, ns, req)
 	if err != nil {
-		t.Fatalf("SOCKS as %q via %s to %s: %v (so far %+v)", u.name, proxy, target, err, res)
+		t.Fatalf("SOCKS as %q via %s to %s: %v (so far %+v)", u.Name, proxy, target, err, res)
 	}
 	if res.conn != nil {
 		t.Cleanup(func() { res.conn.Close() })

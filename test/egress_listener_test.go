@@ -213,7 +213,7 @@ interface = "wan2"
 `
 	od := startEgressDaemon(t, topo, egressConfig([]string{plain}, body), plain, mapped)
 	for _, c := range []struct {
-		u                  egUser
+		u                  nstest.User
 		proxy, want, iface string // iface: the flow line's ("" = kernel routing)
 	}{
 		{egKern, mapped, seenWan2, "wan2"},
@@ -222,7 +222,7 @@ interface = "wan2"
 		{egFo, plain, seenWan1, "wan1"},
 	} {
 		line := wantSeen(t, od, topo.C, c.proxy, c.u, egTarget, c.want)
-		wantFields(t, line, map[string]any{"user": c.u.name, "interface": c.iface})
+		wantFields(t, line, map[string]any{"user": c.u.Name, "interface": c.iface})
 	}
 	// No authentication is not offered there.
 	res := socksAsEg(t, topo.C, mapped, egAnon, egTarget)

@@ -32,7 +32,7 @@ func TestNICMark(t *testing.T) {
 	for range 3 {
 		line := wantSeen(t, od, topo.C, listen, egMika, egTarget, seenWan2)
 		// No interface is bound: the routing rule chose wan2.
-		wantFields(t, line, map[string]any{"user": egMika.name, "interface": "", "outcome": "ok"})
+		wantFields(t, line, map[string]any{"user": egMika.Name, "interface": "", "outcome": "ok"})
 		wantSeen(t, od, topo.C, listen, egKern, egTarget, seenWan1)
 	}
 

@@ -20,7 +20,7 @@ import (
 // egListen is where the multi-interface users connect.
 var egListen = net.JoinHostPort(egProxy, "1080")
 
-func startMultiDaemon(t *testing.T, topo *topology, u egUser, strategy string) *opsDaemon {
+func startMultiDaemon(t *testing.T, topo *topology, u nstest.User, strategy string) *opsDaemon {
 	t.Helper()
 	body := userBlock(u, fmt.Sprintf("interfaces = [\"wan1\", \"wan2\"]\nstrategy = %q", strategy))
 	return startEgressDaemon(t, topo, egressConfig([]string{egListen}, body), egListen)

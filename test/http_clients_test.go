@@ -151,9 +151,9 @@ type pyAnswer struct {
 	Via    string `json:"via"`
 }
 
-func keepAlive(t *testing.T, ns string, u egUser, urls ...string) []pyAnswer {
+func keepAlive(t *testing.T, ns string, u nstest.User, urls ...string) []pyAnswer {
 	t.Helper()
-	out := python(t, ns, pyKeepAlive, append([]string{egHTTPListen, u.name, u.pass}, urls...)...)
+	out := python(t, ns, pyKeepAlive, append([]string{egHTTPListen, u.Name, u.Password}, urls...)...)
 	var got []pyAnswer
 	if err := json.Unmarshal([]byte(out), &got); err != nil || len(got) != len(urls) {
 		t.Fatalf("python printed %q (%v), want %d answers", out, err, len(urls))
@@ -223,16 +223,16 @@ func TestHTTPProxyPython(t *testing.T) {
 
 	t.Run("http.client CONNECT", func(t *testing.T) {
 		mark := od.mark()
-		if got := python(t, topo.C, pyTunnel, egHTTPListen, egFo.name, egFo.pass, egTarget); got != "200 "+seenWan1 {
+		if got := python(t, topo.C, pyTunnel, egHTTPListen, egFo.Name, egFo.Password, egTarget); got != "200 "+seenWan1 {
 			t.Errorf("tunnel got %q, want 200 %s", got, seenWan1)
 		}
-		wantFields(t, od.waitLineSince(t, mark, "flow"), map[string]any{"protocol": "http-connect", "user": egFo.name, "interface": "wan1"})
+		wantFields(t, od.waitLineSince(t, mark, "flow"), map[string]any{"protocol": "http-connect", "user": egFo.Name, "interface": "wan1"})
 	})
 
 	t.Run("chunked streaming", func(t *testing.T) {
 		// The first chunk reaches the client while the origin still
 		// waits for the release the client sends only after reading it.
-		out := python(t, topo.C, pyStream, egHTTPListen, egSid.name, egSid.pass, net.JoinHostPort(egSvc, egHTTPUpPort))
+		out := python(t, topo.C, pyStream, egHTTPListen, egSid.Name, egSid.Password, net.JoinHostPort(egSvc, egHTTPUpPort))
 		var got struct {
 			Status       int
 			TE           string
@@ -258,7 +258,7 @@ func TestHTTPProxyPython(t *testing.T) {
 
 	t.Run("chunked request body", func(t *testing.T) {
 		mark := od.mark()
-		out := python(t, topo.C, pyChunkedPost, egHTTPListen, egFo.name, egFo.pass, net.JoinHostPort(egSvc, egHTTPUpPort))
+		out := python(t, topo.C, pyChunkedPost, egHTTPListen, egFo.Name, egFo.Password, net.JoinHostPort(egSvc, egHTTPUpPort))
 		origin, client, _ := strings.Cut(out, " | ")
 		f := strings.Fields(origin)
 		if len(f) != 4 || f[0] != "200" || f[1]+" "+f[2] != client || f[3] != "chunked" {
@@ -270,7 +270,7 @@ func TestHTTPProxyPython(t *testing.T) {
 	t.Run("websocket", func(t *testing.T) {
 		mark := od.mark()
 		target := net.JoinHostPort(egSvc, egHTTPUpPort)
-		if got := python(t, topo.C, pyWebSocket, egHTTPListen, egSid.name, egSid.pass, target); got != "hello through ifsocks" {
+		if got := python(t, topo.C, pyWebSocket, egHTTPListen, egSid.Name, egSid.Password, target); got != "hello through ifsocks" {
 			t.Errorf("websocket echo %q", got)
 		}
 		line := od.waitLineSince(t, mark, "flow")

@@ -25,7 +25,7 @@ import (
 const egHTTPListen = egProxy + ":1080"
 
 var (
-	egHTTPNoNIC = egUser{"kern", "kern-Pw-e3c9"} // egress interface that does not exist
+	egHTTPNoNIC = nstest.User{Name: "kern", Password: "kern-Pw-e3c9"} // egress interface that does not exist
 )
 
 // httpProxyConfig: fo leaves by wan1, sid by wan2, kern by a missing NIC.
@@ -37,11 +37,11 @@ func httpProxyConfig() string {
 }
 
 // proxyURL is the http:// proxy URL for u ("" user: no credentials).
-func proxyURL(u egUser, addr string) string {
-	if u.name == "" {
+func proxyURL(u nstest.User, addr string) string {
+	if u.Name == "" {
 		return "http://" + addr
 	}
-	return "http://" + u.name + ":" + u.pass + "@" + addr
+	return "http://" + u.Name + ":" + u.Password + "@" + addr
 }
 
 // curlHTTP runs curl in ns with the HTTP proxy proxy and the extra
@@ -65,7 +65,7 @@ func curlHTTP(t *testing.T, ns, proxy string, args ...string) (string, string, i
 
 // curlStatus fetches url through the proxy as u and returns the status
 // curl saw (for --proxytunnel, the CONNECT's) and the body.
-func curlStatus(t *testing.T, ns string, u egUser, tunnel bool, url string) (int, string) {
+func curlStatus(t *testing.T, ns string, u nstest.User, tunnel bool, url string) (int, string) {
 	t.Helper()
 	args := []string{"-o", "/dev/stderr", "-w", "%{http_code} %{http_connect}"}
 	if tunnel {
@@ -90,7 +90,7 @@ func TestHTTPProxyCurl(t *testing.T) {
 	url := "http://" + egTarget + "/"
 
 	for _, tc := range []struct {
-		u      egUser
+		u      nstest.User
 		tunnel bool
 		proto  string
 		iface  string
@@ -101,25 +101,25 @@ func TestHTTPProxyCurl(t *testing.T) {
 		{egSid, false, "http", "wan2", seenWan2},
 		{egSid, true, "http-connect", "wan2", seenWan2},
 	} {
-		t.Run(tc.u.name+"/"+tc.proto, func(t *testing.T) {
+		t.Run(tc.u.Name+"/"+tc.proto, func(t *testing.T) {
 			mark := od.mark()
 			code, body := curlStatus(t, topo.C, tc.u, tc.tunnel, url)
 			if code != 200 || body != tc.seen {
 				t.Fatalf("status %d body %q, want 200 and %q", code, body, tc.seen)
 			}
 			line := od.waitLineSince(t, mark, "flow")
-			wantFields(t, line, map[string]any{"protocol": tc.proto, "user": tc.u.name, "interface": tc.iface,
+			wantFields(t, line, map[string]any{"protocol": tc.proto, "user": tc.u.Name, "interface": tc.iface,
 				"target": egTarget, "outcome": "ok"})
 		})
 	}
 
 	t.Run("wrong password", func(t *testing.T) {
 		for _, tunnel := range []bool{false, true} {
-			code, _ := curlStatus(t, topo.C, egUser{egFo.name, "not-" + egFo.pass}, tunnel, url)
+			code, _ := curlStatus(t, topo.C, nstest.User{Name: egFo.Name, Password: "not-" + egFo.Password}, tunnel, url)
 			if code != 407 {
 				t.Errorf("tunnel %v: status %d, want 407", tunnel, code)
 			}
-			code, _ = curlStatus(t, topo.C, egUser{"nobody", egFo.pass}, tunnel, url)
+			code, _ = curlStatus(t, topo.C, nstest.User{Name: "nobody", Password: egFo.Password}, tunnel, url)
 			if code != 407 {
 				t.Errorf("tunnel %v, unknown user: status %d, want 407", tunnel, code)
 			}
@@ -145,7 +145,7 @@ func TestHTTPProxyCurl(t *testing.T) {
 			if code, _ := curlStatus(t, topo.C, egFo, tunnel, own); code != 403 {
 				t.Errorf("tunnel %v: status %d, want 403", tunnel, code)
 			}
-			wantFields(t, od.waitLineSince(t, mark, "flow"), map[string]any{"outcome": "denied", "user": egFo.name})
+			wantFields(t, od.waitLineSince(t, mark, "flow"), map[string]any{"outcome": "denied", "user": egFo.Name})
 		}
 	})
 
@@ -293,12 +293,12 @@ func TestHTTPProxyConnectTimeout(t *testing.T) {
 			// curl does not show the body of a refused CONNECT.
 			t.Errorf("tunnel %v: body %q, want the one line %q", tunnel, body, "504 Gateway Timeout")
 		}
-		wantFields(t, line, map[string]any{"user": egFo.name, "interface": "wan1", "outcome": "timeout", "status": float64(504)})
+		wantFields(t, line, map[string]any{"user": egFo.Name, "interface": "wan1", "outcome": "timeout", "status": float64(504)})
 	}
 	t.Run("CONNECT body", func(t *testing.T) {
 		// The refused CONNECT's own answer, read on a raw socket.
 		mark := od.mark()
-		out := python(t, topo.C, pyRawConnect, egHTTPListen, egFo.name, egFo.pass, egSilent(2))
+		out := python(t, topo.C, pyRawConnect, egHTTPListen, egFo.Name, egFo.Password, egSilent(2))
 		head, body, _ := strings.Cut(out, "\r\n\r\n")
 		// python trims the output's final newline; the length says it was there.
 		if !strings.HasPrefix(head, "HTTP/1.1 504 ") || !strings.Contains(head, "\r\nContent-Length: 20\r\n") ||

@@ -33,27 +33,22 @@ import (
 // ---------------------------------------------------------------------
 // Configuration of an ops daemon.
 
-type opsUser struct {
-	name, pass, iface string
-	hashed            bool // password_hash (bcrypt) instead of password
-}
-
 // Users of the ops daemons. Passwords are unique so a leak can be found.
 var (
-	opsAlice = opsUser{name: "alice", pass: alicePass, iface: "wan1", hashed: true}
-	opsDave  = opsUser{name: "dave", pass: "dave-Pw-5b01c3", iface: "wan2"}
-	opsErin  = opsUser{name: "erin", pass: "erin-Pw-7d2e90", iface: "wan2"}
-	opsFrank = opsUser{name: "frank", pass: "frank-Pw-c4a118", iface: "wan3"}
-	opsCarol = opsUser{name: "carol", pass: carolPass, iface: "nosuch0"}
+	opsAlice = nstest.User{Name: "alice", Password: alicePass, Interface: "wan1", Hashed: true}
+	opsDave  = nstest.User{Name: "dave", Password: "dave-Pw-5b01c3", Interface: "wan2"}
+	opsErin  = nstest.User{Name: "erin", Password: "erin-Pw-7d2e90", Interface: "wan2"}
+	opsFrank = nstest.User{Name: "frank", Password: "frank-Pw-c4a118", Interface: "wan3"}
+	opsCarol = nstest.User{Name: "carol", Password: carolPass, Interface: "nosuch0"}
 	// alice after a reload that changes her password and her interface.
-	opsAliceNew = opsUser{name: "alice", pass: "alice-New-Pw-2f81d0", iface: "wan2", hashed: true}
+	opsAliceNew = nstest.User{Name: "alice", Password: "alice-New-Pw-2f81d0", Interface: "wan2", Hashed: true}
 )
 
-var opsPasswords = []string{alicePass, carolPass, wrongPass, opsDave.pass, opsErin.pass, opsFrank.pass, opsAliceNew.pass}
+var opsPasswords = []string{alicePass, carolPass, wrongPass, opsDave.Password, opsErin.Password, opsFrank.Password, opsAliceNew.Password}
 
 type opsConfig struct {
 	listen        []string
-	users         []opsUser
+	users         []nstest.User
 	metrics       string // [metrics] listen; "" = none
 	closesRemoved bool   // [server] reload_closes_removed
 	serverExtra   string // raw lines appended to [server] (e.g. a bad key)
@@ -68,16 +63,7 @@ func (c opsConfig) render(tb testing.TB) string {
 	if c.serverExtra != "" {
 		server = append(server, c.serverExtra)
 	}
-	users := make([]nstest.User, len(c.users))
-	for i, u := range c.users {
-		users[i] = u.user()
-	}
-	return nstest.Config{Listen: c.listen, Server: server, Metrics: c.metrics, Users: users}.Render(tb)
-}
-
-// user is u as the harness writes it.
-func (u opsUser) user() nstest.User {
-	return nstest.User{Name: u.name, Password: u.pass, Hashed: u.hashed, Egress: fmt.Sprintf("interface = %q", u.iface)}
+	return nstest.Config{Listen: c.listen, Server: server, Metrics: c.metrics, Users: c.users}.Render(tb)
 }
 
 // ---------------------------------------------------------------------
@@ -323,13 +309,13 @@ func (od *opsDaemon) passwordLeaks() []string {
 
 // socksAs performs greeting, authentication and CONNECT as u via proxy.
 // The connection, if any, is closed at the end of the test.
-func socksAs(t *testing.T, ns, proxy string, u opsUser, target string) socksResult {
+func socksAs(t *testing.T, ns, proxy string, u nstest.User, target string) socksResult {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	res, err := socksDo(ctx, ns, socksRequest{proxy: proxy, user: u.name, pass: u.pass, target: target})
+	res, err := socksDo(ctx, ns, socksRequest{proxy: proxy, user: u.Name, pass: u.Password, target: target})
 	if err != nil {
-		t.Fatalf("SOCKS as %s via %s to %s: %v (so far %+v)", u.name, proxy, target, err, res)
+		t.Fatalf("SOCKS as %s via %s to %s: %v (so far %+v)", u.Name, proxy, target, err, res)
 	}
 	if res.conn != nil {
 		t.Cleanup(func() { res.conn.Close() })
@@ -339,20 +325,20 @@ func socksAs(t *testing.T, ns, proxy string, u opsUser, target string) socksResu
 
 // whoamiVia fetches whoami's "/" over a raw SOCKS connection as u and
 // returns the address whoami saw, or fails the test.
-func whoamiVia(t *testing.T, ns, proxy string, u opsUser, target string) string {
+func whoamiVia(t *testing.T, ns, proxy string, u nstest.User, target string) string {
 	t.Helper()
 	got, err := whoamiTry(ns, proxy, u, target)
 	if err != nil {
-		t.Fatalf("%s via %s to %s: %v", u.name, proxy, target, err)
+		t.Fatalf("%s via %s to %s: %v", u.Name, proxy, target, err)
 	}
 	return got
 }
 
 // whoamiTry is whoamiVia without failing the test.
-func whoamiTry(ns, proxy string, u opsUser, target string) (string, error) {
+func whoamiTry(ns, proxy string, u nstest.User, target string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	res, err := socksDo(ctx, ns, socksRequest{proxy: proxy, user: u.name, pass: u.pass, target: target})
+	res, err := socksDo(ctx, ns, socksRequest{proxy: proxy, user: u.Name, pass: u.Password, target: target})
 	if err != nil {
 		return "", err
 	}
@@ -382,11 +368,11 @@ func whoamiTry(ns, proxy string, u opsUser, target string) (string, error) {
 
 // wantAuthRefused checks that u cannot authenticate via proxy (RFC 1929
 // status 0x01, then the server closes).
-func wantAuthRefused(t *testing.T, ns, proxy string, u opsUser) {
+func wantAuthRefused(t *testing.T, ns, proxy string, u nstest.User) {
 	t.Helper()
 	res := socksAs(t, ns, proxy, u, svcV4+":8080")
 	if res.method != methodUserPass || res.authStatus != 1 || !res.closed {
-		t.Errorf("%s via %s: method %#x auth status %d closed %v, want 0x02, 0x01, closed", u.name, proxy, res.method, res.authStatus, res.closed)
+		t.Errorf("%s via %s: method %#x auth status %d closed %v, want 0x02, 0x01, closed", u.Name, proxy, res.method, res.authStatus, res.closed)
 	}
 }
 
@@ -477,14 +463,14 @@ type download struct {
 
 // startDownload connects as u via proxy and fetches n paced bytes at rate
 // bytes/s; the connection is closed at the end of the test.
-func startDownload(t *testing.T, ns, proxy string, u opsUser, n int64, seed uint64, rate int64) *download {
+func startDownload(t *testing.T, ns, proxy string, u nstest.User, n int64, seed uint64, rate int64) *download {
 	t.Helper()
 	res := socksAs(t, ns, proxy, u, net.JoinHostPort(svcV4, strconv.Itoa(pacedPort)))
 	if res.authStatus != 0 || res.reply != 0 {
-		t.Fatalf("%s: paced download: auth status %d reply %d, want 0 and 0", u.name, res.authStatus, res.reply)
+		t.Fatalf("%s: paced download: auth status %d reply %d, want 0 and 0", u.Name, res.authStatus, res.reply)
 	}
 	req := fmt.Sprintf("GET /paced?n=%d&seed=%d&rate=%d HTTP/1.0\r\nHost: %s\r\n\r\n", n, seed, rate, svcV4)
-	dl := &download{user: u.name, client: res.localAddr, want: n, seed: seed, reqLen: len(req),
+	dl := &download{user: u.Name, client: res.localAddr, want: n, seed: seed, reqLen: len(req),
 		conn: res.conn, start: time.Now(), done: make(chan struct{})}
 	// Bound the transfer: at the nominal rate plus a generous margin.
 	_ = res.conn.SetDeadline(time.Now().Add(time.Duration(n/rate)*time.Second + 30*time.Second))

@@ -55,7 +55,7 @@ func TestOpsInterfaceDownUp(t *testing.T) {
 		metricsAddr = "127.0.0.1:9811"
 	)
 	startPaced(t, e)
-	d := startOpsDaemon(t, opsConfig{listen: []string{listen}, users: []opsUser{opsAlice, opsFrank}, metrics: metricsAddr})
+	d := startOpsDaemon(t, opsConfig{listen: []string{listen}, users: []nstest.User{opsAlice, opsFrank}, metrics: metricsAddr})
 	pid := d.pid()
 	ifaceUp := func(t *testing.T) float64 {
 		t.Helper()
@@ -89,7 +89,7 @@ func TestOpsInterfaceDownUp(t *testing.T) {
 			}
 			frank := startDownload(t, C, listen, opsFrank, 16<<20, 31, 256<<10) // 64 s unless cut
 			alice := startDownload(t, C, listen, opsAlice, 3<<19, 32, 256<<10)  // 6 s, across the outage
-			assoc := udpAssociate(t, C, udpOpts{proxy: listen, user: opsFrank.name, pass: opsFrank.pass})
+			assoc := udpAssociate(t, C, udpOpts{proxy: listen, user: opsFrank.Name, pass: opsFrank.Password})
 			if _, seen, err := assoc.echo(echoV4.String(), udpToken("wan3-before")); err != nil || seen.Addr().String() != wan3V4 {
 				t.Fatalf("frank UDP before: echo seen from %v (%v), want %s", seen, err, wan3V4)
 			}
@@ -147,7 +147,7 @@ func TestOpsInterfaceDownUp(t *testing.T) {
 				}
 			}
 			start := time.Now()
-			ua, err := udpAssociateRaw(C, udpOpts{proxy: listen, user: opsFrank.name, pass: opsFrank.pass})
+			ua, err := udpAssociateRaw(C, udpOpts{proxy: listen, user: opsFrank.Name, pass: opsFrank.Password})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -183,7 +183,7 @@ func TestOpsInterfaceDownUp(t *testing.T) {
 			if got, err := whoamiTry(C, listen, opsFrank, "["+svcV6+"]:8080"); err != nil || got != wan3V6 {
 				t.Errorf("frank over IPv6 after wan3 is back: whoami saw %q (%v), want %s", got, err, wan3V6)
 			}
-			assoc2 := udpAssociate(t, C, udpOpts{proxy: listen, user: opsFrank.name, pass: opsFrank.pass})
+			assoc2 := udpAssociate(t, C, udpOpts{proxy: listen, user: opsFrank.Name, pass: opsFrank.Password})
 			if _, seen, err := assoc2.echo(echoV6.String(), udpToken("wan3-after")); err != nil || seen.Addr().String() != wan3V6 {
 				t.Errorf("frank UDP after: echo seen from %v (%v), want %s", seen, err, wan3V6)
 			}

@@ -5,6 +5,7 @@ package test
 import (
 	"crypto/sha256"
 	"fmt"
+	"github.com/ifsocks/ifsocks/internal/nstest"
 	"io"
 	"maps"
 	"net/http"
@@ -26,7 +27,7 @@ func TestOpsMetrics(t *testing.T) {
 		listen      = "10.231.0.1:1581"
 		metricsAddr = "127.0.0.1:9810"
 	)
-	cfg := opsConfig{listen: []string{listen}, users: []opsUser{opsAlice, opsCarol}, metrics: metricsAddr}
+	cfg := opsConfig{listen: []string{listen}, users: []nstest.User{opsAlice, opsCarol}, metrics: metricsAddr}
 	started := time.Now()
 	d := startOpsDaemon(t, cfg)
 
@@ -126,13 +127,13 @@ func TestOpsMetrics(t *testing.T) {
 		clients = append(clients, r.localAddr)
 	}
 	wrong := opsAlice
-	wrong.pass = wrongPass
+	wrong.Password = wrongPass
 	wantAuthRefused(t, C, listen, wrong)
 
 	// UDP: K datagrams of exactly 100 payload bytes, each echoed, plus one
 	// fragment, which is dropped.
 	const K, dgramSize = 5, 100 // plus one more datagram after the fragment
-	a := udpAssociate(t, C, udpOpts{proxy: listen, user: opsAlice.name, pass: opsAlice.pass})
+	a := udpAssociate(t, C, udpOpts{proxy: listen, user: opsAlice.Name, pass: opsAlice.Password})
 	var upUDP, downUDP int64
 	for i := range K {
 		tok := udpToken(fmt.Sprintf("metrics%d", i))

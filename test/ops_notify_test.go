@@ -98,7 +98,7 @@ func TestOpsNotify(t *testing.T) {
 	e, _ := getDaemon(t)
 	const listen = "10.231.0.1:1681"
 	ns := listenNotify(t)
-	cfg := opsConfig{listen: []string{listen}, users: []opsUser{opsAlice}}
+	cfg := opsConfig{listen: []string{listen}, users: []nstest.User{opsAlice}}
 	d := launchOpsDaemon(t, cfg, "NOTIFY_SOCKET="+ns.path)
 
 	// READY=1 is the first message, and comes once the daemon listens:
@@ -115,7 +115,7 @@ func TestOpsNotify(t *testing.T) {
 
 	// A good reload and a failed one: each RELOADING=1, then READY=1.
 	for i, text := range []string{
-		opsConfig{listen: cfg.listen, users: []opsUser{opsAlice, opsDave}}.render(t),
+		opsConfig{listen: cfg.listen, users: []nstest.User{opsAlice, opsDave}}.render(t),
 		cfg.render(t) + "\n[bogus]\nkey = 1\n",
 	} {
 		d.writeConfig(t, text)

@@ -69,11 +69,11 @@ func rawSource(t *testing.T, e *env, port int, talk bool) {
 // halfClosed connects as u to svcV4:port, sends nothing and half-closes
 // (as `nc -N` or a client done with its request does); a goroutine reads
 // until the end. It returns our address and a channel closed at EOF.
-func halfClosed(t *testing.T, ns, proxy string, u opsUser, port int) (string, <-chan struct{}) {
+func halfClosed(t *testing.T, ns, proxy string, u nstest.User, port int) (string, <-chan struct{}) {
 	t.Helper()
 	res := socksAs(t, ns, proxy, u, net.JoinHostPort(svcV4, strconv.Itoa(port)))
 	if res.authStatus != 0 || res.reply != 0 {
-		t.Fatalf("%s: auth %d reply %d", u.name, res.authStatus, res.reply)
+		t.Fatalf("%s: auth %d reply %d", u.Name, res.authStatus, res.reply)
 	}
 	if err := res.conn.(*net.TCPConn).CloseWrite(); err != nil {
 		t.Fatal(err)
@@ -97,14 +97,14 @@ func TestOpsRegressionUnwatchedAfterReload(t *testing.T) {
 	startPaced(t, e)
 	for _, tc := range []struct {
 		name  string
-		users []opsUser
+		users []nstest.User
 	}{
-		{"user-removed", []opsUser{opsAlice}},
-		{"user-moved", []opsUser{opsAlice, {name: "frank", pass: opsFrank.pass, iface: "wan2"}}},
+		{"user-removed", []nstest.User{opsAlice}},
+		{"user-moved", []nstest.User{opsAlice, {Name: "frank", Password: opsFrank.Password, Interface: "wan2"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Cleanup(func() { ensureWan3(t, e) })
-			d := startOpsDaemon(t, opsConfig{listen: []string{listen}, users: []opsUser{opsAlice, opsFrank}})
+			d := startOpsDaemon(t, opsConfig{listen: []string{listen}, users: []nstest.User{opsAlice, opsFrank}})
 			frank := startDownload(t, C, listen, opsFrank, 16<<20, 1, 256<<10)
 			frank.waitGot(t, 64<<10, 5*time.Second)
 			d.writeConfig(t, opsConfig{listen: []string{listen}, users: tc.users}.render(t))
@@ -144,7 +144,7 @@ func TestOpsRegressionCutHalfClosed(t *testing.T) {
 		t.Cleanup(func() { ensureWan3(t, e) })
 		const listen = "10.231.0.1:1782"
 		rawSource(t, e, 8082, true)
-		d := startOpsDaemon(t, opsConfig{listen: []string{listen}, users: []opsUser{opsAlice, opsFrank}})
+		d := startOpsDaemon(t, opsConfig{listen: []string{listen}, users: []nstest.User{opsAlice, opsFrank}})
 		client, done := halfClosed(t, C, listen, opsFrank, 8082)
 		time.Sleep(300 * time.Millisecond)
 		if _, err := nstest.IPErr("-n", e.topo.P, "link", "set", "wan3", "down"); err != nil {
@@ -163,10 +163,10 @@ func TestOpsRegressionCutHalfClosed(t *testing.T) {
 	t.Run("user-removed", func(t *testing.T) {
 		const listen = "10.231.0.1:1783"
 		rawSource(t, e, 8083, false)
-		d := startOpsDaemon(t, opsConfig{listen: []string{listen}, users: []opsUser{opsAlice, opsErin}, closesRemoved: true})
+		d := startOpsDaemon(t, opsConfig{listen: []string{listen}, users: []nstest.User{opsAlice, opsErin}, closesRemoved: true})
 		client, _ := halfClosed(t, C, listen, opsErin, 8083)
 		time.Sleep(300 * time.Millisecond)
-		d.writeConfig(t, opsConfig{listen: []string{listen}, users: []opsUser{opsAlice}, closesRemoved: true}.render(t))
+		d.writeConfig(t, opsConfig{listen: []string{listen}, users: []nstest.User{opsAlice}, closesRemoved: true}.render(t))
 		line := d.mustReload(t)
 		wantFields(t, line, map[string]any{"flows_closed": float64(1)})
 		flow := d.waitFlow(t, 2*time.Second, func(m map[string]any) bool { return m["client"] == client })
@@ -176,7 +176,7 @@ func TestOpsRegressionCutHalfClosed(t *testing.T) {
 	t.Run("shutdown", func(t *testing.T) {
 		const listen = "10.231.0.1:1784"
 		rawSource(t, e, 8084, false)
-		d := startOpsDaemon(t, opsConfig{listen: []string{listen}, users: []opsUser{opsAlice}}) // shutdown_timeout 2s
+		d := startOpsDaemon(t, opsConfig{listen: []string{listen}, users: []nstest.User{opsAlice}}) // shutdown_timeout 2s
 		halfClosed(t, C, listen, opsAlice, 8084)
 		time.Sleep(300 * time.Millisecond)
 		start := time.Now()
@@ -201,8 +201,8 @@ func TestOpsRegressionCutHalfClosed(t *testing.T) {
 // users included, is refused.
 func TestOpsRegressionRespelledListen(t *testing.T) {
 	e, _ := getDaemon(t)
-	d := startOpsDaemon(t, opsConfig{listen: []string{"10.231.0.1:1785", "[fd31:0::1]:1786"}, users: []opsUser{opsAlice}})
-	d.writeConfig(t, opsConfig{listen: []string{"10.231.0.1:1785", "[fd31::1]:1786"}, users: []opsUser{opsAlice, opsDave}}.render(t))
+	d := startOpsDaemon(t, opsConfig{listen: []string{"10.231.0.1:1785", "[fd31:0::1]:1786"}, users: []nstest.User{opsAlice}})
+	d.writeConfig(t, opsConfig{listen: []string{"10.231.0.1:1785", "[fd31::1]:1786"}, users: []nstest.User{opsAlice, opsDave}}.render(t))
 	if ok, line := d.reload(t); !ok {
 		t.Fatalf("reload failed: %v", line["error"])
 	}
@@ -211,7 +211,7 @@ func TestOpsRegressionRespelledListen(t *testing.T) {
 	}
 	// A specific address becoming the wildcard on the same port cannot be
 	// opened next to the old socket; the reload frees the port first.
-	d.writeConfig(t, opsConfig{listen: []string{"0.0.0.0:1785", "[fd31::1]:1786"}, users: []opsUser{opsAlice, opsDave}}.render(t))
+	d.writeConfig(t, opsConfig{listen: []string{"0.0.0.0:1785", "[fd31::1]:1786"}, users: []nstest.User{opsAlice, opsDave}}.render(t))
 	if ok, line := d.reload(t); !ok {
 		t.Fatalf("reload to the wildcard failed: %v", line["error"])
 	}

@@ -27,7 +27,7 @@ func TestOpsReloadLive(t *testing.T) {
 	C := e.topo.C
 	const listen = "10.231.0.1:1181"
 	startPaced(t, e)
-	base := opsConfig{listen: []string{listen}, users: []opsUser{opsAlice, opsErin}}
+	base := opsConfig{listen: []string{listen}, users: []nstest.User{opsAlice, opsErin}}
 	d := startOpsDaemon(t, base)
 	pid := d.pid()
 
@@ -43,7 +43,7 @@ func TestOpsReloadLive(t *testing.T) {
 
 	// (a) Valid: dave added, erin removed, alice gets a new password and
 	// leaves by wan2 from now on.
-	d.writeConfig(t, opsConfig{listen: []string{listen}, users: []opsUser{opsAliceNew, opsDave}}.render(t))
+	d.writeConfig(t, opsConfig{listen: []string{listen}, users: []nstest.User{opsAliceNew, opsDave}}.render(t))
 	before := dl.got.Load()
 	reloadA := time.Now()
 	line := d.mustReload(t)
@@ -68,7 +68,7 @@ func TestOpsReloadLive(t *testing.T) {
 
 	// (b) Broken: an unknown key. The file would also bring erin back and
 	// drop dave; nothing of it may take effect.
-	bad := opsConfig{listen: []string{listen}, users: []opsUser{opsAlice, opsErin},
+	bad := opsConfig{listen: []string{listen}, users: []nstest.User{opsAlice, opsErin},
 		serverExtra: "bogus_key = true\n"}
 	d.writeConfig(t, bad.render(t))
 	before = dl.got.Load()
@@ -90,7 +90,7 @@ func TestOpsReloadLive(t *testing.T) {
 	dl.waitGot(t, before+128<<10, 5*time.Second)
 
 	// (c) Broken: a bad value. The error names key and value.
-	bad = opsConfig{listen: []string{listen}, users: []opsUser{opsAlice, opsErin},
+	bad = opsConfig{listen: []string{listen}, users: []nstest.User{opsAlice, opsErin},
 		serverExtra: "reload_closes_removed = true\n"}
 	d.writeConfig(t, strings.Replace(bad.render(t), `connect_timeout = "5s"`, `connect_timeout = "soon"`, 1))
 	before = dl.got.Load()
@@ -144,8 +144,8 @@ func TestOpsReloadListeners(t *testing.T) {
 		add6  = "[fd31::1]:1283"
 		taken = "10.231.0.1:1284"
 	)
-	one := opsConfig{listen: []string{keep}, users: []opsUser{opsAlice}}
-	three := opsConfig{listen: []string{keep, add4, add6}, users: []opsUser{opsAlice}}
+	one := opsConfig{listen: []string{keep}, users: []nstest.User{opsAlice}}
+	three := opsConfig{listen: []string{keep, add4, add6}, users: []nstest.User{opsAlice}}
 	d := startOpsDaemon(t, one)
 
 	// Hammer the unchanged listener with complete SOCKS exchanges from two
@@ -159,7 +159,7 @@ func TestOpsReloadListeners(t *testing.T) {
 		wg.Go(func() {
 			for ctx.Err() == nil {
 				rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
-				res, err := socksDo(rctx, C, socksRequest{proxy: keep, user: opsAlice.name, pass: opsAlice.pass, target: svcV4 + ":8080"})
+				res, err := socksDo(rctx, C, socksRequest{proxy: keep, user: opsAlice.Name, pass: opsAlice.Password, target: svcV4 + ":8080"})
 				rcancel()
 				if res.conn != nil {
 					res.conn.Close()
@@ -232,7 +232,7 @@ func TestOpsReloadListeners(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer blocker.Close()
-	d.writeConfig(t, opsConfig{listen: []string{keep, taken}, users: []opsUser{opsAlice, opsDave}}.render(t))
+	d.writeConfig(t, opsConfig{listen: []string{keep, taken}, users: []nstest.User{opsAlice, opsDave}}.render(t))
 	ok, line := d.reload(t)
 	if ok {
 		t.Fatalf("reload with %s already in use succeeded: %v", taken, line)
@@ -261,7 +261,7 @@ func TestOpsReloadClosesRemoved(t *testing.T) {
 	C := e.topo.C
 	const listen = "10.231.0.1:1381"
 	startPaced(t, e)
-	d := startOpsDaemon(t, opsConfig{listen: []string{listen}, users: []opsUser{opsAlice, opsErin}, closesRemoved: true})
+	d := startOpsDaemon(t, opsConfig{listen: []string{listen}, users: []nstest.User{opsAlice, opsErin}, closesRemoved: true})
 
 	const rate = 256 << 10
 	erin := startDownload(t, C, listen, opsErin, 16<<20, 5, rate)  // 64 s: never finishes by itself
@@ -269,7 +269,7 @@ func TestOpsReloadClosesRemoved(t *testing.T) {
 	erin.waitGot(t, 128<<10, 10*time.Second)
 	alice.waitGot(t, 128<<10, 10*time.Second)
 
-	d.writeConfig(t, opsConfig{listen: []string{listen}, users: []opsUser{opsAlice}, closesRemoved: true}.render(t))
+	d.writeConfig(t, opsConfig{listen: []string{listen}, users: []nstest.User{opsAlice}, closesRemoved: true}.render(t))
 	sent := time.Now()
 	line := d.mustReload(t)
 	wantFields(t, line, map[string]any{"users_removed": float64(1), "flows_closed": float64(1)})

@@ -138,17 +138,15 @@ func startPoolServers(t *testing.T, topo *topology) {
 	}
 }
 
-// poolUser is a user of the pool daemons.
-type poolUser struct{ name, pass string }
-
+// Users of the pool daemons.
 var (
-	poolFlow = poolUser{"flo", "flo-Pw-a81c"}
-	poolV4   = poolUser{"quad", "quad-Pw-3b92"}
-	poolAnn  = poolUser{"ann", "ann-Pw-77d1"}
-	poolBen  = poolUser{"ben", "ben-Pw-0c4e"}
-	poolSess = poolUser{"alice", "alice-Pw-e51f"}
-	poolX    = poolUser{"x-session-y", "xy-Pw-92aa"}
-	poolNone = poolUser{"nolr", "nolr-Pw-4d0b"}
+	poolFlow = nstest.User{Name: "flo", Password: "flo-Pw-a81c"}
+	poolV4   = nstest.User{Name: "quad", Password: "quad-Pw-3b92"}
+	poolAnn  = nstest.User{Name: "ann", Password: "ann-Pw-77d1"}
+	poolBen  = nstest.User{Name: "ben", Password: "ben-Pw-0c4e"}
+	poolSess = nstest.User{Name: "alice", Password: "alice-Pw-e51f"}
+	poolX    = nstest.User{Name: "x-session-y", Password: "xy-Pw-92aa"}
+	poolNone = nstest.User{Name: "nolr", Password: "nolr-Pw-4d0b"}
 )
 
 // poolConfig renders a daemon configuration listening on poolListen with
@@ -159,8 +157,8 @@ func poolConfig(body string) string {
 		poolListen, poolMetrics, body)
 }
 
-func poolUserBlock(u poolUser, egress string) string {
-	return fmt.Sprintf("\n[[users]]\nname = %q\npassword = %q\n%s\n", u.name, u.pass, egress)
+func poolUserBlock(u nstest.User, egress string) string {
+	return fmt.Sprintf("\n[[users]]\nname = %q\npassword = %q\n%s\n", u.Name, u.Password, egress)
 }
 
 // startPoolDaemon runs ifsocks in topo's P with cfg until the end of the
@@ -219,7 +217,7 @@ func seenAddr(tb testing.TB, seen string) (netip.Addr, string) {
 // fetchMany makes n connections as u to target with a few workers and
 // returns what the upstream saw for each; it fails the test on the first
 // error or when ctx ends.
-func fetchMany(t *testing.T, ctx context.Context, topo *topology, u poolUser, target string, n int) []string {
+func fetchMany(t *testing.T, ctx context.Context, topo *topology, u nstest.User, target string, n int) []string {
 	t.Helper()
 	const workers = 8
 	out := make([]string, n)
@@ -230,7 +228,7 @@ func fetchMany(t *testing.T, ctx context.Context, topo *topology, u poolUser, ta
 		wg.Go(func() {
 			for i := range next {
 				cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-				s, err := poolFetch(cctx, topo, u.name, u.pass, target)
+				s, err := poolFetch(cctx, topo, u.Name, u.Password, target)
 				cancel()
 				if err != nil {
 					errs <- fmt.Errorf("connection %d: %w", i, err)
@@ -261,7 +259,7 @@ feed:
 		}
 	}
 	if err != nil {
-		t.Fatalf("%d connections as %s to %s: %v", n, u.name, target, err)
+		t.Fatalf("%d connections as %s to %s: %v", n, u.Name, target, err)
 	}
 	return out
 }
@@ -290,13 +288,13 @@ for i in range(int(rounds)):
 `
 
 // pythonUDPMany runs pyUDPManyScript from C: rounds associations as u.
-func pythonUDPMany(t *testing.T, topo *topology, u poolUser, host, port string, rounds int) []string {
+func pythonUDPMany(t *testing.T, topo *topology, u nstest.User, host, port string, rounds int) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	ph, pp, _ := net.SplitHostPort(poolListen)
 	out, stderr, err := nstest.Run(ctx, nil, "ip", "netns", "exec", topo.C, "/usr/bin/python3", "-c", pyUDPManyScript,
-		ph, pp, u.name, u.pass, host, port, fmt.Sprint(rounds))
+		ph, pp, u.Name, u.Password, host, port, fmt.Sprint(rounds))
 	if err != nil {
 		t.Fatalf("python UDP: %v\n%s", err, stderr)
 	}

@@ -55,10 +55,10 @@ func TestPools(t *testing.T) {
 		}
 		// Each flow's line is written when the proxy sees its end,
 		// which may come after the client has read everything.
-		lines := poolFlows(od, poolFlow.name)
+		lines := poolFlows(od, poolFlow.Name)
 		for deadline := time.Now().Add(5 * time.Second); len(lines) < 1000 && time.Now().Before(deadline); {
 			time.Sleep(50 * time.Millisecond)
-			lines = poolFlows(od, poolFlow.name)
+			lines = poolFlows(od, poolFlow.Name)
 		}
 		if len(lines) < 1000 {
 			t.Fatalf("%d flow lines, want 1000", len(lines))
@@ -110,8 +110,8 @@ func TestPools(t *testing.T) {
 
 	var annAddr netip.Addr
 	t.Run("user rotation", func(t *testing.T) {
-		annAddr = sameAddress(t, ctx, topo, poolAnn.name, poolAnn.pass, target6, 50)
-		benAddr := sameAddress(t, ctx, topo, poolBen.name, poolBen.pass, target6, 5)
+		annAddr = sameAddress(t, ctx, topo, poolAnn.Name, poolAnn.Password, target6, 50)
+		benAddr := sameAddress(t, ctx, topo, poolBen.Name, poolBen.Password, target6, 5)
 		if annAddr == benAddr {
 			t.Errorf("ann and ben share %s", annAddr)
 		}
@@ -121,13 +121,13 @@ func TestPools(t *testing.T) {
 	})
 
 	t.Run("session rotation", func(t *testing.T) {
-		a := sameAddress(t, ctx, topo, "alice-session-a", poolSess.pass, target6, 2)
-		b := sameAddress(t, ctx, topo, "alice-session-b", poolSess.pass, target6, 2)
+		a := sameAddress(t, ctx, topo, "alice-session-a", poolSess.Password, target6, 2)
+		b := sameAddress(t, ctx, topo, "alice-session-b", poolSess.Password, target6, 2)
 		if a == b {
 			t.Errorf("sessions a and b share %s", a)
 		}
 		// Plain alice: flow behaviour.
-		p1, p2 := fetchAddr(t, ctx, topo, poolSess.name, poolSess.pass, target6), fetchAddr(t, ctx, topo, poolSess.name, poolSess.pass, target6)
+		p1, p2 := fetchAddr(t, ctx, topo, poolSess.Name, poolSess.Password, target6), fetchAddr(t, ctx, topo, poolSess.Name, poolSess.Password, target6)
 		if p1 == p2 || p1 == a {
 			t.Errorf("alice without a session got %s then %s (session a: %s), want rotation per flow", p1, p2, a)
 		}
@@ -141,9 +141,9 @@ func TestPools(t *testing.T) {
 		}
 		// Flow lines name alice, the rotation and a hash of the key,
 		// never the key or the full login name.
-		od.waitFlow(t, 3*time.Second, func(m map[string]any) bool { return m["user"] == poolSess.name && m["session"] != nil })
+		od.waitFlow(t, 3*time.Second, func(m map[string]any) bool { return m["user"] == poolSess.Name && m["session"] != nil })
 		var found bool
-		for _, l := range poolFlows(od, poolSess.name) {
+		for _, l := range poolFlows(od, poolSess.Name) {
 			if l["session"] == nil {
 				continue
 			}
@@ -157,11 +157,11 @@ func TestPools(t *testing.T) {
 		}
 		// A user without session rotation whose name has the separator
 		// is that user.
-		x := fetchAddr(t, ctx, topo, poolX.name, poolX.pass, target4)
+		x := fetchAddr(t, ctx, topo, poolX.Name, poolX.Password, target4)
 		if !x.Is4() {
 			t.Errorf("x-session-y left from %s, want the kernel's IPv4 choice", x)
 		}
-		line := od.waitFlow(t, 3*time.Second, func(m map[string]any) bool { return m["user"] == poolX.name })
+		line := od.waitFlow(t, 3*time.Second, func(m map[string]any) bool { return m["user"] == poolX.Name })
 		if line["session"] != nil || line["rotation"] != nil {
 			t.Errorf("x-session-y flow line %s: want no session nor rotation", jsonLine(line))
 		}
@@ -173,7 +173,7 @@ func TestPools(t *testing.T) {
 		viaCurl := func(login string, connect bool) netip.Addr {
 			t.Helper()
 			args := []string{"netns", "exec", topo.C, "curl", "-sS", "-g", "--max-time", "10",
-				"-x", "http://" + login + ":" + poolSess.pass + "@" + poolListen}
+				"-x", "http://" + login + ":" + poolSess.Password + "@" + poolListen}
 			if connect {
 				args = append(args, "-p")
 			}
@@ -189,7 +189,7 @@ func TestPools(t *testing.T) {
 			}
 			return a
 		}
-		socksA := fetchAddr(t, ctx, topo, "alice-session-a", poolSess.pass, target6)
+		socksA := fetchAddr(t, ctx, topo, "alice-session-a", poolSess.Password, target6)
 		for _, connect := range []bool{false, true} {
 			if a := viaCurl("alice-session-a", connect); a != socksA {
 				t.Errorf("HTTP (CONNECT %v) session a left from %s, SOCKS from %s", connect, a, socksA)
@@ -199,7 +199,7 @@ func TestPools(t *testing.T) {
 			}
 		}
 		line := od.waitFlow(t, 3*time.Second, func(m map[string]any) bool {
-			return m["protocol"] == "http" && m["user"] == poolSess.name && m["session"] != nil
+			return m["protocol"] == "http" && m["user"] == poolSess.Name && m["session"] != nil
 		})
 		if line["rotation"] != "session" {
 			t.Errorf("HTTP flow line %s: want rotation session", jsonLine(line))
@@ -209,7 +209,7 @@ func TestPools(t *testing.T) {
 	// BIND listens on a pool address (bound with FREEBIND on wan2); a
 	// peer in U reaches it through the routed prefix.
 	t.Run("BIND on a pool address", func(t *testing.T) {
-		res, err := socksDo(ctx, topo.C, socksRequest{proxy: poolListen, user: poolFlow.name, pass: poolFlow.pass, target: "[::]:0", cmd: 2})
+		res, err := socksDo(ctx, topo.C, socksRequest{proxy: poolListen, user: poolFlow.Name, pass: poolFlow.Password, target: "[::]:0", cmd: 2})
 		if err != nil || res.reply != 0 {
 			t.Fatalf("BIND: reply %d err %v", res.reply, err)
 		}
@@ -241,7 +241,7 @@ func TestPools(t *testing.T) {
 	})
 
 	t.Run("prefix without a local route", func(t *testing.T) {
-		res, err := socksDo(ctx, topo.C, socksRequest{proxy: poolListen, user: poolNone.name, pass: poolNone.pass, target: target6})
+		res, err := socksDo(ctx, topo.C, socksRequest{proxy: poolListen, user: poolNone.Name, pass: poolNone.Password, target: target6})
 		if res.conn != nil {
 			res.conn.Close()
 		}
@@ -251,13 +251,13 @@ func TestPools(t *testing.T) {
 		// Matched on the user too: after thousands of connections the
 		// client's port may be one an earlier flow of another user had.
 		line := od.waitFlow(t, 3*time.Second, func(m map[string]any) bool {
-			return m["client"] == res.localAddr && m["user"] == poolNone.name
+			return m["client"] == res.localAddr && m["user"] == poolNone.Name
 		})
 		if e := fmt.Sprint(line["error"]); !strings.Contains(e, "no local route") || !strings.Contains(e, poolNoRoute) {
 			t.Errorf("flow error %q: want it to name %s and the missing local route", e, poolNoRoute)
 		}
 		// Warned about at start, naming the entry.
-		if m := od.lastMsg("source_ips entry has no local route; its flows will fail with 0x03 until one is added (ip route add local PREFIX dev lo)"); m == nil || m["entry"] != poolNoRoute || m["user"] != poolNone.name {
+		if m := od.lastMsg("source_ips entry has no local route; its flows will fail with 0x03 until one is added (ip route add local PREFIX dev lo)"); m == nil || m["entry"] != poolNoRoute || m["user"] != poolNone.Name {
 			t.Errorf("start-up warning about %s: %v", poolNoRoute, m)
 		}
 		// The host's state, which may change (a route added later), as
@@ -288,7 +288,7 @@ func TestPools(t *testing.T) {
 		}
 		od.stopClean(t)
 		startPoolDaemon(t, topo, cfg)
-		if got := fetchAddr(t, ctx, topo, poolAnn.name, poolAnn.pass, target6); got != annAddr {
+		if got := fetchAddr(t, ctx, topo, poolAnn.Name, poolAnn.Password, target6); got != annAddr {
 			t.Errorf("ann after a restart: %s, before %s", got, annAddr)
 		}
 	})

@@ -149,7 +149,7 @@ func privConfig(t *testing.T, listen, handshake string) string {
 	return nstest.Config{
 		Listen: []string{listen},
 		Server: []string{fmt.Sprintf("handshake_timeout = %q", handshake)},
-		Users:  []nstest.User{opsAlice.user(), opsDave.user()},
+		Users:  []nstest.User{opsAlice, opsDave},
 	}.Render(t)
 }
 

@@ -174,7 +174,7 @@ func wantInCgroup(t *testing.T, pid int, procs string) {
 func wantPerUserEgress(t *testing.T, od *opsDaemon, proxy string) {
 	t.Helper()
 	for _, c := range []struct {
-		u      opsUser
+		u      nstest.User
 		target string
 		want   string
 	}{
@@ -185,15 +185,15 @@ func wantPerUserEgress(t *testing.T, od *opsDaemon, proxy string) {
 	} {
 		got, err := whoamiTry(od.topo.C, proxy, c.u, c.target)
 		if err != nil {
-			t.Errorf("%s to %s: %v", c.u.name, c.target, err)
+			t.Errorf("%s to %s: %v", c.u.Name, c.target, err)
 			continue
 		}
 		if got != c.want {
-			t.Errorf("%s to %s: upstream saw %s, want %s (%s)", c.u.name, c.target, got, c.want, c.u.iface)
+			t.Errorf("%s to %s: upstream saw %s, want %s (%s)", c.u.Name, c.target, got, c.want, c.u.Interface)
 		}
 	}
 	line := od.waitFlow(t, 5*time.Second, func(m map[string]any) bool {
-		return m["user"] == opsDave.name && m["target"] == net.JoinHostPort(svcV4, "8080")
+		return m["user"] == opsDave.Name && m["target"] == net.JoinHostPort(svcV4, "8080")
 	})
 	wantFields(t, line, map[string]any{"level": "info", "interface": "wan2", "outcome": "ok", "reply": float64(0)})
 	if local, _ := line["local"].(string); !strings.HasPrefix(local, wan2V4+":") {
@@ -206,32 +206,32 @@ func wantPerUserEgress(t *testing.T, od *opsDaemon, proxy string) {
 // the errno: the flow fails closed instead of leaving by the default route.
 func wantBindRefused(t *testing.T, od *opsDaemon, proxy string) {
 	t.Helper()
-	for _, u := range []opsUser{opsAlice, opsDave} {
+	for _, u := range []nstest.User{opsAlice, opsDave} {
 		target := net.JoinHostPort(svcV4, "8080")
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		res, err := socksDo(ctx, od.topo.C, socksRequest{proxy: proxy, user: u.name, pass: u.pass, target: target})
+		res, err := socksDo(ctx, od.topo.C, socksRequest{proxy: proxy, user: u.Name, pass: u.Password, target: target})
 		cancel()
 		if res.conn != nil {
 			res.conn.Close()
 		}
 		if err != nil {
-			t.Fatalf("%s: %v", u.name, err)
+			t.Fatalf("%s: %v", u.Name, err)
 		}
 		if res.authStatus != 0 || res.reply != 3 || !res.closed {
-			t.Errorf("%s: auth %d reply %#x closed %v, want auth 0, reply 0x03, closed", u.name, res.authStatus, res.reply, res.closed)
+			t.Errorf("%s: auth %d reply %#x closed %v, want auth 0, reply 0x03, closed", u.Name, res.authStatus, res.reply, res.closed)
 		}
 		line := od.waitFlow(t, 5*time.Second, func(m map[string]any) bool {
-			return m["user"] == u.name && m["target"] == target
+			return m["user"] == u.Name && m["target"] == target
 		})
-		wantFields(t, line, map[string]any{"level": "error", "interface": u.iface, "outcome": "error", "reply": float64(3)})
+		wantFields(t, line, map[string]any{"level": "error", "interface": u.Interface, "outcome": "error", "reply": float64(3)})
 		msg, _ := line["error"].(string)
-		for _, want := range []string{strconv.Quote(u.iface), "SO_BINDTODEVICE", unix.EPERM.Error()} {
+		for _, want := range []string{strconv.Quote(u.Interface), "SO_BINDTODEVICE", unix.EPERM.Error()} {
 			if !strings.Contains(msg, want) {
-				t.Errorf("%s's flow line: error %q does not contain %q", u.name, msg, want)
+				t.Errorf("%s's flow line: error %q does not contain %q", u.Name, msg, want)
 			}
 		}
 		if _, ok := line["local"]; ok {
-			t.Errorf("%s's flow line has a local address (%v): something was dialled", u.name, line["local"])
+			t.Errorf("%s's flow line has a local address (%v): something was dialled", u.Name, line["local"])
 		}
 	}
 }

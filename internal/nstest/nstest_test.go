@@ -119,9 +119,9 @@ func TestTopologyDaemon(t *testing.T) {
 // users once, and the daemon's password check finds plaintext ones.
 func TestConfigRender(t *testing.T) {
 	a := nstest.User{Name: "a", Password: "pw-a", Hashed: true, Egress: `interface = "eth1"`}
-	b := nstest.User{Name: "b", Password: "pw-b"}
+	b := nstest.User{Name: "b", Password: "pw-b", Interface: "eth2"}
 	text := nstest.Config{Listen: []string{"127.0.0.1:1080"}, Server: []string{"auth_fail_limit = 0"}, Users: []nstest.User{a, b}}.Render(t)
-	for _, want := range []string{`listen = ["127.0.0.1:1080"]`, "auth_fail_limit = 0", `password_hash = "$2a$04$`, `password = "pw-b"`, `interface = "eth1"`} {
+	for _, want := range []string{`listen = ["127.0.0.1:1080"]`, "auth_fail_limit = 0", `password_hash = "$2a$04$`, `password = "pw-b"`, `interface = "eth1"`, "name = \"b\"\npassword = \"pw-b\"\ninterface = \"eth2\"\n"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("config lacks %q:\n%s", want, text)
 		}

@@ -15,6 +15,9 @@ type User struct {
 	Password string
 	// Hashed writes password_hash (bcrypt) instead of password.
 	Hashed bool
+	// Interface, when set, is the entry's interface line; tests also
+	// match it against the interface field of the user's flows.
+	Interface string
 	// Egress is the entry's other lines as TOML, e.g. `interface = "wan1"`.
 	Egress string
 }
@@ -41,6 +44,9 @@ func (u User) Text() (string, error) {
 		fmt.Fprintf(&b, "password_hash = %q\n", h)
 	} else {
 		fmt.Fprintf(&b, "password = %q\n", u.Password)
+	}
+	if u.Interface != "" {
+		fmt.Fprintf(&b, "interface = %q\n", u.Interface)
 	}
 	if u.Egress != "" {
 		b.WriteString(strings.TrimRight(u.Egress, "\n") + "\n")

@@ -36,7 +36,7 @@ func TestSoakFlap(t *testing.T) {
 	start := time.Now()
 	var bobSlots []*soakSlot
 	for _, s := range l.slots {
-		if s.user.u.name == soakBob.name {
+		if s.user.u.Name == soakBob.Name {
 			bobSlots = append(bobSlots, s)
 		}
 	}
@@ -141,7 +141,7 @@ func TestSoakFlap(t *testing.T) {
 	var alice, bobOutside, bobInside []soakEvent
 	for _, e := range l.eventsCopy() {
 		switch {
-		case e.user != soakBob.name:
+		case e.user != soakBob.Name:
 			alice = append(alice, e)
 		case slices.ContainsFunc(flaps, func(f soakFlap) bool { return !e.at.Before(f.down) && !e.at.After(f.recovered) }):
 			bobInside = append(bobInside, e)
@@ -157,7 +157,7 @@ func TestSoakFlap(t *testing.T) {
 	}
 	var aliceU *soakUserLoad
 	for _, u := range l.usersCopy() {
-		if u.u.name == soakAlice.name {
+		if u.u.Name == soakAlice.Name {
 			aliceU = u
 		}
 	}
@@ -166,9 +166,9 @@ func TestSoakFlap(t *testing.T) {
 	}
 	st := r.wantServerClean(t, true) // cut tunnels' server sides time out
 	// alice's counters must match exactly; her flows are all "ok".
-	pm := r.wantMetricsMatch(t, l, func(u string) bool { return u != soakBob.name }, "interface_lost", "unreachable", "relay_error", "reset", "timeout")
+	pm := r.wantMetricsMatch(t, l, func(u string) bool { return u != soakBob.Name }, "interface_lost", "unreachable", "relay_error", "reset", "timeout")
 	for _, s := range pm.Series("ifsocks_flows_total") {
-		if s.Labels["user"] == soakAlice.name && s.Labels["outcome"] != "ok" {
+		if s.Labels["user"] == soakAlice.Name && s.Labels["outcome"] != "ok" {
 			if v0, _ := r.pm0.Get("ifsocks_flows_total", s.Labels); s.Value != v0 {
 				t.Errorf("ifsocks_flows_total%v grew by %v: alice's flows were touched by the wan2 flaps", s.Labels, s.Value-v0)
 			}

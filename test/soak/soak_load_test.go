@@ -42,7 +42,7 @@ type soakLoadParams struct {
 
 // soakUserLoad is one user's share of the load and its counters.
 type soakUserLoad struct {
-	u soakUser
+	u nstest.User
 
 	opened, cleanClosed, exchanges atomic.Int64
 	connectFails, tunnelFails      atomic.Int64
@@ -99,7 +99,7 @@ type soakLoad struct {
 // Each loop opens a tunnel, exchanges on it until its lifetime ends, ends
 // it cleanly and opens the next; after a failure it records the event and
 // opens a new one after a backoff.
-func startSoakLoad(t *testing.T, topo *topology, p soakLoadParams, users ...soakUser) *soakLoad {
+func startSoakLoad(t *testing.T, topo *topology, p soakLoadParams, users ...nstest.User) *soakLoad {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &soakLoad{p: p, topo: topo, bufs: newSoakBufs(p.maxChunk), stop: make(chan struct{}),
@@ -139,7 +139,7 @@ func (l *soakLoad) sleep(d time.Duration) bool {
 }
 
 func (l *soakLoad) event(s *soakSlot, kind string, err error) {
-	e := soakEvent{at: time.Now(), slot: s.id, user: s.user.u.name, kind: kind}
+	e := soakEvent{at: time.Now(), slot: s.id, user: s.user.u.Name, kind: kind}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	// A long flap run sees millions of expected failures: keep the text
@@ -221,7 +221,7 @@ func soakTarget(id int) netip.AddrPort {
 // socksDo, every step including the TCP connect is bounded by ctx alone:
 // a host shared with other work can stall a process for seconds, and a
 // stall is not the proxy's failure.
-func (l *soakLoad) handshake(ctx context.Context, u soakUser, target netip.AddrPort) (net.Conn, int, int, error) {
+func (l *soakLoad) handshake(ctx context.Context, u nstest.User, target netip.AddrPort) (net.Conn, int, int, error) {
 	c, err := nstest.Dialer{NS: l.topo.C, Timeout: l.p.timeout}.DialContext(ctx, "tcp4", soakListen)
 	if err != nil {
 		return nil, -1, -1, err
@@ -242,8 +242,8 @@ func (l *soakLoad) handshake(ctx context.Context, u soakUser, target netip.AddrP
 	if _, err := io.ReadFull(c, b[:2]); err != nil || b[0] != 5 || b[1] != 2 {
 		return nil, -1, -1, fmt.Errorf("method selection % x: %v", b[:2], err)
 	}
-	msg := append([]byte{1, byte(len(u.name))}, u.name...)
-	msg = append(append(msg, byte(len(u.pass))), u.pass...)
+	msg := append([]byte{1, byte(len(u.Name))}, u.Name...)
+	msg = append(append(msg, byte(len(u.Password))), u.Password...)
 	if _, err := c.Write(msg); err != nil {
 		return nil, -1, -1, err
 	}
@@ -377,7 +377,7 @@ func (l *soakLoad) drive(s *soakSlot, c net.Conn, rng *rand.Rand, maxExchanges i
 // probe opens one tunnel as u outside the load's slots and, if the proxy
 // accepts it, runs one exchange on it and ends it. It returns the RFC 1929
 // status and the reply code (-1 where not reached).
-func (l *soakLoad) probe(u soakUser) (auth, reply int, err error) {
+func (l *soakLoad) probe(u nstest.User) (auth, reply int, err error) {
 	s := &soakSlot{id: 1<<24 + int(l.probes.Add(1)), user: l.userFor(u)}
 	ctx, cancel := context.WithTimeout(l.ctx, l.p.timeout)
 	defer cancel()
@@ -391,11 +391,11 @@ func (l *soakLoad) probe(u soakUser) (auth, reply int, err error) {
 }
 
 // userFor returns the counters of u, adding them for a user of probes only.
-func (l *soakLoad) userFor(u soakUser) *soakUserLoad {
+func (l *soakLoad) userFor(u nstest.User) *soakUserLoad {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, ul := range l.users {
-		if ul.u.name == u.name {
+		if ul.u.Name == u.Name {
 			return ul
 		}
 	}
@@ -469,7 +469,7 @@ func (l *soakLoad) finish(tb testing.TB, limit time.Duration) {
 func (l *soakLoad) liveCount(user string) int {
 	n := 0
 	for _, s := range l.slots {
-		if (user == "" || s.user.u.name == user) && s.live.Load() {
+		if (user == "" || s.user.u.Name == user) && s.live.Load() {
 			n++
 		}
 	}
@@ -551,7 +551,7 @@ func (l *soakLoad) report(tb testing.TB) {
 	tb.Helper()
 	for _, u := range l.usersCopy() {
 		tb.Logf("load %s (%s): %d tunnels opened, %d ended cleanly (%d of them across a reload/flap), %d exchanges, %d tunnel failures, %d handshake failures, %d corrupt; wire %.1f MB up / %.1f MB down, %.1f MB down payload verified; exchange latency %s; handshake %s",
-			u.u.name, u.u.iface, u.opened.Load(), u.cleanClosed.Load(), u.crossed.Load(), u.exchanges.Load(), u.tunnelFails.Load(),
+			u.u.Name, u.u.Interface, u.opened.Load(), u.cleanClosed.Load(), u.crossed.Load(), u.exchanges.Load(), u.tunnelFails.Load(),
 			u.connectFails.Load(), u.corrupt.Load(), float64(u.wireUp.Load())/1e6, float64(u.wireDown.Load())/1e6,
 			float64(u.verifiedDown.Load())/1e6, u.lat.String(), u.open.String())
 	}

@@ -22,8 +22,8 @@ type soakBroken struct {
 	text func(t *testing.T, carolIn bool) string
 }
 
-func soakBrokenUsers(carolIn bool) []soakUser {
-	users := []soakUser{soakAlice, soakBobBroken}
+func soakBrokenUsers(carolIn bool) []nstest.User {
+	users := []nstest.User{soakAlice, soakBobBroken}
 	if !carolIn {
 		users = append(users, soakCarol)
 	}
@@ -39,7 +39,7 @@ var soakBrokenFiles = []soakBroken{
 	}},
 	{"bad interface name", `users[1].interface: "eth/1"`, func(t *testing.T, carolIn bool) string {
 		users := soakBrokenUsers(carolIn)
-		users[1].iface = "eth/1"
+		users[1].Interface = "eth/1"
 		return soakConfig(t, "10s", "", users...)
 	}},
 	{"duplicate user", `users[2].name: "bob": duplicate of users[1]`, func(t *testing.T, carolIn bool) string {
@@ -75,7 +75,7 @@ func TestSoakReload(t *testing.T) {
 		sent := time.Now()
 		if i%2 == 0 {
 			carolIn = !carolIn
-			users, hs := []soakUser{soakAlice, soakBob}, "10s"
+			users, hs := []nstest.User{soakAlice, soakBob}, "10s"
 			if carolIn {
 				users, hs = append(users, soakCarol), "11s"
 			}

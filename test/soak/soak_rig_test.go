@@ -210,32 +210,23 @@ func soakBinary(t *testing.T, race bool) string {
 // ---------------------------------------------------------------------
 // Configuration.
 
-// soakUser is a user of the soak daemon; passwords are unique so the log
+// Users of the soak daemon; passwords are unique so the log
 // can be searched for them.
-type soakUser struct {
-	name, pass, iface string
-	hashed            bool
-}
-
 var (
-	soakAlice = soakUser{name: "alice", pass: "soak-alice-Pw-6c1d42", iface: "wan1", hashed: true}
-	soakBob   = soakUser{name: "bob", pass: "soak-bob-Pw-93ae07", iface: "wan2"}
-	soakCarol = soakUser{name: "carol", pass: "soak-carol-Pw-0b7f5e", iface: "wan1"}
+	soakAlice = nstest.User{Name: "alice", Password: "soak-alice-Pw-6c1d42", Interface: "wan1", Hashed: true}
+	soakBob   = nstest.User{Name: "bob", Password: "soak-bob-Pw-93ae07", Interface: "wan2"}
+	soakCarol = nstest.User{Name: "carol", Password: "soak-carol-Pw-0b7f5e", Interface: "wan1"}
 	// bob's password in the broken files: if any of them were applied,
 	// every new tunnel of bob would be refused.
-	soakBobBroken = soakUser{name: "bob", pass: "soak-bob-Broken-Pw-51c9", iface: "wan2"}
+	soakBobBroken = nstest.User{Name: "bob", Password: "soak-bob-Broken-Pw-51c9", Interface: "wan2"}
 )
 
-var soakPasswords = []string{soakAlice.pass, soakBob.pass, soakCarol.pass, soakBobBroken.pass}
+var soakPasswords = []string{soakAlice.Password, soakBob.Password, soakCarol.Password, soakBobBroken.Password}
 
 // soakConfig is the text of a soak daemon's configuration: serverExtra
 // goes into [server]; users are written in order.
-func soakConfig(tb testing.TB, handshake string, serverExtra string, users ...soakUser) string {
+func soakConfig(tb testing.TB, handshake string, serverExtra string, users ...nstest.User) string {
 	tb.Helper()
-	nu := make([]nstest.User, len(users))
-	for i, u := range users {
-		nu[i] = nstest.User{Name: u.name, Password: u.pass, Hashed: u.hashed, Egress: fmt.Sprintf("interface = %q", u.iface)}
-	}
 	// All the load comes from one client address, like a busy office
 	// behind NAT, and the reload test's probes fail logins on purpose:
 	// the per-IP abuse limits are off, so they measure nothing here.
@@ -244,7 +235,7 @@ func soakConfig(tb testing.TB, handshake string, serverExtra string, users ...so
 	if serverExtra != "" {
 		server = append(server, serverExtra)
 	}
-	return nstest.Config{Listen: []string{soakListen}, Server: server, Metrics: soakMetrics, LogLevel: "info", Users: nu}.Render(tb)
+	return nstest.Config{Listen: []string{soakListen}, Server: server, Metrics: soakMetrics, LogLevel: "info", Users: users}.Render(tb)
 }
 
 // ensureNoFile makes the soft RLIMIT_NOFILE of process pid (0: this one)

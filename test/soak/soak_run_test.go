@@ -53,9 +53,9 @@ func newSoakRun(t *testing.T) *soakRun {
 	warm := startSoakLoad(t, r.topo, soakLoadParams{tunnels: 0, interval: p.interval, maxChunk: p.maxChunk,
 		timeout: p.timeout, openConc: 1, maxBackoff: p.maxBackoff})
 	for range 3 {
-		for _, u := range []soakUser{soakAlice, soakBob} {
+		for _, u := range []nstest.User{soakAlice, soakBob} {
 			if auth, rep, err := warm.probe(u); err != nil || auth != 0 || rep != 0 {
-				t.Fatalf("warm-up tunnel as %s: auth %d reply %d, %v", u.name, auth, rep, err)
+				t.Fatalf("warm-up tunnel as %s: auth %d reply %d, %v", u.Name, auth, rep, err)
 			}
 		}
 	}
@@ -252,27 +252,27 @@ func (r *soakRun) wantMetricsMatch(t *testing.T, l *soakLoad, exact func(user st
 	}
 	for _, u := range l.usersCopy() {
 		lb := func(k, v string) map[string]string {
-			return map[string]string{"user": u.u.name, "interface": u.u.iface, k: v}
+			return map[string]string{"user": u.u.Name, "interface": u.u.Interface, k: v}
 		}
 		flows := lb("outcome", "ok")
 		flows["protocol"] = "socks5"
 		ok, clean := delta("ifsocks_flows_total", flows), float64(u.cleanClosed.Load())
-		if !exact(u.u.name) {
+		if !exact(u.u.Name) {
 			if ok > clean {
-				t.Errorf("%s: ifsocks_flows_total{outcome=ok} grew by %v, more than the %v tunnels the client ended cleanly", u.u.name, ok, clean)
+				t.Errorf("%s: ifsocks_flows_total{outcome=ok} grew by %v, more than the %v tunnels the client ended cleanly", u.u.Name, ok, clean)
 			} else if ok < clean {
-				t.Logf("%s: %v of the tunnels the client ended cleanly were counted as cut by the daemon (ok +%v)", u.u.name, clean-ok, ok)
+				t.Logf("%s: %v of the tunnels the client ended cleanly were counted as cut by the daemon (ok +%v)", u.u.Name, clean-ok, ok)
 			}
 			continue
 		}
 		if ok != clean {
-			t.Errorf("%s: ifsocks_flows_total{outcome=ok} grew by %v, the client ended %v tunnels cleanly", u.u.name, ok, clean)
+			t.Errorf("%s: ifsocks_flows_total{outcome=ok} grew by %v, the client ended %v tunnels cleanly", u.u.Name, ok, clean)
 		}
 		if got, want := delta("ifsocks_bytes_total", lb("direction", "up")), float64(u.wireUp.Load()); got != want {
-			t.Errorf("%s: ifsocks_bytes_total{direction=up} grew by %.0f, the client sent %.0f", u.u.name, got, want)
+			t.Errorf("%s: ifsocks_bytes_total{direction=up} grew by %.0f, the client sent %.0f", u.u.Name, got, want)
 		}
 		if got, want := delta("ifsocks_bytes_total", lb("direction", "down")), float64(u.wireDown.Load()); got != want {
-			t.Errorf("%s: ifsocks_bytes_total{direction=down} grew by %.0f, the client received %.0f", u.u.name, got, want)
+			t.Errorf("%s: ifsocks_bytes_total{direction=down} grew by %.0f, the client received %.0f", u.u.Name, got, want)
 		}
 	}
 	for _, s := range pm.Series("ifsocks_flows_total") {

@@ -58,7 +58,7 @@ func TestSoakSinkJudges(t *testing.T) {
 				t.Errorf("panics %q, want the fatal error line", st.panics)
 			}
 		}},
-		{"password", `{"level":"warn","msg":"auth","pass":"` + soakBob.pass + `"}` + "\n" + flow, false, func(t *testing.T, st soakSinkState, s *soakSink) {
+		{"password", `{"level":"warn","msg":"auth","pass":"` + soakBob.Password + `"}` + "\n" + flow, false, func(t *testing.T, st soakSinkState, s *soakSink) {
 			if st.passwordLines != 1 {
 				t.Errorf("password lines %d, want 1", st.passwordLines)
 			}
