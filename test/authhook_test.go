@@ -467,7 +467,7 @@ func TestAuthHookQuota(t *testing.T) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		res, err := socksDo(ctx, topo.C, socksRequest{proxy: proxyAddr, user: alice.name, pass: alice.pass, target: egTarget})
+		res, err := socksDo(ctx, topo.C, socksRequest{proxy: proxyAddr, user: alice.Name, pass: alice.Password, target: egTarget})
 		cancel()
 		if err != nil {
 			t.Fatalf("alice after %d fetches: %v", fetches, err)
@@ -485,7 +485,7 @@ func TestAuthHookQuota(t *testing.T) {
 		t.Fatalf("alice after %d fetches: auth %d reply %d, want refused with 0x02 by her quota", fetches, refused.authStatus, refused.reply)
 	}
 	line := od.waitFlow(t, 5*time.Second, func(m map[string]any) bool {
-		return m["user"] == alice.name && m["outcome"] == "quota"
+		return m["user"] == alice.Name && m["outcome"] == "quota"
 	})
 	t.Logf("alice refused after %d fetches: %s", fetches, jsonLine(line))
 	// bob, from the same hook without a quota, is not held to alice's.
