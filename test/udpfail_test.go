@@ -240,7 +240,11 @@ func TestUDPRefusals(t *testing.T) {
 		if over.res.reply != 0x02 || !over.res.closed {
 			t.Errorf("association %d: reply %#x closed %v, want 0x02 and closed", limit+1, over.res.reply, over.res.closed)
 		}
-		flow := d.waitFlow(t, 5*time.Second, func(m map[string]any) bool { return m["client"] == over.client() })
+		// Matched on the outcome too: the client's port may be one an
+		// earlier flow (another user's) had.
+		flow := d.waitFlow(t, 5*time.Second, func(m map[string]any) bool {
+			return m["client"] == over.client() && m["outcome"] == "limit"
+		})
 		wantLogFields(t, flow, map[string]any{"user": "alice", "reply": float64(2), "outcome": "limit"})
 		// bob has his own limit.
 		b := udpAssociate(t, C, udpOpts{user: bob.name, pass: bob.pass})
