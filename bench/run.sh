@@ -99,7 +99,8 @@ trap 'log interrupted; exit 130' INT TERM HUP
 # --- the tests -------------------------------------------------------------
 
 # tests_of GROUP: the tests of a group, each measured on a fresh topology.
-# "strace" is not measured: it counts ifsocks's system calls (once).
+# "strace" is not measured: it counts the system calls of ifsocks (and of
+# the bare forwarder and the before build), once.
 tests_of() {
 	case "$1" in
 	tcp) echo tcp-1-up tcp-1-down tcp-8-up tcp-8-down strace ;;
@@ -122,7 +123,7 @@ measure_test() {
 	tcp-*-*)
 		n=${t#tcp-} dir=${n#*-} n=${n%%-*}
 		measure "$s" $((durs + 90)) "$t" tcp "${via[@]}" -streams "$n" -dir "$dir" -duration "$dur" ;;
-	strace) strace_run ;;
+	strace) strace_run "$s" ;;
 	# The same tunnels asked for with HTTP CONNECT and Basic proxy
 	# credentials instead of SOCKS5 (ifsocks serves both on one port).
 	http-tcp-1-*)
@@ -160,12 +161,13 @@ tw_count() {
 	note note -value "$1 $which: $tw sockets in TIME_WAIT in the proxy netns afterwards (ephemeral ports $range, tcp_tw_reuse=$(ip netns exec "$P" sysctl -n net.ipv4.tcp_tw_reuse))"
 }
 
-# strace_run counts ifsocks's splice/read/write calls during one more
-# transfer each way (not a measured one: ptrace slows the process).
+# strace_run SUBJECT counts the proxy's splice/read/write calls during
+# one more transfer each way (not a measured one: ptrace slows the
+# process).
 strace_run() {
 	local dir sp bytes
 	if ! command -v strace >/dev/null; then
-		note note -value "strace is not installed: no system call counts (run.sh --install)"
+		[ "$1" != ifsocks ] || note note -value "strace is not installed: no system call counts (run.sh --install)"
 		return 0
 	fi
 	for dir in down up; do
@@ -185,7 +187,7 @@ strace_run() {
 		kill -KILL "$sp" 2>/dev/null || true
 		wait "$sp" 2>/dev/null || true
 		bytes=$(grep -o '"bytes":[0-9.e+]*' "$work/strace-run.json" | cut -d: -f2 || true)
-		note strace -subject ifsocks -test "1 stream $dir, $(awk -v b="${bytes:-0}" 'BEGIN{printf "%.0f MB", b/1e6}') relayed" -file "$work/strace-$dir.txt"
+		note strace -subject "$1" -test "1 stream $dir, $(awk -v b="${bytes:-0}" 'BEGIN{printf "%.0f MB", b/1e6}') relayed" -file "$work/strace-$dir.txt"
 	done
 }
 
@@ -384,8 +386,10 @@ for g in tunnels tcp udp connrate hook twreuse v6source v6pool httpconnect; do
 		for rep in $(seq "$repeat"); do
 			for s in "${subjects[@]}"; do
 				case "${plan[$s]}" in *" $g "*) ;; *) continue ;; esac
-				# The system call count is taken once, of ifsocks.
-				if [ "$t" = strace ] && { [ "$s" != ifsocks ] || [ "$rep" != 1 ]; }; then continue; fi
+				# System calls are counted once, of ifsocks, bare and before.
+				if [ "$t" = strace ]; then
+					case "$s:$rep" in ifsocks:1 | bare:1 | ifsocks-before:1) ;; *) continue ;; esac
+				fi
 				run_one "$s" "$g" "$t"
 			done
 		done

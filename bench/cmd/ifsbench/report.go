@@ -46,11 +46,16 @@ var summaryRows = []row{
 	{"TCP 1 stream download, Mbit/s", "tcp-1-down", "mbps", "%.0f", true},
 	{"TCP 8 streams upload, Mbit/s", "tcp-8-up", "mbps", "%.0f", true},
 	{"TCP 8 streams download, Mbit/s", "tcp-8-down", "mbps", "%.0f", true},
+	{"proxy CPU per GB, TCP 1 stream upload, s", "tcp-1-up", "proxy_s_per_gb", "%.2f", false},
+	{"proxy CPU per GB, TCP 1 stream download, s", "tcp-1-down", "proxy_s_per_gb", "%.2f", false},
+	{"proxy CPU per GB, TCP 8 streams upload, s", "tcp-8-up", "proxy_s_per_gb", "%.2f", false},
+	{"proxy CPU per GB, TCP 8 streams download, s", "tcp-8-down", "proxy_s_per_gb", "%.2f", false},
 	{"HTTP CONNECT: TCP 1 stream upload, Mbit/s", "http-tcp-1-up", "mbps", "%.0f", true},
 	{"HTTP CONNECT: TCP 1 stream download, Mbit/s", "http-tcp-1-down", "mbps", "%.0f", true},
 	{"connections/s (c=50, auth, 64 B echo)", "connrate", "rate", "%.0f", true},
 	{"HTTP CONNECT: connections/s (c=50, Basic auth, 64 B echo)", "http-connrate", "rate", "%.0f", true},
 	{"HTTP CONNECT: proxy CPU per connection, µs", "http-connrate", "proxy_us", "%.0f", false},
+	{"proxy CPU per connection, µs", "connrate", "proxy_us", "%.0f", false},
 	{"connection p50 latency, ms", "connrate", "p50_ms", "%.2f", false},
 	{"connection p99 latency, ms", "connrate", "p99_ms", "%.2f", false},
 	{"connections in the first second", "connrate", "first_s", "%.0f", true},
@@ -114,6 +119,13 @@ func (rs *results) add(rec Record) {
 		if n := rec.Values[perUnit[rec.Test]]; n > 0 {
 			if cpu, ok := rec.CPU["proxy"]; ok {
 				rec.Values["proxy_us"] = cpu * 1e6 / n
+			}
+		}
+		// Throughput tests: proxy CPU seconds per GB moved, which a
+		// busy neighbour distorts far less than Mbit/s.
+		if b := rec.Values["bytes"]; b > 0 && strings.Contains(rec.Test, "tcp-") {
+			if cpu, ok := rec.CPU["proxy"]; ok {
+				rec.Values["proxy_s_per_gb"] = cpu / (b / 1e9)
 			}
 		}
 		rec.Run = max(rec.Run, 1)

@@ -160,7 +160,8 @@ func (rs *results) straceSection(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\n## System calls during a bulk transfer (strace -f -c)\n\n")
 	fmt.Fprintf(w, "A separate transfer, not a measured one: strace slows the process down. ")
-	fmt.Fprintf(w, "Two splice calls (socket → pipe, pipe → socket) move each chunk; read/write calls on the data path would mean splice did not engage.\n")
+	fmt.Fprintf(w, "Two splice calls (socket → pipe, pipe → socket) move each chunk; read/write calls on the data path would mean splice did not engage. ")
+	fmt.Fprintf(w, "The bare forwarder's are Go's io.Copy between two TCP connections.\n")
 	for _, r := range rs.strace {
 		fmt.Fprintf(w, "\n### %s, %s\n\n```text\n%s\n```\n", subjectTitle[r.Subject], r.Test, strings.TrimRight(r.Text, "\n"))
 	}

@@ -82,3 +82,22 @@ func TestMedian(t *testing.T) {
 		}
 	}
 }
+
+func TestReportCPUPerUnit(t *testing.T) {
+	rs, err := loadResults(strings.NewReader(`{"kind":"result","subject":"bare","test":"tcp-1-down","values":{"mbps":8000,"bytes":1e10},"cpu":{"proxy":5}}
+{"kind":"result","subject":"ifsocks","test":"tcp-1-down","values":{"mbps":8000,"bytes":5e9},"cpu":{"proxy":5}}
+{"kind":"result","subject":"ifsocks","test":"connrate","values":{"rate":1000,"ok":10000},"cpu":{"proxy":2}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	rs.summaryTable(&b)
+	for _, want := range []string{
+		"| proxy CPU per GB, TCP 1 stream download, s | 0.50 | 1.00 | 2.00× |",
+		"| proxy CPU per connection, µs | — | 200 | — |",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, b.String())
+		}
+	}
+}
