@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -21,8 +22,10 @@ const smokeLimit = 6 * time.Minute
 const smokeEnv = "IFSOCKS_BENCH_SMOKE"
 
 // TestShortBenchmark runs `run.sh --short` (2 s per test) and checks only
-// that it completes and writes a report with the summary table: the
-// figures depend on the machine and are never asserted. It runs only with
+// that it completes and writes a report with the summary table, in which
+// kernel forwarding, the bare forwarder and ifsocks each have a figure
+// for the one-stream upload: the figures depend on the machine and are
+// never asserted. It runs only with
 // IFSOCKS_BENCH_SMOKE=1. It needs root for the network namespaces; it
 // skips without root on a laptop but fails in CI, where it must run.
 func TestShortBenchmark(t *testing.T) {
@@ -55,9 +58,13 @@ func TestShortBenchmark(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no report: %v\n%s", err, log)
 	}
-	const header = "| test | kernel forwarding | ifsocks |"
+	const header = "| test | kernel forwarding | bare forwarder | ifsocks |"
 	if !strings.Contains(string(b), header) {
 		t.Fatalf("report lacks the summary table header %q:\n%s", header, b)
+	}
+	row := regexp.MustCompile(`(?m)^\| TCP 1 stream upload, Mbit/s \| [0-9]+ \| [0-9]+ \| [0-9]+ \|`)
+	if !row.Match(b) {
+		t.Fatalf("report lacks a figure of kernel, bare or ifsocks for the 1-stream upload:\n%s", b)
 	}
 	t.Logf("run.sh --short output:\n%s", log)
 }

@@ -187,14 +187,25 @@ DANTE
 # Sets ppid (the proxy's pid, 0 for kernel) and auth (client flags).
 start_proxy() {
 	ppid=0 auth=()
+	# IFSBENCH_IFSOCKS_ARGS is split into flags on purpose.
+	# shellcheck disable=SC2086
 	case "$1" in
 	kernel)
 		timeout 20 ip netns exec "$C" "$work/ifsbench" probe || return 1
 		return 0
 		;;
-	# shellcheck disable=SC2086 # IFSBENCH_IFSOCKS_ARGS is split into flags on purpose
 	ifsocks) bg ifsocks "$P" "$work/ifsocks" -config "$work/${ifsocks_conf:-ifsocks.toml}" ${IFSBENCH_IFSOCKS_ARGS:-} ;;
-	# shellcheck disable=SC2086
+	# The build of --before REV, with ifsocks's configuration.
+	ifsocks-before) bg ifsocks-before "$P" "$work/ifsocks-before" -config "$work/${ifsocks_conf:-ifsocks.toml}" ${IFSBENCH_IFSOCKS_ARGS:-} ;;
+	# The bare forwarder: the bench's ports, to the same ports upstream,
+	# leaving by wan2 as the ifsocks user does; no protocol, so no auth.
+	bare)
+		bg bare "$P" "$work/ifsbare" -listen "$LISTEN" -upstream "$SVC" -interface wan2 -tcp 5001,5002 -udp 5003 -lifetime 2h
+		ppid=$bgpid
+		timeout 20 ip netns exec "$C" "$work/ifsbench" wait -addr "$LISTEN:5002" -timeout 15s || return 1
+		timeout 20 ip netns exec "$C" "$work/ifsbench" probe -forward "$LISTEN" || return 1
+		return 0
+		;;
 	ifsocks-acct) rm -f "$work"/usage.db*; bg ifsocks-acct "$P" "$work/ifsocks" -config "$work/ifsocks-acct.toml" ${IFSBENCH_IFSOCKS_ARGS:-} ;;
 	dante) bg dante "$P" danted -f "$work/danted-$dante_method.conf" -p "$work/danted.pid" ;;
 	microsocks) bg microsocks "$P" microsocks -i "$LISTEN" -p 1080 -u bench -P "$pass" -b "$WAN2" ;;
@@ -218,16 +229,16 @@ setup() {
 	fi
 }
 
-# measure SUBJECT LIMIT TEST ARGS...: one load run (ifsbench ARGS in C);
-# its record goes to the results. A failure is noted and, for ifsocks or
-# kernel, fails the run.
+# measure SUBJECT LIMIT TEST ARGS...: one load run (ifsbench ARGS in C),
+# repeat $rep; its record goes to the results. A failure is noted and,
+# unless the subject is one fatal (run.sh) excuses, fails the run.
 measure() {
 	local subject=$1 limit=$2 test=$3
 	shift 3
 	local cpu="server=$spid"
 	[ "$ppid" = 0 ] || cpu="proxy=$ppid,$cpu"
 	log "$subject: $test"
-	if timeout -k 5 "$limit" ip netns exec "$C" "$work/ifsbench" "$@" -subject "$subject" -cpu "$cpu" \
+	if timeout -k 5 "$limit" ip netns exec "$C" "$work/ifsbench" "$@" -subject "$subject" -run "$rep" -cpu "$cpu" \
 		>"$work/out.json" 2>"$work/err.txt"; then
 		cat "$work/out.json" >>"$results"
 		return 0
@@ -237,5 +248,5 @@ measure() {
 	log "$subject $test failed: $why"
 	note note -value "$subject $test failed: ${why:-timed out}"
 	note skip -subject "$subject" -test "$test" -value failed
-	[ "$subject" = dante ] || [ "$subject" = microsocks ] || failed+=("$subject $test")
+	if fatal "$subject"; then failed+=("$subject $test"); fi
 }

@@ -229,7 +229,7 @@ func (m *Metrics) UDPDrop(reason string) {
 }
 
 // UDPCounters are one association's counters, looked up once so that each
-// datagram costs only atomic adds.
+// batch of datagrams costs only atomic adds.
 type UDPCounters struct {
 	dgramsUp, dgramsDown, bytesUp, bytesDown prometheus.Counter
 }
@@ -248,20 +248,20 @@ func (m *Metrics) UDP(user, iface string) *UDPCounters {
 	}
 }
 
-// Up counts a datagram of n payload bytes from the client.
-func (c *UDPCounters) Up(n int) {
+// Up counts dgrams datagrams from the client, of n payload bytes in all.
+func (c *UDPCounters) Up(dgrams, n int) {
 	if c == nil {
 		return
 	}
-	c.dgramsUp.Inc()
+	c.dgramsUp.Add(float64(dgrams))
 	c.bytesUp.Add(float64(n))
 }
 
-// Down counts a datagram of n payload bytes to the client.
-func (c *UDPCounters) Down(n int) {
+// Down counts dgrams datagrams to the client, of n payload bytes in all.
+func (c *UDPCounters) Down(dgrams, n int) {
 	if c == nil {
 		return
 	}
-	c.dgramsDown.Inc()
+	c.dgramsDown.Add(float64(dgrams))
 	c.bytesDown.Add(float64(n))
 }

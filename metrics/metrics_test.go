@@ -23,8 +23,8 @@ func TestNilSafe(t *testing.T) {
 	m.Loaded()
 	m.UDPDrop("fragmented")
 	c := m.UDP("u", "eth1")
-	c.Up(10)
-	c.Down(10)
+	c.Up(1, 10)
+	c.Down(1, 10)
 }
 
 func TestCounters(t *testing.T) {
@@ -37,9 +37,9 @@ func TestCounters(t *testing.T) {
 	m.FlowActive("bob", "eth2", -1)
 	m.AuthFailure("bad_credentials")
 	udp := m.UDP("bob", "eth2")
-	udp.Up(512)
-	udp.Up(512)
-	udp.Down(100)
+	udp.Up(1, 512)
+	udp.Up(1, 512)
+	udp.Down(1, 100)
 	m.UDPDrop("fragmented")
 	m.Reload(false)
 	m.Reload(true)

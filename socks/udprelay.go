@@ -38,6 +38,16 @@ func (a *association) upstream() {
 	// to it, so while the client keeps sending to one place it is still
 	// there and the lock need not be taken again.
 	var recorded netip.AddrPort
+	// The last IP destination's verdict under policy pol: a client
+	// sending to one place pays the policy check once per reload rather
+	// than once per datagram. A reload swaps the policy pointer, which
+	// discards it.
+	var verdict struct {
+		pol    *policy.Policy
+		dst    Addr
+		to     netip.AddrPort
+		reason dropReason
+	}
 	for {
 		n, err := r.Read()
 		if err != nil {
@@ -62,7 +72,16 @@ func (a *association) upstream() {
 				a.stats.drop(dropTooLarge)
 				continue
 			}
-			to, reason := a.destination(pol, dst)
+			var to netip.AddrPort
+			var reason dropReason
+			if dst.Name == "" && verdict.pol == pol && verdict.dst == dst {
+				to, reason = verdict.to, verdict.reason
+			} else {
+				to, reason = a.destination(pol, dst)
+				if dst.Name == "" {
+					verdict.pol, verdict.dst, verdict.to, verdict.reason = pol, dst, to, reason
+				}
+			}
 			if reason != dropNone {
 				a.stats.drop(reason)
 				continue
@@ -97,7 +116,7 @@ func (a *association) upstream() {
 // It reports whether any went out.
 func (a *association) flushUp(fam int, w *udpio.Writer) bool {
 	w.Flush()
-	any := false
+	dgrams, bytes := 0, 0
 	for i := range w.Len() {
 		n, to, ok := w.Result(i)
 		if !ok {
@@ -107,11 +126,12 @@ func (a *association) flushUp(fam int, w *udpio.Writer) bool {
 		if !a.source[fam].IsValid() {
 			a.source[fam], _ = a.dialer.SourceAddr(a.ctx, to.Addr())
 		}
-		a.stats.up(n)
-		any = true
+		dgrams++
+		bytes += n
 	}
+	a.stats.up(dgrams, bytes)
 	w.Reset()
-	return any
+	return dgrams > 0
 }
 
 // fromClient accepts only the client's IP and its UDP port: the port named
@@ -182,6 +202,7 @@ func (a *association) downstream(c *net.UDPConn) {
 	// Each reply's header has its own slot here and goes out as a
 	// separate piece, so the payload is never copied.
 	heads := make([]byte, udpio.BatchSize*maxUDPReplyHeader)
+	var allowed sentCache
 	for {
 		n, err := r.Read()
 		if err != nil {
@@ -194,7 +215,7 @@ func (a *association) downstream(c *net.UDPConn) {
 				a.stats.drop(dropTooLarge)
 				continue
 			}
-			if !a.sent.allows(src) {
+			if !allowed.allows(&a.sent, src) {
 				a.stats.drop(dropUnsolicited)
 				continue
 			}
@@ -216,18 +237,19 @@ func (a *association) downstream(c *net.UDPConn) {
 			continue
 		}
 		w.Flush()
-		sent := false
+		dgrams, bytes := 0, 0
 		for i := range w.Len() {
 			n, _, ok := w.Result(i)
 			if !ok {
 				a.stats.drop(dropSendFailed)
 				continue
 			}
-			a.stats.down(n)
-			sent = true
+			dgrams++
+			bytes += n
 		}
+		a.stats.down(dgrams, bytes)
 		w.Reset()
-		if sent {
+		if dgrams > 0 {
 			a.touch()
 		}
 	}

@@ -53,17 +53,26 @@ type udpStats struct {
 	acct     *accounting.Counter // the user's accounting; nil when off
 }
 
-func (s *udpStats) up(n int) {
-	s.dgramsUp.Add(1)
+// up counts dgrams datagrams sent upstream, n payload bytes in all: once
+// per batch, so that the atomic adds are not paid per datagram.
+func (s *udpStats) up(dgrams, n int) {
+	if dgrams == 0 {
+		return
+	}
+	s.dgramsUp.Add(int64(dgrams))
 	s.bytesUp.Add(int64(n))
-	s.counters.Up(n)
+	s.counters.Up(dgrams, n)
 	s.acct.AddUp(int64(n))
 }
 
-func (s *udpStats) down(n int) {
-	s.dgramsDown.Add(1)
+// down: see up.
+func (s *udpStats) down(dgrams, n int) {
+	if dgrams == 0 {
+		return
+	}
+	s.dgramsDown.Add(int64(dgrams))
 	s.bytesDown.Add(int64(n))
-	s.counters.Down(n)
+	s.counters.Down(dgrams, n)
 	s.acct.AddDown(int64(n))
 }
 
@@ -136,6 +145,10 @@ type sentSet struct {
 	mu     sync.RWMutex
 	ports  map[netip.AddrPort]struct{}
 	addrs  map[netip.Addr]struct{}
+	// evictions counts entries forgotten: an entry, once added, stays
+	// until evicted, so a source found allowed stays allowed while this
+	// has not moved (see sentCache).
+	evictions atomic.Uint64
 }
 
 func newSentSet(f ReplyFilter) sentSet {
@@ -156,20 +169,25 @@ func (s *sentSet) add(ap netip.AddrPort) {
 	defer s.mu.Unlock()
 	// When full, forget an arbitrary entry: its replies are dropped
 	// until the client sends there again.
-	evictOne(s.ports, maxSent)
-	evictOne(s.addrs, maxSent)
+	evictedPort := evictOne(s.ports, maxSent)
+	if evictOne(s.addrs, maxSent) || evictedPort {
+		s.evictions.Add(1)
+	}
 	s.ports[ap] = struct{}{}
 	s.addrs[ap.Addr()] = struct{}{}
 }
 
-func evictOne[K comparable](m map[K]struct{}, limit int) {
+// evictOne deletes an arbitrary key of m when it holds limit, and reports
+// whether it did.
+func evictOne[K comparable](m map[K]struct{}, limit int) bool {
 	if len(m) < limit {
-		return
+		return false
 	}
 	for k := range m {
 		delete(m, k)
-		return
+		return true
 	}
+	return false
 }
 
 func (s *sentSet) allows(src netip.AddrPort) bool {
@@ -184,6 +202,31 @@ func (s *sentSet) allows(src netip.AddrPort) bool {
 	}
 	_, ok := s.ports[src]
 	return ok
+}
+
+// sentCache is one downstream goroutine's memory of the last source the
+// reply filter allowed: replies from the one place the client talks to
+// skip the set's lock and map lookup. It is right for as long as the set
+// has evicted nothing since (an allowed entry leaves only by eviction).
+type sentCache struct {
+	src       netip.AddrPort
+	evictions uint64
+	ok        bool
+}
+
+func (c *sentCache) allows(s *sentSet, src netip.AddrPort) bool {
+	if s.filter == FilterNone {
+		return true
+	}
+	ev := s.evictions.Load()
+	if c.ok && c.src == src && c.evictions == ev {
+		return true
+	}
+	if !s.allows(src) {
+		return false
+	}
+	c.src, c.evictions, c.ok = src, ev, true
+	return true
 }
 
 // nameCache holds an association's resolutions, failures included (for

@@ -218,7 +218,7 @@ func (w *Writer) build(from int, gso bool) {
 // sendmmsg is the RawConn callback: false asks the poller to wait.
 func (w *Writer) sendmmsg(fd uintptr) bool {
 	for {
-		n, _, e := syscall.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.msgs[w.off])), uintptr(w.nmsg-w.off), 0, 0, 0)
+		n, _, e := syscall.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&w.msgs[w.off])), uintptr(w.nmsg-w.off), 0, 0, 0)
 		switch e {
 		case 0:
 			for i := w.first[w.off]; i < w.first[w.off+int(n)]; i++ {

@@ -28,12 +28,18 @@ type Record struct {
 	// time (it alone sees kernel forwarding, which runs in softirq).
 	CPU    map[string]float64 `json:"cpu,omitempty"`
 	Series []float64          `json:"series,omitempty"`
-	Key    string             `json:"key,omitempty"`
-	Text   string             `json:"text,omitempty"`
+	// Run is the repeat a result comes from (run.sh --repeat): 1, 2, ...
+	// Records of older runs have none (0), read as 1.
+	Run  int    `json:"run,omitempty"`
+	Key  string `json:"key,omitempty"`
+	Text string `json:"text,omitempty"`
 }
 
-func emit(r Record) error {
+// emit prints r as the result of e's subject and repeat.
+func (e *endpoint) emit(r Record) error {
 	r.Kind = "result"
+	r.Subject = e.subject
+	r.Run = e.run
 	b, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -48,6 +54,8 @@ type endpoint struct {
 	subject string
 	test    string // overrides the test name in the record
 	proxy   string // "" connects directly (kernel forwarding baseline)
+	forward string // a port forwarder's IP: connect to it, no proxy protocol
+	run     int    // which repeat of the test this is (run.sh --repeat)
 	proto   string // how to ask the proxy for a tunnel: socks5 or http
 	user    string
 	pass    string
@@ -55,14 +63,17 @@ type endpoint struct {
 	cpu     string // role=pid,... (each pid with its descendants)
 	timeout time.Duration
 
-	targetAP netip.AddrPort
-	watch    []watched
+	targetAP  netip.AddrPort
+	forwardAP netip.AddrPort // forward at the target's port
+	watch     []watched
 }
 
 func (e *endpoint) register(fs *flag.FlagSet, defPort int) {
 	fs.StringVar(&e.subject, "subject", "", "label of the system under test (kernel, ifsocks, ...)")
 	fs.StringVar(&e.test, "test", "", "name of the test in the record (default: from the subcommand)")
 	fs.StringVar(&e.proxy, "proxy", "", "SOCKS5 proxy IP:port; empty connects to the target directly")
+	fs.StringVar(&e.forward, "forward", "", "IP of a port forwarder (the bare subject): connect to it at the target's port, with no proxy protocol")
+	fs.IntVar(&e.run, "run", 1, "the repeat this measurement is, recorded with it")
 	fs.StringVar(&e.proto, "proxy-proto", "socks5", "socks5, or http (CONNECT with Basic proxy credentials; TCP tests only)")
 	fs.StringVar(&e.user, "user", "", "RFC 1929 username; empty offers no authentication")
 	fs.StringVar(&e.pass, "pass", "", "RFC 1929 password")
@@ -86,6 +97,16 @@ func (e *endpoint) parse() error {
 		return fmt.Errorf("-target %q: want IP:port (IPv6 in brackets)", e.target)
 	}
 	e.targetAP = ap
+	if e.forward != "" {
+		ip, err := netip.ParseAddr(e.forward)
+		if err != nil || ip.Zone() != "" || e.proxy != "" {
+			return fmt.Errorf("-forward %q: want an IP address, and no -proxy", e.forward)
+		}
+		e.forwardAP = netip.AddrPortFrom(ip, ap.Port())
+	}
+	if e.run < 1 {
+		return fmt.Errorf("-run %d: want 1 or more", e.run)
+	}
 	if e.proto != "socks5" && e.proto != "http" {
 		return fmt.Errorf("-proxy-proto %q: want socks5 or http", e.proto)
 	}
@@ -104,8 +125,11 @@ func (e *endpoint) parse() error {
 }
 
 // open returns a connection to the target: through the proxy with
-// CONNECT, or directly.
+// CONNECT, through the forwarder, or directly.
 func (e *endpoint) open(ctx context.Context) (*net.TCPConn, error) {
+	if e.forward != "" {
+		return dialTCP(ctx, e.forwardAP.String())
+	}
 	if e.proxy == "" {
 		return dialTCP(ctx, e.target)
 	}

@@ -65,7 +65,7 @@ func connrateCmd(args []string) error {
 	if st.nerr.Load() > 0 {
 		fmt.Fprintf(os.Stderr, "connrate %s: %d errors: %s\n", e.subject, st.nerr.Load(), st.summary())
 	}
-	return emit(Record{Subject: e.subject, Test: e.testName("connrate"), Values: vals, CPU: cpu, Series: series, Text: st.summary()})
+	return e.emit(Record{Test: e.testName("connrate"), Values: vals, CPU: cpu, Series: series, Text: st.summary()})
 }
 
 // rateStats is shared by the workers.

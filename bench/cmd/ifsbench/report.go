@@ -2,26 +2,32 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 )
 
 // subjects in column order. kernel is the proxy namespace forwarding in
-// the kernel with no proxy at all.
+// the kernel with no proxy at all; bare is ifsbare, a forwarder with no
+// protocol (the ceiling of a user-space relay); ifsocks-before is ifsocks
+// built at run.sh --before REV, with ifsocks's configuration.
 // ifsocks-acct is ifsocks with [accounting] on (an SQLite file, the
 // default flush interval): throughput and connection rate only.
-var subjects = []string{"kernel", "ifsocks", "ifsocks-acct", "dante", "microsocks"}
+var subjects = []string{"kernel", "bare", "ifsocks", "ifsocks-before", "ifsocks-acct", "dante", "microsocks"}
 
 var subjectTitle = map[string]string{
-	"kernel":       "kernel forwarding",
-	"ifsocks":      "ifsocks",
-	"ifsocks-acct": "ifsocks, accounting on",
-	"dante":        "Dante",
-	"microsocks":   "microsocks",
+	"kernel":         "kernel forwarding",
+	"bare":           "bare forwarder",
+	"ifsocks":        "ifsocks",
+	"ifsocks-before": "ifsocks before",
+	"ifsocks-acct":   "ifsocks, accounting on",
+	"dante":          "Dante",
+	"microsocks":     "microsocks",
 }
 
 var peers = []string{"dante", "microsocks"}
@@ -40,11 +46,16 @@ var summaryRows = []row{
 	{"TCP 1 stream download, Mbit/s", "tcp-1-down", "mbps", "%.0f", true},
 	{"TCP 8 streams upload, Mbit/s", "tcp-8-up", "mbps", "%.0f", true},
 	{"TCP 8 streams download, Mbit/s", "tcp-8-down", "mbps", "%.0f", true},
+	{"proxy CPU per GB, TCP 1 stream upload, s", "tcp-1-up", "proxy_s_per_gb", "%.2f", false},
+	{"proxy CPU per GB, TCP 1 stream download, s", "tcp-1-down", "proxy_s_per_gb", "%.2f", false},
+	{"proxy CPU per GB, TCP 8 streams upload, s", "tcp-8-up", "proxy_s_per_gb", "%.2f", false},
+	{"proxy CPU per GB, TCP 8 streams download, s", "tcp-8-down", "proxy_s_per_gb", "%.2f", false},
 	{"HTTP CONNECT: TCP 1 stream upload, Mbit/s", "http-tcp-1-up", "mbps", "%.0f", true},
 	{"HTTP CONNECT: TCP 1 stream download, Mbit/s", "http-tcp-1-down", "mbps", "%.0f", true},
 	{"connections/s (c=50, auth, 64 B echo)", "connrate", "rate", "%.0f", true},
 	{"HTTP CONNECT: connections/s (c=50, Basic auth, 64 B echo)", "http-connrate", "rate", "%.0f", true},
 	{"HTTP CONNECT: proxy CPU per connection, µs", "http-connrate", "proxy_us", "%.0f", false},
+	{"proxy CPU per connection, µs", "connrate", "proxy_us", "%.0f", false},
 	{"connection p50 latency, ms", "connrate", "p50_ms", "%.2f", false},
 	{"connection p99 latency, ms", "connrate", "p99_ms", "%.2f", false},
 	{"connections in the first second", "connrate", "first_s", "%.0f", true},
@@ -77,8 +88,8 @@ var perUnit = map[string]string{"udp": "received", "connrate": "ok", "http-connr
 
 // results is a run's records, indexed.
 type results struct {
-	res    map[string]map[string]Record // subject -> test -> record
-	skip   map[string]map[string]string // subject -> test ("*") -> reason
+	res    map[string]map[string][]Record // subject -> test -> one per repeat, in order
+	skip   map[string]map[string]string   // subject -> test ("*") -> reason
 	meta   map[string]string
 	metaK  []string // meta keys in file order
 	strace []Record
@@ -86,7 +97,7 @@ type results struct {
 }
 
 func loadResults(r io.Reader) (*results, error) {
-	rs := &results{res: map[string]map[string]Record{}, skip: map[string]map[string]string{}, meta: map[string]string{}}
+	rs := &results{res: map[string]map[string][]Record{}, skip: map[string]map[string]string{}, meta: map[string]string{}}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 4<<20)
 	for line := 1; sc.Scan(); line++ {
@@ -110,10 +121,20 @@ func (rs *results) add(rec Record) {
 				rec.Values["proxy_us"] = cpu * 1e6 / n
 			}
 		}
-		if rs.res[rec.Subject] == nil {
-			rs.res[rec.Subject] = map[string]Record{}
+		// Throughput tests: proxy CPU seconds per GB moved, which a
+		// busy neighbour distorts far less than Mbit/s.
+		if b := rec.Values["bytes"]; b > 0 && strings.Contains(rec.Test, "tcp-") {
+			if cpu, ok := rec.CPU["proxy"]; ok {
+				rec.Values["proxy_s_per_gb"] = cpu / (b / 1e9)
+			}
 		}
-		rs.res[rec.Subject][rec.Test] = rec
+		rec.Run = max(rec.Run, 1)
+		if rs.res[rec.Subject] == nil {
+			rs.res[rec.Subject] = map[string][]Record{}
+		}
+		recs := append(rs.res[rec.Subject][rec.Test], rec)
+		slices.SortStableFunc(recs, func(a, b Record) int { return cmp.Compare(a.Run, b.Run) })
+		rs.res[rec.Subject][rec.Test] = recs
 	case "skip":
 		if rs.skip[rec.Subject] == nil {
 			rs.skip[rec.Subject] = map[string]string{}
@@ -131,13 +152,65 @@ func (rs *results) add(rec Record) {
 	}
 }
 
+// value is the median of a figure over the repeats of a test: every
+// cell of the summary, and so every ratio, which divides the medians of
+// one run.
 func (rs *results) value(subject, test, key string) (float64, bool) {
-	rec, ok := rs.res[subject][test]
-	if !ok {
+	vs := rs.values(subject, test, key)
+	if len(vs) == 0 {
 		return 0, false
 	}
-	v, ok := rec.Values[key]
-	return v, ok
+	return median(vs), true
+}
+
+// values is a figure in each repeat of a test, in repeat order.
+func (rs *results) values(subject, test, key string) []float64 {
+	var vs []float64
+	for _, rec := range rs.res[subject][test] {
+		if v, ok := rec.Values[key]; ok {
+			vs = append(vs, v)
+		}
+	}
+	return vs
+}
+
+// median of vs; of an even count, the mean of the middle two.
+func median(vs []float64) float64 {
+	s := slices.Sorted(slices.Values(vs))
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// shown reports whether a subject has a column: it has a result, or
+// run.sh said why it has none. A subject run.sh never mentions (the
+// before build without --before) has no column.
+func (rs *results) shown(subject string) bool {
+	return len(rs.res[subject]) > 0 || len(rs.skip[subject]) > 0
+}
+
+// columns are the subjects with a column, in order.
+func (rs *results) columns() []string {
+	var out []string
+	for _, s := range subjects {
+		if rs.shown(s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// repeats is the most repeats any test of the run had.
+func (rs *results) repeats() int {
+	n := 0
+	for _, tests := range rs.res {
+		for _, recs := range tests {
+			n = max(n, len(recs))
+		}
+	}
+	return n
 }
 
 // cell is a figure, or why there is none.
@@ -177,31 +250,71 @@ func ratio(a, b float64, ok bool) string {
 	return fmt.Sprintf("%.2f×", a/b)
 }
 
+// ratioCol is a column of the summary dividing one subject's median by
+// another's; it is shown when both subjects have a column.
+type ratioCol struct {
+	title    string
+	num, den string
+}
+
+var ratioCols = []ratioCol{
+	{"ifsocks ÷ kernel", "ifsocks", "kernel"},
+	{"ifsocks ÷ bare forwarder", "ifsocks", "bare"},
+	{"after ÷ before", "ifsocks", "ifsocks-before"},
+	{"ifsocks ÷ best peer", "ifsocks", ""}, // den "": the better of Dante and microsocks
+	{"accounting on ÷ off", "ifsocks-acct", "ifsocks"},
+}
+
+func (rs *results) ratioCols() []ratioCol {
+	var out []ratioCol
+	for _, c := range ratioCols {
+		if !rs.shown(c.num) {
+			continue
+		}
+		if c.den == "" && !slices.ContainsFunc(peers, rs.shown) || c.den != "" && !rs.shown(c.den) {
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
 // summaryTable is the Markdown table printed by run.sh and put at the top
-// of RESULTS.md.
+// of RESULTS.md: the median of each figure over the repeats.
 func (rs *results) summaryTable(w io.Writer) {
+	cols, rcols := rs.columns(), rs.ratioCols()
 	head := []string{"test"}
-	for _, s := range subjects {
+	for _, s := range cols {
 		head = append(head, subjectTitle[s])
 	}
-	head = append(head, "ifsocks ÷ kernel", "ifsocks ÷ best peer", "accounting on ÷ off")
+	for _, c := range rcols {
+		head = append(head, c.title)
+	}
 	fmt.Fprintf(w, "| %s |\n|%s\n", strings.Join(head, " | "), strings.Repeat(" --- |", len(head)))
 	for _, r := range summaryRows {
 		cells := []string{r.label}
-		for _, s := range subjects {
+		for _, s := range cols {
 			cells = append(cells, rs.cell(s, r))
 		}
-		ifs, okI := rs.value("ifsocks", r.test, r.key)
-		k, okK := rs.value("kernel", r.test, r.key)
-		best, who, okP := rs.bestPeer(r)
-		peerRatio := ratio(ifs, best, okI && okP)
-		if peerRatio != "—" {
-			peerRatio += " (" + subjectTitle[who] + ")"
+		for _, c := range rcols {
+			cells = append(cells, rs.ratioCell(c, r))
 		}
-		acct, okA := rs.value("ifsocks-acct", r.test, r.key)
-		cells = append(cells, ratio(ifs, k, okI && okK), peerRatio, ratio(acct, ifs, okA && okI))
 		fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
 	}
+}
+
+func (rs *results) ratioCell(c ratioCol, r row) string {
+	a, okA := rs.value(c.num, r.test, r.key)
+	if c.den != "" {
+		b, okB := rs.value(c.den, r.test, r.key)
+		return ratio(a, b, okA && okB)
+	}
+	best, who, okP := rs.bestPeer(r)
+	out := ratio(a, best, okA && okP)
+	if out != "—" {
+		out += " (" + subjectTitle[who] + ")"
+	}
+	return out
 }
 
 func reportCmd(args []string) error {

@@ -40,9 +40,8 @@ func tcpCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	return emit(Record{
-		Subject: e.subject,
-		Test:    e.testName(fmt.Sprintf("tcp-%d-%s", *streams, *dir)),
+	return e.emit(Record{
+		Test: e.testName(fmt.Sprintf("tcp-%d-%s", *streams, *dir)),
 		Values: map[string]float64{
 			"mbps":    float64(total) * 8 / elapsed.Seconds() / 1e6,
 			"bytes":   float64(total),

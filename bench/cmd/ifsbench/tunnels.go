@@ -51,7 +51,7 @@ func tunnelsCmd(args []string) error {
 	m1 := treeMemory(*pid)
 	slab1 := procField("/proc/meminfo", "Slab:")
 	k := float64(len(conns))
-	err := emit(Record{Subject: e.subject, Test: e.testName("tunnels"), CPU: cpu, Text: st.summary(), Values: map[string]float64{
+	err := e.emit(Record{Test: e.testName("tunnels"), CPU: cpu, Text: st.summary(), Values: map[string]float64{
 		"open":            k,
 		"failed":          float64(st.nerr.Load()),
 		"open_seconds":    openTime.Seconds(),

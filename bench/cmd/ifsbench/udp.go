@@ -57,12 +57,17 @@ func udpCmd(args []string) error {
 		"loss_pct": 100 * float64(l.lost) / float64(max(l.sent, 1)),
 		"duration": elapsed.Seconds(),
 	}
-	return emit(Record{Subject: e.subject, Test: e.testName("udp"), Values: vals, CPU: cpu})
+	return e.emit(Record{Test: e.testName("udp"), Values: vals, CPU: cpu})
 }
 
 // udpSetup returns the socket to send from and where to send: the
-// proxy's relay after a UDP ASSOCIATE, or the echo server itself.
+// proxy's relay after a UDP ASSOCIATE, the forwarder, or the echo server
+// itself.
 func udpSetup(e *endpoint) (conn *net.UDPConn, to netip.AddrPort, control *net.TCPConn, err error) {
+	if e.forward != "" {
+		conn, err = net.ListenUDP("udp4", nil)
+		return conn, e.forwardAP, nil, err
+	}
 	if e.proxy == "" {
 		conn, err = net.ListenUDP("udp4", nil)
 		return conn, e.targetAP, nil, err
