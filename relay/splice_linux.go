@@ -26,12 +26,12 @@ const pipeSize = 1 << 20
 // that fills the buffer means bulk data is queued: the rest of the burst
 // goes by splice(2) through a pooled pipe for as long as data keeps
 // arriving, and the pipe goes back the moment src has nothing queued.
-// From then on the flow counts as bulk: each new burst starts with a
-// splice straight away (the pipe taken when src turns readable, given
-// back if it was not), so bulk bytes never pass through the buffer and a
-// wake-up costs what it costs Go's own splice, with no extra call to ask
-// how much is queued; a burst whose first splice moves less than
-// smallCopy makes the flow interactive again.
+// From then on the flow counts as bulk and waits by splice, as Go's own
+// splice does: a splice that finds src empty gives the pipe back and
+// parks, and the wake-up splices at once (with a pipe taken anew), so bulk
+// bytes never pass through the buffer and a wake-up costs no call to ask
+// how much is queued. A wake-up that finds less than smallCopy queued
+// makes the flow interactive again.
 func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
@@ -55,7 +55,7 @@ func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
 				continue
 			}
 		}
-		m, first, eof, err := spliceBurst(wc, rc, live, bulk)
+		m, eof, err := spliceBurst(wc, rc, live, bulk)
 		total += m
 		if errors.Is(err, errNoPipe) {
 			// Out of descriptors: go on through the buffer.
@@ -65,9 +65,10 @@ func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
 		if err != nil || eof {
 			return total, err
 		}
-		// A burst begun by the buffer is bulk; one begun by a splice
-		// stays bulk only while its first splice finds bulk queued.
-		bulk = !bulk || first >= smallCopy
+		// A burst the buffer began found src empty: the flow is bulk
+		// now. A bulk flow's burst ended at a small wake-up: it is
+		// interactive again.
+		bulk = !bulk
 	}
 }
 
@@ -111,29 +112,28 @@ func copyBurstStart(dst *net.TCPConn, rc syscall.RawConn) (int, error) {
 	return n, nil
 }
 
-// spliceBurst moves src to dst through a pooled pipe until src has nothing
-// queued, reaches EOF (eof true) or fails. With wait it first parks until
-// src is readable, holding no pipe meanwhile; without, it starts at once
-// and may find nothing. first is what the first splice from src moved.
-// Without a pipe (descriptor limit) it says so with errNoPipe and nothing
-// moved. Each splice out is added to live as it completes: a bulk burst
-// can last as long as the transfer.
-func spliceBurst(dst, src syscall.RawConn, live *atomic.Int64, wait bool) (moved int64, first int, eof bool, err error) {
+// spliceBurst moves src to dst through a pooled pipe until EOF (eof
+// true), an error, or:
+//   - without wait (a burst the buffer began), src has nothing queued;
+//   - with wait (a bulk flow), a wake-up finds less than smallCopy queued.
+//     Meanwhile it parks whenever src is empty, holding no pipe.
+//
+// Without a pipe (descriptor limit) it says so with errNoPipe. Each splice
+// out is added to live as it completes: a bulk burst can last as long as
+// the transfer.
+func spliceBurst(dst, src syscall.RawConn, live *atomic.Int64, wait bool) (moved int64, eof bool, err error) {
 	var p *pipe
-	for i := 0; ; i++ {
-		n, drained, err := spliceIn(src, &p, wait && i == 0)
+	for {
+		n, drained, waited, err := spliceIn(src, &p, wait)
 		if err != nil {
 			if p != nil {
 				p.put() // a failed splice moved nothing into it
 			}
-			return moved, first, false, err
-		}
-		if i == 0 {
-			first = n
+			return moved, false, err
 		}
 		if drained || n == 0 {
 			p.put()
-			return moved, first, n == 0 && !drained, nil
+			return moved, !drained, nil
 		}
 		m, err := spliceOut(dst, p, n)
 		moved += int64(m)
@@ -141,19 +141,22 @@ func spliceBurst(dst, src syscall.RawConn, live *atomic.Int64, wait bool) (moved
 		if err != nil {
 			// Bytes may be left in the pipe: it must not be reused.
 			p.close()
-			return moved, first, false, err
+			return moved, false, err
+		}
+		if waited && n < smallCopy {
+			p.put()
+			return moved, false, nil
 		}
 	}
 }
 
 // spliceIn moves what src has queued, up to the pipe's size, into the
-// empty pipe *pp, taking one from the pool first if *pp is nil. drained
-// reports that src had nothing queued; n == 0 without drained is EOF.
-// Because the pipe starts empty, EAGAIN can only mean the socket is empty.
-// With wait, an empty socket is not drained: the pipe goes back to the
-// pool (*pp nil) and the call parks until src is readable, then tries
-// again with a pipe taken anew.
-func spliceIn(src syscall.RawConn, pp **pipe, wait bool) (n int, drained bool, err error) {
+// empty pipe *pp, taking one from the pool first if *pp is nil. n == 0 is
+// EOF unless drained. Because the pipe starts empty, EAGAIN can only mean
+// the socket is empty: without wait that is drained; with wait the pipe
+// goes back to the pool (*pp nil), the call parks until src is readable
+// (waited) and tries again with a pipe taken anew.
+func spliceIn(src syscall.RawConn, pp **pipe, wait bool) (n int, drained, waited bool, err error) {
 	var serr error
 	cerr := src.Read(func(fd uintptr) bool {
 		if *pp == nil {
@@ -174,6 +177,7 @@ func spliceIn(src syscall.RawConn, pp **pipe, wait bool) (n int, drained bool, e
 			if wait {
 				(*pp).put()
 				*pp = nil
+				waited = true
 				return false
 			}
 			n, serr, drained = 0, nil, true
@@ -182,13 +186,13 @@ func spliceIn(src syscall.RawConn, pp **pipe, wait bool) (n int, drained bool, e
 	})
 	switch {
 	case cerr != nil:
-		return 0, false, cerr
+		return 0, false, waited, cerr
 	case serr == errNoPipe:
-		return 0, false, serr
+		return 0, false, waited, serr
 	case serr != nil:
-		return 0, false, os.NewSyscallError("splice", serr)
+		return 0, false, waited, os.NewSyscallError("splice", serr)
 	}
-	return n, drained, nil
+	return n, drained, waited, nil
 }
 
 // spliceOut moves the n bytes in p to dst, parking while dst's send buffer
