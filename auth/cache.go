@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
+	"hash"
 	"sync"
 	"time"
 )
@@ -33,29 +34,52 @@ func newCache(ttl time.Duration, size int) *cache {
 // key made at start.
 type keyer struct {
 	secret [32]byte
+	// macs holds keyed HMAC states with a scratch buffer: a login (one
+	// per connection for clients that open one per request) then costs
+	// no allocation for its key.
+	macs *sync.Pool
+}
+
+// keyMAC is a pooled HMAC keyed with the secret, and a buffer for its
+// input.
+type keyMAC struct {
+	h   hash.Hash
+	buf []byte
 }
 
 func newKeyer() keyer {
-	var k keyer
+	k := keyer{macs: new(sync.Pool)}
 	if _, err := rand.Read(k.secret[:]); err != nil {
 		// crypto/rand does not fail on Linux since 3.17 (getrandom);
 		// a zero key would make the cache keys guessable, so stop.
 		panic("auth: crypto/rand: " + err.Error())
 	}
+	secret := k.secret // the pool's own copy: keyer is copied by value
+	k.macs.New = func() any { return &keyMAC{h: hmac.New(sha256.New, secret[:]), buf: make([]byte, 0, 128)} }
 	return k
 }
 
 func (c *keyer) key(name, password string) Key {
+	m := c.macs.Get().(*keyMAC)
 	// The name goes in with its length so that no two (name, password)
 	// pairs give the same input: both may contain any byte.
-	m := hmac.New(sha256.New, c.secret[:])
-	m.Write([]byte{byte(len(name) >> 8), byte(len(name))})
-	m.Write([]byte(name))
-	m.Write([]byte(password))
+	b := append(m.buf[:0], byte(len(name)>>8), byte(len(name)))
+	b = append(append(b, name...), password...)
+	m.h.Reset()
+	m.h.Write(b)
 	var k Key
-	m.Sum(k[:0])
+	m.h.Sum(k[:0])
+	clear(b) // the password does not stay in the pool
+	if cap(b) <= maxKeyBuf {
+		m.buf = b[:0]
+		c.macs.Put(m)
+	}
 	return k
 }
+
+// maxKeyBuf bounds the input buffer a pooled keyMAC keeps: a longer
+// login (HTTP Basic allows any length) is keyed, then its buffer dropped.
+const maxKeyBuf = 1024
 
 func (c *cache) hit(k Key) bool {
 	now := time.Now()

@@ -45,7 +45,7 @@ while [ $# -gt 0 ]; do
 	--only) only=${2:?--only needs a list}; shift ;;
 	--groups) only_groups=${2:?--groups needs a list}; shift ;;
 	--p-sysctl) p_sysctl+=("${2:?--p-sysctl needs KEY=VALUE}"); shift ;;
-	-h | --help) sed -n '2,28p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,29p' "$0"; exit 0 ;;
 	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -53,8 +53,12 @@ done
 [ "$(id -u)" = 0 ] || { echo "run.sh: must run as root (network namespaces)" >&2; exit 1; }
 case "$out" in /*) ;; *) out="$PWD/$out" ;; esac
 
-case "$repeat" in '' | *[!0-9]* | 0) echo "run.sh: --repeat $repeat: want a whole number from 1" >&2; exit 2 ;; esac
-case "$seconds" in *[!0-9]* | 0) echo "run.sh: --seconds $seconds: want a whole number from 1" >&2; exit 2 ;; esac
+# whole N: N is a whole number of at least 1.
+whole() { case "$1" in '' | *[!0-9]*) return 1 ;; esac; [ "$((10#$1))" -ge 1 ]; }
+whole "$repeat" || { echo "run.sh: --repeat $repeat: want a whole number from 1" >&2; exit 2; }
+[ -z "$seconds" ] || whole "$seconds" || { echo "run.sh: --seconds $seconds: want a whole number from 1" >&2; exit 2; }
+repeat=$((10#$repeat))
+[ -z "$seconds" ] || seconds=$((10#$seconds))
 if [ "$short" = 1 ]; then
 	durs=2 tunnels=300 strace_dur=1s
 else

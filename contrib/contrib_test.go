@@ -30,7 +30,7 @@ func servedMetrics(tb testing.TB) map[string]bool {
 	m.Reload(false)
 	m.Loaded()
 	m.UDPDrop("denied")
-	m.UDP("u", "eth0").Up(1)
+	m.UDP("u", "eth0").Up(1, 1)
 	m.ConnRefused("not_allowed")
 	m.AuthBlocked()
 	m.AuthBlockedClients(func() int { return 1 })

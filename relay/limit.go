@@ -39,7 +39,7 @@ func StartLimited(ctx context.Context, client, upstream *net.TCPConn, idle time.
 	// the connections at once and both directions end.
 	f.stopWatch = context.AfterFunc(f.ctx, f.closeBoth)
 	if idle > 0 {
-		f.timer = StartIdleTimer(idle, f.quiet, f.expire)
+		f.timer.start(idle, f)
 	}
 	go f.half(upstream, client, &f.up, lim.Up, cnt.Up)
 	go f.half(client, upstream, &f.down, lim.Down, cnt.Down)

@@ -77,7 +77,7 @@ func add(c *atomic.Int64, n int64) {
 func Start(client, upstream *net.TCPConn, idle time.Duration, cnt Counts, done func(Result)) {
 	f := &flow{conns: [2]*net.TCPConn{client, upstream}, done: done, pending: 2}
 	if idle > 0 {
-		f.timer = StartIdleTimer(idle, f.quiet, f.expire)
+		f.timer.start(idle, f)
 	}
 	go f.half(upstream, client, &f.up, nil, cnt.Up)
 	go f.half(client, upstream, &f.down, nil, cnt.Down)
@@ -86,7 +86,7 @@ func Start(client, upstream *net.TCPConn, idle time.Duration, cnt Counts, done f
 type flow struct {
 	conns [2]*net.TCPConn
 	done  func(Result)
-	timer *IdleTimer
+	timer IdleTimer // armed when the flow has an idle timeout
 	// ctx, set only for a paced flow (StartLimited), cuts its limiter
 	// waits short; cancel is called by closeBoth, stopWatch by finish.
 	ctx    context.Context
@@ -187,9 +187,7 @@ func (f *flow) closeBoth() {
 }
 
 func (f *flow) finish() {
-	if f.timer != nil {
-		f.timer.Stop()
-	}
+	f.timer.Stop()
 	if f.stopWatch != nil {
 		f.stopWatch()
 	}

@@ -26,9 +26,12 @@ const pipeSize = 1 << 20
 // that fills the buffer means bulk data is queued: the rest of the burst
 // goes by splice(2) through a pooled pipe for as long as data keeps
 // arriving, and the pipe goes back the moment src has nothing queued.
-// From then on the flow counts as bulk: each new burst first asks the
-// kernel how much is queued, so that bulk bytes do not pass through the
-// buffer, until a burst turns out small again.
+// From then on the flow counts as bulk: each new burst starts with a
+// splice straight away (the pipe taken when src turns readable, given
+// back if it was not), so bulk bytes never pass through the buffer and a
+// wake-up costs what it costs Go's own splice, with no extra call to ask
+// how much is queued; a burst whose first splice moves less than
+// smallCopy makes the flow interactive again.
 func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
@@ -41,22 +44,7 @@ func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
 	var total int64
 	bulk := false
 	for {
-		if bulk {
-			avail, eof, err := waitReadable(rc)
-			if err != nil || eof {
-				return total, err
-			}
-			if avail < smallCopy {
-				n, err := copySmall(dst, src, avail)
-				total += n
-				add(live, n)
-				if err != nil {
-					return total, err
-				}
-				bulk = false
-				continue
-			}
-		} else {
+		if !bulk {
 			n, err := copyBurstStart(dst, rc)
 			total += int64(n)
 			add(live, int64(n))
@@ -67,7 +55,7 @@ func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
 				continue
 			}
 		}
-		m, eof, err := spliceBurst(wc, rc, live)
+		m, first, eof, err := spliceBurst(wc, rc, live, bulk)
 		total += m
 		if errors.Is(err, errNoPipe) {
 			// Out of descriptors: go on through the buffer.
@@ -77,7 +65,9 @@ func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
 		if err != nil || eof {
 			return total, err
 		}
-		bulk = true
+		// A burst begun by the buffer is bulk; one begun by a splice
+		// stays bulk only while its first splice finds bulk queued.
+		bulk = !bulk || first >= smallCopy
 	}
 }
 
@@ -122,24 +112,28 @@ func copyBurstStart(dst *net.TCPConn, rc syscall.RawConn) (int, error) {
 }
 
 // spliceBurst moves src to dst through a pooled pipe until src has nothing
-// queued, reaches EOF (eof true) or fails. Without a pipe (descriptor
-// limit) it says so with errNoPipe and nothing moved.
-// Each splice out is added to live as it completes: a bulk burst can last
-// as long as the transfer.
-func spliceBurst(dst, src syscall.RawConn, live *atomic.Int64) (moved int64, eof bool, err error) {
-	p, err := getPipe()
-	if err != nil {
-		return 0, false, errNoPipe
-	}
-	for {
-		n, drained, err := spliceIn(src, p)
+// queued, reaches EOF (eof true) or fails. With wait it first parks until
+// src is readable, holding no pipe meanwhile; without, it starts at once
+// and may find nothing. first is what the first splice from src moved.
+// Without a pipe (descriptor limit) it says so with errNoPipe and nothing
+// moved. Each splice out is added to live as it completes: a bulk burst
+// can last as long as the transfer.
+func spliceBurst(dst, src syscall.RawConn, live *atomic.Int64, wait bool) (moved int64, first int, eof bool, err error) {
+	var p *pipe
+	for i := 0; ; i++ {
+		n, drained, err := spliceIn(src, &p, wait && i == 0)
 		if err != nil {
-			p.put()
-			return moved, false, err
+			if p != nil {
+				p.put() // a failed splice moved nothing into it
+			}
+			return moved, first, false, err
+		}
+		if i == 0 {
+			first = n
 		}
 		if drained || n == 0 {
 			p.put()
-			return moved, n == 0 && !drained, nil
+			return moved, first, n == 0 && !drained, nil
 		}
 		m, err := spliceOut(dst, p, n)
 		moved += int64(m)
@@ -147,35 +141,51 @@ func spliceBurst(dst, src syscall.RawConn, live *atomic.Int64) (moved int64, eof
 		if err != nil {
 			// Bytes may be left in the pipe: it must not be reused.
 			p.close()
-			return moved, false, err
+			return moved, first, false, err
 		}
 	}
 }
 
 // spliceIn moves what src has queued, up to the pipe's size, into the
-// empty pipe p. drained reports that src had nothing queued; n == 0 without
-// drained is EOF. Because the pipe starts empty, EAGAIN can only mean the
-// socket is empty.
-func spliceIn(src syscall.RawConn, p *pipe) (n int, drained bool, err error) {
+// empty pipe *pp, taking one from the pool first if *pp is nil. drained
+// reports that src had nothing queued; n == 0 without drained is EOF.
+// Because the pipe starts empty, EAGAIN can only mean the socket is empty.
+// With wait, an empty socket is not drained: the pipe goes back to the
+// pool (*pp nil) and the call parks until src is readable, then tries
+// again with a pipe taken anew.
+func spliceIn(src syscall.RawConn, pp **pipe, wait bool) (n int, drained bool, err error) {
 	var serr error
 	cerr := src.Read(func(fd uintptr) bool {
+		if *pp == nil {
+			if *pp, serr = getPipe(); serr != nil {
+				*pp, serr = nil, errNoPipe
+				return true
+			}
+		}
 		for {
 			var m int64
-			m, serr = unix.Splice(int(fd), nil, p.w, nil, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			m, serr = unix.Splice(int(fd), nil, (*pp).w, nil, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			n = int(m)
 			if serr != unix.EINTR {
 				break
 			}
 		}
 		if serr == unix.EAGAIN {
+			if wait {
+				(*pp).put()
+				*pp = nil
+				return false
+			}
 			n, serr, drained = 0, nil, true
 		}
 		return true
 	})
-	if cerr != nil {
+	switch {
+	case cerr != nil:
 		return 0, false, cerr
-	}
-	if serr != nil {
+	case serr == errNoPipe:
+		return 0, false, serr
+	case serr != nil:
 		return 0, false, os.NewSyscallError("splice", serr)
 	}
 	return n, drained, nil

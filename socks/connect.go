@@ -214,11 +214,7 @@ func dialRoute(ctx context.Context, st *Settings, route bind.Dialer, dst Addr) (
 	}
 	var firstErr error
 	for i, a := range allowed {
-		// Give each remaining address an equal share of the time left,
-		// as net.Dialer does, so one black hole cannot eat it all.
-		actx, cancel := context.WithTimeout(ctx, share(ctx, len(allowed)-i))
-		c, err := route.DialTCP(actx, netip.AddrPortFrom(a, dst.Port))
-		cancel()
+		c, err := dialShare(ctx, route, netip.AddrPortFrom(a, dst.Port), len(allowed)-i)
 		if err == nil {
 			return c, nil
 		}
@@ -230,6 +226,20 @@ func dialRoute(ctx context.Context, st *Settings, route bind.Dialer, dst Addr) (
 		}
 	}
 	return nil, firstErr
+}
+
+// dialShare dials dst with an equal share of the time ctx has left among
+// the n addresses still to try, as net.Dialer does, so one black hole
+// cannot eat it all. The last address gets all the time left, which is
+// ctx's own deadline: it is dialled with ctx, without a context (and its
+// timer) of its own.
+func dialShare(ctx context.Context, route bind.Dialer, dst netip.AddrPort, n int) (*net.TCPConn, error) {
+	if n <= 1 {
+		return route.DialTCP(ctx, dst)
+	}
+	actx, cancel := context.WithTimeout(ctx, share(ctx, n))
+	defer cancel()
+	return route.DialTCP(actx, dst)
 }
 
 func share(ctx context.Context, n int) time.Duration {

@@ -124,33 +124,51 @@ func (r *record) finish(rep byte, outcome string, err error) {
 
 // log writes the one line a CONNECT or BIND flow gets at its end.
 func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
-	own := make([]zap.Field, 0, 6)
-	own = append(own, zap.String("target", logSafe(r.target.String())), zap.Uint8("reply", r.reply))
+	// One slice for the whole line: every flow logs one, so its fields
+	// cost one allocation, not one per group of fields.
+	fields := r.appendCommon(make([]zap.Field, 0, commonFields+6+tailFields))
+	fields = append(fields, zap.String("target", logSafe(r.target.String())), zap.Uint8("reply", r.reply))
+	// Addresses go in by pointer: a netip.AddrPort put in an interface
+	// by value is an allocation; r is on the heap already and is not
+	// changed once its line is written.
 	if r.remote.IsValid() {
-		own = append(own, zap.Stringer("remote", r.remote))
+		fields = append(fields, zap.Stringer("remote", &r.remote))
 	}
 	if r.local.IsValid() {
-		own = append(own, zap.Stringer("local", r.local))
+		fields = append(fields, zap.Stringer("local", &r.local))
 	}
 	if r.method != "" {
-		own = append(own, zap.String("method", logSafe(r.method)), zap.Int("status", r.status))
+		fields = append(fields, zap.String("method", logSafe(r.method)), zap.Int("status", r.status))
 	}
-	r.write(l, lvl, "flow", own)
+	l.Log(lvl, "flow", r.appendTail(fields)...)
 }
 
 // write writes a flow's one line: the fields every flow has whatever its
 // protocol (user, client, listener, interface, bytes each way, duration,
 // outcome, a pool's rotation and session hash, the interfaces skipped,
-// the error), and the protocol's own. It
-// is the only writer of those fields, so TCP and UDP lines name them alike.
-// Strings that came from the network (user, target name) go through
-// logSafe.
+// the error), and the protocol's own. It and log are the only writers of
+// those fields (appendCommon, appendTail), so TCP and UDP lines name them
+// alike. Strings that came from the network (user, target name) go
+// through logSafe.
 func (r *record) write(l *zap.Logger, lvl zapcore.Level, msg string, own []zap.Field) {
-	fields := make([]zap.Field, 0, 12+len(own))
-	fields = append(fields,
+	fields := r.appendCommon(make([]zap.Field, 0, commonFields+len(own)+tailFields))
+	fields = append(fields, own...)
+	l.Log(lvl, msg, r.appendTail(fields)...)
+}
+
+// commonFields and tailFields are how many fields appendCommon and, at
+// most, appendTail add.
+const (
+	commonFields = 10
+	tailFields   = 4
+)
+
+// appendCommon appends the fields every flow line starts with.
+func (r *record) appendCommon(fields []zap.Field) []zap.Field {
+	return append(fields,
 		zap.String("protocol", r.protocol),
 		zap.String("user", logSafe(r.user)),
-		zap.Stringer("client", r.client),
+		zap.Stringer("client", &r.client),
 		zap.String("listener", r.listener),
 		listenerNameField(r.listenerName),
 		zap.String("interface", r.iface),
@@ -159,7 +177,11 @@ func (r *record) write(l *zap.Logger, lvl zapcore.Level, msg string, own []zap.F
 		zap.Duration("duration", time.Since(r.start)),
 		zap.String("outcome", r.outcome),
 	)
-	fields = append(fields, own...)
+}
+
+// appendTail appends the fields every flow line ends with, when they
+// apply.
+func (r *record) appendTail(fields []zap.Field) []zap.Field {
 	if r.rotation != "" {
 		fields = append(fields, zap.String("rotation", r.rotation))
 	}
@@ -175,7 +197,7 @@ func (r *record) write(l *zap.Logger, lvl zapcore.Level, msg string, own []zap.F
 	if r.err != nil {
 		fields = append(fields, zap.Error(r.err))
 	}
-	l.Log(lvl, msg, fields...)
+	return fields
 }
 
 // logSafe returns a string from the network ready for a log field: as it

@@ -119,15 +119,20 @@ func parsePorts(s string) ([]uint16, error) {
 }
 
 // serve opens every socket first, so that a port already taken fails the
-// start rather than a test, then forwards until ctx ends.
+// start rather than a test, then forwards until ctx ends. Closing the
+// sockets ends the accept loops and the UDP copiers, which it waits for;
+// forwarded TCP connections still open are dropped with the process.
 func (f *forwarder) serve(ctx context.Context) error {
-	var closers []func() error
+	var (
+		closers []func() error
+		wg      sync.WaitGroup
+	)
 	defer func() {
 		for _, c := range closers {
 			c()
 		}
+		wg.Wait()
 	}()
-	var wg sync.WaitGroup
 	for _, p := range f.tcp {
 		ln, err := net.ListenTCP(f.network("tcp"), net.TCPAddrFromAddrPort(netip.AddrPortFrom(f.listen, p)))
 		if err != nil {
@@ -147,12 +152,6 @@ func (f *forwarder) serve(ctx context.Context) error {
 	}
 	fmt.Fprintf(os.Stderr, "forwarding %s tcp %v udp %v to %s by %q\n", f.listen, f.tcp, f.udp, f.upstream, f.dialer.Interface)
 	<-ctx.Done()
-	for _, c := range closers {
-		c()
-	}
-	closers = nil
-	// Forwarded TCP connections still open are dropped with the process.
-	wg.Wait()
 	return nil
 }
 
