@@ -524,7 +524,7 @@ func testSplice(t *testing.T, strace, rateEnv string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, strace, "-f", "--seccomp-bpf", "-qq", "-e", "signal=none",
-		"-e", "trace=splice,read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg",
+		"-e", "trace=splice,read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg,ioctl",
 		"-o", trace, self)
 	cmd.Env = append(os.Environ(), spliceHelperEnv+"="+upLn.Addr().String(), spliceRateEnv+"="+rateEnv)
 	stdout, err := cmd.StdoutPipe()
@@ -626,6 +626,36 @@ func testSplice(t *testing.T, strace, rateEnv string) {
 	if copied > size/100 {
 		t.Errorf("read-family calls returned %d bytes for a %d-byte relay: payload went through user space", copied, size)
 	}
+	// An unpaced bulk flow starts each burst with a splice, as Go's own
+	// splice does: no call to ask how much is queued (SIOCINQ) or whether
+	// the peer has closed (a MSG_PEEK read) on the way. A paced one must
+	// ask, to take tokens for what it will move.
+	if rateEnv == "" {
+		if queries := traceQueries(t, trace); queries != 0 {
+			t.Errorf("an unpaced relay of %d bytes made %d SIOCINQ or MSG_PEEK calls, want none", size, queries)
+		}
+	}
+}
+
+// traceQuery matches a call that asks about a socket's receive queue
+// rather than moving data: ioctl(FIONREAD, which strace prints for
+// SIOCINQ) or a recvfrom with MSG_PEEK.
+var traceQuery = regexp.MustCompile(`(?:ioctl\(\d+, FIONREAD|recvfrom\(.*MSG_PEEK)`)
+
+// traceQueries counts the calls in an strace log that traceQuery matches.
+func traceQueries(tb testing.TB, path string) int {
+	tb.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(string(data), "\n") {
+		if traceQuery.MatchString(l) {
+			n++
+		}
+	}
+	return n
 }
 
 // traceLine matches a completed call, "PID splice(...) = N", or the second

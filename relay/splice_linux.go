@@ -26,9 +26,12 @@ const pipeSize = 1 << 20
 // that fills the buffer means bulk data is queued: the rest of the burst
 // goes by splice(2) through a pooled pipe for as long as data keeps
 // arriving, and the pipe goes back the moment src has nothing queued.
-// From then on the flow counts as bulk: each new burst first asks the
-// kernel how much is queued, so that bulk bytes do not pass through the
-// buffer, until a burst turns out small again.
+// From then on the flow counts as bulk and waits by splice, as Go's own
+// splice does: a splice that finds src empty gives the pipe back and
+// parks, and the wake-up splices at once (with a pipe taken anew), so bulk
+// bytes never pass through the buffer and a wake-up costs no call to ask
+// how much is queued. A wake-up that finds less than smallCopy queued
+// makes the flow interactive again.
 func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
 	rc, err := src.SyscallConn()
 	if err != nil {
@@ -41,22 +44,7 @@ func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
 	var total int64
 	bulk := false
 	for {
-		if bulk {
-			avail, eof, err := waitReadable(rc)
-			if err != nil || eof {
-				return total, err
-			}
-			if avail < smallCopy {
-				n, err := copySmall(dst, src, avail)
-				total += n
-				add(live, n)
-				if err != nil {
-					return total, err
-				}
-				bulk = false
-				continue
-			}
-		} else {
+		if !bulk {
 			n, err := copyBurstStart(dst, rc)
 			total += int64(n)
 			add(live, int64(n))
@@ -67,7 +55,7 @@ func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
 				continue
 			}
 		}
-		m, eof, err := spliceBurst(wc, rc, live)
+		m, eof, err := spliceBurst(wc, rc, live, bulk)
 		total += m
 		if errors.Is(err, errNoPipe) {
 			// Out of descriptors: go on through the buffer.
@@ -77,7 +65,10 @@ func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
 		if err != nil || eof {
 			return total, err
 		}
-		bulk = true
+		// A burst the buffer began found src empty: the flow is bulk
+		// now. A bulk flow's burst ended at a small wake-up: it is
+		// interactive again.
+		bulk = !bulk
 	}
 }
 
@@ -121,25 +112,28 @@ func copyBurstStart(dst *net.TCPConn, rc syscall.RawConn) (int, error) {
 	return n, nil
 }
 
-// spliceBurst moves src to dst through a pooled pipe until src has nothing
-// queued, reaches EOF (eof true) or fails. Without a pipe (descriptor
-// limit) it says so with errNoPipe and nothing moved.
-// Each splice out is added to live as it completes: a bulk burst can last
-// as long as the transfer.
-func spliceBurst(dst, src syscall.RawConn, live *atomic.Int64) (moved int64, eof bool, err error) {
-	p, err := getPipe()
-	if err != nil {
-		return 0, false, errNoPipe
-	}
+// spliceBurst moves src to dst through a pooled pipe until EOF (eof
+// true), an error, or:
+//   - without wait (a burst the buffer began), src has nothing queued;
+//   - with wait (a bulk flow), a wake-up finds less than smallCopy queued.
+//     Meanwhile it parks whenever src is empty, holding no pipe.
+//
+// Without a pipe (descriptor limit) it says so with errNoPipe. Each splice
+// out is added to live as it completes: a bulk burst can last as long as
+// the transfer.
+func spliceBurst(dst, src syscall.RawConn, live *atomic.Int64, wait bool) (moved int64, eof bool, err error) {
+	var p *pipe
 	for {
-		n, drained, err := spliceIn(src, p)
+		n, drained, waited, err := spliceIn(src, &p, wait)
 		if err != nil {
-			p.put()
+			if p != nil {
+				p.put() // a failed splice moved nothing into it
+			}
 			return moved, false, err
 		}
 		if drained || n == 0 {
 			p.put()
-			return moved, n == 0 && !drained, nil
+			return moved, !drained, nil
 		}
 		m, err := spliceOut(dst, p, n)
 		moved += int64(m)
@@ -149,36 +143,56 @@ func spliceBurst(dst, src syscall.RawConn, live *atomic.Int64) (moved int64, eof
 			p.close()
 			return moved, false, err
 		}
+		if waited && n < smallCopy {
+			p.put()
+			return moved, false, nil
+		}
 	}
 }
 
 // spliceIn moves what src has queued, up to the pipe's size, into the
-// empty pipe p. drained reports that src had nothing queued; n == 0 without
-// drained is EOF. Because the pipe starts empty, EAGAIN can only mean the
-// socket is empty.
-func spliceIn(src syscall.RawConn, p *pipe) (n int, drained bool, err error) {
+// empty pipe *pp, taking one from the pool first if *pp is nil. n == 0 is
+// EOF unless drained. Because the pipe starts empty, EAGAIN can only mean
+// the socket is empty: without wait that is drained; with wait the pipe
+// goes back to the pool (*pp nil), the call parks until src is readable
+// (waited) and tries again with a pipe taken anew.
+func spliceIn(src syscall.RawConn, pp **pipe, wait bool) (n int, drained, waited bool, err error) {
 	var serr error
 	cerr := src.Read(func(fd uintptr) bool {
+		if *pp == nil {
+			if *pp, serr = getPipe(); serr != nil {
+				*pp, serr = nil, errNoPipe
+				return true
+			}
+		}
 		for {
 			var m int64
-			m, serr = unix.Splice(int(fd), nil, p.w, nil, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			m, serr = unix.Splice(int(fd), nil, (*pp).w, nil, pipeSize, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 			n = int(m)
 			if serr != unix.EINTR {
 				break
 			}
 		}
 		if serr == unix.EAGAIN {
+			if wait {
+				(*pp).put()
+				*pp = nil
+				waited = true
+				return false
+			}
 			n, serr, drained = 0, nil, true
 		}
 		return true
 	})
-	if cerr != nil {
-		return 0, false, cerr
+	switch {
+	case cerr != nil:
+		return 0, false, waited, cerr
+	case serr == errNoPipe:
+		return 0, false, waited, serr
+	case serr != nil:
+		return 0, false, waited, os.NewSyscallError("splice", serr)
 	}
-	if serr != nil {
-		return 0, false, os.NewSyscallError("splice", serr)
-	}
-	return n, drained, nil
+	return n, drained, waited, nil
 }
 
 // spliceOut moves the n bytes in p to dst, parking while dst's send buffer

@@ -191,7 +191,9 @@ func (a *association) lookup(name string) ([]netip.Addr, error) {
 // UDP header naming their source. Like upstream, it works in batches.
 func (a *association) downstream(c *net.UDPConn) {
 	max := a.st.UDP.MaxDatagram
-	r, err := udpio.NewReader(c, max+1)
+	// Each reply's header is written in the room kept in front of its
+	// payload, and the two go out as one piece: nothing is copied.
+	r, err := udpio.NewReaderHeadroom(c, max+1, maxUDPReplyHeader)
 	if err != nil {
 		return
 	}
@@ -199,9 +201,6 @@ func (a *association) downstream(c *net.UDPConn) {
 	if err != nil {
 		return
 	}
-	// Each reply's header has its own slot here and goes out as a
-	// separate piece, so the payload is never copied.
-	heads := make([]byte, udpio.BatchSize*maxUDPReplyHeader)
 	var allowed sentCache
 	for {
 		n, err := r.Read()
@@ -228,8 +227,8 @@ func (a *association) downstream(c *net.UDPConn) {
 				a.stats.drop(dropRateLimit)
 				continue
 			}
-			slot := heads[i*maxUDPReplyHeader : i*maxUDPReplyHeader : (i+1)*maxUDPReplyHeader]
-			if !w.Add(appendUDPReplyHeader(slot, src), b, netip.AddrPortFrom(a.clientIP, uint16(port))) {
+			head := appendUDPReplyHeader(r.Headroom(i, udpReplyHeaderLen(src))[:0], src)
+			if !w.Add(head, b, netip.AddrPortFrom(a.clientIP, uint16(port))) {
 				a.stats.drop(dropSendFailed)
 			}
 		}

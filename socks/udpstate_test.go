@@ -35,3 +35,15 @@ func TestSentCacheEviction(t *testing.T) {
 		})
 	}
 }
+
+// TestUDPReplyHeaderLen: the room the downstream asks for in front of a
+// reply is exactly the header written there, so that header and payload
+// are one piece of memory (one iovec) for every kind of source.
+func TestUDPReplyHeaderLen(t *testing.T) {
+	for _, s := range []string{"192.0.2.1:53", "[2001:db8::1]:443", "[::ffff:192.0.2.1]:53", "[fe80::1%1]:9"} {
+		src := netip.MustParseAddrPort(s)
+		if got, want := udpReplyHeaderLen(src), len(appendUDPReplyHeader(nil, src)); got != want {
+			t.Errorf("%s: udpReplyHeaderLen %d, header written %d bytes", s, got, want)
+		}
+	}
+}

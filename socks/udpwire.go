@@ -58,6 +58,15 @@ func appendUDPReply(dst []byte, src netip.AddrPort, payload []byte) []byte {
 // RSV FRAG, ATYP, an IPv6 address and the port.
 const maxUDPReplyHeader = 3 + 1 + 16 + 2
 
+// udpReplyHeaderLen is the length of the header appendUDPReplyHeader
+// writes for src.
+func udpReplyHeaderLen(src netip.AddrPort) int {
+	if src.Addr().Unmap().Is6() {
+		return maxUDPReplyHeader
+	}
+	return 3 + 1 + 4 + 2
+}
+
 // appendUDPReplyHeader appends the header of a reply from src alone: the
 // relay sends it and the payload as two pieces of one datagram.
 func appendUDPReplyHeader(dst []byte, src netip.AddrPort) []byte {

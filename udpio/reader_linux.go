@@ -37,13 +37,15 @@ import (
 // context switches per 1000 round trips.
 
 // Reader reads up to BatchSize datagrams per recvmmsg call into
-// buffers of its own, each size bytes. It starts with one buffer and
+// buffers of its own, each size bytes after room bytes kept free in
+// front (see Headroom). It starts with one buffer and
 // doubles their number whenever a read fills them all: an association
 // that never has more than one datagram queued costs no more memory than
 // a ReadFrom loop.
 type Reader struct {
 	rc    syscall.RawConn
 	size  int
+	room  int
 	bufs  [][]byte
 	hdrs  []unix.Mmsghdr
 	iovs  []unix.Iovec
@@ -57,11 +59,17 @@ type Reader struct {
 
 // NewReader returns a Reader of c whose buffers hold size bytes each.
 func NewReader(c *net.UDPConn, size int) (*Reader, error) {
+	return NewReaderHeadroom(c, size, 0)
+}
+
+// NewReaderHeadroom is NewReader with headroom bytes kept free in front
+// of every datagram read (see Headroom).
+func NewReaderHeadroom(c *net.UDPConn, size, headroom int) (*Reader, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
 	}
-	r := &Reader{rc: rc, size: size}
+	r := &Reader{rc: rc, size: size, room: headroom}
 	r.readF = r.recvmmsg // bound once: a method value per call would allocate
 	r.grow(1)
 	return r, nil
@@ -70,13 +78,13 @@ func NewReader(c *net.UDPConn, size int) (*Reader, error) {
 // grow makes room for n datagrams, keeping the buffers it has.
 func (r *Reader) grow(n int) {
 	for len(r.bufs) < n {
-		r.bufs = append(r.bufs, make([]byte, r.size))
+		r.bufs = append(r.bufs, make([]byte, r.room+r.size))
 	}
 	r.hdrs = make([]unix.Mmsghdr, n)
 	r.iovs = make([]unix.Iovec, n)
 	r.names = make([]unix.RawSockaddrInet6, n)
 	for i := range r.hdrs {
-		r.iovs[i].Base = &r.bufs[i][0]
+		r.iovs[i].Base = &r.bufs[i][r.room]
 		r.iovs[i].SetLen(r.size)
 		h := &r.hdrs[i].Hdr
 		h.Name = (*byte)(unsafe.Pointer(&r.names[i]))
@@ -127,7 +135,15 @@ func (r *Reader) recvmmsg(fd uintptr) bool {
 // the next read), its source, and whether the kernel cut it to fit.
 func (r *Reader) Datagram(i int) (b []byte, src netip.AddrPort, truncated bool) {
 	h := &r.hdrs[i]
-	return r.bufs[i][:h.Len], r.zones.addrPort(&r.names[i]), h.Hdr.Flags&unix.MSG_TRUNC != 0
+	return r.bufs[i][r.room : r.room+int(h.Len)], r.zones.addrPort(&r.names[i]), h.Hdr.Flags&unix.MSG_TRUNC != 0
+}
+
+// Headroom returns the n bytes just in front of datagram i (n at most
+// the headroom given to NewReader), valid until the next read: a header
+// written there and the datagram are one contiguous piece of memory,
+// which a Writer sends as one without copying either.
+func (r *Reader) Headroom(i, n int) []byte {
+	return r.bufs[i][r.room-n : r.room : r.room]
 }
 
 // putPort stores p in network byte order into a sockaddr's port field.

@@ -380,3 +380,89 @@ func addrPortOfUDP(a net.Addr) netip.AddrPort {
 	ap := a.(*net.UDPAddr).AddrPort()
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
+
+// TestUDPHeadroom: datagrams read with headroom get a header written in
+// front of them in place, and each goes out as one iovec: the receiver
+// sees header+payload intact, consecutive ones of one size still grouped
+// for GSO. A header elsewhere in memory still goes, as a second iovec.
+func TestUDPHeadroom(t *testing.T) {
+	const room = 8
+	in := listenUDP(t, "udp4", "127.0.0.1:0")
+	src := listenUDP(t, "udp4", "127.0.0.1:0")
+	wc := listenUDP(t, "udp4", "127.0.0.1:0")
+	rc := listenUDP(t, "udp4", "127.0.0.1:0")
+	r, err := NewReaderHeadroom(in, 300, room)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWriter(wc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sizes := []int{100, 100, 100, 100, 100, 100, 100, 37, 0, 20}
+	var sent [][]byte
+	for i, n := range sizes {
+		b := bytes.Repeat([]byte{byte('a' + i)}, n)
+		if _, err := src.WriteToUDPAddrPort(b, addrPortOfUDP(in.LocalAddr())); err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, b)
+	}
+	in.SetReadDeadline(time.Now().Add(5 * time.Second))
+	to := addrPortOfUDP(rc.LocalAddr())
+	var want [][]byte
+	msgs := 0
+	for len(want) < len(sent) {
+		n, err := r.Read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			b, _, _ := r.Datagram(i)
+			k := len(want)
+			if !bytes.Equal(b, sent[k]) {
+				t.Fatalf("datagram %d read as %q, want %q", k, b, sent[k])
+			}
+			// Header lengths differ by datagram size, so that a group
+			// is of one size; each fits the room.
+			head := r.Headroom(i, 1+len(b)%room)
+			for j := range head {
+				head[j] = byte('0' + k)
+			}
+			wantIovs := 1
+			if k == len(sent)-1 {
+				head, wantIovs = []byte("elsewhere"), 2 // not in front of its payload
+			}
+			if !w.Add(head, b, to) {
+				t.Fatal("add refused")
+			}
+			if got := w.iov0[i+1] - w.iov0[i]; got != wantIovs {
+				t.Errorf("datagram %d: %d iovecs, want %d", k, got, wantIovs)
+			}
+			want = append(want, append(bytes.Clone(head), b...))
+		}
+		w.Flush()
+		for i := range w.Len() {
+			k := len(want) - w.Len() + i
+			if m, _, ok := w.Result(i); !ok || m != len(sent[k]) {
+				t.Fatalf("datagram %d: %d payload bytes sent=%v, want %d sent", k, m, ok, len(sent[k]))
+			}
+		}
+		msgs += w.nmsg
+		w.Reset()
+	}
+	if w.gso && msgs >= len(sent) {
+		t.Errorf("%d messages for %d datagrams: none grouped", msgs, len(sent))
+	}
+	rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1000)
+	for i, wb := range want {
+		n, _, err := rc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		if !bytes.Equal(buf[:n], wb) {
+			t.Fatalf("datagram %d: got %q, want %q", i, buf[:n], wb)
+		}
+	}
+}

@@ -11,19 +11,26 @@ import (
 // move one datagram per system call, with the same interface as on Linux.
 
 type Reader struct {
-	c   *net.UDPConn
-	buf []byte
-	n   int
-	src netip.AddrPort
+	c    *net.UDPConn
+	buf  []byte
+	room int
+	n    int
+	src  netip.AddrPort
 }
 
 // NewReader returns a Reader of c whose buffers hold size bytes each.
 func NewReader(c *net.UDPConn, size int) (*Reader, error) {
-	return &Reader{c: c, buf: make([]byte, size)}, nil
+	return NewReaderHeadroom(c, size, 0)
+}
+
+// NewReaderHeadroom is NewReader with headroom bytes kept free in front
+// of every datagram read.
+func NewReaderHeadroom(c *net.UDPConn, size, headroom int) (*Reader, error) {
+	return &Reader{c: c, buf: make([]byte, headroom+size), room: headroom}, nil
 }
 
 func (r *Reader) Read() (int, error) {
-	n, src, err := r.c.ReadFromUDPAddrPort(r.buf)
+	n, src, err := r.c.ReadFromUDPAddrPort(r.buf[r.room:])
 	if err != nil {
 		return 0, err
 	}
@@ -34,8 +41,11 @@ func (r *Reader) Read() (int, error) {
 // Datagram reports truncation as a datagram that filled the buffer; the
 // callers' buffers are one byte larger than anything they accept.
 func (r *Reader) Datagram(int) ([]byte, netip.AddrPort, bool) {
-	return r.buf[:r.n], r.src, false
+	return r.buf[r.room : r.room+r.n], r.src, false
 }
+
+// Headroom returns the n bytes just in front of the datagram.
+func (r *Reader) Headroom(_, n int) []byte { return r.buf[r.room-n : r.room : r.room] }
 
 type Writer struct {
 	c       *net.UDPConn

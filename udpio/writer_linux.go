@@ -27,17 +27,24 @@ const (
 
 // Writer sends up to BatchSize queued datagrams per sendmmsg call,
 // consecutive ones of the same size to the same destination as one GSO
-// message. A datagram is a header (may be empty) and a payload, sent as
-// two iovecs so that neither is copied.
+// message. A datagram is a header (may be empty) and a payload, neither
+// copied: one iovec when the header is empty or lies just in front of
+// the payload in memory (Reader.Headroom), else two.
 type Writer struct {
 	rc    syscall.RawConn
 	inet6 bool // an AF_INET6 socket: IPv4 destinations go as IPv4-mapped
 	zones zoneIndexes
 
-	// Per queued datagram: its two iovecs (consecutive datagrams'
-	// iovecs are contiguous, so a group is one slice of them), address,
-	// payload length, destination and, after flush, whether it went.
+	// Per queued datagram: its first iovec (iov0; datagram i's are
+	// iov0[i] to iov0[i+1]-1, and consecutive datagrams' iovecs are
+	// contiguous, so a group is one slice of them), its size, the
+	// address it goes to (name: the index of the names entry holding it,
+	// shared by consecutive datagrams to one place), payload length,
+	// destination and, after flush, whether it went.
 	iovs     []unix.Iovec
+	iov0     []int
+	sizes    []int
+	name     []int
 	names    []unix.RawSockaddrInet6
 	namelens []uint32
 	lens     []int
@@ -89,6 +96,9 @@ func NewWriter(c *net.UDPConn) (*Writer, error) {
 		rc:       rc,
 		inet6:    domain == unix.AF_INET6,
 		iovs:     make([]unix.Iovec, 2*BatchSize),
+		iov0:     make([]int, BatchSize+1),
+		sizes:    make([]int, BatchSize),
+		name:     make([]int, BatchSize),
 		names:    make([]unix.RawSockaddrInet6, BatchSize),
 		namelens: make([]uint32, BatchSize),
 		lens:     make([]int, BatchSize),
@@ -112,16 +122,42 @@ func (w *Writer) Add(head, payload []byte, to netip.AddrPort) bool {
 		return false
 	}
 	i := w.n
-	namelen, ok := w.putSockaddr(&w.names[i], to)
-	if !ok {
-		return false
+	if i > 0 && to == w.dsts[i-1] {
+		w.name[i] = w.name[i-1] // the same sockaddr, not converted again
+	} else {
+		namelen, ok := w.putSockaddr(&w.names[i], to)
+		if !ok {
+			return false
+		}
+		w.name[i], w.namelens[i] = i, namelen
 	}
-	w.namelens[i] = namelen
-	setIovec(&w.iovs[2*i], head)
-	setIovec(&w.iovs[2*i+1], payload)
+	v := w.iov0[i]
+	switch {
+	case len(head) == 0:
+		setIovec(&w.iovs[v], payload)
+		v++
+	case len(payload) == 0 || adjacent(head, payload):
+		// One iovec over both: only its start and length are kept.
+		w.iovs[v].Base = &head[0]
+		w.iovs[v].SetLen(len(head) + len(payload))
+		v++
+	default:
+		setIovec(&w.iovs[v], head)
+		setIovec(&w.iovs[v+1], payload)
+		v += 2
+	}
+	w.iov0[i+1] = v
+	w.sizes[i] = len(head) + len(payload)
 	w.lens[i], w.dsts[i], w.sent[i] = len(payload), to, false
 	w.n++
 	return true
+}
+
+// adjacent reports whether payload (not empty) starts right where head
+// ends. Addresses are compared as numbers: a pointer one past head may
+// not be formed.
+func adjacent(head, payload []byte) bool {
+	return uintptr(unsafe.Pointer(&head[0]))+uintptr(len(head)) == uintptr(unsafe.Pointer(&payload[0]))
 }
 
 func setIovec(v *unix.Iovec, b []byte) {
@@ -132,7 +168,7 @@ func setIovec(v *unix.Iovec, b []byte) {
 	v.SetLen(len(b))
 }
 
-func (w *Writer) size(i int) int { return int(w.iovs[2*i].Len + w.iovs[2*i+1].Len) }
+func (w *Writer) size(i int) int { return w.sizes[i] }
 
 // Flush sends what is queued. Afterwards Result(i) tells, for each i <
 // Len(), whether datagram i was sent; Reset empties the batch.
@@ -194,10 +230,10 @@ func (w *Writer) build(from int, gso bool) {
 			}
 		}
 		h := &w.msgs[m].Hdr
-		h.Name = (*byte)(unsafe.Pointer(&w.names[i]))
-		h.Namelen = w.namelens[i]
-		h.Iov = &w.iovs[2*i]
-		h.SetIovlen(2 * (j - i))
+		h.Name = (*byte)(unsafe.Pointer(&w.names[w.name[i]]))
+		h.Namelen = w.namelens[w.name[i]]
+		h.Iov = &w.iovs[w.iov0[i]]
+		h.SetIovlen(w.iov0[j] - w.iov0[i])
 		h.Control, h.Controllen = nil, 0
 		if j-i > 1 {
 			c := w.cmsgs[m*gsoCmsgSpace : (m+1)*gsoCmsgSpace]
