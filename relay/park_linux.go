@@ -3,7 +3,6 @@ package relay
 import (
 	"os"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -214,16 +213,4 @@ func (l *lot) stopAll() {
 	for _, h := range hs {
 		go h.f.run(h)
 	}
-}
-
-// queued reports whether the socket of rc has bytes waiting to be read
-// (SIOCINQ). A failure says no: the lot then finds out what the socket
-// has to say.
-func queued(rc syscall.RawConn) bool {
-	var n int
-	var err error
-	if cerr := rc.Control(func(fd uintptr) { n, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }); cerr != nil || err != nil {
-		return false
-	}
-	return n > 0
 }

@@ -2,8 +2,6 @@
 
 package relay
 
-import "syscall"
-
 // canPark: outside Linux every direction keeps its goroutine.
 const canPark = false
 
@@ -14,5 +12,3 @@ var theLot lot
 
 func (lot) park(*half) bool { return false }
 func (lot) take(*half) bool { return false }
-
-func queued(syscall.RawConn) bool { return true }

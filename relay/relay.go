@@ -12,7 +12,7 @@
 // socket to become readable first, then takes a pooled buffer for a small
 // read and, when more is queued, a pooled pipe for splice, and gives both
 // back as soon as the socket has nothing queued. A direction whose socket
-// stays quiet for parkAfter (100 ms) gives up its goroutine too: its
+// stays quiet for a whole parkAfter (100 ms) gives up its goroutine too: its
 // socket waits in the lot (park_linux.go), one epoll instance for the
 // process, and a new goroutine takes the direction on when the socket is
 // readable. A tunnel that sits idle for hours costs its two sockets and
@@ -146,8 +146,8 @@ type half struct {
 	rc    syscall.RawConn
 }
 
-// parkAfter is how long a direction's socket stays quiet before its
-// goroutine leaves it to the lot. Short enough that a host opening
+// parkAfter is how long a direction's socket stays quiet (between
+// parkAfter and twice that) before its goroutine leaves it to the lot. Short enough that a host opening
 // tunnels by the thousand holds goroutines only for the newest; long
 // enough that a request and its answer (the connection test's whole
 // cycle) never park, so a short flow pays nothing for it.
@@ -183,6 +183,11 @@ func (f *Flow) run(h *half) {
 			if !canPark || !errors.Is(err, os.ErrDeadlineExceeded) {
 				break
 			}
+			if n > 0 {
+				// Bytes moved since the deadline was set: busy, not
+				// quiet (the deadline is absolute). Another period.
+				continue
+			}
 			_ = h.src.SetReadDeadline(time.Time{})
 			if f.park(h) {
 				return
@@ -206,9 +211,9 @@ func (f *Flow) run(h *half) {
 	}
 }
 
-// park leaves h to the lot if its source has nothing queued, and reports
-// whether it did (the caller's goroutine then ends). A source with bytes
-// queued was busy, not quiet (the deadline is absolute): h goes on.
+// park leaves h, quiet for a whole parkAfter, to the lot, and reports
+// whether it did (the caller's goroutine then ends). Bytes that arrived
+// meanwhile make the lot resume h at once.
 func (f *Flow) park(h *half) bool {
 	if h.rc == nil {
 		rc, err := h.src.SyscallConn()
@@ -216,9 +221,6 @@ func (f *Flow) park(h *half) bool {
 			return false
 		}
 		h.rc = rc
-	}
-	if queued(h.rc) {
-		return false
 	}
 	return theLot.park(h)
 }
