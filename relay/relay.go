@@ -153,6 +153,9 @@ type half struct {
 // cycle) never park, so a short flow pays nothing for it.
 const parkAfter = 100 * time.Millisecond
 
+// maxParkPeriod is the longest park timer of a bulk direction.
+const maxParkPeriod = 8 * parkAfter
+
 // run copies h.src to h.dst. On EOF it passes the half-close on with
 // CloseWrite and leaves the other direction running; on an error it
 // closes both connections so the other direction ends too. The direction
@@ -170,13 +173,14 @@ func (f *Flow) run(h *half) {
 		n, err = copyLimited(f.ctx, h.dst, h.src, h.lim, &f.moved, h.live)
 		h.moved += n
 	} else {
+		period := parkAfter
 		for {
 			if canPark {
 				// The read deadline is the park timer: the copy loop's
 				// next wait for src ends with os.ErrDeadlineExceeded
 				// once it is past. It interrupts no transfer: a read
 				// that times out has moved nothing.
-				_ = h.src.SetReadDeadline(time.Now().Add(parkAfter))
+				_ = h.src.SetReadDeadline(time.Now().Add(period))
 			}
 			n, err = copyConn(h.dst, h.src, h.live)
 			h.moved += n
@@ -185,7 +189,12 @@ func (f *Flow) run(h *half) {
 			}
 			if n > 0 {
 				// Bytes moved since the deadline was set: busy, not
-				// quiet (the deadline is absolute). Another period.
+				// quiet (the deadline is absolute). Another period,
+				// longer for bulk, so that a long transfer restarts
+				// its copy loop about once a second, not ten times.
+				if n >= smallCopy {
+					period = min(2*period, maxParkPeriod)
+				}
 				continue
 			}
 			_ = h.src.SetReadDeadline(time.Time{})
