@@ -191,28 +191,20 @@ func (d Dialer) netDialer(network string) (*net.Dialer, error) {
 
 // DialTCP connects to dst from a socket bound to the interface. The result
 // is the concrete *net.TCPConn so that relays can use splice(2).
-//
-// It dials by address (net.Dialer.DialTCP), not by a host:port string: a
-// flow's target is resolved already, and the string path would format and
-// parse the address again and allocate for it on every connection.
 func (d Dialer) DialTCP(ctx context.Context, dst netip.AddrPort) (*net.TCPConn, error) {
-	network := "tcp6"
-	if a := dst.Addr().Unmap(); a.Is4() {
-		network = "tcp4"
-		dst = netip.AddrPortFrom(a, dst.Port())
+	network := "tcp4"
+	if !dst.Addr().Unmap().Is4() {
+		network = "tcp6"
 	}
-	var laddr netip.AddrPort
-	if d.HasSource() {
-		src := d.SourceFor(network == "tcp4")
-		if !src.IsValid() {
-			return nil, &Error{Interface: d.Interface, Err: ErrFamily}
-		}
-		laddr = netip.AddrPortFrom(src, 0)
+	nd, err := d.netDialer(network)
+	if err != nil {
+		return nil, err
 	}
-	// Go's default keepalive costs four setsockopt calls per socket;
-	// callers set keepalive themselves when they want it.
-	nd := net.Dialer{Control: d.control, KeepAlive: -1}
-	return nd.DialTCP(ctx, network, laddr, dst)
+	c, err := nd.DialContext(ctx, network, dst.String())
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
 }
 
 // ListenUDP opens an unconnected UDP socket bound to the interface (and to

@@ -32,8 +32,10 @@ type Limits struct {
 // only in chunks of at most the burst and after the limiter allows them.
 // Callers with nothing to pace should call Start, which does not watch a
 // context at all.
-func StartLimited(ctx context.Context, client, upstream *net.TCPConn, idle time.Duration, lim Limits, cnt Counts, done func(Result)) {
-	f := &flow{conns: [2]*net.TCPConn{client, upstream}, done: done, pending: 2, parent: ctx}
+func StartLimited(ctx context.Context, client, upstream *net.TCPConn, idle time.Duration, lim Limits, cnt Counts, done func(Result)) *Flow {
+	f := &Flow{conns: [2]*net.TCPConn{client, upstream}, done: done, pending: 2, parent: ctx}
+	f.halves[0] = half{f: f, dst: upstream, src: client, count: &f.up, lim: lim.Up, live: cnt.Up}
+	f.halves[1] = half{f: f, dst: client, src: upstream, count: &f.down, lim: lim.Down, live: cnt.Down}
 	f.ctx, f.cancel = context.WithCancel(ctx)
 	// Registered before the copiers start: a ctx already done closes
 	// the connections at once and both directions end.
@@ -41,8 +43,9 @@ func StartLimited(ctx context.Context, client, upstream *net.TCPConn, idle time.
 	if idle > 0 {
 		f.timer.start(idle, f)
 	}
-	go f.half(upstream, client, &f.up, lim.Up, cnt.Up)
-	go f.half(client, upstream, &f.down, lim.Down, cnt.Down)
+	go f.run(&f.halves[0])
+	go f.run(&f.halves[1])
+	return f
 }
 
 // chunk is how many of avail queued bytes a paced direction may take at

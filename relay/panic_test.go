@@ -43,7 +43,7 @@ func TestRelayPanic(t *testing.T) {
 	if !errors.As(res.Err, &pe) {
 		t.Fatalf("Result.Err = %v, want a *relay.PanicError", res.Err)
 	}
-	if pe.Value != "injected relay panic" || !strings.Contains(string(pe.Stack), "relay.(*flow).half") {
+	if pe.Value != "injected relay panic" || !strings.Contains(string(pe.Stack), "relay.(*Flow).run") {
 		t.Errorf("PanicError value %v, stack:\n%s\nwant the injected value and the copier in the stack", pe.Value, pe.Stack)
 	}
 	for name, c := range map[string]*net.TCPConn{"client": client, "upstream": upstream} {

@@ -11,8 +11,12 @@
 // An idle flow holds no buffer and no pipe: each direction waits for its
 // socket to become readable first, then takes a pooled buffer for a small
 // read and, when more is queued, a pooled pipe for splice, and gives both
-// back as soon as the socket has nothing queued. A tunnel that sits
-// idle for hours costs two parked goroutines and its two sockets.
+// back as soon as the socket has nothing queued. A direction whose socket
+// stays quiet for a whole parkAfter (100 ms) gives up its goroutine too: its
+// socket waits in the lot (park_linux.go), one epoll instance for the
+// process, and a new goroutine takes the direction on when the socket is
+// readable. A tunnel that sits idle for hours costs its two sockets and
+// its flow record; no goroutine, stack, buffer or pipe.
 //
 // It is part of the ifsocks program, not a public API: exported names
 // serve the other packages of this module and change with them.
@@ -23,9 +27,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -74,19 +80,32 @@ func add(c *atomic.Int64, n int64) {
 // has received data for idle (0 disables the idle timeout), both
 // connections are closed and done is called once, from one of those
 // goroutines, with the result. cnt is added to as bytes move.
-func Start(client, upstream *net.TCPConn, idle time.Duration, cnt Counts, done func(Result)) {
-	f := &flow{conns: [2]*net.TCPConn{client, upstream}, done: done, pending: 2}
+//
+// A direction whose socket stays quiet for parkAfter leaves its goroutine
+// for the lot (park_linux.go) until the socket is readable again. The
+// connections must therefore be closed by the returned Flow's Close, never
+// directly, to cut the flow: the lot cannot see a descriptor closed under it.
+func Start(client, upstream *net.TCPConn, idle time.Duration, cnt Counts, done func(Result)) *Flow {
+	f := &Flow{conns: [2]*net.TCPConn{client, upstream}, done: done, pending: 2}
+	f.halves[0] = half{f: f, dst: upstream, src: client, count: &f.up, live: cnt.Up}
+	f.halves[1] = half{f: f, dst: client, src: upstream, count: &f.down, live: cnt.Down}
 	if idle > 0 {
 		f.timer.start(idle, f)
 	}
-	go f.half(upstream, client, &f.up, nil, cnt.Up)
-	go f.half(client, upstream, &f.down, nil, cnt.Down)
+	go f.run(&f.halves[0])
+	go f.run(&f.halves[1])
+	return f
 }
 
-type flow struct {
-	conns [2]*net.TCPConn
-	done  func(Result)
-	timer IdleTimer // armed when the flow has an idle timeout
+// Flow is a running relay.
+type Flow struct {
+	conns  [2]*net.TCPConn
+	halves [2]half // client to upstream, upstream to client
+	done   func(Result)
+	// closing is set once the flow is being closed: no direction parks
+	// from then on (closeBoth resumes those parked before).
+	closing atomic.Bool
+	timer   IdleTimer // armed when the flow has an idle timeout
 	// ctx, set only for a paced flow (StartLimited), cuts its limiter
 	// waits short; cancel is called by closeBoth, stopWatch by finish.
 	ctx    context.Context
@@ -110,30 +129,79 @@ type flow struct {
 	finished bool
 }
 
-// half copies src to dst into *count. On EOF it passes the half-close on
-// with CloseWrite and leaves the other direction running; on an error it
+// half is one direction of a flow: src copied to dst, bytes counted into
+// *count (under the flow's mu, at its end) and live (as they move).
+type half struct {
+	f        *Flow
+	dst, src *net.TCPConn
+	count    *int64
+	lim      *rate.Limiter // nil: not paced
+	live     *atomic.Int64
+	moved    int64 // bytes moved so far, across parkings
+	// reg is the direction's registration in the lot while parked (0:
+	// not parked), under the lot's mu; inLot says its socket is in the
+	// lot's epoll set (parked once), rc is src's raw connection.
+	reg   atomic.Uint64
+	inLot bool
+	rc    syscall.RawConn
+}
+
+// parkAfter is how long a direction's socket stays quiet (between
+// parkAfter and twice that) before its goroutine leaves it to the lot. Short enough that a host opening
+// tunnels by the thousand holds goroutines only for the newest; long
+// enough that a request and its answer (the connection test's whole
+// cycle) never park, so a short flow pays nothing for it.
+const parkAfter = 100 * time.Millisecond
+
+// run copies h.src to h.dst. On EOF it passes the half-close on with
+// CloseWrite and leaves the other direction running; on an error it
 // closes both connections so the other direction ends too. The direction
-// that ends last finishes the flow.
-func (f *flow) half(dst, src *net.TCPConn, count *int64, lim *rate.Limiter, live *atomic.Int64) {
+// that ends last finishes the flow. An unpaced direction whose source
+// has been quiet for parkAfter parks in the lot and this goroutine ends;
+// the lot calls run again in a new one when the source is readable.
+func (f *Flow) run(h *half) {
 	var (
 		n     int64
 		err   error
 		ended bool // this direction is counted out of pending
 	)
 	defer f.recoverHalf(&ended)
-	if lim == nil {
-		n, err = copyConn(dst, src, live)
+	if h.lim != nil {
+		n, err = copyLimited(f.ctx, h.dst, h.src, h.lim, &f.moved, h.live)
+		h.moved += n
 	} else {
-		n, err = copyLimited(f.ctx, dst, src, lim, &f.moved, live)
+		for {
+			if canPark {
+				// The read deadline is the park timer: the copy loop's
+				// next wait for src ends with os.ErrDeadlineExceeded
+				// once it is past. It interrupts no transfer: a read
+				// that times out has moved nothing.
+				_ = h.src.SetReadDeadline(time.Now().Add(parkAfter))
+			}
+			n, err = copyConn(h.dst, h.src, h.live)
+			h.moved += n
+			if !canPark || !errors.Is(err, os.ErrDeadlineExceeded) {
+				break
+			}
+			if n > 0 {
+				// Bytes moved since the deadline was set: busy, not
+				// quiet (the deadline is absolute). Another period.
+				continue
+			}
+			_ = h.src.SetReadDeadline(time.Time{})
+			if f.park(h) {
+				return
+			}
+		}
 	}
 	if err == nil {
-		err = dst.CloseWrite()
+		err = h.dst.CloseWrite()
 	}
 	if err != nil {
 		f.fail(err)
 	}
 	f.mu.Lock()
-	*count = n
+	*h.count = h.moved
 	f.pending--
 	ended = true
 	last := f.pending == 0
@@ -143,12 +211,31 @@ func (f *flow) half(dst, src *net.TCPConn, count *int64, lim *rate.Limiter, live
 	}
 }
 
+// park leaves h, quiet for a whole parkAfter, to the lot, and reports
+// whether it did (the caller's goroutine then ends). Bytes that arrived
+// meanwhile make the lot resume h at once.
+func (f *Flow) park(h *half) bool {
+	if h.rc == nil {
+		rc, err := h.src.SyscallConn()
+		if err != nil {
+			return false
+		}
+		h.rc = rc
+	}
+	return theLot.park(h)
+}
+
+// Close closes both connections, which ends the flow: done is called,
+// from another goroutine, once both directions have seen it. It is how
+// the owner of a flow cuts it.
+func (f *Flow) Close() { f.closeBoth() }
+
 // recoverHalf, deferred by each direction, turns a panic in it into the
 // end of this flow alone: the panic is recorded as the flow's error (over
 // any other: it is the one to report), both connections are closed, and
 // the direction counts as ended (unless it already was: the panic came
 // from finishing) so the flow still finishes once.
-func (f *flow) recoverHalf(ended *bool) {
+func (f *Flow) recoverHalf(ended *bool) {
 	p := recover()
 	if p == nil {
 		return
@@ -169,7 +256,7 @@ func (f *flow) recoverHalf(ended *bool) {
 
 // fail records the first error and closes both connections. Errors caused
 // by our own close (net.ErrClosed in the other direction) are not recorded.
-func (f *flow) fail(err error) {
+func (f *Flow) fail(err error) {
 	f.mu.Lock()
 	if f.err == nil && !f.idle && !f.finished && !errors.Is(err, net.ErrClosed) {
 		f.err = err
@@ -178,15 +265,23 @@ func (f *flow) fail(err error) {
 	f.closeBoth()
 }
 
-func (f *flow) closeBoth() {
+func (f *Flow) closeBoth() {
+	f.closing.Store(true)
 	if f.cancel != nil {
 		f.cancel()
 	}
 	f.conns[0].Close()
 	f.conns[1].Close()
+	// A parked direction has no goroutine to see the close: resume it in
+	// one, which finds its sockets closed and ends as the other does.
+	for i := range f.halves {
+		if h := &f.halves[i]; theLot.take(h) {
+			go f.run(h)
+		}
+	}
 }
 
-func (f *flow) finish() {
+func (f *Flow) finish() {
 	f.timer.Stop()
 	if f.stopWatch != nil {
 		f.stopWatch()
@@ -205,7 +300,7 @@ func (f *flow) finish() {
 // quiet is how long neither socket has received payload, from the kernel's
 // own bookkeeping (TCP_INFO), so the unpaced copy loops need not track it;
 // for a paced flow, also how long since its copiers last moved bytes.
-func (f *flow) quiet() time.Duration {
+func (f *Flow) quiet() time.Duration {
 	q := min(sinceLastReceive(f.conns[0]), sinceLastReceive(f.conns[1]))
 	if t := f.moved.Load(); t != 0 {
 		q = min(q, time.Since(time.Unix(0, t)))
@@ -213,7 +308,7 @@ func (f *flow) quiet() time.Duration {
 	return q
 }
 
-func (f *flow) expire() {
+func (f *Flow) expire() {
 	f.mu.Lock()
 	f.idle = !f.finished
 	f.mu.Unlock()

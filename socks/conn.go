@@ -13,6 +13,7 @@ import (
 
 	"github.com/ifsocks/ifsocks/accounting"
 	"github.com/ifsocks/ifsocks/auth"
+	"github.com/ifsocks/ifsocks/relay"
 	"go.uber.org/zap"
 )
 
@@ -50,6 +51,10 @@ type serverConn struct {
 	iface    string
 	ended    error
 	upstream net.Conn // the target connection of a CONNECT, once dialled
+	// relay is the flow's relay once started: cutting the flow closes
+	// through it, since a quiet relay may have no goroutine to notice
+	// its sockets closed (relay.Start).
+	relay *relay.Flow
 	// ans answers requests in a protocol other than SOCKS5 (nil:
 	// SOCKS5); set by that protocol's serve before any flow starts.
 	ans  answerer
@@ -96,6 +101,9 @@ func (sc *serverConn) close() {
 	}
 	if sc.cancelWait != nil {
 		sc.cancelWait()
+	}
+	if sc.relay != nil {
+		sc.relay.Close()
 	}
 	sc.conn.Close()
 	if sc.upstream != nil {

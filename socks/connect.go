@@ -123,11 +123,13 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 		st.Metrics.FlowActive(rec.user, rec.iface, -1)
 		sc.relayDone(rec, res)
 	}
+	var fl *relay.Flow
 	if lim := sc.relayLimits(user); lim != (relay.Limits{}) {
-		relay.StartLimited(sc.srv.flowContext(sc), client, up, st.IdleTimeout, lim, sc.flowCounts(), done)
-		return true
+		fl = relay.StartLimited(sc.srv.flowContext(sc), client, up, st.IdleTimeout, lim, sc.flowCounts(), done)
+	} else {
+		fl = relay.Start(client, up, st.IdleTimeout, sc.flowCounts(), done)
 	}
-	relay.Start(client, up, st.IdleTimeout, sc.flowCounts(), done)
+	sc.srv.setRelay(sc, fl)
 	return true
 }
 

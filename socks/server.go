@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/ifsocks/ifsocks/accounting"
+	"github.com/ifsocks/ifsocks/relay"
 	"go.uber.org/zap"
 )
 
@@ -336,6 +337,18 @@ func (s *Server) setEgress(sc *serverConn, iface string, up net.Conn) bool {
 	}
 	sc.iface, sc.upstream = iface, up
 	return true
+}
+
+// setRelay records the relay of sc's flow, through which cutting the
+// flow closes it; if the flow was cut while the relay was starting, it
+// closes it at once.
+func (s *Server) setRelay(sc *serverConn, fl *relay.Flow) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sc.relay = fl
+	if sc.ended != nil || s.forced {
+		fl.Close()
+	}
 }
 
 // endReason returns why the server cut sc's flow, or nil if it did not.
