@@ -174,8 +174,11 @@ func TestLimitedCut(t *testing.T) {
 	if !errors.Is(r.Err, context.Canceled) {
 		t.Errorf("Result.Err = %v, want context.Canceled", r.Err)
 	}
-	// What crossed before the cut is what the result counts, and it is
-	// about one burst, not the whole payload.
+	// What crossed before the cut is about one burst, not the whole
+	// payload. A cut closes with unread data queued, so the kernel resets
+	// the connection, and a reset drops what the peer had not yet taken
+	// from the wire: the receiver may get a little less than the relay
+	// counted as written, never more.
 	for _, c := range []struct {
 		name    string
 		conn    *net.TCPConn
@@ -187,8 +190,8 @@ func TestLimitedCut(t *testing.T) {
 		if err != nil && !isResetErr(err) {
 			t.Errorf("%s: %v after the cut, want EOF or reset", c.name, err)
 		}
-		if int64(len(got)) != c.counted || len(got) < 1 || len(got) > burst+burst/8 {
-			t.Errorf("%s received %d bytes, result counts %d; want the same, about the %d-byte burst", c.name, len(got), c.counted, burst)
+		if int64(len(got)) > c.counted || len(got) < 1 || c.counted > burst+burst/8 {
+			t.Errorf("%s received %d bytes, result counts %d; want at most the count, about the %d-byte burst", c.name, len(got), c.counted, burst)
 		}
 	}
 }
