@@ -15,12 +15,6 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// smallCopy is the size below which queued bytes are moved with one read
-// and one write through a pooled buffer: for a few hundred bytes that is
-// cheaper than splice's two calls through a pipe, and bulk data still
-// splices.
-const smallCopy = 16 << 10
-
 var bufPool = sync.Pool{New: func() any { b := make([]byte, smallCopy); return &b }}
 
 // copyLimited is copyConn paced by lim: once src is readable it takes

@@ -156,6 +156,13 @@ const parkAfter = 100 * time.Millisecond
 // maxParkPeriod is the longest park timer of a bulk direction.
 const maxParkPeriod = 8 * parkAfter
 
+// smallCopy is the size below which queued bytes are moved with one read
+// and one write through a pooled buffer: for a few hundred bytes that is
+// cheaper than splice's two calls through a pipe, and bulk data still
+// splices. A copy that moved this much is bulk, which lengthens its park
+// period.
+const smallCopy = 16 << 10
+
 // run copies h.src to h.dst. On EOF it passes the half-close on with
 // CloseWrite and leaves the other direction running; on an error it
 // closes both connections so the other direction ends too. The direction
