@@ -60,19 +60,7 @@ func TestHTTPProxyBulk(t *testing.T) {
 		if down, _ := line["bytes_down"].(float64); down < size {
 			t.Errorf("flow bytes_down %v, want at least %d", down, size)
 		}
-		bytes := straceBytes(t, trace)
-		t.Logf("daemon system calls during the download: %v", bytes)
-		// Each byte is spliced twice (socket to pipe, pipe to socket),
-		// apart from the small bursts the relay reads into a buffer (the
-		// heads, the first segment, what trickles in while the loaded
-		// machine is slow): 90% at least, and under 10% through user
-		// space. Without splice it would be 0% and 200%.
-		if bytes["splice"] < 2*size*90/100 {
-			t.Errorf("splice moved %d bytes, want at least 90%% of %d: the tunnel did not splice", bytes["splice"], 2*size)
-		}
-		if other := bytes["read"] + bytes["write"] + bytes["readv"] + bytes["writev"] + bytes["recvfrom"] + bytes["sendto"] + bytes["recvmsg"] + bytes["sendmsg"]; other > size/10 {
-			t.Errorf("%d bytes went through read/write system calls, want under 10%% of %d", other, size)
-		}
+		wantSpliced(t, straceBytes(t, trace), size)
 	})
 
 	// The same download through a CONNECT granted on the second try: the
@@ -96,14 +84,7 @@ func TestHTTPProxyBulk(t *testing.T) {
 		}
 		line := od.waitLineSince(t, mark, "flow")
 		wantFields(t, line, map[string]any{"protocol": "http-connect", "interface": "wan1", "outcome": "ok"})
-		bytes := straceBytes(t, trace)
-		t.Logf("daemon system calls during the download: %v", bytes)
-		if bytes["splice"] < 2*size*90/100 {
-			t.Errorf("splice moved %d bytes, want at least 90%% of %d: the tunnel did not splice", bytes["splice"], 2*size)
-		}
-		if other := bytes["read"] + bytes["write"] + bytes["readv"] + bytes["writev"] + bytes["recvfrom"] + bytes["sendto"] + bytes["recvmsg"] + bytes["sendmsg"]; other > size/10 {
-			t.Errorf("%d bytes went through read/write system calls, want under 10%% of %d", other, size)
-		}
+		wantSpliced(t, straceBytes(t, trace), size)
 	})
 
 	t.Run("plain", func(t *testing.T) {
@@ -277,5 +258,22 @@ func TestHTTPProxyRateLimit(t *testing.T) {
 		if took < 3*time.Second {
 			t.Errorf("%q: 4 MiB in %v at 1 MiB/s: the rate limit did not hold", flag, took)
 		}
+	}
+}
+
+// wantSpliced checks a tunnel's download of size bytes by the daemon's
+// system calls (straceBytes): each byte is spliced twice (socket to pipe,
+// pipe to socket), apart from the small bursts the relay reads into a
+// buffer (the heads, the first segment, what trickles in while the loaded
+// machine is slow): 90% at least, and under 10% through user space.
+// Without splice it would be 0% and 200%.
+func wantSpliced(t *testing.T, bytes map[string]int64, size int64) {
+	t.Helper()
+	t.Logf("daemon system calls during the download: %v", bytes)
+	if bytes["splice"] < 2*size*90/100 {
+		t.Errorf("splice moved %d bytes, want at least 90%% of %d: the tunnel did not splice", bytes["splice"], 2*size)
+	}
+	if other := bytes["read"] + bytes["write"] + bytes["readv"] + bytes["writev"] + bytes["recvfrom"] + bytes["sendto"] + bytes["recvmsg"] + bytes["sendmsg"]; other > size/10 {
+		t.Errorf("%d bytes went through read/write system calls, want under 10%% of %d", other, size)
 	}
 }
