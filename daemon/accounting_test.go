@@ -231,7 +231,14 @@ quota_period = "week"
 		time.Sleep(20 * time.Millisecond)
 	}
 	waitFlow(t, d.logs, "", "quota", 1)
+	// The relay counts a write once it has returned, which on a loaded
+	// machine can be a moment after the client has read the bytes: wait
+	// (bounded) for the "-" flow's echo to be counted.
 	u := usageOf(t, maddr)
+	for end := time.Now().Add(10 * time.Second); u["-"].Down < 1234 && time.Now().Before(end); {
+		time.Sleep(20 * time.Millisecond)
+		u = usageOf(t, maddr)
+	}
 	if o := u["office"]; o.Up < 20000 || o.Down < 20000 || o.Quota != 30000 || o.Period != "week" {
 		t.Errorf("/usage office = %+v", o)
 	}
