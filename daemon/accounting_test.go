@@ -43,6 +43,21 @@ func usageOf(tb testing.TB, maddr string) map[string]accounting.Usage {
 
 // quotaConfig is a daemon with accounting in dir and alice's daily quota.
 func quotaConfig(addr, maddr, dir, quota string) string {
+	return accountingHead(addr, maddr, filepath.Join(dir, "usage.db")) + fmt.Sprintf(`[[users]]
+name = "alice"
+password = "alice-pw"
+quota = %s
+quota_period = "day"
+[[users]]
+name = "bob"
+password = "bob-pw"
+`, quota)
+}
+
+// accountingHead is the start of a test daemon's config: one listen
+// address, no destination policy (the targets are on loopback), metrics
+// on maddr and accounting in db, flushed every 200 ms.
+func accountingHead(listen, maddr, db string) string {
 	return fmt.Sprintf(`[server]
 listen = [%q]
 deny = []
@@ -52,15 +67,7 @@ listen = %q
 [accounting]
 path = %q
 flush_interval = "200ms"
-[[users]]
-name = "alice"
-password = "alice-pw"
-quota = %s
-quota_period = "day"
-[[users]]
-name = "bob"
-password = "bob-pw"
-`, addr, maddr, filepath.Join(dir, "usage.db"), quota)
+`, listen, maddr, db)
 }
 
 // TestQuotaPeriodAndReload: over quota a running flow is closed (outcome
@@ -187,22 +194,13 @@ func TestListenerQuota(t *testing.T) {
 	named := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	maddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	target := echoServer(t, "127.0.0.1:0")
-	text := fmt.Sprintf(`[server]
-listen = [%q]
-deny = []
-deny_own_addresses = false
-[metrics]
-listen = %q
-[accounting]
-path = %q
-flush_interval = "200ms"
-[[listeners]]
+	text := accountingHead(plain, maddr, filepath.Join(t.TempDir(), "usage.db")) + fmt.Sprintf(`[[listeners]]
 address = %q
 name = "office"
 auth = "none"
 quota = 30000
 quota_period = "week"
-`, plain, maddr, filepath.Join(t.TempDir(), "usage.db"), named)
+`, named)
 	d := startFileDaemonWith(t, text, nil)
 	c, err := socksDial(t, named, "", "", target)
 	if err != nil {

@@ -144,7 +144,7 @@ func TestForwardHeaders(t *testing.T) {
 	}
 	defer c.Close()
 	br := bufio.NewReader(c)
-	auth := "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("alice:pässword")) + "\r\n"
+	auth := aliceAuth
 	req := "GET http://" + up + "/ HTTP/1.1\r\nHost: " + up + "\r\n" + auth +
 		"Connection: X-Hop\r\nX-Hop: 1\r\nProxy-Connection: keep-alive\r\nProxy-Foo: 2\r\nKeep-Alive: 5\r\nX-Keep: 3\r\n\r\n"
 	resp, body := roundTrip(t, c, br, req)
@@ -180,7 +180,7 @@ func TestForwardHeaders(t *testing.T) {
 }
 
 func TestStatuses(t *testing.T) {
-	auth := "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("alice:pässword")) + "\r\n"
+	auth := aliceAuth
 	tests := []struct {
 		name, req string
 		auth      bool
@@ -296,7 +296,7 @@ func TestConnectThenMore(t *testing.T) {
 	}
 	defer c.Close()
 	br := bufio.NewReader(c)
-	auth := "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("alice:pässword")) + "\r\n"
+	auth := aliceAuth
 	for i, step := range []struct {
 		req  string
 		want int
@@ -359,3 +359,7 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatalf("read on the idle connection: %v, want EOF (closed by the idle timeout)", err)
 	}
 }
+
+// aliceAuth is the request header line with alice's credentials (a
+// non-ASCII password, sent as UTF-8).
+var aliceAuth = "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("alice:pässword")) + "\r\n"
