@@ -40,6 +40,15 @@ func (s *Server) recoverConn(sc *serverConn, where string) {
 	}
 }
 
+// recoverConnAt is recoverConn for a goroutine whose part changes as it
+// runs (a UDP association's one relay goroutine): *where is read at the
+// panic.
+func (s *Server) recoverConnAt(sc *serverConn, where *string) {
+	if p := recover(); p != nil {
+		s.panicked(sc, *where, p, debug.Stack())
+	}
+}
+
 // panicked logs and counts a recovered panic and closes sc's connections
 // (the client's and the upstream one), which ends its other goroutines.
 func (s *Server) panicked(sc *serverConn, where string, p any, stack []byte) {

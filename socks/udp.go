@@ -15,6 +15,7 @@ import (
 
 	"github.com/ifsocks/ifsocks/bind"
 	"github.com/ifsocks/ifsocks/relay"
+	"github.com/ifsocks/ifsocks/udpio"
 	"go.uber.org/zap"
 )
 
@@ -45,6 +46,12 @@ type association struct {
 	control net.Conn
 	relay   *net.UDPConn
 	out     [2]*net.UDPConn // IPv4, IPv6; nil when the host lacks the family
+
+	// The directions: up from the relay socket, then down from each
+	// outbound socket. One goroutine serves them all through group (see
+	// run).
+	dirs  []direction
+	group *udpio.Group
 
 	// ctx ends when the association does; it bounds name lookups.
 	ctx    context.Context
@@ -191,8 +198,60 @@ func (sc *serverConn) newAssociation(route bind.Dialer, req Addr, clientIP netip
 		return nil, fmt.Errorf("open UDP relay on %s: %w", local.Addr(), err)
 	}
 	a.relay = r
+	if err := a.openRelays(); err != nil {
+		a.closeSockets()
+		return nil, err
+	}
 	a.last.Store(time.Now().UnixNano())
 	return a, nil
+}
+
+// direction is what reads one socket and relays what it read.
+type direction struct {
+	r     *udpio.Reader
+	relay func(n int) // handles the n datagrams r has just read
+	where string      // the panic label
+}
+
+// openRelays sets up the directions and the group that waits for them.
+// Outside Linux there is no group (each direction gets a goroutine).
+func (a *association) openRelays() error {
+	up, err := a.newUpRelay()
+	if err != nil {
+		return fmt.Errorf("UDP relay: %w", err)
+	}
+	a.dirs = append(a.dirs, direction{up.r, up.relay, panicUDPUpstream})
+	writers := []*udpio.Writer{up.w[0], up.w[1]}
+	for _, c := range a.out {
+		if c != nil {
+			down, err := a.newDownRelay(c)
+			if err != nil {
+				return fmt.Errorf("UDP relay: %w", err)
+			}
+			a.dirs = append(a.dirs, direction{down.r, down.relay, panicUDPDownstream})
+			writers = append(writers, down.w)
+		}
+	}
+	readers := make([]*udpio.Reader, len(a.dirs))
+	for i, d := range a.dirs {
+		readers[i] = d.r
+	}
+	a.group, err = udpio.NewGroup(readers...)
+	if errors.Is(err, errors.ErrUnsupported) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("UDP relay: %w", err)
+	}
+	// The one goroutine must not wait for room on one socket while the
+	// other direction waits for it: a datagram that does not fit is
+	// dropped (counted send_failed), as a router drops at a full queue.
+	for _, w := range writers {
+		if w != nil {
+			w.DropWhenFull()
+		}
+	}
+	return nil
 }
 
 // openOutbound opens the per-family outbound sockets. A bind failure fails
@@ -251,19 +310,10 @@ func openRelay(local netip.Addr, min, max uint16) (*net.UDPConn, error) {
 // idle, then closes everything and waits for its goroutines.
 func (a *association) run() {
 	var wg sync.WaitGroup
-	wg.Go(func() {
-		defer a.closeAll()
-		defer a.srv.recoverConn(a.owner, panicUDPUpstream)
-		a.upstream()
-	})
-	for _, c := range a.out {
-		if c != nil {
-			wg.Go(func() {
-				defer a.closeAll()
-				defer a.srv.recoverConn(a.owner, panicUDPDownstream)
-				a.downstream(c)
-			})
-		}
+	if a.group != nil {
+		wg.Go(a.serveGroup)
+	} else {
+		a.serveEach(&wg)
 	}
 	var it *relay.IdleTimer
 	if a.st.IdleTimeout > 0 {
@@ -279,6 +329,39 @@ func (a *association) run() {
 	wg.Wait()
 	if it != nil {
 		it.Stop()
+	}
+}
+
+// serveGroup relays both ways from one goroutine, woken through the
+// group whenever any socket has datagrams (see udpio.Group: one
+// goroutine per direction cost a thread wake-up and a park per batch
+// more). It returns when a socket or the group is closed.
+func (a *association) serveGroup() {
+	where := panicUDPUpstream
+	defer a.closeAll()
+	defer a.srv.recoverConnAt(a.owner, &where)
+	a.group.Serve(func(i, n int) {
+		d := &a.dirs[i]
+		where = d.where
+		d.relay(n)
+	})
+}
+
+// serveEach relays with one goroutine per socket, where there is no
+// group.
+func (a *association) serveEach(wg *sync.WaitGroup) {
+	for _, d := range a.dirs {
+		wg.Go(func() {
+			defer a.closeAll()
+			defer a.srv.recoverConn(a.owner, d.where)
+			for {
+				n, err := d.r.Read()
+				if err != nil {
+					return
+				}
+				d.relay(n)
+			}
+		})
 	}
 }
 
@@ -301,6 +384,9 @@ func (a *association) closeAll() {
 // connection to the caller (a failed setup still owes the client a reply).
 func (a *association) closeSockets() {
 	a.cancel()
+	if a.group != nil {
+		a.group.Close()
+	}
 	if a.relay != nil {
 		a.relay.Close()
 	}

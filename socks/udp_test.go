@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -477,4 +479,42 @@ func TestUDPPortRangeAndAdvertise(t *testing.T) {
 	if rep, _ := r.associate(netip.MustParseAddrPort("0.0.0.0:0")); rep != RepGeneralFailure {
 		t.Fatalf("range exhausted: reply %#x, want %#x", rep, RepGeneralFailure)
 	}
+}
+
+// udpRelayGoroutines counts the goroutines relaying datagrams: serving
+// an association's group, and serving one socket each.
+func udpRelayGoroutines() (group, each int) {
+	buf := make([]byte, 1<<20)
+	s := string(buf[:runtime.Stack(buf, true)])
+	return strings.Count(s, "(*association).serveGroup("), strings.Count(s, "(*association).serveEach.func")
+}
+
+// TestUDPOneGoroutine: on Linux one goroutine relays both ways for an
+// association with both families' outbound sockets, and it ends with
+// the association.
+func TestUDPOneGoroutine(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("one goroutine per association needs epoll")
+	}
+	env := startServer(t, udpSettings(t))
+	echo4 := startUDPEcho(t, "udp4", "127.0.0.1:0", false)
+	echo6 := startUDPEcho(t, "udp6", "[::1]:0", false)
+	u := associate(t, env, "alice", alicePass)
+	for range 3 {
+		for _, echo := range []*udpEcho{echo4, echo6} {
+			u.send(echo.addr(), []byte("both"))
+			if src, payload, err := u.recv(5 * time.Second); err != nil || string(payload) != "both" || netip.AddrPortFrom(src.IP, src.Port) != echo.addr() {
+				t.Fatalf("reply from %v %q %v, want %v \"both\"", src, payload, err, echo.addr())
+			}
+		}
+	}
+	if group, each := udpRelayGoroutines(); group != 1 || each != 0 {
+		t.Errorf("%d goroutines serving a group and %d serving one socket, want 1 and 0", group, each)
+	}
+	u.ctl.c.Close()
+	waitAssocLog(t, env)
+	waitFor(t, 5*time.Second, "the relay goroutine to end", func() bool {
+		group, each := udpRelayGoroutines()
+		return group+each == 0
+	})
 }

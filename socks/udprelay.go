@@ -11,104 +11,111 @@ import (
 	"github.com/ifsocks/ifsocks/udpio"
 )
 
-// upstream reads the client's datagrams from the relay socket, checks
-// them and sends their payload from the outbound socket of the
-// destination's family. It returns when the relay socket is closed.
+// upRelay is the upstream direction: it reads the client's datagrams
+// from the relay socket, checks them and sends their payload from the
+// outbound socket of the destination's family.
 //
 // Datagrams are read and sent in batches (package udpio); each one
 // is still checked, counted and dropped on its own, in arrival order.
-func (a *association) upstream() {
-	max := a.st.UDP.MaxDatagram
-	// One byte more than the largest acceptable datagram, so that a
-	// datagram the read truncated can be told from one that fits.
-	size := maxUDPHeader + max + 1
-	r, err := udpio.NewReader(a.relay, size)
-	if err != nil {
-		return
-	}
-	var w [2]*udpio.Writer
-	for fam, c := range a.out {
-		if c != nil {
-			if w[fam], err = udpio.NewWriter(c); err != nil {
-				return
-			}
-		}
-	}
-	// The destination last recorded in a.sent: only this goroutine adds
+type upRelay struct {
+	a    *association
+	r    *udpio.Reader
+	w    [2]*udpio.Writer
+	max  int // the largest payload relayed
+	size int // the read buffer: the largest header and payload, and one byte
+	// The destination last recorded in a.sent: only this direction adds
 	// to it, so while the client keeps sending to one place it is still
 	// there and the lock need not be taken again.
-	var recorded netip.AddrPort
+	recorded netip.AddrPort
 	// The last IP destination's verdict under policy pol: a client
 	// sending to one place pays the policy check once per reload rather
 	// than once per datagram. A reload swaps the policy pointer, which
 	// discards it.
-	var verdict struct {
+	verdict struct {
 		pol    *policy.Policy
 		dst    Addr
 		to     netip.AddrPort
 		reason dropReason
 	}
-	for {
-		n, err := r.Read()
-		if err != nil {
-			return
-		}
-		pol := a.srv.settings.Load().Policy
-		for i := range n {
-			b, src, truncated := r.Datagram(i)
-			if !a.fromClient(src) {
-				a.stats.drop(dropForeign)
-				continue
-			}
-			dst, payload, err := parseUDPHeader(b)
-			switch {
-			case errors.Is(err, errFragment):
-				a.stats.drop(dropFragment)
-				continue
-			case err != nil:
-				a.stats.drop(dropMalformed)
-				continue
-			case truncated || len(b) == size || len(payload) > max:
-				a.stats.drop(dropTooLarge)
-				continue
-			}
-			var to netip.AddrPort
-			var reason dropReason
-			if dst.Name == "" && verdict.pol == pol && verdict.dst == dst {
-				to, reason = verdict.to, verdict.reason
-			} else {
-				to, reason = a.destination(pol, dst)
-				if dst.Name == "" {
-					verdict.pol, verdict.dst, verdict.to, verdict.reason = pol, dst, to, reason
-				}
-			}
-			if reason != dropNone {
-				a.stats.drop(reason)
-				continue
-			}
-			if a.lim.Up != nil && !a.lim.Up.AllowN(time.Now(), len(payload)) {
-				a.stats.drop(dropRateLimit)
-				continue
-			}
-			// Recorded before sending: the reply can arrive, on another
-			// goroutine, before the send returns.
-			if to != recorded {
-				a.sent.add(to)
-				recorded = to
-			}
-			if !w[family(to.Addr())].Add(nil, payload, to) {
-				a.stats.drop(dropSendFailed)
+}
+
+func (a *association) newUpRelay() (*upRelay, error) {
+	max := a.st.UDP.MaxDatagram
+	// One byte more than the largest acceptable datagram, so that a
+	// datagram the read truncated can be told from one that fits.
+	u := &upRelay{a: a, max: max, size: maxUDPHeader + max + 1}
+	var err error
+	if u.r, err = udpio.NewReader(a.relay, u.size); err != nil {
+		return nil, err
+	}
+	for fam, c := range a.out {
+		if c != nil {
+			if u.w[fam], err = udpio.NewWriter(c); err != nil {
+				return nil, err
 			}
 		}
-		sent := false
-		for fam, fw := range w {
-			if fw != nil && fw.Len() > 0 {
-				sent = a.flushUp(fam, fw) || sent
+	}
+	return u, nil
+}
+
+// relay handles the n datagrams the reader has just read.
+func (u *upRelay) relay(n int) {
+	a, r, w := u.a, u.r, &u.w
+	pol := a.srv.settings.Load().Policy
+	for i := range n {
+		b, src, truncated := r.Datagram(i)
+		if !a.fromClient(src) {
+			a.stats.drop(dropForeign)
+			continue
+		}
+		dst, payload, err := parseUDPHeader(b)
+		switch {
+		case errors.Is(err, errFragment):
+			a.stats.drop(dropFragment)
+			continue
+		case err != nil:
+			a.stats.drop(dropMalformed)
+			continue
+		case truncated || len(b) == u.size || len(payload) > u.max:
+			a.stats.drop(dropTooLarge)
+			continue
+		}
+		var to netip.AddrPort
+		var reason dropReason
+		if dst.Name == "" && u.verdict.pol == pol && u.verdict.dst == dst {
+			to, reason = u.verdict.to, u.verdict.reason
+		} else {
+			to, reason = a.destination(pol, dst)
+			if dst.Name == "" {
+				u.verdict.pol, u.verdict.dst, u.verdict.to, u.verdict.reason = pol, dst, to, reason
 			}
 		}
-		if sent {
-			a.touch()
+		if reason != dropNone {
+			a.stats.drop(reason)
+			continue
 		}
+		if a.lim.Up != nil && !a.lim.Up.AllowN(time.Now(), len(payload)) {
+			a.stats.drop(dropRateLimit)
+			continue
+		}
+		// Recorded before sending: the reply can arrive, on another
+		// goroutine, before the send returns.
+		if to != u.recorded {
+			a.sent.add(to)
+			u.recorded = to
+		}
+		if !w[family(to.Addr())].Add(nil, payload, to) {
+			a.stats.drop(dropSendFailed)
+		}
+	}
+	sent := false
+	for fam, fw := range w {
+		if fw != nil && fw.Len() > 0 {
+			sent = a.flushUp(fam, fw) || sent
+		}
+	}
+	if sent {
+		a.touch()
 	}
 }
 
@@ -186,71 +193,78 @@ func (a *association) lookup(name string) ([]netip.Addr, error) {
 	return addrs, err
 }
 
-// downstream reads datagrams arriving on an outbound socket, drops those
-// the reply filter refuses, and sends the rest to the client with a SOCKS
-// UDP header naming their source. Like upstream, it works in batches.
-func (a *association) downstream(c *net.UDPConn) {
-	max := a.st.UDP.MaxDatagram
+// downRelay is one downstream direction: it reads the datagrams arriving
+// on an outbound socket, drops those the reply filter refuses, and sends
+// the rest to the client with a SOCKS UDP header naming their source.
+// Like upRelay, it works in batches.
+type downRelay struct {
+	a       *association
+	r       *udpio.Reader
+	w       *udpio.Writer
+	max     int
+	allowed sentCache
+}
+
+func (a *association) newDownRelay(c *net.UDPConn) (*downRelay, error) {
+	d := &downRelay{a: a, max: a.st.UDP.MaxDatagram}
+	var err error
 	// Each reply's header is written in the room kept in front of its
 	// payload, and the two go out as one piece: nothing is copied.
-	r, err := udpio.NewReaderHeadroom(c, max+1, maxUDPReplyHeader)
-	if err != nil {
-		return
+	if d.r, err = udpio.NewReaderHeadroom(c, d.max+1, maxUDPReplyHeader); err != nil {
+		return nil, err
 	}
-	w, err := udpio.NewWriter(a.relay)
-	if err != nil {
-		return
+	if d.w, err = udpio.NewWriter(a.relay); err != nil {
+		return nil, err
 	}
-	var allowed sentCache
-	for {
-		n, err := r.Read()
-		if err != nil {
-			return
-		}
-		for i := range n {
-			b, src, truncated := r.Datagram(i)
-			src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-			if truncated || len(b) > max {
-				a.stats.drop(dropTooLarge)
-				continue
-			}
-			if !allowed.allows(&a.sent, src) {
-				a.stats.drop(dropUnsolicited)
-				continue
-			}
-			port := a.clientPort.Load()
-			if port == 0 {
-				a.stats.drop(dropUnsolicited)
-				continue
-			}
-			if a.lim.Down != nil && !a.lim.Down.AllowN(time.Now(), len(b)) {
-				a.stats.drop(dropRateLimit)
-				continue
-			}
-			head := appendUDPReplyHeader(r.Headroom(i, udpReplyHeaderLen(src))[:0], src)
-			if !w.Add(head, b, netip.AddrPortFrom(a.clientIP, uint16(port))) {
-				a.stats.drop(dropSendFailed)
-			}
-		}
-		if w.Len() == 0 {
+	return d, nil
+}
+
+// relay handles the n datagrams the reader has just read.
+func (d *downRelay) relay(n int) {
+	a, r, w := d.a, d.r, d.w
+	for i := range n {
+		b, src, truncated := r.Datagram(i)
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		if truncated || len(b) > d.max {
+			a.stats.drop(dropTooLarge)
 			continue
 		}
-		w.Flush()
-		dgrams, bytes := 0, 0
-		for i := range w.Len() {
-			n, _, ok := w.Result(i)
-			if !ok {
-				a.stats.drop(dropSendFailed)
-				continue
-			}
-			dgrams++
-			bytes += n
+		if !d.allowed.allows(&a.sent, src) {
+			a.stats.drop(dropUnsolicited)
+			continue
 		}
-		a.stats.down(dgrams, bytes)
-		w.Reset()
-		if dgrams > 0 {
-			a.touch()
+		port := a.clientPort.Load()
+		if port == 0 {
+			a.stats.drop(dropUnsolicited)
+			continue
 		}
+		if a.lim.Down != nil && !a.lim.Down.AllowN(time.Now(), len(b)) {
+			a.stats.drop(dropRateLimit)
+			continue
+		}
+		head := appendUDPReplyHeader(r.Headroom(i, udpReplyHeaderLen(src))[:0], src)
+		if !w.Add(head, b, netip.AddrPortFrom(a.clientIP, uint16(port))) {
+			a.stats.drop(dropSendFailed)
+		}
+	}
+	if w.Len() == 0 {
+		return
+	}
+	w.Flush()
+	dgrams, bytes := 0, 0
+	for i := range w.Len() {
+		n, _, ok := w.Result(i)
+		if !ok {
+			a.stats.drop(dropSendFailed)
+			continue
+		}
+		dgrams++
+		bytes += n
+	}
+	a.stats.down(dgrams, bytes)
+	w.Reset()
+	if dgrams > 0 {
+		a.touch()
 	}
 }
 

@@ -55,6 +55,7 @@ type Reader struct {
 	n     int   // datagrams the last call read
 	err   error // the last call's error
 	readF func(fd uintptr) bool
+	tryF  func(fd uintptr) bool
 }
 
 // NewReader returns a Reader of c whose buffers hold size bytes each.
@@ -70,7 +71,9 @@ func NewReaderHeadroom(c *net.UDPConn, size, headroom int) (*Reader, error) {
 		return nil, err
 	}
 	r := &Reader{rc: rc, size: size, room: headroom}
-	r.readF = r.recvmmsg // bound once: a method value per call would allocate
+	// Bound once: a method value per call would allocate.
+	r.readF = r.recvmmsg
+	r.tryF = r.tryRecvmmsg
 	r.grow(1)
 	return r, nil
 }
@@ -97,6 +100,16 @@ func (r *Reader) grow(n int) {
 // up to its number of buffers. It returns how many it read; Datagram
 // gives them. An error means the socket is closed or broken.
 func (r *Reader) Read() (int, error) {
+	return r.read(r.readF)
+}
+
+// TryRead is Read without the wait: it returns 0 when no datagram is
+// queued (see Group).
+func (r *Reader) TryRead() (int, error) {
+	return r.read(r.tryF)
+}
+
+func (r *Reader) read(f func(fd uintptr) bool) (int, error) {
 	if r.n == len(r.hdrs) && r.n < BatchSize {
 		r.grow(min(2*r.n, BatchSize))
 	}
@@ -106,7 +119,7 @@ func (r *Reader) Read() (int, error) {
 		r.hdrs[i].Len = 0
 	}
 	r.n, r.err = 0, nil
-	if err := r.rc.Read(r.readF); err != nil {
+	if err := r.rc.Read(f); err != nil {
 		return 0, err
 	}
 	return r.n, r.err
@@ -114,20 +127,30 @@ func (r *Reader) Read() (int, error) {
 
 // recvmmsg is the RawConn callback: false asks the poller to wait.
 func (r *Reader) recvmmsg(fd uintptr) bool {
+	return r.recv(fd) != syscall.EAGAIN
+}
+
+// tryRecvmmsg is the RawConn callback that never waits.
+func (r *Reader) tryRecvmmsg(fd uintptr) bool {
+	r.recv(fd)
+	return true
+}
+
+// recv makes one recvmmsg call into r and returns its errno; it keeps
+// any error other than EAGAIN in r.err.
+func (r *Reader) recv(fd uintptr) syscall.Errno {
 	for {
 		n, _, e := syscall.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.hdrs[0])), uintptr(len(r.hdrs)), 0, 0, 0)
 		switch e {
 		case 0:
 			r.n = int(n)
-			return true
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
-			return false
 		default:
 			r.err = os.NewSyscallError("recvmmsg", e)
-			return true
 		}
+		return e
 	}
 }
 

@@ -3,6 +3,7 @@
 package udpio
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 )
@@ -60,6 +61,10 @@ type Writer struct {
 // NewWriter returns a Writer to c.
 func NewWriter(c *net.UDPConn) (*Writer, error) { return &Writer{c: c}, nil }
 
+// DropWhenFull does nothing here: without a Group each socket has a
+// goroutine of its own, which may wait.
+func (w *Writer) DropWhenFull() {}
+
 func (w *Writer) Add(head, payload []byte, to netip.AddrPort) bool {
 	if w.n == BatchSize {
 		return false
@@ -90,3 +95,14 @@ func (w *Writer) Result(i int) (int, netip.AddrPort, bool) {
 
 // Reset empties the batch.
 func (w *Writer) Reset() { w.n = 0 }
+
+// Group needs epoll: outside Linux NewGroup fails, and each socket is
+// served by a goroutine of its own calling Read.
+type Group struct{}
+
+// NewGroup fails with errors.ErrUnsupported outside Linux.
+func NewGroup(...*Reader) (*Group, error) { return nil, errors.ErrUnsupported }
+
+func (*Group) Serve(func(i, n int)) error { return errors.ErrUnsupported }
+
+func (*Group) Close() error { return nil }

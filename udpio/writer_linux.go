@@ -70,6 +70,9 @@ type Writer struct {
 	off    int // the first message the next sendmmsg call sends
 	errno  syscall.Errno
 	writeF func(fd uintptr) bool
+	// noWait: a full send buffer ends the flush instead of waiting
+	// for room (see DropWhenFull).
+	noWait bool
 }
 
 var gsoCmsgSpace = unix.CmsgSpace(2)
@@ -170,6 +173,13 @@ func setIovec(v *unix.Iovec, b []byte) {
 
 func (w *Writer) size(i int) int { return w.sizes[i] }
 
+// DropWhenFull makes Flush leave unsent what does not fit the socket's
+// send buffer instead of waiting for room. A goroutine that serves
+// several sockets (Group) must not wait on one: traffic the other way
+// would wait with it. UDP has no flow control, so this is what a router
+// does with a full queue; Result reports the datagrams dropped.
+func (w *Writer) DropWhenFull() { w.noWait = true }
+
 // Flush sends what is queued. Afterwards Result(i) tells, for each i <
 // Len(), whether datagram i was sent; Reset empties the batch.
 func (w *Writer) Flush() {
@@ -184,6 +194,9 @@ func (w *Writer) Flush() {
 			}
 			if w.errno == 0 {
 				continue
+			}
+			if w.errno == syscall.EAGAIN {
+				return // the send buffer is full (DropWhenFull): the rest stay unsent
 			}
 			// sendmmsg fails only when the first message of the call
 			// cannot go.
@@ -265,6 +278,10 @@ func (w *Writer) sendmmsg(fd uintptr) bool {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			if w.noWait {
+				w.errno = e
+				return true
+			}
 			return false
 		default:
 			w.errno = e
