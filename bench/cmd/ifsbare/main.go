@@ -5,10 +5,11 @@
 // measured against.
 //
 // Each TCP port given is forwarded to the same port of one fixed upstream
-// address: accept, dial the upstream from a socket bound to the egress
-// interface with the daemon's own bind.Dialer (SO_BINDTODEVICE, as for an
-// ifsocks user with interface = "wan2"), then io.Copy each way between the
-// two *net.TCPConn, which Go does with splice(2), passing a half-close on
+// address: accept (with no TCP keepalive, as ifsocks's listeners), dial
+// the upstream from a socket bound to the egress interface with the
+// daemon's own bind.Dialer (SO_BINDTODEVICE, as for an ifsocks user with
+// interface = "wan2"), then io.Copy each way between the two
+// *net.TCPConn, which Go does with splice(2), passing a half-close on
 // with CloseWrite. Each UDP port is forwarded by one socket on each side
 // with the daemon's batched datagram I/O (package udpio: recvmmsg and
 // sendmmsg), the upstream socket bound to the interface, replies going to
@@ -167,10 +168,15 @@ func (f *forwarder) serve(ctx context.Context) error {
 		wg.Wait()
 	}()
 	for _, p := range f.tcp {
-		ln, err := net.ListenTCP(f.network("tcp"), net.TCPAddrFromAddrPort(netip.AddrPortFrom(f.listen, p)))
+		// No keepalive on accepted sockets: Go's default costs four
+		// setsockopt calls per connection, and ifsocks turns it off too
+		// (as bind.Dialer does for the upstream socket).
+		lc := net.ListenConfig{KeepAlive: -1}
+		l, err := lc.Listen(ctx, f.network("tcp"), netip.AddrPortFrom(f.listen, p).String())
 		if err != nil {
 			return err
 		}
+		ln := l.(*net.TCPListener)
 		closers = append(closers, ln.Close)
 		serve := f.socks
 		if f.creds == nil {
