@@ -131,13 +131,37 @@ func (f *forwarder) login(r *bufio.Reader, w io.Writer) bool {
 // bound to the egress interface. It returns the upstream connection, or
 // nil and the reply code.
 func (f *forwarder) connect(r *bufio.Reader) (*net.TCPConn, byte) {
-	var b [4 + 255 + 2]byte
+	ip, name, port, code := readRequest(r)
+	if code != repOK {
+		return nil, code
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+	defer cancel()
+	if name != "" {
+		ips, err := f.dialer.LookupIP(ctx, name)
+		if err != nil || len(ips) == 0 {
+			return nil, repHostUnreachable
+		}
+		ip = ips[0]
+	}
+	up, err := f.dialer.DialTCP(ctx, netip.AddrPortFrom(ip, port))
+	if err != nil {
+		return nil, dialReply(err)
+	}
+	return up, repOK
+}
+
+// readRequest reads a CONNECT request: its destination is ip, or name
+// when the client sent one, and port. Any other code is the reply to
+// refuse it with.
+func readRequest(r *bufio.Reader) (ip netip.Addr, name string, port uint16, code byte) {
+	var b [255 + 2]byte
 	// VER CMD RSV ATYP
 	if _, err := io.ReadFull(r, b[:4]); err != nil || b[0] != socksVersion {
-		return nil, repFailure
+		return ip, "", 0, repFailure
 	}
 	if b[1] != cmdConnect {
-		return nil, repCmdUnsupported
+		return ip, "", 0, repCmdUnsupported
 	}
 	atyp := b[3]
 	var n int
@@ -149,33 +173,24 @@ func (f *forwarder) connect(r *bufio.Reader) (*net.TCPConn, byte) {
 	case atypName:
 		l, err := r.ReadByte()
 		if err != nil {
-			return nil, repFailure
+			return ip, "", 0, repFailure
 		}
 		n = int(l)
 	default:
-		return nil, repAtypUnsupported
+		return ip, "", 0, repAtypUnsupported
 	}
 	if _, err := io.ReadFull(r, b[:n+2]); err != nil {
-		return nil, repFailure
+		return ip, "", 0, repFailure
 	}
-	port := binary.BigEndian.Uint16(b[n:])
-	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
-	defer cancel()
-	var ip netip.Addr
+	port = binary.BigEndian.Uint16(b[n:])
 	if atyp == atypName {
-		ips, err := f.dialer.LookupIP(ctx, string(b[:n]))
-		if err != nil || len(ips) == 0 {
-			return nil, repHostUnreachable
+		if n == 0 {
+			return ip, "", 0, repHostUnreachable
 		}
-		ip = ips[0]
-	} else {
-		ip, _ = netip.AddrFromSlice(b[:n])
+		return ip, string(b[:n]), port, repOK
 	}
-	up, err := f.dialer.DialTCP(ctx, netip.AddrPortFrom(ip.Unmap(), port))
-	if err != nil {
-		return nil, dialReply(err)
-	}
-	return up, repOK
+	ip, _ = netip.AddrFromSlice(b[:n])
+	return ip.Unmap(), "", port, repOK
 }
 
 // dialReply is the reply code for a failed connect.

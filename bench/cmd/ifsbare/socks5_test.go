@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -22,8 +23,8 @@ import (
 // bound to wan2 (not the preferred route) and drives it from the client
 // namespace. First refusals, in raw bytes written here: no acceptable
 // method, a wrong user or password (RFC 1929 failure status), BIND, an
-// unknown address type, a refused connect; after each reply the relay
-// must close the connection. Then golang.org/x/net/proxy, an independent
+// unknown address type, an empty name, a refused connect; after each
+// reply the relay must close the connection. Then golang.org/x/net/proxy, an independent
 // client, connects with the right credentials to an IPv4, an IPv6 and a
 // named target: the upstream must see wan2's address and a half-close
 // must pass both ways. The refusals run first so that a refused client
@@ -66,6 +67,7 @@ func TestSOCKS5ByInterface(t *testing.T) {
 		{"BIND", []step{greet, login, request(2, 1, svc[:], echoPort)}, []byte{5, 7}},
 		{"UDP ASSOCIATE", []step{greet, login, request(3, 1, svc[:], echoPort)}, []byte{5, 7}},
 		{"address type 5", []step{greet, login, request(1, 5, svc[:], echoPort)}, []byte{5, 8}},
+		{"empty name", []step{greet, login, request(1, 3, []byte{0}, echoPort)}, []byte{5, 4}},
 		{"refused", []step{greet, login, request(1, 1, svc[:], closedPort)}, []byte{5, 5}},
 	}
 	for _, tt := range refusals {
@@ -180,4 +182,39 @@ func exchange(t *testing.T, c net.Conn, steps []step) []byte {
 		}
 	}
 	return rep
+}
+
+// FuzzHandshake feeds any bytes to the login and the request parser: no
+// panic, a login passes only with the right credentials in the input,
+// and an accepted request names an address or a name.
+func FuzzHandshake(f *testing.F) {
+	const user, pass = "bench", "pass"
+	ok := append([]byte{5, 1, 2}, authMsg(user, pass)...)
+	for _, req := range [][]byte{
+		{5, 1, 0, 1, 10, 0, 0, 1, 0, 80},
+		append([]byte{5, 1, 0, 4}, append(make([]byte, 16), 1, 187)...),
+		append([]byte{5, 1, 0, 3, 4}, "host\x00\x50"...),
+		{5, 1, 0, 3, 0, 0, 80},
+		{5, 2, 0, 1, 10, 0, 0, 1, 0, 80},
+		{5, 1, 0, 9},
+	} {
+		f.Add(append(append([]byte{}, ok...), req...))
+	}
+	f.Add(append([]byte{5, 1, 2}, authMsg(user, "wrong")...))
+	f.Add([]byte{5, 1, 0})
+	f.Add([]byte{4, 1, 0, 80, 10, 0, 0, 1, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fw := &forwarder{creds: &credentials{user: []byte(user), pass: []byte(pass)}}
+		r := bufio.NewReaderSize(bytes.NewReader(data), handshakeBuf)
+		if !fw.login(r, io.Discard) {
+			return
+		}
+		if !bytes.Contains(data, authMsg(user, pass)) {
+			t.Fatalf("login passed without the credentials: % x", data)
+		}
+		ip, name, _, code := readRequest(r)
+		if code == repOK && !ip.IsValid() && name == "" {
+			t.Fatalf("request accepted with no destination: % x", data)
+		}
+	})
 }
