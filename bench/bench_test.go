@@ -24,7 +24,8 @@ const smokeEnv = "IFSOCKS_BENCH_SMOKE"
 // TestShortBenchmark runs `run.sh --short` (2 s per test) and checks only
 // that it completes and writes a report with the summary table, in which
 // kernel forwarding, the bare forwarder and ifsocks each have a figure
-// for the one-stream upload: the figures depend on the machine and are
+// for the one-stream upload, and those three and the bare SOCKS5 relay
+// one for the connection rate: the figures depend on the machine and are
 // never asserted. It runs only with
 // IFSOCKS_BENCH_SMOKE=1. It needs root for the network namespaces; it
 // skips without root on a laptop but fails in CI, where it must run.
@@ -58,13 +59,18 @@ func TestShortBenchmark(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no report: %v\n%s", err, log)
 	}
-	const header = "| test | kernel forwarding | bare forwarder | ifsocks |"
+	const header = "| test | kernel forwarding | bare forwarder | bare SOCKS5 relay | ifsocks |"
 	if !strings.Contains(string(b), header) {
 		t.Fatalf("report lacks the summary table header %q:\n%s", header, b)
 	}
-	row := regexp.MustCompile(`(?m)^\| TCP 1 stream upload, Mbit/s \| [0-9]+ \| [0-9]+ \| [0-9]+ \|`)
+	// The bare SOCKS5 relay runs the connection rows only.
+	row := regexp.MustCompile(`(?m)^\| TCP 1 stream upload, Mbit/s \| [0-9]+ \| [0-9]+ \| as bare \| [0-9]+ \|`)
 	if !row.Match(b) {
 		t.Fatalf("report lacks a figure of kernel, bare or ifsocks for the 1-stream upload:\n%s", b)
+	}
+	row = regexp.MustCompile(`(?m)^\| connections/s \(c=50, auth, 64 B echo\) \| [0-9]+ \| [0-9]+ \| [0-9]+ \| [0-9]+ \|`)
+	if !row.Match(b) {
+		t.Fatalf("report lacks a connection rate of kernel, bare, bare SOCKS5 or ifsocks:\n%s", b)
 	}
 	t.Logf("run.sh --short output:\n%s", log)
 }

@@ -206,6 +206,9 @@ start_proxy() {
 		timeout 20 ip netns exec "$C" "$work/ifsbench" probe -forward "$LISTEN" || return 1
 		return 0
 		;;
+	# The bare SOCKS5 relay: ifsocks's port, user and password (plaintext:
+	# it has no bcrypt), leaving by wan2; reached exactly as ifsocks is.
+	bare-socks5) bg bare-socks5 "$P" "$work/ifsbare" -listen "$LISTEN" -interface wan2 -tcp 1080 -socks5 "bench:$pass" -lifetime 2h ;;
 	ifsocks-acct) rm -f "$work"/usage.db*; bg ifsocks-acct "$P" "$work/ifsocks" -config "$work/ifsocks-acct.toml" ${IFSBENCH_IFSOCKS_ARGS:-} ;;
 	dante) bg dante "$P" danted -f "$work/danted-$dante_method.conf" -p "$work/danted.pid" ;;
 	microsocks) bg microsocks "$P" microsocks -i "$LISTEN" -p 1080 -u bench -P "$pass" -b "$WAN2" ;;

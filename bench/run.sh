@@ -14,8 +14,8 @@
 # --before REV  also build ifsocks at git revision REV and measure it as
 #            subject ifsocks-before, with ifsocks's configuration
 # --out      where to write the report (default bench/RESULTS.md)
-# --only     comma-separated subjects to run (kernel,bare,ifsocks,
-#            ifsocks-before,ifsocks-acct,dante,microsocks)
+# --only     comma-separated subjects to run (kernel,bare,bare-socks5,
+#            ifsocks,ifsocks-before,ifsocks-acct,dante,microsocks)
 # --groups   comma-separated tests to run (tunnels,tcp,udp,connrate,hook,
 #            twreuse,v6source,v6pool,httpconnect)
 # --p-sysctl KEY=VALUE  set a sysctl in the proxy namespace (diagnosis,
@@ -236,6 +236,18 @@ plan_subject() {
 		groups="tcp udp connrate twreuse"
 		note skip -subject bare -test tunnels -value "—"
 		;;
+	# After its handshake bare-socks5 relays with bare's very code, so a
+	# bulk transfer would measure bare again (one handshake per 10 s
+	# stream): it runs the connection rows only, where the handshake is
+	# the cost. No UDP ASSOCIATE.
+	bare-socks5)
+		groups="connrate twreuse"
+		for t in tcp-1-up tcp-1-down tcp-8-up tcp-8-down; do
+			note skip -subject bare-socks5 -test "$t" -value "as bare"
+		done
+		note skip -subject bare-socks5 -test udp -value "no UDP"
+		note skip -subject bare-socks5 -test tunnels -value "—"
+		;;
 	dante)
 		groups="tunnels tcp udp connrate"
 		note skip -subject dante -test connrate-tw -value "bcrypt-bound"
@@ -348,7 +360,8 @@ note meta -key ifsocks -value "$version (defaults: JSON flow log at info, to a f
 if [ -n "$before" ]; then note meta -key "ifsocks before" -value "$before_version (--before $before), the same configuration"; fi
 if [ "$repeat" -gt 1 ]; then note meta -key repeats -value "$repeat per test, subjects taking turns; figures are medians"; fi
 note meta -key "bare forwarder" -value "ifsbare: accept, connect by wan2 with the daemon's bind.Dialer (SO_BINDTODEVICE), io.Copy both ways (splice), half-close passed on; UDP: one socket each side, batched with the daemon's udpio (recvmmsg/sendmmsg)"
-subjects_run=(kernel bare ifsocks)
+note meta -key "bare SOCKS5 relay" -value "ifsbare -socks5: the least a SOCKS5 CONNECT relay does: greeting, RFC 1929 login against one plaintext user (constant-time compare, no bcrypt), CONNECT dialled by wan2 with bind.Dialer, success reply, then the bare forwarder's relay; one read(2) per client message, no logs, no metrics, no policy"
+subjects_run=(kernel bare bare-socks5 ifsocks)
 if [ -n "$before" ]; then subjects_run+=(ifsocks-before); fi
 subjects_run+=(ifsocks-acct)
 if command -v danted >/dev/null; then
@@ -371,7 +384,7 @@ note note -value "One $(nproc)-core VM, shared and noisy: the client, the proxy 
 note note -value "Topology: client netns -> proxy netns (listens on $LISTEN:1080; egress wan2 = $WAN2, not the preferred default route) -> upstream netns ($SVC). veth pairs, MTU 1500. kernel forwarding: ip_forward=1 in the proxy netns and a policy route sending the client's packets out of wan2; the client connects to $SVC directly."
 note note -value "ifsocks user: password_hash (bcrypt cost 10) with interface = \"wan2\" (SO_BINDTODEVICE). Dante (external: $WAN2) and microsocks (-b $WAN2) bind the source address; a source policy route (from $WAN2 table 102) sends it out of wan2."
 note note -value "Each test runs on a fresh topology with fresh processes. Client netns: ip_local_port_range 1024-65535 and tcp_tw_reuse=1 so the client never runs out of ports; the proxy and upstream namespaces keep kernel defaults. RLIMIT_NOFILE $nofile for every process."
-note note -value "Connection test: $durs s, 50 concurrent clients, each cycle = TCP connect, greeting, RFC 1929 auth, CONNECT, 64-byte write, 64-byte echo, close (bare forwarder: TCP connect, 64-byte write, echo, close); latency is connect to echo. UDP: closed loop, 64 datagrams of 512 bytes in flight, a datagram not echoed in 500 ms is counted lost and replaced."
+note note -value "Connection test: $durs s, 50 concurrent clients, each cycle = TCP connect, greeting, RFC 1929 auth, CONNECT, 64-byte write, 64-byte echo, close (the bare SOCKS5 relay gets the same cycle and credentials as ifsocks; the bare forwarder: TCP connect, 64-byte write, echo, close); latency is connect to echo. UDP: closed loop, 64 datagrams of 512 bytes in flight, a datagram not echoed in 500 ms is counted lost and replaced."
 
 # The subjects to run, and what each runs.
 declare -A plan=()
@@ -383,7 +396,8 @@ for s in "${subjects_run[@]}"; do
 	esac
 done
 # Group by group, test by test, repeat by repeat, the subjects take
-# turns: kernel, bare, ifsocks, ... on the same test, then again.
+# turns: kernel, bare, bare-socks5, ifsocks, ... on the same test, then
+# again.
 for g in tunnels tcp udp connrate hook twreuse v6source v6pool httpconnect; do
 	case ",${only_groups:-$g}," in *",$g,"*) ;; *) continue ;; esac
 	for t in $(tests_of "$g"); do

@@ -33,21 +33,27 @@ func TestMain(m *testing.M) {
 
 func TestParseFlags(t *testing.T) {
 	tests := []struct {
-		name                       string
-		listen, upstream, tcp, udp string
-		wantErr                    bool
+		name                               string
+		listen, upstream, tcp, udp, socks5 string
+		wantErr                            bool
 	}{
-		{"tcp and udp", "10.0.0.1", "10.0.9.9", "5001,5002", "5003", false},
-		{"ipv6", "fd00::1", "fd00:9::9", "5001", "", false},
-		{"no port", "10.0.0.1", "10.0.9.9", "", "", true},
-		{"port zero", "10.0.0.1", "10.0.9.9", "0", "", true},
-		{"port too big", "10.0.0.1", "10.0.9.9", "", "65536", true},
-		{"bad listen", "host", "10.0.9.9", "1", "", true},
-		{"mixed families", "10.0.0.1", "fd00::9", "1", "", true},
+		{"tcp and udp", "10.0.0.1", "10.0.9.9", "5001,5002", "5003", "", false},
+		{"ipv6", "fd00::1", "fd00:9::9", "5001", "", "", false},
+		{"no port", "10.0.0.1", "10.0.9.9", "", "", "", true},
+		{"port zero", "10.0.0.1", "10.0.9.9", "0", "", "", true},
+		{"port too big", "10.0.0.1", "10.0.9.9", "", "65536", "", true},
+		{"bad listen", "host", "10.0.9.9", "1", "", "", true},
+		{"mixed families", "10.0.0.1", "fd00::9", "1", "", "", true},
+		{"socks5", "10.0.0.1", "", "1080", "", "bench:pa:ss", false},
+		{"socks5 no port", "10.0.0.1", "", "", "", "bench:pass", true},
+		{"socks5 with upstream", "10.0.0.1", "10.0.9.9", "1080", "", "bench:pass", true},
+		{"socks5 with udp", "10.0.0.1", "", "1080", "5003", "bench:pass", true},
+		{"socks5 no password", "10.0.0.1", "", "1080", "", "bench", true},
+		{"socks5 empty user", "10.0.0.1", "", "1080", "", ":pass", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := parseFlags(tt.listen, tt.upstream, "wan2", tt.tcp, tt.udp)
+			_, err := parseFlags(tt.listen, tt.upstream, "wan2", tt.tcp, tt.udp, tt.socks5)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("error %v, want error: %v", err, tt.wantErr)
 			}
@@ -68,44 +74,10 @@ func TestForwardsByInterface(t *testing.T) {
 		"-tcp", strconv.Itoa(tcpPort), "-udp", strconv.Itoa(udpPort))
 	wan2 := netip.MustParseAddr(topo.WANV4(2))
 
-	// TCP: the client half-closes after its request; the server reads to
-	// EOF (the FIN came through), answers and closes; the client reads
-	// the answer to EOF.
-	served := make(chan error, 1)
-	go func() { served <- serveOnce(ln, wan2) }()
-	// A client error shows with the server's, which says why.
-	fail := func(what string, err error) {
-		t.Helper()
-		select {
-		case serr := <-served:
-			t.Fatalf("%s: %v (server: %v)", what, err, serr)
-		case <-time.After(5 * time.Second):
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	c, err := topo.C.Dialer(10*time.Second).Dial("tcp4", topo.ProxyAddr(tcpPort))
-	if err != nil {
-		fail("dial", err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	req := bytes.Repeat([]byte("ifsbare "), 100000) // spliced, not one segment
-	if _, err := c.Write(req); err != nil {
-		fail("write", err)
-	}
-	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
-		fail("half-close", err)
-	}
-	got, err := io.ReadAll(c)
-	if err != nil {
-		fail("read answer", err)
-	}
-	if want := strconv.Itoa(len(req)); string(got) != want {
-		t.Fatalf("answer %q, want %q (the byte count the server read)", got, want)
-	}
-	if err := <-served; err != nil {
-		t.Fatal(err)
-	}
+	// TCP: the client half-closes after its request (see checkHalfClose).
+	checkHalfClose(t, ln, wan2, func() (net.Conn, error) {
+		return topo.C.Dialer(10*time.Second).Dial("tcp4", topo.ProxyAddr(tcpPort))
+	})
 
 	// UDP: one datagram to the forwarder, echoed by the upstream.
 	cc, err := nstest.ListenPacketIn(topo.C.Name, "udp4", topo.ClientV4()+":0")
@@ -129,6 +101,49 @@ func TestForwardsByInterface(t *testing.T) {
 		t.Fatalf("echo %q from %v, want %q from %v", buf[:n], from, "datagram", fwd)
 	}
 	if err := <-echoed; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkHalfClose dials with dial and sends a request bigger than a
+// segment, then half-closes; the server on ln reads it to EOF (the FIN
+// came through), checks the connection comes from src, answers the byte
+// count and closes; the client reads the answer to EOF.
+func checkHalfClose(t *testing.T, ln net.Listener, src netip.Addr, dial func() (net.Conn, error)) {
+	t.Helper()
+	served := make(chan error, 1)
+	go func() { served <- serveOnce(ln, src) }()
+	// A client error shows with the server's, which says why.
+	fail := func(what string, err error) {
+		t.Helper()
+		select {
+		case serr := <-served:
+			t.Fatalf("%s: %v (server: %v)", what, err, serr)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	c, err := dial()
+	if err != nil {
+		fail("dial", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	req := bytes.Repeat([]byte("ifsbare "), 100000) // spliced, not one segment
+	if _, err := c.Write(req); err != nil {
+		fail("write", err)
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		fail("half-close", err)
+	}
+	got, err := io.ReadAll(c)
+	if err != nil {
+		fail("read answer", err)
+	}
+	if want := strconv.Itoa(len(req)); string(got) != want {
+		t.Fatalf("answer %q, want %q (the byte count the server read)", got, want)
+	}
+	if err := <-served; err != nil {
 		t.Fatal(err)
 	}
 }
@@ -200,6 +215,9 @@ func startForwarder(t *testing.T, topo *nstest.Topology, args ...string) {
 		case <-exited:
 			if waitErr != nil && !t.Failed() {
 				t.Errorf("ifsbare exit: %v\n%s", waitErr, out.String())
+			}
+			if t.Failed() {
+				t.Log(out.String())
 			}
 		case <-time.After(15 * time.Second):
 			cmd.Process.Kill()

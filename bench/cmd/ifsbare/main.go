@@ -1,25 +1,44 @@
 // Command ifsbare is the bare forwarder of the ifsocks benchmark
-// (bench/run.sh, subject "bare"): the least a user-space relay that
-// terminates both connections can do, run on the same path as ifsocks so
-// that its figures are the ceiling ifsocks is measured against.
+// (bench/run.sh, subjects "bare" and "bare-socks5"): the least a
+// user-space relay that terminates both connections can do, run on the
+// same path as ifsocks so that its figures are the ceiling ifsocks is
+// measured against.
 //
 // Each TCP port given is forwarded to the same port of one fixed upstream
-// address: accept, dial the upstream from a socket bound to the egress
-// interface with the daemon's own bind.Dialer (SO_BINDTODEVICE, as for an
-// ifsocks user with interface = "wan2"), then io.Copy each way between the
-// two *net.TCPConn, which Go does with splice(2), passing a half-close on
+// address: accept (with no TCP keepalive, as ifsocks's listeners), dial
+// the upstream from a socket bound to the egress interface with the
+// daemon's own bind.Dialer (SO_BINDTODEVICE, as for an ifsocks user with
+// interface = "wan2"), then io.Copy each way between the two
+// *net.TCPConn, which Go does with splice(2), passing a half-close on
 // with CloseWrite. Each UDP port is forwarded by one socket on each side
 // with the daemon's batched datagram I/O (package udpio: recvmmsg and
 // sendmmsg), the upstream socket bound to the interface, replies going to
 // the client address last seen.
 //
-// What it is not: a proxy. It has no protocol, no authentication, no
-// policy, no limits, no logs, no metrics and no timeouts, and serves one
-// UDP client at a time. It is a measuring stick, not something to deploy.
+// With -socks5 USER:PASS the TCP ports speak SOCKS5 instead (subject
+// "bare-socks5"): the least a SOCKS5 CONNECT relay must do, so that the
+// benchmark's connection rate has a ceiling that pays for the protocol
+// too. It reads the greeting and picks username/password (0xFF if the
+// client does not offer it), checks the RFC 1929 login against the one
+// user with a constant-time compare of the plaintext (no bcrypt, no
+// cache), reads the CONNECT request (IPv4, IPv6 or a name, resolved by
+// bind.Dialer's lookup from the interface; other commands get 0x07, other
+// address types 0x08), dials the destination with the same bind.Dialer,
+// replies with the upstream socket's address and relays with the very
+// code of the forwarder above. Each client message costs one read(2)
+// through a small buffer, each reply one write(2).
+//
+// What it is not: a proxy. It has no policy, no limits, no logs, no
+// metrics and no timeouts but the upstream connect's (a client that never
+// finishes its handshake holds its goroutine until it closes); the
+// forwarder serves one UDP client at a time and the SOCKS5 mode has no
+// BIND, no UDP ASSOCIATE and one user. It is a measuring stick, not
+// something to deploy.
 //
 // Usage:
 //
 //	ifsbare -listen IP -upstream IP -interface NAME -tcp 5001,5002 -udp 5003
+//	ifsbare -listen IP -interface NAME -tcp 1080 -socks5 USER:PASS
 package main
 
 import (
@@ -55,6 +74,7 @@ type forwarder struct {
 	upstream netip.Addr
 	dialer   bind.Dialer
 	tcp, udp []uint16
+	creds    *credentials // -socks5: the TCP ports speak SOCKS5
 }
 
 func run(args []string) error {
@@ -64,11 +84,12 @@ func run(args []string) error {
 	iface := fs.String("interface", "", "egress interface (SO_BINDTODEVICE); empty: kernel routing")
 	tcp := fs.String("tcp", "", "comma-separated TCP ports to forward")
 	udp := fs.String("udp", "", "comma-separated UDP ports to forward")
+	socks5 := fs.String("socks5", "", "USER:PASS: the TCP ports speak SOCKS5 CONNECT with this one RFC 1929 user (no -upstream, no -udp)")
 	life := fs.Duration("lifetime", 2*time.Hour, "exit after this long even if never signalled")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	f, err := parseFlags(*listen, *upstream, *iface, *tcp, *udp)
+	f, err := parseFlags(*listen, *upstream, *iface, *tcp, *udp, *socks5)
 	if err != nil {
 		return err
 	}
@@ -79,11 +100,24 @@ func run(args []string) error {
 	return f.serve(ctx)
 }
 
-func parseFlags(listen, upstream, iface, tcp, udp string) (*forwarder, error) {
+func parseFlags(listen, upstream, iface, tcp, udp, socks5 string) (*forwarder, error) {
 	f := &forwarder{dialer: bind.Dialer{Interface: iface}}
 	var err error
 	if f.listen, err = netip.ParseAddr(listen); err != nil {
 		return nil, fmt.Errorf("-listen %q: %w", listen, err)
+	}
+	if socks5 != "" {
+		// The client names the destination; there is no UDP ASSOCIATE.
+		if f.creds, err = parseCredentials(socks5); err != nil {
+			return nil, fmt.Errorf("-socks5: %w", err)
+		}
+		if upstream != "" || udp != "" {
+			return nil, errors.New("-socks5 takes no -upstream and no -udp")
+		}
+		if f.tcp, err = parsePorts(tcp); err != nil || len(f.tcp) == 0 {
+			return nil, fmt.Errorf("-tcp %q: want the SOCKS5 ports (%v)", tcp, err)
+		}
+		return f, nil
 	}
 	if f.upstream, err = netip.ParseAddr(upstream); err != nil {
 		return nil, fmt.Errorf("-upstream %q: %w", upstream, err)
@@ -134,13 +168,22 @@ func (f *forwarder) serve(ctx context.Context) error {
 		wg.Wait()
 	}()
 	for _, p := range f.tcp {
-		ln, err := net.ListenTCP(f.network("tcp"), net.TCPAddrFromAddrPort(netip.AddrPortFrom(f.listen, p)))
+		// No keepalive on accepted sockets: Go's default costs four
+		// setsockopt calls per connection, and ifsocks turns it off too
+		// (as bind.Dialer does for the upstream socket).
+		lc := net.ListenConfig{KeepAlive: -1}
+		l, err := lc.Listen(ctx, f.network("tcp"), netip.AddrPortFrom(f.listen, p).String())
 		if err != nil {
 			return err
 		}
+		ln := l.(*net.TCPListener)
 		closers = append(closers, ln.Close)
-		up := netip.AddrPortFrom(f.upstream, p)
-		wg.Go(func() { f.acceptLoop(ln, up) })
+		serve := f.socks
+		if f.creds == nil {
+			up := netip.AddrPortFrom(f.upstream, p)
+			serve = func(c *net.TCPConn) { f.pipe(c, up) }
+		}
+		wg.Go(func() { acceptLoop(ln, serve) })
 	}
 	for _, p := range f.udp {
 		u, err := f.openUDP(ctx, p)
@@ -150,7 +193,11 @@ func (f *forwarder) serve(ctx context.Context) error {
 		closers = append(closers, u.close)
 		wg.Go(u.run)
 	}
-	fmt.Fprintf(os.Stderr, "forwarding %s tcp %v udp %v to %s by %q\n", f.listen, f.tcp, f.udp, f.upstream, f.dialer.Interface)
+	if f.creds != nil {
+		fmt.Fprintf(os.Stderr, "forwarding %s tcp %v as SOCKS5 by %q\n", f.listen, f.tcp, f.dialer.Interface)
+	} else {
+		fmt.Fprintf(os.Stderr, "forwarding %s tcp %v udp %v to %s by %q\n", f.listen, f.tcp, f.udp, f.upstream, f.dialer.Interface)
+	}
 	<-ctx.Done()
 	return nil
 }

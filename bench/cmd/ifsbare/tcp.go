@@ -12,9 +12,9 @@ import (
 // dialTimeout bounds one upstream connect.
 const dialTimeout = 10 * time.Second
 
-// acceptLoop forwards each connection on its own goroutines until ln
+// acceptLoop hands each connection to serve on its own goroutine until ln
 // closes.
-func (f *forwarder) acceptLoop(ln *net.TCPListener, up netip.AddrPort) {
+func acceptLoop(ln *net.TCPListener, serve func(*net.TCPConn)) {
 	for {
 		c, err := ln.AcceptTCP()
 		if err != nil {
@@ -25,27 +25,39 @@ func (f *forwarder) acceptLoop(ln *net.TCPListener, up netip.AddrPort) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		go f.pipe(c, up)
+		go serve(c)
 	}
 }
 
-// pipe connects down to the upstream and copies both ways until both
+// pipe connects down to the fixed upstream and relays until both
 // directions have ended.
 func (f *forwarder) pipe(down *net.TCPConn, up netip.AddrPort) {
 	defer down.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
-	upc, err := f.dialer.DialTCP(ctx, up)
-	cancel()
+	upc, err := f.dial(up)
 	if err != nil {
 		return
 	}
-	defer upc.Close()
+	relay(down, upc)
+}
+
+// dial connects to dst from a socket bound to the egress interface.
+func (f *forwarder) dial(dst netip.AddrPort) (*net.TCPConn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+	defer cancel()
+	return f.dialer.DialTCP(ctx, dst)
+}
+
+// relay copies both ways between down and up until both directions have
+// ended, then closes up (down is the caller's). The bare forwarder and
+// the SOCKS5 mode share it, so that the two differ only by the handshake.
+func relay(down, up *net.TCPConn) {
+	defer up.Close()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		oneWay(down, upc)
+		oneWay(down, up)
 	}()
-	oneWay(upc, down)
+	oneWay(up, down)
 	<-done
 }
 

@@ -14,15 +14,19 @@ import (
 
 // subjects in column order. kernel is the proxy namespace forwarding in
 // the kernel with no proxy at all; bare is ifsbare, a forwarder with no
-// protocol (the ceiling of a user-space relay); ifsocks-before is ifsocks
+// protocol (the ceiling of a user-space relay); bare-socks5 is ifsbare
+// -socks5, the least a SOCKS5 CONNECT relay with RFC 1929 login does (the
+// ceiling of a relay that speaks the protocol; connection rows only);
+// ifsocks-before is ifsocks
 // built at run.sh --before REV, with ifsocks's configuration.
 // ifsocks-acct is ifsocks with [accounting] on (an SQLite file, the
 // default flush interval): throughput and connection rate only.
-var subjects = []string{"kernel", "bare", "ifsocks", "ifsocks-before", "ifsocks-acct", "dante", "microsocks"}
+var subjects = []string{"kernel", "bare", "bare-socks5", "ifsocks", "ifsocks-before", "ifsocks-acct", "dante", "microsocks"}
 
 var subjectTitle = map[string]string{
 	"kernel":         "kernel forwarding",
 	"bare":           "bare forwarder",
+	"bare-socks5":    "bare SOCKS5 relay",
 	"ifsocks":        "ifsocks",
 	"ifsocks-before": "ifsocks before",
 	"ifsocks-acct":   "ifsocks, accounting on",
@@ -260,6 +264,7 @@ type ratioCol struct {
 var ratioCols = []ratioCol{
 	{"ifsocks ÷ kernel", "ifsocks", "kernel"},
 	{"ifsocks ÷ bare forwarder", "ifsocks", "bare"},
+	{"ifsocks ÷ bare SOCKS5", "ifsocks", "bare-socks5"},
 	{"after ÷ before", "ifsocks", "ifsocks-before"},
 	{"ifsocks ÷ best peer", "ifsocks", ""}, // den "": the better of Dante and microsocks
 	{"accounting on ÷ off", "ifsocks-acct", "ifsocks"},

@@ -6,7 +6,9 @@ import (
 )
 
 // runRecords is a run of two repeats: kernel, bare and ifsocks on the
-// one-stream upload; bare has no UDP record but a skip.
+// one-stream upload; bare, bare-socks5 and ifsocks on the connection
+// rate (proxy CPU 132, 150 and 198 µs per connection); bare and
+// bare-socks5 skip what they do not run.
 const runRecords = `
 {"kind":"result","subject":"kernel","test":"tcp-1-up","values":{"mbps":1000},"run":1}
 {"kind":"result","subject":"bare","test":"tcp-1-up","values":{"mbps":800},"run":1}
@@ -14,7 +16,14 @@ const runRecords = `
 {"kind":"result","subject":"kernel","test":"tcp-1-up","values":{"mbps":3000},"run":2}
 {"kind":"result","subject":"bare","test":"tcp-1-up","values":{"mbps":1200},"run":2}
 {"kind":"result","subject":"ifsocks","test":"tcp-1-up","values":{"mbps":600},"run":2}
+{"kind":"result","subject":"bare","test":"connrate","values":{"rate":7000,"ok":10000},"cpu":{"proxy":1.32},"run":1}
+{"kind":"result","subject":"bare-socks5","test":"connrate","values":{"rate":6000,"ok":10000},"cpu":{"proxy":1.5},"run":1}
+{"kind":"result","subject":"ifsocks","test":"connrate","values":{"rate":4800,"ok":10000},"cpu":{"proxy":1.98},"run":1}
+{"kind":"result","subject":"bare","test":"connrate","values":{"rate":7400,"ok":10000},"cpu":{"proxy":1.32},"run":2}
+{"kind":"result","subject":"bare-socks5","test":"connrate","values":{"rate":6400,"ok":10000},"cpu":{"proxy":1.5},"run":2}
+{"kind":"result","subject":"ifsocks","test":"connrate","values":{"rate":5200,"ok":10000},"cpu":{"proxy":1.98},"run":2}
 {"kind":"skip","subject":"bare","test":"tunnels","text":"not run"}
+{"kind":"skip","subject":"bare-socks5","test":"tcp-1-up","text":"as bare"}
 {"kind":"skip","subject":"dante","test":"*","text":"not installed"}
 `
 
@@ -28,14 +37,19 @@ func TestReportMediansAndRatios(t *testing.T) {
 	doc := b.String()
 	for _, want := range []string{
 		// Columns: no ifsocks-before (no --before), no accounting.
-		"| test | kernel forwarding | bare forwarder | ifsocks | Dante | ifsocks ÷ kernel | ifsocks ÷ bare forwarder | ifsocks ÷ best peer |",
+		"| test | kernel forwarding | bare forwarder | bare SOCKS5 relay | ifsocks | Dante | ifsocks ÷ kernel | ifsocks ÷ bare forwarder | ifsocks ÷ bare SOCKS5 | ifsocks ÷ best peer |",
 		// Medians of two repeats (means of the pair), ratio of medians:
-		// 500/2000, 500/1000.
-		"| TCP 1 stream upload, Mbit/s | 2000 | 1000 | 500 | not installed | 0.25× | 0.50× | — |",
-		// A row bare does not apply to.
-		"| RSS per idle tunnel, KiB | — | not run | — | not installed | — | — | — |",
+		// 500/2000, 500/1000; bare-socks5 did not run it ("—").
+		"| TCP 1 stream upload, Mbit/s | 2000 | 1000 | as bare | 500 | not installed | 0.25× | 0.50× | — | — |",
+		// The connection rate: 5000/7200 and 5000/6200; CPU per
+		// connection 198/132 and 198/150.
+		"| connections/s (c=50, auth, 64 B echo) | — | 7200 | 6200 | 5000 | not installed | — | 0.69× | 0.81× | — |",
+		"| proxy CPU per connection, µs | — | 132 | 150 | 198 | not installed | — | 1.50× | 1.32× | — |",
+		// A row neither bare subject applies to.
+		"| RSS per idle tunnel, KiB | — | not run | — | — | not installed | — | — | — | — |",
 		"## Repeats",
 		"| TCP 1 stream upload, Mbit/s | bare forwarder | 800 | 1200 | 1000 | 40 % |",
+		"| connections/s (c=50, auth, 64 B echo) | bare SOCKS5 relay | 6000 | 6400 | 6200 | 6 % |",
 		"| tcp-1-up | ifsocks #2 |",
 	} {
 		if !strings.Contains(doc, want) {
