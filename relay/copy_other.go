@@ -15,9 +15,9 @@ import (
 
 // copyConn is a plain copy outside Linux (ifsocks as a whole needs Linux).
 // Its bytes are counted when it ends.
-func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
-	n, err := io.Copy(dst, src)
-	add(live, n)
+func copyConn(h *half) (int64, error) {
+	n, err := io.Copy(h.dst, h.src)
+	add(h.live, n)
 	return n, err
 }
 

@@ -36,6 +36,7 @@ func StartLimited(ctx context.Context, client, upstream *net.TCPConn, idle time.
 	f := &Flow{conns: [2]*net.TCPConn{client, upstream}, done: done, pending: 2, parent: ctx}
 	f.halves[0] = half{f: f, dst: upstream, src: client, count: &f.up, lim: lim.Up, live: cnt.Up}
 	f.halves[1] = half{f: f, dst: client, src: upstream, count: &f.down, lim: lim.Down, live: cnt.Down}
+	f.rawConns()
 	f.ctx, f.cancel = context.WithCancel(ctx)
 	// Registered before the copiers start: a ctx already done closes
 	// the connections at once and both directions end.

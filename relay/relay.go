@@ -89,12 +89,35 @@ func Start(client, upstream *net.TCPConn, idle time.Duration, cnt Counts, done f
 	f := &Flow{conns: [2]*net.TCPConn{client, upstream}, done: done, pending: 2}
 	f.halves[0] = half{f: f, dst: upstream, src: client, count: &f.up, live: cnt.Up}
 	f.halves[1] = half{f: f, dst: client, src: upstream, count: &f.down, live: cnt.Down}
+	f.rawConns()
 	if idle > 0 {
 		f.timer.start(idle, f)
 	}
 	go f.run(&f.halves[0])
 	go f.run(&f.halves[1])
 	return f
+}
+
+// rawConns takes each socket's raw connection once for the flow, before
+// any direction runs: a direction reads by its source's and writes by
+// the other's, and the lot waits on its source's. (Asked for per copy
+// loop, each was an allocation per direction and loop.) A socket that
+// has none (it cannot happen to a *net.TCPConn from net) is left nil,
+// and copyConn and park ask again and get the error.
+func (f *Flow) rawConns() {
+	for i := range f.halves {
+		if rc, err := f.halves[i].src.SyscallConn(); err == nil {
+			f.halves[i].rc = rc
+		}
+	}
+}
+
+// sink is h's destination's raw connection: the other direction's source.
+func (h *half) sink() syscall.RawConn {
+	if h == &h.f.halves[0] {
+		return h.f.halves[1].rc
+	}
+	return h.f.halves[0].rc
 }
 
 // Flow is a running relay.
@@ -140,7 +163,8 @@ type half struct {
 	moved    int64 // bytes moved so far, across parkings
 	// reg is the direction's registration in the lot while parked (0:
 	// not parked), under the lot's mu; inLot says its socket is in the
-	// lot's epoll set (parked once), rc is src's raw connection.
+	// lot's epoll set (parked once), rc is src's raw connection (set
+	// when the flow starts, rawConns).
 	reg   atomic.Uint64
 	inLot bool
 	rc    syscall.RawConn
@@ -189,7 +213,7 @@ func (f *Flow) run(h *half) {
 				// that times out has moved nothing.
 				_ = h.src.SetReadDeadline(time.Now().Add(period))
 			}
-			n, err = copyConn(h.dst, h.src, h.live)
+			n, err = copyConn(h)
 			h.moved += n
 			if !canPark || !errors.Is(err, os.ErrDeadlineExceeded) {
 				break

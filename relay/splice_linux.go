@@ -35,14 +35,19 @@ const pipeSize = 1 << 20
 // bytes never pass through the buffer and a wake-up costs no call to ask
 // how much is queued. A wake-up that finds less than smallCopy queued
 // makes the flow interactive again.
-func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
-	rc, err := src.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	wc, err := dst.SyscallConn()
-	if err != nil {
-		return 0, err
+func copyConn(h *half) (int64, error) {
+	dst, live := h.dst, h.live
+	rc, wc := h.rc, h.sink()
+	if rc == nil || wc == nil {
+		// Only a socket without a raw connection (rawConns): the
+		// error says why.
+		if _, err := h.src.SyscallConn(); err != nil {
+			return 0, err
+		}
+		if _, err := dst.SyscallConn(); err != nil {
+			return 0, err
+		}
+		return 0, errors.New("relay: no raw connection")
 	}
 	var total int64
 	bulk := false
@@ -78,27 +83,11 @@ func copyConn(dst, src *net.TCPConn, live *atomic.Int64) (int64, error) {
 // copyBurstStart waits until src is readable, reads up to smallCopy bytes
 // and writes them to dst. It returns 0 and no error at EOF.
 func copyBurstStart(dst *net.TCPConn, rc syscall.RawConn) (int, error) {
-	var (
-		bp   *[]byte
-		n    int
-		serr error
-	)
-	cerr := rc.Read(func(fd uintptr) bool {
-		bp = bufPool.Get().(*[]byte)
-		for {
-			n, serr = unix.Read(int(fd), *bp)
-			if serr != unix.EINTR {
-				break
-			}
-		}
-		if serr == unix.EAGAIN {
-			// Nothing queued: give the buffer back before parking.
-			bufPool.Put(bp)
-			bp = nil
-			return false
-		}
-		return true
-	})
+	b := burstReads.Get().(*burstRead)
+	defer burstReads.Put(b)
+	cerr := rc.Read(b.fn)
+	bp, n, serr := b.bp, b.n, b.err
+	b.bp, b.n, b.err = nil, 0, nil
 	if bp != nil {
 		defer bufPool.Put(bp)
 	}
@@ -113,6 +102,43 @@ func copyBurstStart(dst *net.TCPConn, rc syscall.RawConn) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// burstRead is one read of copyBurstStart: the function the poller calls
+// when the socket is readable, and what it read. It is pooled with its
+// function, made once: a closure over copyBurstStart's locals cost an
+// allocation for itself and one for each local it set, at every read.
+type burstRead struct {
+	bp  *[]byte // the buffer read into; nil when nothing was read
+	n   int
+	err error
+	fn  func(fd uintptr) bool // b.read
+}
+
+var burstReads = sync.Pool{New: func() any {
+	b := new(burstRead)
+	b.fn = b.read
+	return b
+}}
+
+// read reads what fd has queued into a pooled buffer, taken only now
+// that the socket is readable; it reports false (wait) when nothing is
+// queued, having given the buffer back.
+func (b *burstRead) read(fd uintptr) bool {
+	b.bp = bufPool.Get().(*[]byte)
+	for {
+		b.n, b.err = unix.Read(int(fd), *b.bp)
+		if b.err != unix.EINTR {
+			break
+		}
+	}
+	if b.err == unix.EAGAIN {
+		// Nothing queued: give the buffer back before parking.
+		bufPool.Put(b.bp)
+		b.bp, b.n, b.err = nil, 0, nil
+		return false
+	}
+	return true
 }
 
 // spliceBurst moves src to dst through a pooled pipe until EOF (eof

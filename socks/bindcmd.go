@@ -89,7 +89,7 @@ func (sc *serverConn) bindListen(ctx context.Context, eg *Egress, dst Addr, id f
 		ln     *net.TCPListener
 		expect []netip.Addr
 	}
-	b, use, err := openEgress(sc.st, eg, sc.localIP(), targetKey(dst), &sc.srv.turn, id, func(route bind.Dialer) (bound, error) {
+	b, use, err := openEgress(sc.st, eg, sc.localIP(), targetKey(eg, dst), &sc.srv.turn, id, func(route bind.Dialer) (bound, error) {
 		ln, expect, err := sc.bindRoute(ctx, route, dst)
 		return bound{ln, expect}, err
 	})

@@ -120,6 +120,11 @@ func (sc *serverConn) startRelay(rec *record, user User, client, up *net.TCPConn
 	done := func(res relay.Result) {
 		defer sc.srv.connDone(sc) // even after a panic below
 		defer sc.srv.recoverConn(sc, panicRelayDone)
+		// The flow's line is written from a relay goroutine, whose
+		// stack is still the small one goroutines start with, and
+		// zap's encoder is deep: grow it here, with four frames on
+		// it, rather than in the encoder (growStack).
+		growStack()
 		st.Metrics.FlowActive(rec.user, rec.iface, -1)
 		sc.relayDone(rec, res)
 	}
@@ -166,13 +171,18 @@ func (sc *serverConn) relayDone(rec *record, res relay.Result) {
 // has no route to the network is passed over; any other failure (refused,
 // timeout, denied) ends the attempt.
 func (sc *serverConn) dialTarget(ctx context.Context, st *Settings, eg *Egress, dst Addr, id flowID) (*net.TCPConn, egressUse, error) {
-	return openEgress(st, eg, sc.localIP(), targetKey(dst), &sc.srv.turn, id, func(route bind.Dialer) (*net.TCPConn, error) {
+	return openEgress(st, eg, sc.localIP(), targetKey(eg, dst), &sc.srv.turn, id, func(route bind.Dialer) (*net.TCPConn, error) {
 		return dialRoute(ctx, st, route, dst)
 	})
 }
 
-// targetKey identifies a target for the hash strategy: its host.
-func targetKey(dst Addr) string {
+// targetKey identifies a target for the hash strategy: its host. Other
+// strategies need no key: "", rather than an address formatted (an
+// allocation) for every flow.
+func targetKey(eg *Egress, dst Addr) string {
+	if eg.Strategy != Hash {
+		return ""
+	}
 	if dst.Name != "" {
 		return dst.Name
 	}
