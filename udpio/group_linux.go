@@ -3,9 +3,11 @@
 package udpio
 
 import (
-	"errors"
 	"os"
+	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -38,6 +40,16 @@ type Group struct {
 	handle  func(i, n int)
 	err     error
 	waitF   func(fd uintptr) bool
+
+	// Closing an os.File waits until no call is using it, and Serve
+	// uses the instance for as long as it runs: so Close only stops
+	// Serve (stop, and a read deadline to wake it), and Serve closes
+	// the instance as it returns. mu orders Close against the start
+	// of Serve.
+	mu      sync.Mutex
+	closed  bool
+	serving bool
+	stop    atomic.Bool
 }
 
 // NewGroup returns a Group of the readers' sockets. Each reader is then
@@ -81,10 +93,26 @@ func NewGroup(readers ...*Reader) (*Group, error) {
 // one call at a time, until a socket fails or the group is closed. It
 // returns that error.
 func (g *Group) Serve(handle func(i, n int)) error {
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		return os.ErrClosed
+	}
+	g.serving = true
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		g.closed, g.serving = true, false
+		g.mu.Unlock()
+		g.ep.Close()
+	}()
 	g.handle, g.err = handle, nil
 	// One call for the group's life: the poller's readiness is reset
 	// only when a call starts, so none is lost between batches.
 	if err := g.rc.Read(g.waitF); err != nil {
+		if g.stop.Load() {
+			return os.ErrClosed
+		}
 		return err
 	}
 	return g.err
@@ -94,6 +122,12 @@ func (g *Group) Serve(handle func(i, n int)) error {
 // readable again.
 func (g *Group) serve(fd uintptr) bool {
 	for {
+		if g.stop.Load() {
+			// Close was called while datagrams kept coming: the
+			// goroutine would never park to see the deadline.
+			g.err = os.ErrClosed
+			return true
+		}
 		n, _, e := syscall.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&g.events[0])), uintptr(len(g.events)), 0, 0, 0)
 		switch e {
 		case 0:
@@ -119,11 +153,19 @@ func (g *Group) serve(fd uintptr) bool {
 	}
 }
 
-// Close closes the epoll instance (not the sockets), ending Serve.
+// Close ends Serve (within its current batch) and closes the epoll
+// instance; it does not close the sockets, and it does not wait.
 func (g *Group) Close() error {
-	err := g.ep.Close()
-	if errors.Is(err, os.ErrClosed) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
 		return nil
 	}
-	return err
+	g.closed = true
+	if !g.serving {
+		return g.ep.Close()
+	}
+	// Serve closes the instance as it returns.
+	g.stop.Store(true)
+	return g.ep.SetReadDeadline(time.Unix(1, 0))
 }

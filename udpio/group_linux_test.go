@@ -196,3 +196,62 @@ func TestUDPWriterDropWhenFull(t *testing.T) {
 		t.Errorf("%d datagrams sent before the buffer was full, want 1 to 64", sent)
 	}
 }
+
+// TestUDPGroupCloseBusy: Close ends Serve even while datagrams keep
+// arriving faster than they are handled, so that the goroutine never
+// parks (closing an os.File waits for the calls using it to return).
+func TestUDPGroupCloseBusy(t *testing.T) {
+	c := listenUDP(t, "udp4", "127.0.0.1:0")
+	src := listenUDP(t, "udp4", "127.0.0.1:0")
+	r, err := NewReader(c, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := NewGroup(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	var handled atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		done <- g.Serve(func(_, n int) {
+			handled.Add(int64(n))
+			time.Sleep(time.Millisecond) // slower than the flood
+		})
+	}()
+	stop := make(chan struct{})
+	flooding := make(chan struct{})
+	go func() {
+		defer close(flooding)
+		p := make([]byte, 8)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			src.WriteToUDPAddrPort(p, addrPortOfUDP(c.LocalAddr()))
+		}
+	}()
+	defer func() { close(stop); <-flooding }()
+	waitUntil := time.Now().Add(5 * time.Second)
+	for handled.Load() < 100 && time.Now().Before(waitUntil) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- g.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Close still waiting 5 s later while datagrams keep arriving (%d handled)", handled.Load())
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Error("Serve returned no error after Close")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve still running 5 s after Close")
+	}
+}
