@@ -124,9 +124,26 @@ func (r *record) finish(rep byte, outcome string, err error) {
 
 // log writes the one line a CONNECT or BIND flow gets at its end.
 func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
+	l.Log(lvl, "flow", r.flowFields()...)
+}
+
+// flowFields returns the fields of r's line (log).
+func (r *record) flowFields() []zap.Field {
 	// One slice for the whole line: every flow logs one, so its fields
 	// cost one allocation, not one per group of fields.
-	fields := r.appendCommon(make([]zap.Field, 0, commonFields+6+tailFields))
+	// Sized to the line: a zap.Field is 64 bytes, and the most a line
+	// can have is half again what a CONNECT's usually has.
+	n := commonFields + 2 + r.tailCount()
+	if r.remote.IsValid() {
+		n++
+	}
+	if r.local.IsValid() {
+		n++
+	}
+	if r.method != "" {
+		n += 2
+	}
+	fields := r.appendCommon(make([]zap.Field, 0, n))
 	fields = append(fields, zap.String("target", logSafe(r.target.String())), zap.Uint8("reply", r.reply))
 	// Addresses go in by pointer: a netip.AddrPort put in an interface
 	// by value is an allocation; r is on the heap already and is not
@@ -140,7 +157,7 @@ func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 	if r.method != "" {
 		fields = append(fields, zap.String("method", logSafe(r.method)), zap.Int("status", r.status))
 	}
-	l.Log(lvl, "flow", r.appendTail(fields)...)
+	return r.appendTail(fields)
 }
 
 // write writes a flow's one line: the fields every flow has whatever its
@@ -151,17 +168,24 @@ func (r *record) log(l *zap.Logger, lvl zapcore.Level) {
 // alike. Strings that came from the network (user, target name) go
 // through logSafe.
 func (r *record) write(l *zap.Logger, lvl zapcore.Level, msg string, own []zap.Field) {
-	fields := r.appendCommon(make([]zap.Field, 0, commonFields+len(own)+tailFields))
+	fields := r.appendCommon(make([]zap.Field, 0, commonFields+len(own)+r.tailCount()))
 	fields = append(fields, own...)
 	l.Log(lvl, msg, r.appendTail(fields)...)
 }
 
-// commonFields and tailFields are how many fields appendCommon and, at
-// most, appendTail add.
-const (
-	commonFields = 10
-	tailFields   = 4
-)
+// commonFields is how many fields appendCommon adds.
+const commonFields = 10
+
+// tailCount is how many fields appendTail adds to r's line.
+func (r *record) tailCount() int {
+	n := 0
+	for _, has := range [...]bool{r.rotation != "", r.session != "", len(r.skipped) > 0, r.err != nil} {
+		if has {
+			n++
+		}
+	}
+	return n
+}
 
 // appendCommon appends the fields every flow line starts with.
 func (r *record) appendCommon(fields []zap.Field) []zap.Field {
