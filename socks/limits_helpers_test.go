@@ -216,8 +216,10 @@ func startBlaster(tb testing.TB, size int) *blaster {
 	return b
 }
 
-// transferResult is how long each direction of a transfer took.
+// transferResult is how long each direction of a transfer took, counted
+// from start, when its data phase began.
 type transferResult struct {
+	start          time.Time
 	up, down       time.Duration
 	upN, downN     int64
 	upErr, downErr error
@@ -239,7 +241,7 @@ func (b *blaster) transfer(tb testing.TB, env *testEnv, user, pass string, size 
 // run is transfer's data phase; safe to call from any goroutine.
 func (b *blaster) run(c net.Conn, size int) transferResult {
 	start := time.Now()
-	var res transferResult
+	res := transferResult{start: start}
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		chunk := make([]byte, 64<<10)
@@ -264,6 +266,11 @@ func (b *blaster) run(c net.Conn, size int) transferResult {
 		}
 	}
 	return res
+}
+
+// end is when the later of the transfer's two directions completed.
+func (r transferResult) end() time.Time {
+	return r.start.Add(max(r.up, r.down))
 }
 
 // holdChecks takes every server-wide password-check slot of srv, so that
