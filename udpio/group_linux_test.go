@@ -124,14 +124,7 @@ func TestUDPGroup(t *testing.T) {
 	}
 
 	g.Close()
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Error("Serve returned no error after Close")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Serve still running 5 s after Close")
-	}
+	waitServeDone(t, done)
 }
 
 // TestUDPWriterDropWhenFull: on a route whose queue drains at 8 kbit/s
@@ -246,6 +239,13 @@ func TestUDPGroupCloseBusy(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("Close still waiting 5 s later while datagrams keep arriving (%d handled)", handled.Load())
 	}
+	waitServeDone(t, done)
+}
+
+// waitServeDone waits, at most 5 s, for the error a Group's Serve returned
+// after Close; Serve must report that it stopped because it was closed.
+func waitServeDone(t *testing.T, done <-chan error) {
+	t.Helper()
 	select {
 	case err := <-done:
 		if err == nil {
