@@ -72,6 +72,15 @@ func RemoveBinaries() {
 	os.RemoveAll(filepath.Join(os.TempDir(), fmt.Sprintf("%s%d", binDirPrefix, os.Getpid())))
 }
 
+// Main runs a package's tests and then removes the daemon builds they made:
+// the TestMain of a package that starts the daemon is
+// os.Exit(nstest.Main(m)), or its last test's builds (tens of MB) stay in
+// the temporary directory until some later test run builds again.
+func Main(m *testing.M) int {
+	defer RemoveBinaries()
+	return m.Run()
+}
+
 func build(race bool) (string, error) {
 	if bin := os.Getenv(BinaryEnv); bin != "" && !race {
 		if f, err := os.Open(bin); err == nil { // tracked by the test cache

@@ -35,7 +35,9 @@
 //     (RemoveStale). Interface names inside a namespace are free to reuse.
 //   - Cleanup: everything made with a testing.TB is removed by tb.Cleanup,
 //     even when the test fails; processes still inside a namespace are
-//     killed with it.
+//     killed with it. The daemon's builds (tens of MB per process) are
+//     removed by Main, the TestMain of every package that starts one:
+//     func TestMain(m *testing.M) { os.Exit(nstest.Main(m)) }.
 //   - Root: RequireRoot skips without root on a developer machine, and
 //     fails when CI is set, where a skip would hide a broken runner.
 //   - Entering: NS.Do runs a function on an OS thread moved into the

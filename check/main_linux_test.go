@@ -1,0 +1,11 @@
+package check
+
+import (
+	"os"
+	"testing"
+
+	"github.com/ifsocks/ifsocks/internal/nstest"
+)
+
+// The namespace tests build the daemon; Main removes the build afterwards.
+func TestMain(m *testing.M) { os.Exit(nstest.Main(m)) }
